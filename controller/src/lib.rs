@@ -1,0 +1,12 @@
+//! overlay-controller: the Raft-replicated control plane of overlay.
+//!
+//! Pure logic, tested without a network or root: [`model`] (records), [`ipam`] (address
+//! arithmetic), [`state`] (the state machine and its commands), [`desired`] (what each host
+//! must program). I/O around it: [`raft`] (openraft storage on redb and the gRPC transport),
+//! [`node`] (a running replica: writes, linearizable reads, forwarding to the leader) and
+//! [`api`] (the public gRPC services).
+
+pub mod desired;
+pub mod ipam;
+pub mod model;
+pub mod state;

@@ -1,0 +1,949 @@
+//! The replicated state machine: cluster state, the commands that change it, and `apply`.
+//!
+//! `apply` is the only place where anything is allocated (VNI, host subnet, endpoint address,
+//! MAC). It runs on every replica, in log order, from the same input, so all replicas agree
+//! and two requests can never receive the same address however they race at the API.
+//!
+//! Every command either succeeds, or fails with a [`StateError`] and leaves the state exactly
+//! as it was: all checks run before the first mutation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::ipam;
+use crate::model::{Endpoint, EndpointStatus, Host, Lease, MacAddr, MacvlanMode, Mode, Network, NetworkSpec};
+
+/// Hosts without a heartbeat for this long are shown as down. Their entries stay in place:
+/// an agent that is down does not mean a datapath that is down.
+pub const HOST_DOWN_AFTER_MS: i64 = 30_000;
+
+/// Default host prefix for vxlan/nat networks (flannel's SubnetLen).
+pub const DEFAULT_HOST_PREFIX: u8 = 24;
+
+/// Longest network name: it appears in tables and logs, never in device names.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A change to the cluster, as stored in the Raft log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Command {
+    CreateNetwork {
+        spec: NetworkSpec,
+        now_ms: i64,
+    },
+    DeleteNetwork {
+        name: String,
+        force: bool,
+    },
+    RegisterHost {
+        name: String,
+        underlay_ip: Ipv4Addr,
+        underlay_iface: String,
+        underlay_mtu: u32,
+        now_ms: i64,
+    },
+    Heartbeat {
+        name: String,
+        now_ms: i64,
+    },
+    RemoveHost {
+        name: String,
+    },
+    AttachEndpoint {
+        network: String,
+        host: String,
+        netns: String,
+        ifname: String,
+        ip: Option<Ipv4Addr>,
+        now_ms: i64,
+    },
+    DetachEndpoint {
+        network: String,
+        host: String,
+        netns: String,
+    },
+    /// An agent's report on the endpoints of its host; only changes are logged.
+    ReportEndpoints {
+        host: String,
+        statuses: Vec<(u64, EndpointStatus)>,
+    },
+}
+
+impl Command {
+    /// Whether the command changes what some agent must program. Heartbeats do not, and do
+    /// not bump the revision, so watchers are not woken by them.
+    pub fn bumps_revision(&self) -> bool {
+        !matches!(self, Command::Heartbeat { .. })
+    }
+}
+
+/// Successful outcome of a command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum Response {
+    Network(Network),
+    NetworkDeleted {
+        removed_endpoints: u32,
+    },
+    Host(Host),
+    HostRemoved {
+        removed_endpoints: u32,
+        released_leases: u32,
+    },
+    Endpoint(Endpoint),
+    EndpointDetached(Endpoint),
+    Heartbeat,
+    StatusRecorded {
+        changed: u32,
+    },
+}
+
+/// What the state machine returns for each log entry: the result and the revision after it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub revision: u64,
+    pub result: Result<Response, StateError>,
+}
+
+/// Why a command was refused. Each message is one line that names the cause.
+#[derive(thiserror::Error, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum StateError {
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: String,
+        value: String,
+        reason: String,
+    },
+    #[error("network {0:?} already exists")]
+    DuplicateNetwork(String),
+    #[error("subnet {cidr} overlaps network {other:?} ({other_cidr})")]
+    Overlap {
+        cidr: String,
+        other: String,
+        other_cidr: String,
+    },
+    #[error("VNI {vni} is already used by network {network:?}")]
+    VniInUse { vni: u32, network: String },
+    #[error("no free VNI left")]
+    VniExhausted,
+    #[error("network {name:?} still has {count} endpoint(s); detach them or use --force")]
+    NetworkHasEndpoints { name: String, count: u32 },
+    #[error("unknown network {0:?}")]
+    UnknownNetwork(String),
+    #[error("unknown host {0:?}")]
+    UnknownHost(String),
+    #[error("no endpoint of network {network:?} on host {host:?} in namespace {netns:?}")]
+    UnknownEndpoint {
+        network: String,
+        host: String,
+        netns: String,
+    },
+    #[error(
+        "network {network:?} has no free /{host_prefix} subnet for host {host:?} (all {capacity} in use)"
+    )]
+    SubnetPoolExhausted {
+        network: String,
+        host: String,
+        host_prefix: u8,
+        capacity: u64,
+    },
+    #[error("network {network:?} has no free address in {range} (all {capacity} in use)")]
+    AddressPoolExhausted {
+        network: String,
+        range: String,
+        capacity: u64,
+    },
+    #[error("address {ip} is already used in network {network:?}")]
+    AddressInUse { ip: Ipv4Addr, network: String },
+    #[error("address {ip} is not available to endpoints of network {network:?} on host {host:?} ({reason})")]
+    AddressNotAllowed {
+        ip: Ipv4Addr,
+        network: String,
+        host: String,
+        reason: String,
+    },
+    #[error("namespace {netns:?} on host {host:?} is already attached to network {network:?}")]
+    EndpointExists {
+        network: String,
+        host: String,
+        netns: String,
+    },
+    #[error(
+        "interface {ifname:?} in namespace {netns:?} on host {host:?} is already used by network {network:?}"
+    )]
+    IfnameInUse {
+        host: String,
+        netns: String,
+        ifname: String,
+        network: String,
+    },
+    #[error("macvlan passthru network {network:?} already has its one endpoint on host {host:?}")]
+    PassthruTaken { network: String, host: String },
+}
+
+/// Coarse kind of a [`StateError`], for mapping onto gRPC codes and exit messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    AlreadyExists,
+    NotFound,
+    FailedPrecondition,
+    ResourceExhausted,
+}
+
+impl StateError {
+    pub fn kind(&self) -> ErrorKind {
+        use StateError::*;
+        match self {
+            Invalid { .. } | AddressNotAllowed { .. } => ErrorKind::InvalidArgument,
+            DuplicateNetwork(_)
+            | Overlap { .. }
+            | VniInUse { .. }
+            | AddressInUse { .. }
+            | EndpointExists { .. }
+            | IfnameInUse { .. } => ErrorKind::AlreadyExists,
+            UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } => ErrorKind::NotFound,
+            NetworkHasEndpoints { .. } | PassthruTaken { .. } => ErrorKind::FailedPrecondition,
+            VniExhausted | SubnetPoolExhausted { .. } | AddressPoolExhausted { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+        }
+    }
+}
+
+fn invalid(what: &str, value: impl ToString, reason: impl Into<String>) -> StateError {
+    StateError::Invalid {
+        what: what.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole replicated state. Indices marked `serde(skip)` are derived and rebuilt after a
+/// snapshot is loaded, so a snapshot holds each fact once.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ClusterState {
+    /// Bumped by every command that changes desired state.
+    pub revision: u64,
+    pub networks: BTreeMap<String, Network>,
+    pub hosts: BTreeMap<String, Host>,
+    pub endpoints: BTreeMap<u64, Endpoint>,
+    next_network_id: u32,
+    next_endpoint_id: u64,
+    /// Network → address → endpoint id.
+    #[serde(skip)]
+    addresses: BTreeMap<String, BTreeMap<Ipv4Addr, u64>>,
+    /// (network, host, netns) → endpoint id.
+    #[serde(skip)]
+    by_key: BTreeMap<(String, String, String), u64>,
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision
+            && self.networks == other.networks
+            && self.hosts == other.hosts
+            && self.endpoints == other.endpoints
+            && self.next_network_id == other.next_network_id
+            && self.next_endpoint_id == other.next_endpoint_id
+    }
+}
+
+impl ClusterState {
+    /// Restores the derived indices; call after deserializing.
+    pub fn rebuild_indices(&mut self) {
+        self.addresses = self
+            .networks
+            .keys()
+            .map(|n| (n.clone(), BTreeMap::new()))
+            .collect();
+        self.by_key.clear();
+        for ep in self.endpoints.values() {
+            self.addresses
+                .entry(ep.network.clone())
+                .or_default()
+                .insert(ep.ip, ep.id);
+            self.by_key
+                .insert((ep.network.clone(), ep.host.clone(), ep.netns.clone()), ep.id);
+        }
+    }
+
+    pub fn from_snapshot_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let mut state: ClusterState = serde_json::from_slice(bytes)?;
+        state.rebuild_indices();
+        Ok(state)
+    }
+
+    /// Applies one command. On error nothing has changed, the revision included.
+    pub fn apply(&mut self, cmd: Command) -> Reply {
+        let bumps = cmd.bumps_revision();
+        let result = match cmd {
+            Command::CreateNetwork { spec, now_ms } => {
+                self.create_network(spec, now_ms).map(Response::Network)
+            }
+            Command::DeleteNetwork { name, force } => self
+                .delete_network(&name, force)
+                .map(|removed_endpoints| Response::NetworkDeleted { removed_endpoints }),
+            Command::RegisterHost {
+                name,
+                underlay_ip,
+                underlay_iface,
+                underlay_mtu,
+                now_ms,
+            } => self
+                .register_host(name, underlay_ip, underlay_iface, underlay_mtu, now_ms)
+                .map(Response::Host),
+            Command::Heartbeat { name, now_ms } => {
+                self.heartbeat(&name, now_ms).map(|()| Response::Heartbeat)
+            }
+            Command::RemoveHost { name } => {
+                self.remove_host(&name)
+                    .map(|(removed_endpoints, released_leases)| Response::HostRemoved {
+                        removed_endpoints,
+                        released_leases,
+                    })
+            }
+            Command::AttachEndpoint {
+                network,
+                host,
+                netns,
+                ifname,
+                ip,
+                now_ms,
+            } => self
+                .attach(network, host, netns, ifname, ip, now_ms)
+                .map(Response::Endpoint),
+            Command::DetachEndpoint { network, host, netns } => self
+                .detach(&network, &host, &netns)
+                .map(Response::EndpointDetached),
+            Command::ReportEndpoints { host, statuses } => Ok(Response::StatusRecorded {
+                changed: self.report_endpoints(&host, statuses),
+            }),
+        };
+        if result.is_ok() && bumps {
+            self.revision += 1;
+        }
+        Reply {
+            revision: self.revision,
+            result,
+        }
+    }
+
+    // ------------------------------------------------------------------ networks
+
+    fn create_network(&mut self, spec: NetworkSpec, now_ms: i64) -> Result<Network, StateError> {
+        validate_name("network name", &spec.name)?;
+        if self.networks.contains_key(&spec.name) {
+            return Err(StateError::DuplicateNetwork(spec.name));
+        }
+        let cidr = spec.cidr;
+        if cidr.network() != cidr.ip() {
+            return Err(invalid(
+                "subnet",
+                cidr,
+                format!(
+                    "host bits are set; did you mean {}/{}?",
+                    cidr.network(),
+                    cidr.prefix()
+                ),
+            ));
+        }
+        if cidr.prefix() < 8 || cidr.prefix() > 30 {
+            return Err(invalid(
+                "subnet",
+                cidr,
+                "prefix length must be between /8 and /30",
+            ));
+        }
+        if let Some(other) = self.networks.values().find(|n| n.cidr.overlaps(cidr)) {
+            return Err(StateError::Overlap {
+                cidr: cidr.to_string(),
+                other: other.name.clone(),
+                other_cidr: other.cidr.to_string(),
+            });
+        }
+        if let Some(mtu) = spec.mtu
+            && !(576..=9000).contains(&mtu)
+        {
+            return Err(invalid("MTU", mtu, "must be between 576 and 9000"));
+        }
+        let host_prefix = match spec.mode {
+            Mode::Vxlan | Mode::Nat => {
+                let hp = spec.host_prefix.unwrap_or(DEFAULT_HOST_PREFIX);
+                if hp <= cidr.prefix() {
+                    return Err(invalid(
+                        "host prefix",
+                        format!("/{hp}"),
+                        format!("must be longer than the network prefix /{}", cidr.prefix()),
+                    ));
+                }
+                if hp > 30 {
+                    return Err(invalid(
+                        "host prefix",
+                        format!("/{hp}"),
+                        "must be /30 or shorter (room for a gateway and an endpoint)",
+                    ));
+                }
+                hp
+            }
+            Mode::Macvlan => {
+                if spec.host_prefix.is_some() {
+                    return Err(invalid(
+                        "host prefix",
+                        "set",
+                        "macvlan networks have no per-host subnets",
+                    ));
+                }
+                cidr.prefix()
+            }
+        };
+        let vni = match spec.mode {
+            Mode::Vxlan => Some(self.choose_vni(spec.vni)?),
+            Mode::Macvlan | Mode::Nat => {
+                if spec.vni.is_some() {
+                    return Err(invalid(
+                        "VNI",
+                        spec.vni.unwrap_or_default(),
+                        format!("{} networks have no VNI", spec.mode),
+                    ));
+                }
+                None
+            }
+        };
+        let nat_egress = match spec.mode {
+            Mode::Nat => true,
+            Mode::Vxlan => spec.nat_egress,
+            Mode::Macvlan if spec.nat_egress => {
+                return Err(invalid(
+                    "option",
+                    "--nat-egress",
+                    "macvlan workloads egress through the LAN gateway",
+                ));
+            }
+            Mode::Macvlan => false,
+        };
+        let macvlan = match (spec.mode, spec.macvlan) {
+            (Mode::Macvlan, Some(m)) => {
+                validate_ifname("macvlan parent", &m.parent)?;
+                if !cidr.contains(m.gateway) || m.gateway == cidr.network() || m.gateway == cidr.broadcast() {
+                    return Err(invalid(
+                        "gateway",
+                        m.gateway,
+                        format!("must be a host address of {cidr}"),
+                    ));
+                }
+                if !(cidr.contains(m.ip_range.network()) && m.ip_range.prefix() >= cidr.prefix()) {
+                    return Err(invalid("ip range", m.ip_range, format!("must lie inside {cidr}")));
+                }
+                if m.ip_range.network() != m.ip_range.ip() {
+                    return Err(invalid("ip range", m.ip_range, "host bits are set"));
+                }
+                Some(m)
+            }
+            (Mode::Macvlan, None) => {
+                return Err(invalid(
+                    "option",
+                    "--parent",
+                    "macvlan networks need a parent interface and a gateway",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "option",
+                    "--parent",
+                    format!("only macvlan networks take macvlan options, not {}", spec.mode),
+                ));
+            }
+            (_, None) => None,
+        };
+
+        self.next_network_id += 1;
+        let mut network = Network {
+            name: spec.name.clone(),
+            id: self.next_network_id,
+            mode: spec.mode,
+            cidr,
+            host_prefix,
+            vni,
+            mtu: spec.mtu,
+            nat_egress,
+            macvlan,
+            created_ms: now_ms,
+            leases: BTreeMap::new(),
+            cursor: None,
+        };
+        if network.mode.uses_leases() {
+            // Every registered host gets its slice now, in name order, as far as the pool goes;
+            // a host left without one gets a clear error when it first attaches an endpoint.
+            let hosts: Vec<String> = self.hosts.keys().cloned().collect();
+            for host in hosts {
+                if let Some(subnet) = free_subnet(&network) {
+                    network.leases.insert(host, Lease { subnet, cursor: None });
+                }
+            }
+        }
+        self.addresses.insert(spec.name.clone(), BTreeMap::new());
+        self.networks.insert(spec.name, network.clone());
+        Ok(network)
+    }
+
+    fn choose_vni(&self, requested: Option<u32>) -> Result<u32, StateError> {
+        let used: BTreeSet<u32> = self.networks.values().filter_map(|n| n.vni).collect();
+        match requested {
+            Some(v) if v == 0 || v > ipam::VNI_MAX => Err(invalid(
+                "VNI",
+                v,
+                format!("must be between 1 and {}", ipam::VNI_MAX),
+            )),
+            Some(v) => match self.networks.values().find(|n| n.vni == Some(v)) {
+                Some(n) => Err(StateError::VniInUse {
+                    vni: v,
+                    network: n.name.clone(),
+                }),
+                None => Ok(v),
+            },
+            None => ipam::first_free_vni(&used).ok_or(StateError::VniExhausted),
+        }
+    }
+
+    fn delete_network(&mut self, name: &str, force: bool) -> Result<u32, StateError> {
+        if !self.networks.contains_key(name) {
+            return Err(StateError::UnknownNetwork(name.to_string()));
+        }
+        let ids: Vec<u64> = self
+            .addresses
+            .get(name)
+            .map(|a| a.values().copied().collect())
+            .unwrap_or_default();
+        if !ids.is_empty() && !force {
+            return Err(StateError::NetworkHasEndpoints {
+                name: name.to_string(),
+                count: ids.len() as u32,
+            });
+        }
+        for id in &ids {
+            self.forget_endpoint(*id);
+        }
+        self.networks.remove(name);
+        self.addresses.remove(name);
+        Ok(ids.len() as u32)
+    }
+
+    // ------------------------------------------------------------------ hosts
+
+    fn register_host(
+        &mut self,
+        name: String,
+        underlay_ip: Ipv4Addr,
+        underlay_iface: String,
+        underlay_mtu: u32,
+        now_ms: i64,
+    ) -> Result<Host, StateError> {
+        validate_name("host name", &name)?;
+        validate_ifname("underlay interface", &underlay_iface)?;
+        if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
+            return Err(invalid("underlay IP", underlay_ip, "must be a unicast address"));
+        }
+        if !(1280..=65535).contains(&underlay_mtu) {
+            return Err(invalid(
+                "underlay MTU",
+                underlay_mtu,
+                "must be between 1280 and 65535",
+            ));
+        }
+        if let Some(other) = self
+            .hosts
+            .values()
+            .find(|h| h.underlay_ip == underlay_ip && h.name != name)
+        {
+            return Err(invalid(
+                "underlay IP",
+                underlay_ip,
+                format!("already registered by host {:?}", other.name),
+            ));
+        }
+        let host = match self.hosts.get(&name) {
+            // Re-registration (agent restart, new address): keep the VTEP MAC and the leases.
+            Some(existing) => Host {
+                underlay_ip,
+                underlay_iface,
+                underlay_mtu,
+                last_seen_ms: now_ms,
+                ..existing.clone()
+            },
+            None => {
+                let taken: BTreeSet<MacAddr> = self.hosts.values().map(|h| h.vtep_mac).collect();
+                Host {
+                    vtep_mac: ipam::vtep_mac(&name, &taken),
+                    name: name.clone(),
+                    underlay_ip,
+                    underlay_iface,
+                    underlay_mtu,
+                    registered_ms: now_ms,
+                    last_seen_ms: now_ms,
+                }
+            }
+        };
+        for network in self.networks.values_mut().filter(|n| n.mode.uses_leases()) {
+            if !network.leases.contains_key(&name)
+                && let Some(subnet) = free_subnet(network)
+            {
+                network
+                    .leases
+                    .insert(name.clone(), Lease { subnet, cursor: None });
+            }
+        }
+        self.hosts.insert(name, host.clone());
+        Ok(host)
+    }
+
+    fn heartbeat(&mut self, name: &str, now_ms: i64) -> Result<(), StateError> {
+        let host = self
+            .hosts
+            .get_mut(name)
+            .ok_or_else(|| StateError::UnknownHost(name.to_string()))?;
+        host.last_seen_ms = host.last_seen_ms.max(now_ms);
+        Ok(())
+    }
+
+    fn remove_host(&mut self, name: &str) -> Result<(u32, u32), StateError> {
+        if self.hosts.remove(name).is_none() {
+            return Err(StateError::UnknownHost(name.to_string()));
+        }
+        let ids: Vec<u64> = self
+            .endpoints
+            .values()
+            .filter(|e| e.host == name)
+            .map(|e| e.id)
+            .collect();
+        for id in &ids {
+            self.forget_endpoint(*id);
+        }
+        let mut released = 0;
+        for network in self.networks.values_mut() {
+            released += network.leases.remove(name).is_some() as u32;
+        }
+        Ok((ids.len() as u32, released))
+    }
+
+    // ------------------------------------------------------------------ endpoints
+
+    fn attach(
+        &mut self,
+        network_name: String,
+        host_name: String,
+        netns: String,
+        ifname: String,
+        requested: Option<Ipv4Addr>,
+        now_ms: i64,
+    ) -> Result<Endpoint, StateError> {
+        validate_netns(&netns)?;
+        validate_ifname("interface name", &ifname)?;
+        let network = self
+            .networks
+            .get(&network_name)
+            .ok_or_else(|| StateError::UnknownNetwork(network_name.clone()))?;
+        if !self.hosts.contains_key(&host_name) {
+            return Err(StateError::UnknownHost(host_name));
+        }
+        let key = (network_name.clone(), host_name.clone(), netns.clone());
+        if self.by_key.contains_key(&key) {
+            return Err(StateError::EndpointExists {
+                network: network_name,
+                host: host_name,
+                netns,
+            });
+        }
+        if let Some(other) = self
+            .endpoints
+            .values()
+            .find(|e| e.host == host_name && e.netns == netns && e.ifname == ifname)
+        {
+            return Err(StateError::IfnameInUse {
+                host: host_name,
+                netns,
+                ifname,
+                network: other.network.clone(),
+            });
+        }
+        let no_addresses = BTreeMap::new();
+        let used = self.addresses.get(&network_name).unwrap_or(&no_addresses);
+
+        // Where the address comes from: the host's lease (vxlan/nat) or the LAN range (macvlan).
+        let (new_lease, first, last, cursor, prefix_len, gateway, reserved) = match network.mode {
+            Mode::Vxlan | Mode::Nat => {
+                let (lease, new_lease) = match network.leases.get(&host_name) {
+                    Some(l) => (l.clone(), None),
+                    None => {
+                        let subnet = free_subnet(network).ok_or_else(|| StateError::SubnetPoolExhausted {
+                            network: network_name.clone(),
+                            host: host_name.clone(),
+                            host_prefix: network.host_prefix,
+                            capacity: ipam::subnet_count(network.cidr, network.host_prefix),
+                        })?;
+                        let l = Lease { subnet, cursor: None };
+                        (l.clone(), Some(l))
+                    }
+                };
+                let (first, last) = ipam::endpoint_range(lease.subnet)
+                    .ok_or_else(|| invalid("host prefix", lease.subnet, "no room for endpoints"))?;
+                let gw = ipam::subnet_gateway(lease.subnet);
+                (
+                    new_lease,
+                    first,
+                    last,
+                    lease.cursor,
+                    lease.subnet.prefix(),
+                    gw,
+                    vec![gw],
+                )
+            }
+            Mode::Macvlan => {
+                let m = network
+                    .macvlan
+                    .as_ref()
+                    .ok_or_else(|| invalid("network", &network_name, "macvlan options missing"))?;
+                if m.mode == MacvlanMode::Passthru
+                    && self
+                        .endpoints
+                        .values()
+                        .any(|e| e.network == network_name && e.host == host_name)
+                {
+                    return Err(StateError::PassthruTaken {
+                        network: network_name,
+                        host: host_name,
+                    });
+                }
+                let (first, last) = macvlan_range(network.cidr, m.ip_range);
+                (
+                    None,
+                    first,
+                    last,
+                    network.cursor,
+                    network.cidr.prefix(),
+                    m.gateway,
+                    vec![m.gateway],
+                )
+            }
+        };
+        let ip = match requested {
+            Some(ip) => {
+                let in_range = u32::from(ip) >= u32::from(first) && u32::from(ip) <= u32::from(last);
+                if !in_range || reserved.contains(&ip) {
+                    return Err(StateError::AddressNotAllowed {
+                        ip,
+                        network: network_name,
+                        host: host_name,
+                        reason: format!("allowed: {first} to {last}, except {gateway}"),
+                    });
+                }
+                if used.contains_key(&ip) {
+                    return Err(StateError::AddressInUse {
+                        ip,
+                        network: network_name,
+                    });
+                }
+                ip
+            }
+            None => ipam::next_free_ip(first, last, cursor, &used, &reserved).ok_or_else(|| {
+                StateError::AddressPoolExhausted {
+                    network: network_name.clone(),
+                    range: format!("{first}-{last}"),
+                    capacity: ipam::range_len(first, last)
+                        - reserved.iter().filter(|g| (first..=last).contains(*g)).count() as u64,
+                }
+            })?,
+        };
+
+        // All checks passed: mutate.
+        let network = self.networks.get_mut(&network_name).expect("checked above");
+        match network.mode {
+            Mode::Vxlan | Mode::Nat => {
+                let lease = network
+                    .leases
+                    .entry(host_name.clone())
+                    .or_insert_with(|| new_lease.expect("new lease computed when missing"));
+                lease.cursor = Some(ip);
+            }
+            Mode::Macvlan => network.cursor = Some(ip),
+        }
+        self.next_endpoint_id += 1;
+        let endpoint = Endpoint {
+            id: self.next_endpoint_id,
+            network: network_name.clone(),
+            host: host_name,
+            netns,
+            ifname,
+            ip,
+            prefix_len,
+            gateway,
+            mac: ipam::mac_from_ip(ip),
+            status: EndpointStatus::Pending,
+            created_ms: now_ms,
+        };
+        self.addresses
+            .entry(network_name)
+            .or_default()
+            .insert(ip, endpoint.id);
+        self.by_key.insert(key, endpoint.id);
+        self.endpoints.insert(endpoint.id, endpoint.clone());
+        Ok(endpoint)
+    }
+
+    fn detach(&mut self, network: &str, host: &str, netns: &str) -> Result<Endpoint, StateError> {
+        let key = (network.to_string(), host.to_string(), netns.to_string());
+        let id = self.by_key.get(&key).copied().ok_or_else(|| {
+            if !self.networks.contains_key(network) {
+                StateError::UnknownNetwork(network.to_string())
+            } else {
+                StateError::UnknownEndpoint {
+                    network: key.0.clone(),
+                    host: key.1.clone(),
+                    netns: key.2.clone(),
+                }
+            }
+        })?;
+        self.forget_endpoint(id)
+            .ok_or_else(|| StateError::UnknownEndpoint {
+                network: network.to_string(),
+                host: host.to_string(),
+                netns: netns.to_string(),
+            })
+    }
+
+    fn forget_endpoint(&mut self, id: u64) -> Option<Endpoint> {
+        let ep = self.endpoints.remove(&id)?;
+        if let Some(addrs) = self.addresses.get_mut(&ep.network) {
+            addrs.remove(&ep.ip);
+        }
+        self.by_key
+            .remove(&(ep.network.clone(), ep.host.clone(), ep.netns.clone()));
+        Some(ep)
+    }
+
+    fn report_endpoints(&mut self, host: &str, statuses: Vec<(u64, EndpointStatus)>) -> u32 {
+        let mut changed = 0;
+        for (id, status) in statuses {
+            // Reports about endpoints that are gone, or of another host, are stale: ignored.
+            if let Some(ep) = self.endpoints.get_mut(&id)
+                && ep.host == host
+                && ep.status != status
+            {
+                ep.status = status;
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// Endpoints of one network, in id order.
+    pub fn network_endpoints<'a>(&'a self, network: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.addresses
+            .get(network)
+            .into_iter()
+            .flat_map(|a| a.values())
+            .filter_map(|id| self.endpoints.get(id))
+    }
+
+    pub fn endpoint_by_key(&self, network: &str, host: &str, netns: &str) -> Option<&Endpoint> {
+        let id = self
+            .by_key
+            .get(&(network.to_string(), host.to_string(), netns.to_string()))?;
+        self.endpoints.get(id)
+    }
+
+    /// How many host subnets (vxlan/nat) or addresses (macvlan) a network can hold.
+    pub fn capacity(network: &Network) -> u64 {
+        match (&network.mode, &network.macvlan) {
+            (Mode::Macvlan, Some(m)) => {
+                let (first, last) = macvlan_range(network.cidr, m.ip_range);
+                let gateway_inside = (first..=last).contains(&m.gateway) as u64;
+                ipam::range_len(first, last).saturating_sub(gateway_inside)
+            }
+            _ => ipam::subnet_count(network.cidr, network.host_prefix),
+        }
+    }
+}
+
+/// The macvlan allocation range clipped to the subnet's host addresses.
+fn macvlan_range(cidr: Ipv4Network, ip_range: Ipv4Network) -> (Ipv4Addr, Ipv4Addr) {
+    let first = u32::from(ip_range.network()).max(u32::from(cidr.network()) + 1);
+    let last = u32::from(ip_range.broadcast()).min(u32::from(cidr.broadcast()) - 1);
+    (Ipv4Addr::from(first), Ipv4Addr::from(last))
+}
+
+fn free_subnet(network: &Network) -> Option<Ipv4Network> {
+    ipam::first_free_subnet(
+        network.cidr,
+        network.host_prefix,
+        network.leases.values().map(|l| l.subnet),
+    )
+}
+
+/// Names of networks and hosts: what people type and read; letters, digits, `-`, `_`, `.`.
+pub fn validate_name(what: &str, name: &str) -> Result<(), StateError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            what,
+            name,
+            format!("must be 1 to {MAX_NAME_LEN} characters"),
+        ));
+    }
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok_first
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            what,
+            name,
+            "use letters, digits, '-', '_' and '.', starting with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..".
+pub fn validate_ifname(what: &str, name: &str) -> Result<(), StateError> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(invalid(what, name, "must be 1 to 15 characters"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(what, name, "must not contain '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
+/// A network namespace reference: a name under /run/netns, an absolute path, or a pid.
+pub fn validate_netns(netns: &str) -> Result<(), StateError> {
+    if netns.is_empty() || netns.len() > 255 {
+        return Err(invalid("namespace", netns, "must be 1 to 255 characters"));
+    }
+    if netns.chars().any(|c| c.is_control()) {
+        return Err(invalid("namespace", netns, "must not contain control characters"));
+    }
+    if netns.starts_with('/') {
+        if netns.split('/').any(|part| part == "..") {
+            return Err(invalid("namespace", netns, "a path must not contain '..'"));
+        }
+    } else if netns.contains('/') || netns == "." || netns == ".." {
+        return Err(invalid(
+            "namespace",
+            netns,
+            "a name must not contain '/'; give an absolute path instead",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

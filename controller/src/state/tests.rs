@@ -1,0 +1,651 @@
+//! State machine tests: every bad input leaves the state unchanged; random operation
+//! sequences never hand out an address, subnet or VNI twice and never leak one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::MacvlanSpec;
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn vxlan(name: &str, cidr: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        mode: Mode::Vxlan,
+        cidr: net(cidr),
+        host_prefix: None,
+        vni: None,
+        mtu: None,
+        nat_egress: false,
+        macvlan: None,
+    }
+}
+
+fn create(s: &mut ClusterState, spec: NetworkSpec) -> Result<Response, StateError> {
+    s.apply(Command::CreateNetwork { spec, now_ms: 1 }).result
+}
+
+fn register(s: &mut ClusterState, name: &str, ip: &str) -> Result<Response, StateError> {
+    s.apply(Command::RegisterHost {
+        name: name.into(),
+        underlay_ip: ip.parse().unwrap(),
+        underlay_iface: "eth0".into(),
+        underlay_mtu: 1500,
+        now_ms: 1,
+    })
+    .result
+}
+
+fn attach(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Result<Endpoint, StateError> {
+    match s
+        .apply(Command::AttachEndpoint {
+            network: network.into(),
+            host: host.into(),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            ip: None,
+            now_ms: 1,
+        })
+        .result?
+    {
+        Response::Endpoint(e) => Ok(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Asserts that `cmd` fails with `expected` and that nothing changed, revision included.
+fn assert_refused(s: &mut ClusterState, cmd: Command, expected: impl Fn(&StateError) -> bool) {
+    let before = s.clone();
+    let reply = s.apply(cmd.clone());
+    match &reply.result {
+        Err(e) => assert!(expected(e), "{cmd:?} failed with unexpected error: {e}"),
+        Ok(r) => panic!("{cmd:?} succeeded: {r:?}"),
+    }
+    assert_eq!(*s, before, "state changed by refused {cmd:?}");
+    assert_eq!(reply.revision, before.revision);
+}
+
+fn two_hosts() -> ClusterState {
+    let mut s = ClusterState::default();
+    register(&mut s, "h1", "192.0.2.21").unwrap();
+    register(&mut s, "h2", "192.0.2.22").unwrap();
+    s
+}
+
+#[test]
+fn network_gets_vni_and_per_host_leases() {
+    let mut s = two_hosts();
+    let Ok(Response::Network(n)) = create(&mut s, vxlan("blue", "10.1.0.0/16")) else {
+        panic!()
+    };
+    assert_eq!(n.vni, Some(4096));
+    assert_eq!(n.leases["h1"].subnet, net("10.1.0.0/24"));
+    assert_eq!(n.leases["h2"].subnet, net("10.1.1.0/24"));
+    // A host registering later gets the next subnet; re-registering keeps its lease and MAC.
+    register(&mut s, "h3", "192.0.2.23").unwrap();
+    assert_eq!(s.networks["blue"].leases["h3"].subnet, net("10.1.2.0/24"));
+    let mac = s.hosts["h1"].vtep_mac;
+    register(&mut s, "h1", "192.0.2.31").unwrap();
+    assert_eq!(s.hosts["h1"].vtep_mac, mac);
+    assert_eq!(
+        s.hosts["h1"].underlay_ip,
+        "192.0.2.31".parse::<Ipv4Addr>().unwrap()
+    );
+    assert_eq!(s.networks["blue"].leases["h1"].subnet, net("10.1.0.0/24"));
+}
+
+#[test]
+fn endpoints_skip_network_gateway_and_broadcast_and_are_released() {
+    let mut s = two_hosts();
+    let mut spec = vxlan("small", "10.9.0.0/24");
+    spec.host_prefix = Some(29); // 8 addresses: .0 network, .1 gateway, .7 broadcast → 5 endpoints
+    create(&mut s, spec).unwrap();
+    let ips: Vec<Ipv4Addr> = (0..5)
+        .map(|i| attach(&mut s, "small", "h1", &format!("ns{i}")).unwrap().ip)
+        .collect();
+    let expected: Vec<Ipv4Addr> = (2..=6).map(|o| Ipv4Addr::new(10, 9, 0, o)).collect();
+    assert_eq!(ips, expected);
+    let ep = s.endpoint_by_key("small", "h1", "ns0").unwrap();
+    assert_eq!(ep.gateway, Ipv4Addr::new(10, 9, 0, 1));
+    assert_eq!(ep.prefix_len, 29);
+    assert_eq!(ep.mac.to_string(), "0a:58:0a:09:00:02");
+
+    // Exhausted: a sixth endpoint on h1 is refused, state unchanged.
+    assert_refused(
+        &mut s,
+        Command::AttachEndpoint {
+            network: "small".into(),
+            host: "h1".into(),
+            netns: "ns5".into(),
+            ifname: "eth0".into(),
+            ip: None,
+            now_ms: 1,
+        },
+        |e| matches!(e, StateError::AddressPoolExhausted { .. }),
+    );
+    // Detach frees the address; it is handed out again.
+    s.apply(Command::DetachEndpoint {
+        network: "small".into(),
+        host: "h1".into(),
+        netns: "ns2".into(),
+    })
+    .result
+    .unwrap();
+    assert_eq!(
+        attach(&mut s, "small", "h1", "ns5").unwrap().ip,
+        Ipv4Addr::new(10, 9, 0, 4)
+    );
+}
+
+#[test]
+fn freed_address_is_not_reused_first() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let a = attach(&mut s, "blue", "h1", "a").unwrap().ip;
+    s.apply(Command::DetachEndpoint {
+        network: "blue".into(),
+        host: "h1".into(),
+        netns: "a".into(),
+    })
+    .result
+    .unwrap();
+    let b = attach(&mut s, "blue", "h1", "b").unwrap().ip;
+    assert_ne!(
+        a, b,
+        "round-robin allocation must not hand a just-freed address out first"
+    );
+}
+
+#[test]
+fn bad_network_specs_are_refused_without_change() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let refuse = |s: &mut ClusterState, spec: NetworkSpec, f: fn(&StateError) -> bool| {
+        assert_refused(s, Command::CreateNetwork { spec, now_ms: 2 }, f)
+    };
+    refuse(&mut s, vxlan("blue", "10.2.0.0/16"), |e| {
+        matches!(e, StateError::DuplicateNetwork(_))
+    });
+    refuse(&mut s, vxlan("red", "10.1.128.0/17"), |e| {
+        matches!(e, StateError::Overlap { .. })
+    });
+    refuse(&mut s, vxlan("red", "10.0.0.0/8"), |e| {
+        matches!(e, StateError::Overlap { .. })
+    });
+    refuse(&mut s, vxlan("red", "10.2.0.1/16"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    let mut spec = vxlan("red", "10.2.0.0/16");
+    spec.host_prefix = Some(16);
+    refuse(
+        &mut s,
+        spec.clone(),
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "host prefix"),
+    );
+    spec.host_prefix = Some(12);
+    refuse(
+        &mut s,
+        spec.clone(),
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "host prefix"),
+    );
+    spec.host_prefix = Some(31);
+    refuse(
+        &mut s,
+        spec,
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "host prefix"),
+    );
+    let mut spec = vxlan("red", "10.2.0.0/16");
+    spec.vni = Some(4096);
+    refuse(&mut s, spec.clone(), |e| {
+        matches!(e, StateError::VniInUse { vni: 4096, .. })
+    });
+    spec.vni = Some(0);
+    refuse(
+        &mut s,
+        spec.clone(),
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "VNI"),
+    );
+    spec.vni = Some(16_777_216);
+    refuse(
+        &mut s,
+        spec,
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "VNI"),
+    );
+    refuse(&mut s, vxlan("bad name!", "10.2.0.0/16"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    refuse(&mut s, vxlan("", "10.2.0.0/16"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    let mut spec = vxlan("red", "10.2.0.0/16");
+    spec.mtu = Some(100);
+    refuse(
+        &mut s,
+        spec,
+        |e| matches!(e, StateError::Invalid { what, .. } if what == "MTU"),
+    );
+    let mut spec = vxlan("red", "10.2.0.0/16");
+    spec.mode = Mode::Macvlan;
+    refuse(&mut s, spec, |e| matches!(e, StateError::Invalid { .. }));
+}
+
+#[test]
+fn subnet_pool_exhaustion_is_reported_at_attach() {
+    let mut s = ClusterState::default();
+    let mut spec = vxlan("tiny", "10.3.0.0/24");
+    spec.host_prefix = Some(26); // 4 host subnets
+    create(&mut s, spec).unwrap();
+    for i in 1..=5 {
+        register(&mut s, &format!("h{i}"), &format!("192.0.2.{}", 20 + i)).unwrap();
+    }
+    assert_eq!(s.networks["tiny"].leases.len(), 4);
+    assert!(!s.networks["tiny"].leases.contains_key("h5"));
+    assert_refused(
+        &mut s,
+        Command::AttachEndpoint {
+            network: "tiny".into(),
+            host: "h5".into(),
+            netns: "w".into(),
+            ifname: "eth0".into(),
+            ip: None,
+            now_ms: 1,
+        },
+        |e| matches!(e, StateError::SubnetPoolExhausted { capacity: 4, .. }),
+    );
+    // Removing a host frees its subnet; h5 then gets one on attach.
+    s.apply(Command::RemoveHost { name: "h2".into() }).result.unwrap();
+    let ep = attach(&mut s, "tiny", "h5", "w").unwrap();
+    assert_eq!(s.networks["tiny"].leases["h5"].subnet, net("10.3.0.64/26"));
+    assert!(net("10.3.0.64/26").contains(ep.ip));
+}
+
+#[test]
+fn unknown_names_and_duplicates_are_refused() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    attach(&mut s, "blue", "h1", "w1").unwrap();
+    let att = |network: &str, host: &str, netns: &str, ifname: &str| Command::AttachEndpoint {
+        network: network.into(),
+        host: host.into(),
+        netns: netns.into(),
+        ifname: ifname.into(),
+        ip: None,
+        now_ms: 1,
+    };
+    assert_refused(&mut s, att("nope", "h1", "w2", "eth0"), |e| {
+        matches!(e, StateError::UnknownNetwork(_))
+    });
+    assert_refused(&mut s, att("blue", "h9", "w2", "eth0"), |e| {
+        matches!(e, StateError::UnknownHost(_))
+    });
+    assert_refused(&mut s, att("blue", "h1", "w1", "eth1"), |e| {
+        matches!(e, StateError::EndpointExists { .. })
+    });
+    assert_refused(&mut s, att("blue", "h1", "../x", "eth0"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    assert_refused(&mut s, att("blue", "h1", "/run/netns/../../etc", "eth0"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    assert_refused(&mut s, att("blue", "h1", "w2", "this-name-is-too-long"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    create(&mut s, vxlan("red", "10.2.0.0/16")).unwrap();
+    assert_refused(&mut s, att("red", "h1", "w1", "eth0"), |e| {
+        matches!(e, StateError::IfnameInUse { .. })
+    });
+    let ip = |ip: &str| Command::AttachEndpoint {
+        network: "blue".into(),
+        host: "h1".into(),
+        netns: "w9".into(),
+        ifname: "eth0".into(),
+        ip: Some(ip.parse().unwrap()),
+        now_ms: 1,
+    };
+    let taken = s.endpoint_by_key("blue", "h1", "w1").unwrap().ip.to_string();
+    assert_refused(&mut s, ip(&taken), |e| {
+        matches!(e, StateError::AddressInUse { .. })
+    });
+    assert_refused(&mut s, ip("10.1.0.1"), |e| {
+        matches!(e, StateError::AddressNotAllowed { .. })
+    });
+    assert_refused(&mut s, ip("10.1.1.5"), |e| {
+        matches!(e, StateError::AddressNotAllowed { .. })
+    });
+    assert_refused(
+        &mut s,
+        Command::DetachEndpoint {
+            network: "blue".into(),
+            host: "h1".into(),
+            netns: "zz".into(),
+        },
+        |e| matches!(e, StateError::UnknownEndpoint { .. }),
+    );
+    assert_refused(&mut s, Command::RemoveHost { name: "h9".into() }, |e| {
+        matches!(e, StateError::UnknownHost(_))
+    });
+    assert_refused(
+        &mut s,
+        Command::Heartbeat {
+            name: "h9".into(),
+            now_ms: 5,
+        },
+        |e| matches!(e, StateError::UnknownHost(_)),
+    );
+    assert_refused(
+        &mut s,
+        Command::RegisterHost {
+            name: "h3".into(),
+            underlay_ip: "192.0.2.21".parse().unwrap(),
+            underlay_iface: "eth0".into(),
+            underlay_mtu: 1500,
+            now_ms: 1,
+        },
+        |e| matches!(e, StateError::Invalid { .. }),
+    );
+}
+
+#[test]
+fn network_with_endpoints_needs_force() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    attach(&mut s, "blue", "h1", "w1").unwrap();
+    assert_refused(
+        &mut s,
+        Command::DeleteNetwork {
+            name: "blue".into(),
+            force: false,
+        },
+        |e| matches!(e, StateError::NetworkHasEndpoints { count: 1, .. }),
+    );
+    assert_refused(
+        &mut s,
+        Command::DeleteNetwork {
+            name: "nope".into(),
+            force: true,
+        },
+        |e| matches!(e, StateError::UnknownNetwork(_)),
+    );
+    let r = s.apply(Command::DeleteNetwork {
+        name: "blue".into(),
+        force: true,
+    });
+    assert_eq!(r.result, Ok(Response::NetworkDeleted { removed_endpoints: 1 }));
+    assert!(s.endpoints.is_empty());
+    // The CIDR and VNI are free again.
+    let Ok(Response::Network(n)) = create(&mut s, vxlan("blue2", "10.1.0.0/16")) else {
+        panic!()
+    };
+    assert_eq!(n.vni, Some(4096));
+}
+
+#[test]
+fn heartbeats_do_not_bump_revision_and_reports_only_touch_own_endpoints() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let ep = attach(&mut s, "blue", "h1", "w1").unwrap();
+    let rev = s.revision;
+    s.apply(Command::Heartbeat {
+        name: "h1".into(),
+        now_ms: 99,
+    })
+    .result
+    .unwrap();
+    assert_eq!(s.revision, rev);
+    assert_eq!(s.hosts["h1"].last_seen_ms, 99);
+    let r = s.apply(Command::ReportEndpoints {
+        host: "h2".into(),
+        statuses: vec![(ep.id, EndpointStatus::Ready)],
+    });
+    assert_eq!(r.result, Ok(Response::StatusRecorded { changed: 0 }));
+    let r = s.apply(Command::ReportEndpoints {
+        host: "h1".into(),
+        statuses: vec![(ep.id, EndpointStatus::Ready)],
+    });
+    assert_eq!(r.result, Ok(Response::StatusRecorded { changed: 1 }));
+    assert_eq!(s.endpoints[&ep.id].status, EndpointStatus::Ready);
+}
+
+#[test]
+fn macvlan_allocates_cluster_wide_and_enforces_passthru() {
+    let mut s = two_hosts();
+    let spec = |name: &str, mode: MacvlanMode| NetworkSpec {
+        name: name.into(),
+        mode: Mode::Macvlan,
+        cidr: net("198.51.100.0/24"),
+        host_prefix: None,
+        vni: None,
+        mtu: None,
+        nat_egress: false,
+        macvlan: Some(MacvlanSpec {
+            parent: "eth0".into(),
+            gateway: "198.51.100.1".parse().unwrap(),
+            ip_range: net("198.51.100.0/30"),
+            mode,
+        }),
+    };
+    create(&mut s, spec("lan", MacvlanMode::Bridge)).unwrap();
+    // Range .0/30 clipped to host addresses and minus the gateway: only .2 and .3.
+    assert_eq!(ClusterState::capacity(&s.networks["lan"]), 2);
+    let a = attach(&mut s, "lan", "h1", "a").unwrap();
+    let b = attach(&mut s, "lan", "h2", "b").unwrap();
+    assert_eq!(
+        (a.ip.to_string().as_str(), b.ip.to_string().as_str()),
+        ("198.51.100.2", "198.51.100.3")
+    );
+    assert_eq!(a.prefix_len, 24);
+    assert!(matches!(
+        attach(&mut s, "lan", "h1", "c"),
+        Err(StateError::AddressPoolExhausted { capacity: 2, .. })
+    ));
+    s.apply(Command::DeleteNetwork {
+        name: "lan".into(),
+        force: true,
+    })
+    .result
+    .unwrap();
+
+    let mut p = spec("pt", MacvlanMode::Passthru);
+    p.macvlan.as_mut().unwrap().ip_range = net("198.51.100.0/24");
+    create(&mut s, p).unwrap();
+    attach(&mut s, "pt", "h1", "a").unwrap();
+    assert!(matches!(
+        attach(&mut s, "pt", "h1", "b"),
+        Err(StateError::PassthruTaken { .. })
+    ));
+    attach(&mut s, "pt", "h2", "b").unwrap();
+}
+
+#[test]
+fn snapshot_round_trip_rebuilds_indices() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    attach(&mut s, "blue", "h1", "w1").unwrap();
+    let json = serde_json::to_vec(&s).unwrap();
+    let mut restored = ClusterState::from_snapshot_json(&json).unwrap();
+    assert_eq!(restored, s);
+    assert!(restored.endpoint_by_key("blue", "h1", "w1").is_some());
+    // The indices work: a duplicate is caught and a new address differs.
+    assert!(matches!(
+        attach(&mut restored, "blue", "h1", "w1"),
+        Err(StateError::EndpointExists { .. })
+    ));
+    let ep2 = attach(&mut restored, "blue", "h1", "w2").unwrap();
+    assert_ne!(ep2.ip, s.endpoint_by_key("blue", "h1", "w1").unwrap().ip);
+}
+
+// ---------------------------------------------------------------- property tests
+
+#[derive(Clone, Debug)]
+enum Op {
+    Register(u8),
+    RemoveHost(u8),
+    Create(u8, u8, Option<u8>),
+    Delete(u8, bool),
+    Attach(u8, u8, u8),
+    Detach(u8, u8, u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..6).prop_map(Op::Register),
+        (0u8..6).prop_map(Op::RemoveHost),
+        (0u8..4, 0u8..6, proptest::option::of(26u8..29)).prop_map(|(n, c, p)| Op::Create(n, c, p)),
+        (0u8..4, any::<bool>()).prop_map(|(n, f)| Op::Delete(n, f)),
+        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Attach(n, h, w)),
+        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Detach(n, h, w)),
+    ]
+}
+
+fn to_command(op: &Op) -> Command {
+    // Small CIDRs, some overlapping, so exhaustion and overlap are exercised often.
+    const CIDRS: [&str; 6] = [
+        "10.0.0.0/24",
+        "10.0.1.0/24",
+        "10.0.0.0/23",
+        "10.0.2.0/25",
+        "10.0.3.0/24",
+        "10.0.2.0/24",
+    ];
+    match *op {
+        Op::Register(h) => Command::RegisterHost {
+            name: format!("h{h}"),
+            underlay_ip: Ipv4Addr::new(192, 0, 2, 10 + h),
+            underlay_iface: "eth0".into(),
+            underlay_mtu: 1500,
+            now_ms: 1,
+        },
+        Op::RemoveHost(h) => Command::RemoveHost {
+            name: format!("h{h}"),
+        },
+        Op::Create(n, c, p) => Command::CreateNetwork {
+            spec: NetworkSpec {
+                host_prefix: p,
+                ..vxlan(&format!("n{n}"), CIDRS[c as usize])
+            },
+            now_ms: 1,
+        },
+        Op::Delete(n, force) => Command::DeleteNetwork {
+            name: format!("n{n}"),
+            force,
+        },
+        Op::Attach(n, h, w) => Command::AttachEndpoint {
+            network: format!("n{n}"),
+            host: format!("h{h}"),
+            netns: format!("w{w}"),
+            ifname: format!("e{n}"),
+            ip: None,
+            now_ms: 1,
+        },
+        Op::Detach(n, h, w) => Command::DetachEndpoint {
+            network: format!("n{n}"),
+            host: format!("h{h}"),
+            netns: format!("w{w}"),
+        },
+    }
+}
+
+/// Everything that must hold after any sequence of commands.
+fn check_invariants(s: &ClusterState) {
+    let mut ips = BTreeSet::new();
+    let mut vnis = BTreeSet::new();
+    let mut macs = BTreeSet::new();
+    let mut keys = BTreeSet::new();
+    for ep in s.endpoints.values() {
+        assert!(ips.insert(ep.ip), "address {} handed out twice", ep.ip);
+        assert!(macs.insert(ep.mac), "MAC {} handed out twice", ep.mac);
+        assert!(
+            keys.insert((&ep.network, &ep.host, &ep.netns)),
+            "duplicate endpoint key"
+        );
+        let n = s
+            .networks
+            .get(&ep.network)
+            .expect("endpoint of a deleted network");
+        assert!(s.hosts.contains_key(&ep.host), "endpoint of a removed host");
+        let lease = n.leases.get(&ep.host).expect("endpoint without a lease");
+        assert!(lease.subnet.contains(ep.ip), "endpoint outside its host subnet");
+        assert_ne!(ep.ip, ipam::subnet_gateway(lease.subnet));
+        assert_ne!(ep.ip, lease.subnet.network());
+        assert_ne!(ep.ip, lease.subnet.broadcast());
+    }
+    let mut subnets: Vec<Ipv4Network> = Vec::new();
+    for n in s.networks.values() {
+        assert!(vnis.insert(n.vni), "VNI {:?} used twice", n.vni);
+        for (host, lease) in &n.leases {
+            assert!(s.hosts.contains_key(host), "lease of a removed host");
+            assert!(n.cidr.contains(lease.subnet.network()) && lease.subnet.prefix() == n.host_prefix);
+            assert!(
+                !subnets.iter().any(|o| o.overlaps(lease.subnet)),
+                "subnet {} leased twice",
+                lease.subnet
+            );
+            subnets.push(lease.subnet);
+        }
+    }
+    // Derived indices agree with the records (no leak: every index entry is a live endpoint).
+    let indexed: usize = s.addresses.values().map(|a| a.len()).sum();
+    assert_eq!(indexed, s.endpoints.len(), "address index leaks");
+    assert_eq!(s.by_key.len(), s.endpoints.len(), "key index leaks");
+    let mut rebuilt = s.clone();
+    rebuilt.rebuild_indices();
+    assert_eq!(
+        rebuilt.addresses.iter().filter(|(_, a)| !a.is_empty()).count(),
+        s.addresses.iter().filter(|(_, a)| !a.is_empty()).count()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_keep_allocations_unique(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut s = ClusterState::default();
+        for op in &ops {
+            let before = s.clone();
+            let reply = s.apply(to_command(op));
+            if reply.result.is_err() {
+                prop_assert_eq!(&s, &before, "refused {:?} changed the state", op);
+            }
+            check_invariants(&s);
+        }
+        // Replaying the same log on another replica gives the same state.
+        let mut replica = ClusterState::default();
+        for op in &ops {
+            replica.apply(to_command(op));
+        }
+        prop_assert_eq!(&replica, &s);
+    }
+
+    #[test]
+    fn detach_all_then_reallocate_never_leaks(n in 1usize..40) {
+        let mut s = two_hosts();
+        let mut spec = vxlan("blue", "10.1.0.0/24");
+        spec.host_prefix = Some(26); // 61 endpoint addresses per host
+        create(&mut s, spec).unwrap();
+        for round in 0..3 {
+            let mut got = BTreeMap::new();
+            for i in 0..n {
+                let ep = attach(&mut s, "blue", "h1", &format!("r{round}-{i}")).unwrap();
+                prop_assert!(got.insert(ep.ip, i).is_none());
+            }
+            for i in 0..n {
+                s.apply(Command::DetachEndpoint {
+                    network: "blue".into(), host: "h1".into(), netns: format!("r{round}-{i}"),
+                }).result.unwrap();
+            }
+            prop_assert!(s.endpoints.is_empty());
+            prop_assert!(s.addresses["blue"].is_empty());
+        }
+        // The whole pool is still available after the churn.
+        for i in 0..61 {
+            attach(&mut s, "blue", "h1", &format!("full-{i}")).unwrap();
+        }
+        let exhausted = matches!(attach(&mut s, "blue", "h1", "one-more"), Err(StateError::AddressPoolExhausted { .. }));
+        prop_assert!(exhausted, "the 62nd endpoint must exhaust the /26");
+    }
+}

@@ -1,0 +1,18 @@
+//! Wire types of overlay: the public API (`Overlay` for people and scripts, `Agent` for node
+//! agents), the replica-to-replica `Raft` service, and [`connect::Controllers`], the fail-over
+//! connector every client uses to reach "any replica".
+
+#![allow(clippy::large_enum_variant)]
+
+pub mod v1 {
+    tonic::include_proto!("overlay.v1");
+}
+
+pub mod raft {
+    tonic::include_proto!("overlay.raft.v1");
+}
+
+pub mod connect;
+pub mod names;
+
+pub use v1::*;

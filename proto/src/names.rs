@@ -1,0 +1,48 @@
+//! Text forms shared by the controller, the agent and the CLI, so that every tool spells a
+//! mode or a state the same way.
+
+use crate::v1::{EndpointState, NetworkMode};
+
+/// Metadata key the controller sets on every status it produces itself. A status without it
+/// came from the transport (connection refused, reset, h2 error): the client may try another
+/// replica.
+pub const SERVER_ERROR_KEY: &str = "x-overlay-error";
+
+impl NetworkMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            NetworkMode::Vxlan => "vxlan",
+            NetworkMode::Macvlan => "macvlan",
+            NetworkMode::Nat => "nat",
+            NetworkMode::Unspecified => "unspecified",
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "vxlan" => Some(NetworkMode::Vxlan),
+            "macvlan" => Some(NetworkMode::Macvlan),
+            "nat" => Some(NetworkMode::Nat),
+            _ => None,
+        }
+    }
+}
+
+impl EndpointState {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndpointState::Pending => "pending",
+            EndpointState::Ready => "ready",
+            EndpointState::Failed => "failed",
+            EndpointState::Unspecified => "unspecified",
+        }
+    }
+}
+
+/// Every device the agent creates starts with one of these, so a reconcile can tell its own
+/// devices from the host's and remove what is no longer desired without touching anything else.
+pub const BRIDGE_PREFIX: &str = "ovb-";
+pub const VXLAN_PREFIX: &str = "ovx-";
+pub const ENDPOINT_PREFIX: &str = "ovv-";
+/// Temporary name of the peer end of a veth before it moves into the workload namespace.
+pub const PEER_PREFIX: &str = "ovp-";
