@@ -10,3 +10,8 @@ pub mod desired;
 pub mod ipam;
 pub mod model;
 pub mod state;
+
+pub mod api;
+pub mod node;
+pub mod raft;
+pub mod server;

@@ -1,1 +1,99 @@
-fn main() {}
+//! `overlay-controller`: one replica of the overlay control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use overlay_controller::server::{Controller, ControllerConfig, parse_peers};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "overlay-controller",
+    version,
+    about = "Raft-replicated control plane of overlay"
+)]
+struct Args {
+    /// This replica's id (1, 2, 3 ...); must appear in --peers when that is given.
+    #[arg(long)]
+    node_id: u64,
+    /// Address serving agents, overlayctl and the other replicas.
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    listen: SocketAddr,
+    /// Raft log, vote and snapshots live here.
+    #[arg(long, default_value = "/var/lib/overlay/controller")]
+    data_dir: PathBuf,
+    /// All replicas as ID=HOST:PORT,...; omitted = a single-node cluster at --listen.
+    #[arg(long)]
+    peers: Option<String>,
+    /// Bound on a write or consistent read (without a quorum requests fail after this long).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?} (use ms, s or m)")),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let peers = match &args.peers {
+        Some(p) => parse_peers(p).map_err(anyhow::Error::msg).context("--peers")?,
+        None => [(args.node_id, args.listen.to_string())].into_iter().collect(),
+    };
+    let config = ControllerConfig {
+        node_id: args.node_id,
+        listen: args.listen,
+        peers,
+        data_dir: args.data_dir,
+        request_timeout: args.request_timeout,
+    };
+    let controller = Controller::start(&config).await?;
+    tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, "controller serving");
+    controller.serve(shutdown_signal()).await?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

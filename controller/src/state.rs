@@ -97,6 +97,8 @@ pub enum Response {
     StatusRecorded {
         changed: u32,
     },
+    /// Raft-internal entries (blank, membership) that carry no command.
+    Noop,
 }
 
 /// What the state machine returns for each log entry: the result and the revision after it.
@@ -746,7 +748,7 @@ impl ClusterState {
                 }
                 ip
             }
-            None => ipam::next_free_ip(first, last, cursor, &used, &reserved).ok_or_else(|| {
+            None => ipam::next_free_ip(first, last, cursor, used, &reserved).ok_or_else(|| {
                 StateError::AddressPoolExhausted {
                     network: network_name.clone(),
                     range: format!("{first}-{last}"),

@@ -1,1 +1,383 @@
-fn main() {}
+//! `overlayctl`: the command-line client of overlay, in the spirit of `docker network`.
+//!
+//! Tables for people, `--output json` for scripts. Every error exits 1 with one line on stderr
+//! that names the cause.
+
+mod output;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use overlay_proto::connect::Controllers;
+use overlay_proto::v1 as pb;
+use overlay_proto::v1::overlay_client::OverlayClient;
+use tonic::transport::Channel;
+
+use crate::output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "overlayctl",
+    version,
+    about = "Manage overlay networks, hosts and endpoints"
+)]
+struct Cli {
+    /// Controller replicas (HOST:PORT, comma-separated); any of them will do.
+    #[arg(
+        long,
+        global = true,
+        env = "OVERLAY_CONTROLLER",
+        default_value = "127.0.0.1:7400"
+    )]
+    controller: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Controller cluster: members, leader, term, commit index, health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Hosts registered by their agents.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Networks: create, list, inspect, remove.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Workload endpoints: attach a namespace to a network, detach it, list.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Members, leader, term, commit index and health.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCmd {
+    /// List hosts.
+    Ls,
+    /// Show one host with its subnet leases.
+    Inspect { name: String },
+    /// Remove a host: its leases and endpoints are released and every other host drops its
+    /// tunnel entries. Stop its agent first, or it registers again.
+    Rm { name: String },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Vxlan,
+    Macvlan,
+    Nat,
+}
+
+#[derive(Args, Debug)]
+struct CreateArgs {
+    name: String,
+    #[arg(long, value_enum)]
+    mode: ModeArg,
+    /// The network's address space, e.g. 10.1.0.0/16 (for macvlan: the LAN subnet).
+    #[arg(long)]
+    subnet: String,
+    /// Prefix length of each host's slice (vxlan, nat). Default 24.
+    #[arg(long)]
+    host_prefix: Option<u32>,
+    /// VXLAN network identifier (1-16777215). Default: first free from 4096.
+    #[arg(long)]
+    vni: Option<u32>,
+    /// Workload MTU. Default: underlay MTU minus the VXLAN overhead (vxlan), underlay MTU (nat),
+    /// the parent's (macvlan).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Masquerade traffic leaving the network to the host's underlay address (vxlan).
+    #[arg(long)]
+    nat_egress: bool,
+    /// macvlan: parent NIC on every host (a VLAN sub-interface like eth0.50 is created if missing).
+    #[arg(long)]
+    parent: Option<String>,
+    /// macvlan: the LAN's router.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// macvlan: addresses overlay may hand out (default: the whole subnet).
+    #[arg(long)]
+    ip_range: Option<String>,
+    /// macvlan mode.
+    #[arg(long, value_parser = ["bridge", "private", "vepa", "passthru"])]
+    macvlan_mode: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    Ls,
+    /// Show a network with its leases and endpoints.
+    Inspect { name: String },
+    /// Remove a network. Refused while it has endpoints, unless --force.
+    Rm {
+        name: String,
+        /// Also detach its endpoints.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Attach a network namespace to a network; prints the address it got.
+    Attach {
+        network: String,
+        /// Host the namespace lives on.
+        #[arg(long)]
+        host: String,
+        /// Namespace: a name under /run/netns, an absolute path, or a pid.
+        #[arg(long)]
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Ask for this address instead of the next free one.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Seconds to wait for the host's agent to wire the endpoint.
+        #[arg(long, default_value_t = 15)]
+        wait: u32,
+        /// Only allocate; do not wait for the agent.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Detach a namespace from a network; its address is released.
+    Detach {
+        network: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        netns: String,
+    },
+    /// List endpoints.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+/// An error for the user: one line, exit code 1.
+struct Failure(String);
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure(s.message().lines().next().unwrap_or("request failed").to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlayctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("overlayctl: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version print as usual; a usage error becomes one line and exit 1.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let text: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let line = text.join(" ");
+    eprintln!("overlayctl: {} (see --help)", line.trim_start_matches("error: "));
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let controllers = Controllers::new(
+        std::slice::from_ref(&cli.controller),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| Failure(e.to_string()))?;
+    let out = cli.output;
+    match cli.command {
+        Command::Cluster(ClusterCmd::Status) => {
+            let resp = call(&controllers, |mut c| async move {
+                c.cluster_status(pb::ClusterStatusRequest {}).await
+            })
+            .await?;
+            output::cluster_status(out, &resp);
+        }
+        Command::Host(HostCmd::Ls) => {
+            let resp = call(&controllers, |mut c| async move {
+                c.list_hosts(pb::ListHostsRequest {}).await
+            })
+            .await?;
+            output::hosts(out, &resp.hosts);
+        }
+        Command::Host(HostCmd::Inspect { name }) => {
+            let resp = call(&controllers, |mut c| {
+                let name = name.clone();
+                async move { c.inspect_host(pb::HostRef { name }).await }
+            })
+            .await?;
+            output::host(out, &resp);
+        }
+        Command::Host(HostCmd::Rm { name }) => {
+            let resp = call(&controllers, |mut c| {
+                let name = name.clone();
+                async move { c.remove_host(pb::HostRef { name }).await }
+            })
+            .await?;
+            output::host_removed(out, &name, &resp);
+        }
+        Command::Network(NetworkCmd::Create(args)) => {
+            let req = create_request(args)?;
+            let resp = call(&controllers, |mut c| {
+                let req = req.clone();
+                async move { c.create_network(req).await }
+            })
+            .await?;
+            output::network_created(out, &resp);
+        }
+        Command::Network(NetworkCmd::Ls) => {
+            let resp = call(&controllers, |mut c| async move {
+                c.list_networks(pb::ListNetworksRequest {}).await
+            })
+            .await?;
+            output::networks(out, &resp.networks);
+        }
+        Command::Network(NetworkCmd::Inspect { name }) => {
+            let resp = call(&controllers, |mut c| {
+                let name = name.clone();
+                async move { c.inspect_network(pb::NetworkRef { name }).await }
+            })
+            .await?;
+            output::network_detail(out, &resp);
+        }
+        Command::Network(NetworkCmd::Rm { name, force }) => {
+            let resp = call(&controllers, |mut c| {
+                let name = name.clone();
+                async move { c.delete_network(pb::DeleteNetworkRequest { name, force }).await }
+            })
+            .await?;
+            output::network_removed(out, &name, &resp);
+        }
+        Command::Endpoint(EndpointCmd::Attach {
+            network,
+            host,
+            netns,
+            ifname,
+            ip,
+            wait,
+            no_wait,
+        }) => {
+            let req = pb::AttachEndpointRequest {
+                network,
+                host,
+                netns,
+                ifname,
+                ip: ip.unwrap_or_default(),
+                wait_ms: wait.saturating_mul(1000),
+                no_wait,
+            };
+            let resp = call(&controllers, |mut c| {
+                let mut request = tonic::Request::new(req.clone());
+                request.set_timeout(Duration::from_secs(wait as u64 + 15));
+                async move { c.attach_endpoint(request).await }
+            })
+            .await?;
+            output::endpoint_attached(out, &resp);
+        }
+        Command::Endpoint(EndpointCmd::Detach { network, host, netns }) => {
+            let req = pb::DetachEndpointRequest { network, host, netns };
+            let resp = call(&controllers, |mut c| {
+                let req = req.clone();
+                async move { c.detach_endpoint(req).await }
+            })
+            .await?;
+            output::endpoint_detached(out, &resp);
+        }
+        Command::Endpoint(EndpointCmd::Ls { network, host }) => {
+            let req = pb::ListEndpointsRequest {
+                network: network.unwrap_or_default(),
+                host: host.unwrap_or_default(),
+            };
+            let resp = call(&controllers, |mut c| {
+                let req = req.clone();
+                async move { c.list_endpoints(req).await }
+            })
+            .await?;
+            output::endpoints(out, &resp.endpoints);
+        }
+    }
+    Ok(())
+}
+
+/// One RPC on the first replica that answers.
+async fn call<T, F, Fut>(controllers: &Controllers, mut f: F) -> Result<T, Failure>
+where
+    F: FnMut(OverlayClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let resp = controllers.call(|ch| f(OverlayClient::new(ch))).await?;
+    Ok(resp.into_inner())
+}
+
+fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
+    let mode = match a.mode {
+        ModeArg::Vxlan => pb::NetworkMode::Vxlan,
+        ModeArg::Macvlan => pb::NetworkMode::Macvlan,
+        ModeArg::Nat => pb::NetworkMode::Nat,
+    };
+    let macvlan_given =
+        a.parent.is_some() || a.gateway.is_some() || a.ip_range.is_some() || a.macvlan_mode.is_some();
+    if macvlan_given && !matches!(a.mode, ModeArg::Macvlan) {
+        return Err(Failure(
+            "--parent, --gateway, --ip-range and --macvlan-mode apply to --mode macvlan only".into(),
+        ));
+    }
+    Ok(pb::CreateNetworkRequest {
+        name: a.name,
+        mode: mode as i32,
+        subnet: a.subnet,
+        host_prefix: a.host_prefix,
+        vni: a.vni,
+        mtu: a.mtu,
+        nat_egress: a.nat_egress,
+        macvlan: macvlan_given.then(|| pb::MacvlanOptions {
+            parent: a.parent.unwrap_or_default(),
+            gateway: a.gateway.unwrap_or_default(),
+            ip_range: a.ip_range.unwrap_or_default(),
+            mode: a.macvlan_mode.unwrap_or_default(),
+        }),
+    })
+}

@@ -1,0 +1,423 @@
+//! The `Overlay` service: networks, hosts, endpoints and cluster status for overlayctl.
+//!
+//! Writes go through [`Node::write`]; reads first call [`Node::linearizable`], so an answer
+//! never misses a change that was acknowledged before the request, whichever replica serves it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use overlay_proto::v1 as pb;
+use overlay_proto::v1::overlay_server::Overlay;
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+
+use super::{convert, invalid, parse, status};
+use crate::model::EndpointStatus;
+use crate::node::{Node, now_ms};
+use crate::raft::NodeId;
+use crate::state::{Command, Response as Done};
+
+/// How long `endpoint attach` waits for the host's agent unless the request says otherwise.
+pub const DEFAULT_ATTACH_WAIT: Duration = Duration::from_secs(15);
+const MAX_ATTACH_WAIT: Duration = Duration::from_secs(300);
+
+pub struct OverlayApi {
+    node: Arc<Node>,
+}
+
+impl OverlayApi {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    /// Proposes `cmd` and returns the successful response, or the refusal as a status.
+    async fn write(&self, cmd: Command) -> Result<(Done, u64), Status> {
+        let reply = self.node.write(cmd).await?;
+        Ok((reply.result?, reply.revision))
+    }
+
+    /// Waits for the agent's verdict on a new endpoint. On failure or timeout the allocation is
+    /// rolled back, so a failed attach leaves nothing behind.
+    async fn await_wiring(&self, ep: pb::Endpoint, wait: Duration) -> Result<pb::Endpoint, Status> {
+        let deadline = Instant::now() + wait;
+        let mut revisions = self.node.view.subscribe();
+        loop {
+            let current = self
+                .node
+                .view
+                .read(|s| s.endpoints.get(&ep.id).map(|e| e.status.clone()));
+            match current {
+                None => {
+                    return Err(status(
+                        Code::Aborted,
+                        format!("endpoint {} was detached while being wired", ep.address),
+                    ));
+                }
+                Some(EndpointStatus::Ready) => {
+                    let done = self
+                        .node
+                        .view
+                        .read(|s| s.endpoints.get(&ep.id).map(convert::endpoint));
+                    return Ok(done.unwrap_or(ep));
+                }
+                Some(EndpointStatus::Failed(reason)) => {
+                    self.roll_back(&ep).await;
+                    return Err(status(
+                        Code::FailedPrecondition,
+                        format!("host {:?} could not wire the endpoint: {reason}", ep.host),
+                    ));
+                }
+                Some(EndpointStatus::Pending) => {}
+            }
+            if tokio::time::timeout_at(deadline, revisions.changed())
+                .await
+                .is_err()
+            {
+                self.roll_back(&ep).await;
+                return Err(status(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "the agent on host {:?} did not wire the endpoint within {}s; is overlay-agent running there?",
+                        ep.host,
+                        wait.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    async fn roll_back(&self, ep: &pb::Endpoint) {
+        let cmd = Command::DetachEndpoint {
+            network: ep.network.clone(),
+            host: ep.host.clone(),
+            netns: ep.netns.clone(),
+        };
+        if let Err(e) = self.node.write(cmd).await {
+            tracing::warn!(endpoint = ep.id, error = %e, "could not roll back a failed attach");
+        }
+    }
+
+    /// Replication position of each member as the leader sees it (asked of the leader when this
+    /// replica follows).
+    async fn leader_replication(&self) -> Option<std::collections::BTreeMap<NodeId, u64>> {
+        let metrics = if self.node.leader().is_some_and(|(id, _)| id == self.node.id) {
+            self.node.raft.metrics().borrow().clone()
+        } else {
+            let (_, addr) = self.node.leader()?;
+            let mut client = self.node.peers.client(&addr).ok()?;
+            let mut req = Request::new(overlay_proto::raft::RaftPayload { data: Vec::new() });
+            req.set_timeout(Duration::from_secs(1));
+            let reply = client.metrics(req).await.ok()?;
+            crate::raft::network::decode::<openraft::RaftMetrics<NodeId, openraft::BasicNode>>(
+                reply.get_ref(),
+            )
+            .ok()?
+        };
+        let replication = metrics.replication?;
+        Some(
+            replication
+                .into_iter()
+                .map(|(id, log)| (id, log.map(|l| l.index).unwrap_or(0)))
+                .collect(),
+        )
+    }
+}
+
+fn require(what: &str, value: &str) -> Result<(), Status> {
+    if value.trim().is_empty() {
+        Err(invalid(format!("{what} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Overlay for OverlayApi {
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let replication = self.leader_replication().await;
+        let leader = metrics.current_leader;
+
+        // Ask every member directly whether it answers: a dead follower's replication position
+        // alone looks healthy until the next write.
+        let probes = membership.nodes().map(|(id, node)| {
+            let (id, addr) = (*id, node.addr.clone());
+            let peers = self.node.peers.clone();
+            let me = self.node.id;
+            async move {
+                if id == me {
+                    return (id, true);
+                }
+                let Ok(mut client) = peers.client(&addr) else {
+                    return (id, false);
+                };
+                let mut req = Request::new(overlay_proto::raft::NodeInfoRequest {});
+                req.set_timeout(Duration::from_millis(800));
+                (id, client.info(req).await.is_ok())
+            }
+        });
+        let reachable: std::collections::BTreeMap<NodeId, bool> =
+            futures::future::join_all(probes).await.into_iter().collect();
+
+        let members: Vec<pb::ClusterMember> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if Some(*id) == leader {
+                    "leader"
+                } else if voters.contains(id) {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                let matched = if Some(*id) == leader {
+                    metrics.last_log_index.unwrap_or(0)
+                } else {
+                    replication.as_ref().and_then(|r| r.get(id).copied()).unwrap_or(0)
+                };
+                pb::ClusterMember {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: role.to_string(),
+                    healthy: reachable.get(id).copied().unwrap_or(false),
+                    matched_index: matched,
+                }
+            })
+            .collect();
+        let healthy_voters = members
+            .iter()
+            .filter(|m| voters.contains(&m.id) && m.healthy)
+            .count();
+        let health = if leader.is_none() || healthy_voters * 2 <= voters.len() {
+            "no-quorum"
+        } else if members.iter().all(|m| m.healthy) {
+            "ok"
+        } else {
+            "degraded"
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            members,
+            leader_id: leader.unwrap_or(0),
+            term: metrics.current_term,
+            commit_index: self.node.committed_index(),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            revision: self.node.view.revision(),
+            served_by: self.node.id,
+            health: health.to_string(),
+        }))
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        let spec = parse::network_spec(req.get_ref())?;
+        let (done, _) = self
+            .write(Command::CreateNetwork {
+                spec,
+                now_ms: now_ms(),
+            })
+            .await?;
+        let Done::Network(n) = done else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        let out = self.node.view.read(|s| convert::network(s, &n));
+        Ok(Response::new(out))
+    }
+
+    async fn list_networks(
+        &self,
+        _req: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        self.node.linearizable().await?;
+        let out = self.node.view.read(|s| pb::ListNetworksResponse {
+            networks: s.networks.values().map(|n| convert::network(s, n)).collect(),
+            revision: s.revision,
+        });
+        Ok(Response::new(out))
+    }
+
+    async fn inspect_network(
+        &self,
+        req: Request<pb::NetworkRef>,
+    ) -> Result<Response<pb::NetworkDetail>, Status> {
+        let name = &req.get_ref().name;
+        require("network name", name)?;
+        self.node.linearizable().await?;
+        let out = self.node.view.read(|s| {
+            s.networks.get(name).map(|n| pb::NetworkDetail {
+                network: Some(convert::network(s, n)),
+                leases: convert::leases(n),
+                endpoints: s.network_endpoints(name).map(convert::endpoint).collect(),
+                revision: s.revision,
+            })
+        });
+        out.map(Response::new)
+            .ok_or_else(|| status(Code::NotFound, format!("unknown network {name:?}")))
+    }
+
+    async fn delete_network(
+        &self,
+        req: Request<pb::DeleteNetworkRequest>,
+    ) -> Result<Response<pb::DeleteNetworkResponse>, Status> {
+        let req = req.into_inner();
+        require("network name", &req.name)?;
+        let (done, revision) = self
+            .write(Command::DeleteNetwork {
+                name: req.name,
+                force: req.force,
+            })
+            .await?;
+        let Done::NetworkDeleted { removed_endpoints } = done else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        Ok(Response::new(pb::DeleteNetworkResponse {
+            removed_endpoints,
+            revision,
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        self.node.linearizable().await?;
+        let now = now_ms();
+        let out = self.node.view.read(|s| pb::ListHostsResponse {
+            hosts: s.hosts.values().map(|h| convert::host(s, h, now)).collect(),
+            revision: s.revision,
+        });
+        Ok(Response::new(out))
+    }
+
+    async fn inspect_host(&self, req: Request<pb::HostRef>) -> Result<Response<pb::Host>, Status> {
+        let name = &req.get_ref().name;
+        require("host name", name)?;
+        self.node.linearizable().await?;
+        let now = now_ms();
+        let out = self
+            .node
+            .view
+            .read(|s| s.hosts.get(name).map(|h| convert::host(s, h, now)));
+        out.map(Response::new)
+            .ok_or_else(|| status(Code::NotFound, format!("unknown host {name:?}")))
+    }
+
+    async fn remove_host(
+        &self,
+        req: Request<pb::HostRef>,
+    ) -> Result<Response<pb::RemoveHostResponse>, Status> {
+        let name = req.into_inner().name;
+        require("host name", &name)?;
+        let (done, revision) = self.write(Command::RemoveHost { name }).await?;
+        let Done::HostRemoved {
+            removed_endpoints,
+            released_leases,
+        } = done
+        else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        Ok(Response::new(pb::RemoveHostResponse {
+            removed_endpoints,
+            released_leases,
+            revision,
+        }))
+    }
+
+    async fn attach_endpoint(
+        &self,
+        req: Request<pb::AttachEndpointRequest>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
+        let req = req.into_inner();
+        require("network", &req.network)?;
+        require("host", &req.host)?;
+        require("namespace", &req.netns)?;
+        let ip = if req.ip.is_empty() {
+            None
+        } else {
+            Some(parse::ipv4("--ip", &req.ip)?)
+        };
+        let wait = match req.wait_ms {
+            0 => DEFAULT_ATTACH_WAIT,
+            ms => Duration::from_millis(ms as u64).min(MAX_ATTACH_WAIT),
+        };
+        let cmd = Command::AttachEndpoint {
+            network: req.network,
+            host: req.host,
+            netns: req.netns,
+            ifname: if req.ifname.is_empty() {
+                "eth0".to_string()
+            } else {
+                req.ifname
+            },
+            ip,
+            now_ms: now_ms(),
+        };
+        let (done, _) = self.write(cmd).await?;
+        let Done::Endpoint(ep) = done else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        let ep = convert::endpoint(&ep);
+        if req.no_wait {
+            return Ok(Response::new(ep));
+        }
+        self.await_wiring(ep, wait).await.map(Response::new)
+    }
+
+    async fn detach_endpoint(
+        &self,
+        req: Request<pb::DetachEndpointRequest>,
+    ) -> Result<Response<pb::DetachEndpointResponse>, Status> {
+        let req = req.into_inner();
+        require("network", &req.network)?;
+        require("host", &req.host)?;
+        require("namespace", &req.netns)?;
+        let cmd = Command::DetachEndpoint {
+            network: req.network,
+            host: req.host,
+            netns: req.netns,
+        };
+        let (done, revision) = self.write(cmd).await?;
+        let Done::EndpointDetached(ep) = done else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        Ok(Response::new(pb::DetachEndpointResponse {
+            endpoint: Some(convert::endpoint(&ep)),
+            revision,
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        req: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        let req = req.into_inner();
+        self.node.linearizable().await?;
+        let out = self.node.view.read(|s| {
+            if !req.network.is_empty() && !s.networks.contains_key(&req.network) {
+                return Err(status(
+                    Code::NotFound,
+                    format!("unknown network {:?}", req.network),
+                ));
+            }
+            if !req.host.is_empty() && !s.hosts.contains_key(&req.host) {
+                return Err(status(Code::NotFound, format!("unknown host {:?}", req.host)));
+            }
+            Ok(pb::ListEndpointsResponse {
+                endpoints: s
+                    .endpoints
+                    .values()
+                    .filter(|e| req.network.is_empty() || e.network == req.network)
+                    .filter(|e| req.host.is_empty() || e.host == req.host)
+                    .map(convert::endpoint)
+                    .collect(),
+                revision: s.revision,
+            })
+        })?;
+        Ok(Response::new(out))
+    }
+}

@@ -1,0 +1,110 @@
+//! Request fields from the wire into typed values. Syntax only: whether a value makes sense
+//! against the cluster state is the state machine's call.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use overlay_proto::v1 as pb;
+use tonic::Status;
+
+use super::invalid;
+use crate::model::{MacvlanMode, MacvlanSpec, Mode, NetworkSpec};
+
+pub fn cidr(what: &str, text: &str) -> Result<Ipv4Network, Status> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(format!("{what} is required (e.g. 10.1.0.0/16)")));
+    }
+    if !text.contains('/') {
+        return Err(invalid(format!(
+            "malformed CIDR {text:?} for {what}: missing /prefix-length"
+        )));
+    }
+    text.parse::<Ipv4Network>()
+        .map_err(|e| invalid(format!("malformed CIDR {text:?} for {what}: {e}")))
+}
+
+pub fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, Status> {
+    text.trim()
+        .parse::<Ipv4Addr>()
+        .map_err(|_| invalid(format!("malformed IPv4 address {text:?} for {what}")))
+}
+
+pub fn mode(raw: i32) -> Result<Mode, Status> {
+    match pb::NetworkMode::try_from(raw) {
+        Ok(pb::NetworkMode::Vxlan) => Ok(Mode::Vxlan),
+        Ok(pb::NetworkMode::Macvlan) => Ok(Mode::Macvlan),
+        Ok(pb::NetworkMode::Nat) => Ok(Mode::Nat),
+        _ => Err(invalid("network mode is required: vxlan, macvlan or nat")),
+    }
+}
+
+pub fn network_spec(req: &pb::CreateNetworkRequest) -> Result<NetworkSpec, Status> {
+    let mode = mode(req.mode)?;
+    let cidr = cidr("subnet", &req.subnet)?;
+    let host_prefix = match req.host_prefix {
+        Some(p) if p > 32 => return Err(invalid(format!("invalid host prefix /{p}: must be at most /32"))),
+        p => p.map(|p| p as u8),
+    };
+    let macvlan = match &req.macvlan {
+        Some(m)
+            if !m.parent.is_empty()
+                || !m.gateway.is_empty()
+                || !m.ip_range.is_empty()
+                || !m.mode.is_empty() =>
+        {
+            if m.parent.is_empty() {
+                return Err(invalid(
+                    "macvlan networks need --parent (the host NIC, e.g. eth0 or eth0.50)",
+                ));
+            }
+            if m.gateway.is_empty() {
+                return Err(invalid("macvlan networks need --gateway (the LAN router)"));
+            }
+            Some(MacvlanSpec {
+                parent: m.parent.clone(),
+                gateway: ipv4("gateway", &m.gateway)?,
+                ip_range: if m.ip_range.is_empty() {
+                    cidr
+                } else {
+                    self::cidr("ip range", &m.ip_range)?
+                },
+                mode: m.mode.parse::<MacvlanMode>().map_err(invalid)?,
+            })
+        }
+        _ => None,
+    };
+    Ok(NetworkSpec {
+        name: req.name.clone(),
+        mode,
+        cidr,
+        host_prefix,
+        vni: req.vni,
+        mtu: req.mtu,
+        nat_egress: req.nat_egress,
+        macvlan,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_cidrs_are_named() {
+        for bad in [
+            "",
+            "10.1.0.0",
+            "10.1.0/16",
+            "10.1.0.0/33",
+            "300.1.0.0/16",
+            "fe80::/64",
+            "10.1.0.0/x",
+        ] {
+            let err = cidr("subnet", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(err.message().contains("subnet"), "{}", err.message());
+        }
+        assert_eq!(cidr("subnet", "10.1.0.0/16").unwrap().prefix(), 16);
+    }
+}

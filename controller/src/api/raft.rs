@@ -1,0 +1,86 @@
+//! The replica-to-replica `Raft` service: openraft RPCs plus forwarded writes and read-index
+//! requests from followers.
+
+use std::sync::Arc;
+
+use overlay_proto::raft::raft_server::Raft;
+use overlay_proto::raft::{NodeInfo, NodeInfoRequest, RaftPayload};
+use tonic::{Code, Request, Response, Status};
+
+use super::status;
+use crate::node::Node;
+use crate::raft::network::{decode, encode};
+use crate::state::Command;
+
+pub struct RaftApi {
+    node: Arc<Node>,
+    /// Whether this replica's store held a vote or log when it started (see [`NodeInfo`]).
+    initialized_at_start: bool,
+}
+
+impl RaftApi {
+    pub fn new(node: Arc<Node>, initialized_at_start: bool) -> Self {
+        Self {
+            node,
+            initialized_at_start,
+        }
+    }
+}
+
+fn bad_payload(e: serde_json::Error) -> Status {
+    status(Code::InvalidArgument, format!("undecodable raft payload: {e}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(value)
+        .map(Response::new)
+        .map_err(|e| status(Code::Internal, e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Raft for RaftApi {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
+        let outcome = self.node.write_here(cmd).await.map_err(Status::from)?;
+        reply(&outcome)
+    }
+
+    async fn read_index(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let outcome = self.node.read_index_here().await.map_err(Status::from)?;
+        reply(&outcome)
+    }
+
+    async fn metrics(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        reply(&metrics)
+    }
+
+    async fn info(&self, _req: Request<NodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let initialized = self.initialized_at_start
+            || metrics.last_log_index.is_some()
+            || metrics.current_leader.is_some()
+            || metrics.current_term > 0;
+        Ok(Response::new(NodeInfo {
+            id: self.node.id,
+            initialized,
+            current_leader: metrics.current_leader.unwrap_or(0),
+            term: metrics.current_term,
+        }))
+    }
+}

@@ -1,0 +1,238 @@
+//! A running controller replica: the Raft handle, the applied state, and the two operations
+//! every API handler needs, both usable on any replica:
+//!
+//! - [`Node::write`]: propose a command; a follower forwards it to the leader.
+//! - [`Node::linearizable`]: make the local state at least as new as everything committed
+//!   before the call (leader: confirm leadership with a quorum; follower: ask the leader for its
+//!   read index and wait until applied).
+//!
+//! Both are bounded by [`Node::timeout`]: without a quorum they fail with a message that says
+//! so instead of hanging.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, sleep, timeout_at};
+
+use crate::raft::network::{PeerClients, decode, encode};
+use crate::raft::{NodeId, Raft, StateView};
+use crate::state::{Command, Reply};
+
+/// Pause between attempts while no leader is known or the leader just changed.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "no quorum: the change was not confirmed within {0:?} (leader: node {1}); is a majority of controller replicas up?"
+    )]
+    NoQuorum(Duration, NodeId),
+    #[error("no leader: none elected within {0:?}; is a majority of controller replicas up?")]
+    NoLeader(Duration),
+    #[error("controller replica is shutting down: {0}")]
+    Fatal(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Answer of a replica to a forwarded write or read-index request.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Forwarded<T> {
+    Done(T),
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    Failed(String),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub view: StateView,
+    pub peers: Arc<PeerClients>,
+    /// Latest committed log index this replica knows (from the log store).
+    pub committed_index: Arc<AtomicU64>,
+    /// Upper bound for a write or a linearizable read, forwarding included.
+    pub timeout: Duration,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// The leader as this replica knows it: id and address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n: &BasicNode| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn committed_index(&self) -> u64 {
+        self.committed_index.load(Ordering::Relaxed)
+    }
+
+    /// Proposes `cmd` through Raft from any replica and returns the state machine's reply.
+    pub async fn write(&self, cmd: Command) -> Result<Reply, NodeError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut last_leader = None;
+        loop {
+            match timeout_at(deadline, self.write_here(cmd.clone())).await {
+                Err(_) => return Err(NodeError::NoQuorum(self.timeout, last_leader.unwrap_or(self.id))),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Forwarded::Done(reply))) => return Ok(reply),
+                Ok(Ok(Forwarded::Failed(msg))) => return Err(NodeError::Internal(msg)),
+                Ok(Ok(Forwarded::NotLeader)) => {}
+            }
+            if let Some((leader, addr)) = self.leader().filter(|(id, _)| *id != self.id) {
+                last_leader = Some(leader);
+                let forwarded = timeout_at(deadline, self.forward(&addr, &cmd)).await;
+                match forwarded {
+                    Err(_) => return Err(NodeError::NoQuorum(self.timeout, leader)),
+                    Ok(Ok(Forwarded::Done(reply))) => return Ok(reply),
+                    Ok(Ok(Forwarded::Failed(msg))) => return Err(NodeError::Internal(msg)),
+                    // Leadership moved or the leader is unreachable: look again after a pause.
+                    Ok(Ok(Forwarded::NotLeader)) | Ok(Err(_)) => {}
+                }
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(match last_leader {
+                    Some(l) => NodeError::NoQuorum(self.timeout, l),
+                    None => NodeError::NoLeader(self.timeout),
+                });
+            }
+            sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// One proposal on this replica, no forwarding. Used directly for forwarded commands.
+    pub async fn write_here(&self, cmd: Command) -> Result<Forwarded<Reply>, NodeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(Forwarded::Done(resp.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(Forwarded::NotLeader),
+            Err(RaftError::APIError(e)) => Ok(Forwarded::Failed(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn forward(&self, addr: &str, cmd: &Command) -> Result<Forwarded<Reply>, String> {
+        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
+        let payload = encode(cmd).map_err(|e| e.to_string())?;
+        let reply = client
+            .forward(payload)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Waits until this replica's state reflects every write committed before the call.
+    pub async fn linearizable(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut last_leader = None;
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    last_leader = Some(id);
+                    match timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                        Err(_) => return Err(NodeError::NoQuorum(self.timeout, id)),
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(RaftError::Fatal(f))) => return Err(NodeError::Fatal(f.to_string())),
+                        Ok(Err(RaftError::APIError(_))) => {}
+                    }
+                }
+                Some((id, addr)) => {
+                    last_leader = Some(id);
+                    if let Ok(Ok(Forwarded::Done(index))) = timeout_at(deadline, self.read_index(&addr)).await
+                    {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        return match self
+                            .raft
+                            .wait(Some(remaining))
+                            .applied_index_at_least(Some(index), "read")
+                            .await
+                        {
+                            Ok(_) => Ok(()),
+                            Err(_) => Err(NodeError::NoQuorum(self.timeout, id)),
+                        };
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(match last_leader {
+                    Some(l) => NodeError::NoQuorum(self.timeout, l),
+                    None => NodeError::NoLeader(self.timeout),
+                });
+            }
+            sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// On the leader: confirm leadership with a quorum and return the index a read must see.
+    pub async fn read_index_here(&self) -> Result<Forwarded<u64>, NodeError> {
+        match timeout_at(Instant::now() + self.timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Ok(Forwarded::Failed("no quorum confirmed leadership".into())),
+            Ok(Ok((read_log_id, _))) => Ok(Forwarded::Done(read_log_id.map(|l| l.index).unwrap_or(0))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Ok(Forwarded::NotLeader),
+            Ok(Err(RaftError::APIError(e))) => Ok(Forwarded::Failed(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn read_index(&self, addr: &str) -> Result<Forwarded<u64>, String> {
+        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
+        let payload = encode(&()).map_err(|e| e.to_string())?;
+        let reply = client
+            .read_index(payload)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Initialises a new cluster with `members` unless some member already belongs to one.
+    /// Called by the lowest id when its own store is empty. Peers that do not answer yet are
+    /// assumed new (at first start they come up in any order); a peer that answers and is
+    /// initialised means this replica lost its data and must rejoin, not found a second cluster.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<bool, NodeError> {
+        for (id, addr) in members.iter().filter(|(id, _)| **id != self.id) {
+            if let Ok(mut client) = self.peers.client(addr) {
+                let mut req = tonic::Request::new(overlay_proto::raft::NodeInfoRequest {});
+                req.set_timeout(Duration::from_secs(1));
+                if let Ok(info) = client.info(req).await
+                    && info.get_ref().initialized
+                {
+                    tracing::warn!(
+                        peer = id,
+                        "peer already belongs to a cluster; not initialising a new one"
+                    );
+                    return Ok(false);
+                }
+            }
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "cluster already initialised");
+                Ok(false)
+            }
+            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! openraft wiring: the type configuration, the redb-backed storage and the gRPC transport.
+
+// openraft's storage traits fix the (large) error type; boxing it here would only add a layer.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod storage;
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachineStore, StateView};
+
+use crate::state::{Command, Reply};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Raft types of the overlay controller: log entries carry [`Command`]s, applying one
+    /// yields a [`Reply`].
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Timing and retention of the Raft group.
+///
+/// Elections take 1-2 s: slow enough that fsync stalls on a loaded 2-core machine do not
+/// trigger spurious elections, fast enough that writes resume quickly after a leader dies.
+/// A snapshot every 1,000 entries keeps the log (and restart replay) short.
+pub fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "overlay".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 5000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 500,
+        purge_batch_size: 256,
+        max_payload_entries: 512,
+        ..Default::default()
+    }
+}

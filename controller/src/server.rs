@@ -1,0 +1,216 @@
+//! Starting a replica: open its store, start Raft, bootstrap a new cluster when this is the
+//! lowest id and nothing exists yet, and serve the three gRPC services on one address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use overlay_proto::raft::raft_server::RaftServer;
+use overlay_proto::v1::agent_server::AgentServer;
+use overlay_proto::v1::overlay_server::OverlayServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::agent::AgentApi;
+use crate::api::overlay::OverlayApi;
+use crate::api::raft::RaftApi;
+use crate::node::Node;
+use crate::raft::network::{NetworkFactory, PeerClients};
+use crate::raft::storage::{self, OpenError};
+use crate::raft::{LogStore, NodeId, Raft, StateMachineStore, raft_config};
+
+/// Largest gRPC message accepted: snapshots and big desired states travel whole.
+const MAX_MESSAGE: usize = 256 << 20;
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    /// Every voter's id and address, this replica included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    /// Bound on a write or linearizable read, forwarding included.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Storage(#[from] OpenError),
+    #[error("cannot read raft state: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+}
+
+/// Parses `--peers 1=192.0.2.10:7400,2=192.0.2.11:7400`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("peer {item:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        if id == 0 {
+            return Err("peer id 0 is reserved; number replicas from 1".into());
+        }
+        let addr = addr.trim();
+        if addr.parse::<SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(format!("peer address {addr:?} is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} given twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
+}
+
+/// A started replica: its node handle and the future that serves it until `shutdown`.
+pub struct Controller {
+    pub node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    initialized_at_start: bool,
+}
+
+impl Controller {
+    /// Opens storage, starts Raft and binds the listen address (serving starts in [`serve`]).
+    pub async fn start(config: &ControllerConfig) -> Result<Self, ServerError> {
+        if config.node_id == 0 {
+            return Err(ServerError::Config(
+                "node id 0 is reserved; number replicas from 1".into(),
+            ));
+        }
+        if !config.peers.contains_key(&config.node_id) {
+            return Err(ServerError::Config(format!(
+                "--peers does not list this node's id {}",
+                config.node_id
+            )));
+        }
+        let db = storage::open(&config.data_dir)?;
+        let log_store = LogStore::new(db.clone());
+        let initialized_at_start = log_store
+            .is_initialized()
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let committed_index = log_store.committed_index();
+        let sm = StateMachineStore::open(db).map_err(|e| ServerError::Raft(e.to_string()))?;
+        let view = sm.view();
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+
+        let raft_config = raft_config()
+            .validate()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let peers = Arc::new(PeerClients::default());
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory::new(peers.clone()),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let node = Arc::new(Node {
+            id: config.node_id,
+            raft,
+            view,
+            peers,
+            committed_index,
+            timeout: config.request_timeout,
+        });
+
+        let lowest = config.peers.keys().next().copied();
+        if !initialized_at_start && lowest == Some(config.node_id) {
+            let node = node.clone();
+            let members = config.peers.clone();
+            tokio::spawn(async move {
+                match node.bootstrap(members).await {
+                    Ok(true) => tracing::info!("initialised a new cluster"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "bootstrap failed"),
+                }
+            });
+        } else if initialized_at_start {
+            tracing::info!("existing raft state found; rejoining the cluster");
+        } else {
+            tracing::info!("empty store; waiting for the lowest-id replica to initialise the cluster");
+        }
+        Ok(Self {
+            node,
+            listener,
+            initialized_at_start,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops Raft.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let node = self.node.clone();
+        let overlay = OverlayServer::new(OverlayApi::new(node.clone()))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let agent = AgentServer::new(AgentApi::new(node.clone()))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let raft = RaftServer::new(RaftApi::new(node.clone(), self.initialized_at_start))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(overlay)
+            .add_service(agent)
+            .add_service(raft)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await;
+        if let Err(e) = node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        result.map_err(ServerError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let p = parse_peers("1=192.0.2.10:7400, 2=192.0.2.11:7400,3=ctl3:7400").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&3], "ctl3:7400");
+        for bad in [
+            "",
+            "1",
+            "x=1.2.3.4:1",
+            "0=1.2.3.4:1",
+            "1=a:1,1=b:2",
+            "1=nohostport",
+        ] {
+            assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

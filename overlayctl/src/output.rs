@@ -1,0 +1,390 @@
+//! Rendering answers: aligned tables for people, JSON for scripts.
+//!
+//! The JSON shape is overlayctl's own (modes and states as words, addresses as strings), not
+//! the protobuf encoding, so scripts do not depend on enum numbers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::ValueEnum;
+use overlay_proto::v1 as pb;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Prints rows under a header with columns padded to the widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn mode(n: &pb::Network) -> &'static str {
+    pb::NetworkMode::try_from(n.mode)
+        .unwrap_or(pb::NetworkMode::Unspecified)
+        .label()
+}
+
+fn ep_state(e: &pb::Endpoint) -> &'static str {
+    pb::EndpointState::try_from(e.state)
+        .unwrap_or(pb::EndpointState::Unspecified)
+        .label()
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
+
+fn ago(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "never".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let s = ((now - unix_ms) / 1000).max(0);
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+// ---------------------------------------------------------------- cluster
+
+pub fn cluster_status(f: Format, s: &pb::ClusterStatusResponse) {
+    if f == Format::Json {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "healthy": m.healthy, "matched_index": m.matched_index}))
+            .collect();
+        return print_json(&json!({
+            "health": s.health, "leader": (s.leader_id != 0).then_some(s.leader_id), "term": s.term,
+            "commit_index": s.commit_index, "applied_index": s.applied_index, "revision": s.revision,
+            "served_by": s.served_by, "members": members,
+        }));
+    }
+    let leader = if s.leader_id == 0 {
+        "none".to_string()
+    } else {
+        s.leader_id.to_string()
+    };
+    println!(
+        "health: {}   leader: {}   term: {}   commit index: {}   applied: {}   revision: {}",
+        s.health, leader, s.term, s.commit_index, s.applied_index, s.revision
+    );
+    let rows = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                m.role.clone(),
+                if m.healthy { "yes" } else { "no" }.into(),
+                m.matched_index.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "ADDRESS", "ROLE", "HEALTHY", "MATCHED"], rows);
+}
+
+// ---------------------------------------------------------------- hosts
+
+fn host_json(h: &pb::Host) -> Value {
+    let leases: Vec<Value> = h
+        .leases
+        .iter()
+        .map(|l| json!({"network": l.host, "subnet": l.subnet, "gateway": l.gateway}))
+        .collect();
+    json!({
+        "name": h.name, "underlay_ip": h.underlay_ip, "underlay_iface": h.underlay_iface,
+        "underlay_mtu": h.underlay_mtu, "vtep_mac": h.vtep_mac, "state": h.state,
+        "registered_unix_ms": h.registered_unix_ms, "last_seen_unix_ms": h.last_seen_unix_ms,
+        "endpoints": h.endpoint_count, "leases": leases,
+    })
+}
+
+pub fn hosts(f: Format, hosts: &[pb::Host]) {
+    if f == Format::Json {
+        return print_json(&Value::Array(hosts.iter().map(host_json).collect()));
+    }
+    let rows = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.state.clone(),
+                h.underlay_ip.clone(),
+                h.vtep_mac.clone(),
+                h.endpoint_count.to_string(),
+                ago(h.last_seen_unix_ms),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "STATE", "UNDERLAY", "VTEP MAC", "ENDPOINTS", "LAST SEEN"],
+        rows,
+    );
+}
+
+pub fn host(f: Format, h: &pb::Host) {
+    if f == Format::Json {
+        return print_json(&host_json(h));
+    }
+    println!("name:        {}", h.name);
+    println!(
+        "state:       {} (last seen {})",
+        h.state,
+        ago(h.last_seen_unix_ms)
+    );
+    println!(
+        "underlay:    {} on {} (MTU {})",
+        h.underlay_ip, h.underlay_iface, h.underlay_mtu
+    );
+    println!("vtep mac:    {}", h.vtep_mac);
+    println!("endpoints:   {}", h.endpoint_count);
+    if !h.leases.is_empty() {
+        println!();
+        let rows = h
+            .leases
+            .iter()
+            .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
+            .collect();
+        table(&["NETWORK", "SUBNET", "GATEWAY"], rows);
+    }
+}
+
+pub fn host_removed(f: Format, name: &str, r: &pb::RemoveHostResponse) {
+    if f == Format::Json {
+        return print_json(
+            &json!({"removed": name, "released_leases": r.released_leases, "removed_endpoints": r.removed_endpoints, "revision": r.revision}),
+        );
+    }
+    println!(
+        "removed host {name} ({} lease(s) released, {} endpoint(s) removed)",
+        r.released_leases, r.removed_endpoints
+    );
+}
+
+// ---------------------------------------------------------------- networks
+
+fn network_json(n: &pb::Network) -> Value {
+    let mut v = json!({
+        "name": n.name, "id": n.id, "mode": mode(n), "subnet": n.subnet,
+        "host_prefix": n.host_prefix, "vni": (n.vni != 0).then_some(n.vni),
+        "mtu": (n.mtu != 0).then_some(n.mtu), "nat_egress": n.nat_egress,
+        "endpoints": n.endpoint_count, "leases": n.lease_count, "capacity": n.capacity,
+        "created_unix_ms": n.created_unix_ms,
+    });
+    if let Some(m) = &n.macvlan {
+        v["macvlan"] =
+            json!({"parent": m.parent, "gateway": m.gateway, "ip_range": m.ip_range, "mode": m.mode});
+    }
+    v
+}
+
+fn vni_cell(n: &pb::Network) -> String {
+    if n.vni == 0 { "-".into() } else { n.vni.to_string() }
+}
+
+pub fn networks(f: Format, networks: &[pb::Network]) {
+    if f == Format::Json {
+        return print_json(&Value::Array(networks.iter().map(network_json).collect()));
+    }
+    let rows = networks
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                mode(n).into(),
+                n.subnet.clone(),
+                vni_cell(n),
+                if n.mtu == 0 {
+                    "auto".into()
+                } else {
+                    n.mtu.to_string()
+                },
+                if n.nat_egress { "yes" } else { "no" }.into(),
+                n.endpoint_count.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MODE", "SUBNET", "VNI", "MTU", "NAT", "ENDPOINTS"],
+        rows,
+    );
+}
+
+pub fn network_created(f: Format, n: &pb::Network) {
+    if f == Format::Json {
+        return print_json(&network_json(n));
+    }
+    match mode(n) {
+        "vxlan" => println!("created network {} (vxlan, {}, VNI {})", n.name, n.subnet, n.vni),
+        m => println!("created network {} ({m}, {})", n.name, n.subnet),
+    }
+}
+
+pub fn network_detail(f: Format, d: &pb::NetworkDetail) {
+    let Some(n) = &d.network else { return };
+    if f == Format::Json {
+        let mut v = network_json(n);
+        v["host_leases"] = Value::Array(
+            d.leases
+                .iter()
+                .map(|l| json!({"host": l.host, "subnet": l.subnet, "gateway": l.gateway}))
+                .collect(),
+        );
+        v["endpoint_list"] = Value::Array(d.endpoints.iter().map(endpoint_json).collect());
+        v["revision"] = json!(d.revision);
+        return print_json(&v);
+    }
+    println!("name:        {} (id {})", n.name, n.id);
+    println!("mode:        {}", mode(n));
+    println!("subnet:      {}", n.subnet);
+    match mode(n) {
+        "macvlan" => {
+            if let Some(m) = &n.macvlan {
+                println!("parent:      {} ({} mode)", m.parent, or_dash(&m.mode));
+                println!("gateway:     {}", m.gateway);
+                println!("ip range:    {}", m.ip_range);
+            }
+        }
+        _ => println!("host prefix: /{}", n.host_prefix),
+    }
+    if n.vni != 0 {
+        println!("vni:         {}", n.vni);
+    }
+    println!(
+        "mtu:         {}",
+        if n.mtu == 0 {
+            "auto".into()
+        } else {
+            n.mtu.to_string()
+        }
+    );
+    println!("nat egress:  {}", if n.nat_egress { "yes" } else { "no" });
+    println!("endpoints:   {} (capacity {})", n.endpoint_count, n.capacity);
+    if !d.leases.is_empty() {
+        println!();
+        let rows = d
+            .leases
+            .iter()
+            .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
+            .collect();
+        table(&["HOST", "SUBNET", "GATEWAY"], rows);
+    }
+    if !d.endpoints.is_empty() {
+        println!();
+        endpoint_table(&d.endpoints);
+    }
+}
+
+pub fn network_removed(f: Format, name: &str, r: &pb::DeleteNetworkResponse) {
+    if f == Format::Json {
+        return print_json(
+            &json!({"removed": name, "removed_endpoints": r.removed_endpoints, "revision": r.revision}),
+        );
+    }
+    if r.removed_endpoints > 0 {
+        println!(
+            "removed network {name} and its {} endpoint(s)",
+            r.removed_endpoints
+        );
+    } else {
+        println!("removed network {name}");
+    }
+}
+
+// ---------------------------------------------------------------- endpoints
+
+fn endpoint_json(e: &pb::Endpoint) -> Value {
+    json!({
+        "id": e.id, "network": e.network, "host": e.host, "netns": e.netns, "ifname": e.ifname,
+        "address": e.address, "ip": e.address.split('/').next().unwrap_or_default(),
+        "mac": e.mac, "gateway": e.gateway, "state": ep_state(e),
+        "message": (!e.message.is_empty()).then_some(&e.message),
+    })
+}
+
+fn endpoint_table(eps: &[pb::Endpoint]) {
+    let rows = eps
+        .iter()
+        .map(|e| {
+            let state = if e.message.is_empty() {
+                ep_state(e).to_string()
+            } else {
+                format!("{}: {}", ep_state(e), e.message)
+            };
+            vec![
+                e.network.clone(),
+                e.host.clone(),
+                e.netns.clone(),
+                e.ifname.clone(),
+                e.address.clone(),
+                e.mac.clone(),
+                state,
+            ]
+        })
+        .collect();
+    table(
+        &["NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "STATE"],
+        rows,
+    );
+}
+
+pub fn endpoints(f: Format, eps: &[pb::Endpoint]) {
+    if f == Format::Json {
+        return print_json(&Value::Array(eps.iter().map(endpoint_json).collect()));
+    }
+    endpoint_table(eps);
+}
+
+pub fn endpoint_attached(f: Format, e: &pb::Endpoint) {
+    if f == Format::Json {
+        return print_json(&endpoint_json(e));
+    }
+    println!("{}", e.address.split('/').next().unwrap_or_default());
+}
+
+pub fn endpoint_detached(f: Format, r: &pb::DetachEndpointResponse) {
+    let Some(e) = &r.endpoint else { return };
+    if f == Format::Json {
+        return print_json(&endpoint_json(e));
+    }
+    println!(
+        "detached {} from {} on {} (released {})",
+        e.netns, e.network, e.host, e.address
+    );
+}
