@@ -29,7 +29,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(
-        "no quorum: the change was not confirmed within {0:?} (leader: node {1}); is a majority of controller replicas up?"
+        "no quorum: not confirmed by a majority within {0:?} (last leader: node {1}); is a majority of controller replicas up?"
     )]
     NoQuorum(Duration, NodeId),
     #[error("no leader: none elected within {0:?}; is a majority of controller replicas up?")]

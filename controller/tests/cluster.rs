@@ -1,0 +1,480 @@
+//! Controller replicas as separate processes on loopback: failover, persistence, lost quorum,
+//! log compaction and the Watch stream. Each test prints what it measured.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use overlay_lab::controllers::{ControllerCluster, client};
+use overlay_proto::connect::Controllers;
+use overlay_proto::v1 as pb;
+use overlay_proto::v1::agent_client::AgentClient;
+use overlay_proto::v1::overlay_client::OverlayClient;
+
+const ELECTION: Duration = Duration::from_secs(20);
+
+async fn register(c: &Controllers, name: &str, ip: &str) -> pb::Host {
+    let req = pb::RegisterRequest {
+        host_name: name.into(),
+        underlay_ip: ip.into(),
+        underlay_iface: "eth0".into(),
+        underlay_mtu: 1500,
+    };
+    let resp = c
+        .call(|ch| {
+            let req = req.clone();
+            async move { AgentClient::new(ch).register(req).await }
+        })
+        .await
+        .expect("register");
+    resp.into_inner().host.expect("host")
+}
+
+async fn create_network(c: &Controllers, name: &str, subnet: &str, host_prefix: u32) -> pb::Network {
+    let req = pb::CreateNetworkRequest {
+        name: name.into(),
+        mode: pb::NetworkMode::Vxlan as i32,
+        subnet: subnet.into(),
+        host_prefix: Some(host_prefix),
+        ..Default::default()
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { OverlayClient::new(ch).create_network(req).await }
+    })
+    .await
+    .expect("create network")
+    .into_inner()
+}
+
+async fn attach(
+    c: &Controllers,
+    network: &str,
+    host: &str,
+    netns: &str,
+) -> Result<pb::Endpoint, tonic::Status> {
+    let req = pb::AttachEndpointRequest {
+        network: network.into(),
+        host: host.into(),
+        netns: netns.into(),
+        no_wait: true,
+        ..Default::default()
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { OverlayClient::new(ch).attach_endpoint(req).await }
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn endpoints(c: &Controllers) -> Result<Vec<pb::Endpoint>, tonic::Status> {
+    c.call(|ch| async move {
+        OverlayClient::new(ch)
+            .list_endpoints(pb::ListEndpointsRequest::default())
+            .await
+    })
+    .await
+    .map(|r| r.into_inner().endpoints)
+}
+
+async fn status(c: &Controllers) -> Result<pb::ClusterStatusResponse, tonic::Status> {
+    c.call(|ch| async move {
+        OverlayClient::new(ch)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Acceptance 3: 1,000 allocations through random replicas, leader SIGKILLed mid-way. Every
+/// acknowledged allocation survives, none is duplicated, and the killed replica catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_loses_no_acknowledged_allocation() {
+    const TOTAL: usize = 1000;
+    const WORKERS: usize = 8;
+    let mut cluster = ControllerCluster::start_loopback(3).expect("cluster");
+    let leader = cluster.wait_leader(1, ELECTION).await.expect("leader");
+    let all = cluster.client().unwrap();
+    for h in 0..4 {
+        register(&all, &format!("h{h}"), &format!("192.0.2.{}", 21 + h)).await;
+    }
+    create_network(&all, "load", "10.64.0.0/12", 22).await;
+
+    // One client per replica; each request picks one pseudo-randomly.
+    let per_replica: Arc<Vec<Controllers>> = Arc::new(
+        cluster
+            .addrs()
+            .iter()
+            .map(|a| client(std::slice::from_ref(a)).unwrap())
+            .collect(),
+    );
+    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (per_replica, acked, done, retries) =
+            (per_replica.clone(), acked.clone(), done.clone(), retries.clone());
+        workers.push(tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
+            for i in (w..TOTAL).step_by(WORKERS) {
+                let netns = format!("w{i}");
+                let host = format!("h{}", i % 4);
+                let mut attempts = 0;
+                loop {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let c = &per_replica[(seed % per_replica.len() as u64) as usize];
+                    match attach(c, "load", &host, &netns).await {
+                        Ok(ep) => {
+                            acked.lock().unwrap().insert(netns.clone(), ep.address);
+                            break;
+                        }
+                        // An earlier attempt was applied but its answer was lost: not an ack.
+                        Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+                        Err(s) => {
+                            attempts += 1;
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            assert!(attempts < 200, "attach {netns} kept failing: {}", s.message());
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    while done.load(Ordering::Relaxed) < TOTAL * 2 / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = done.load(Ordering::Relaxed);
+    cluster.kill(leader).unwrap();
+    let kill_time = Instant::now();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let elapsed = started.elapsed();
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let new_leader = cluster.wait_leader(survivor, ELECTION).await.expect("new leader");
+    assert_ne!(new_leader, leader, "a new leader must be elected");
+
+    let final_eps = endpoints(&cluster.client_of(survivor).unwrap())
+        .await
+        .expect("list");
+    let by_netns: BTreeMap<String, String> = final_eps
+        .iter()
+        .map(|e| (e.netns.clone(), e.address.clone()))
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(ns, ip)| by_netns.get(*ns) != Some(ip))
+        .collect();
+    let ips: BTreeSet<&String> = final_eps.iter().map(|e| &e.address).collect();
+    println!(
+        "allocations: {TOTAL} in {elapsed:?} ({:.0}/s), acked {}, retried {}, leader {leader} killed after {killed_at}, \
+         new leader {new_leader}, lost {}, duplicates {}",
+        TOTAL as f64 / elapsed.as_secs_f64(),
+        acked.len(),
+        retries.load(Ordering::Relaxed),
+        lost.len(),
+        final_eps.len() - ips.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged allocations missing or changed: {lost:?}"
+    );
+    assert_eq!(ips.len(), final_eps.len(), "duplicate addresses");
+    assert_eq!(final_eps.len(), TOTAL, "every attach was eventually applied once");
+
+    // The killed replica restarts from its own disk and catches up.
+    cluster.start(leader).unwrap();
+    let target = status(&cluster.client_of(new_leader).unwrap())
+        .await
+        .unwrap()
+        .commit_index;
+    let rejoined = cluster.client_of(leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = status(&rejoined).await
+            && s.applied_index >= target
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica did not catch up to index {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "restarted replica {leader} caught up to index {target} in {:?} after the kill",
+        kill_time.elapsed()
+    );
+    let from_rejoined = endpoints(&rejoined).await.expect("list via rejoined replica");
+    assert_eq!(from_rejoined, final_eps, "rejoined replica serves the same state");
+}
+
+/// Acceptance 4: a single-node cluster works and keeps its state across SIGKILL; a whole
+/// 3-replica cluster stopped and started again keeps its state too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restarts() {
+    let mut single = ControllerCluster::start_loopback(1).expect("cluster");
+    single.wait_leader(1, ELECTION).await.expect("leader");
+    let c = single.client().unwrap();
+    let host = register(&c, "h1", "192.0.2.21").await;
+    create_network(&c, "blue", "10.1.0.0/16", 24).await;
+    let inspected = c
+        .call(|ch| async move {
+            OverlayClient::new(ch)
+                .inspect_host(pb::HostRef { name: "h1".into() })
+                .await
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspected.leases.len(), 1);
+    let mut before = Vec::new();
+    for i in 0..5 {
+        before.push(attach(&c, "blue", "h1", &format!("w{i}")).await.unwrap());
+    }
+    single.kill(1).unwrap();
+    single.start(1).unwrap();
+    single
+        .wait_leader(1, ELECTION)
+        .await
+        .expect("leader after restart");
+    let c = single.client().unwrap();
+    assert_eq!(endpoints(&c).await.unwrap(), before, "endpoints survive SIGKILL");
+    let again = register(&c, "h1", "192.0.2.21").await;
+    assert_eq!(
+        again.vtep_mac, host.vtep_mac,
+        "VTEP MAC is stable across restarts"
+    );
+    assert_eq!(again.leases, inspected.leases, "lease kept across restarts");
+    let next = attach(&c, "blue", "h1", "w5").await.unwrap();
+    assert!(
+        before.iter().all(|e| e.address != next.address),
+        "no address reused after restart"
+    );
+
+    let mut three = ControllerCluster::start_loopback(3).expect("cluster");
+    three.wait_leader(1, ELECTION).await.expect("leader");
+    let c = three.client().unwrap();
+    register(&c, "h1", "192.0.2.21").await;
+    create_network(&c, "blue", "10.1.0.0/16", 24).await;
+    let ep = attach(&c, "blue", "h1", "w0").await.unwrap();
+    for id in 1..=3 {
+        three.stop(id).unwrap();
+    }
+    three.start_all().unwrap();
+    three
+        .wait_leader(2, ELECTION)
+        .await
+        .expect("leader after full restart");
+    assert_eq!(endpoints(&three.client().unwrap()).await.unwrap(), vec![ep]);
+}
+
+/// Bad input: with 2 of 3 replicas down, requests fail within a bounded time with a message
+/// naming the cause, and nothing is lost once the replicas are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_quorum_fails_fast_and_loses_nothing() {
+    let mut cluster = ControllerCluster::start_loopback(3).expect("cluster");
+    let leader = cluster.wait_leader(1, ELECTION).await.expect("leader");
+    let c = cluster.client().unwrap();
+    register(&c, "h1", "192.0.2.21").await;
+    create_network(&c, "blue", "10.1.0.0/16", 24).await;
+    let ep = attach(&c, "blue", "h1", "w0").await.unwrap();
+
+    // Keep one follower; kill the leader and the other follower.
+    let keep = (1..=3).find(|id| *id != leader).unwrap();
+    for id in (1..=3).filter(|id| *id != keep) {
+        cluster.kill(id).unwrap();
+    }
+    let alone = cluster.client_of(keep).unwrap();
+    let t = Instant::now();
+    let err = attach(&alone, "blue", "h1", "w1")
+        .await
+        .expect_err("write without quorum");
+    let write_took = t.elapsed();
+    let t = Instant::now();
+    let read_err = endpoints(&alone)
+        .await
+        .expect_err("consistent read without quorum");
+    let read_took = t.elapsed();
+    println!(
+        "without quorum: write refused in {write_took:?} ({}), read in {read_took:?} ({})",
+        err.message(),
+        read_err.message()
+    );
+    for e in [&err, &read_err] {
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(
+            e.message().contains("no quorum") || e.message().contains("no leader"),
+            "{}",
+            e.message()
+        );
+    }
+    assert!(
+        write_took < Duration::from_secs(10) && read_took < Duration::from_secs(10),
+        "bounded time"
+    );
+
+    for id in (1..=3).filter(|id| *id != keep) {
+        cluster.start(id).unwrap();
+    }
+    cluster
+        .wait_leader(keep, ELECTION)
+        .await
+        .expect("leader after recovery");
+    let c = cluster.client().unwrap();
+    let eps = endpoints(&c).await.unwrap();
+    assert!(eps.contains(&ep), "acknowledged endpoint kept");
+    assert!(eps.len() <= 2, "at most the unacknowledged attempt was applied");
+    attach(&c, "blue", "h1", "w2").await.expect("writes work again");
+}
+
+/// The log does not grow forever: after thousands of writes a snapshot exists and the log was
+/// purged behind it; a restart rebuilds the same state from snapshot + log tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_compact_the_log() {
+    const WRITES: usize = 2600;
+    let mut cluster = ControllerCluster::start_loopback(1).expect("cluster");
+    cluster.wait_leader(1, ELECTION).await.expect("leader");
+    let c = Arc::new(cluster.client().unwrap());
+    register(&c, "h1", "192.0.2.21").await;
+    create_network(&c, "blue", "10.0.0.0/8", 16).await;
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..WRITES).step_by(16) {
+                attach(&c, "blue", "h1", &format!("w{i}")).await.expect("attach");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let before = endpoints(&c).await.unwrap();
+    let revision = status(&c).await.unwrap().revision;
+    cluster.stop(1).unwrap();
+
+    let db_path = cluster.replicas[0].data_dir.join("raft.redb");
+    let (log_entries, first_index, snapshot_bytes) = inspect_store(&db_path);
+    println!(
+        "after {WRITES} writes: {log_entries} log entries kept (first index {first_index}), snapshot {snapshot_bytes} bytes"
+    );
+    assert!(snapshot_bytes > 0, "a snapshot was persisted");
+    assert!(
+        log_entries < 1600,
+        "log purged behind the snapshot ({log_entries} entries left)"
+    );
+
+    cluster.start(1).unwrap();
+    cluster
+        .wait_leader(1, ELECTION)
+        .await
+        .expect("leader after restart");
+    let c = cluster.client().unwrap();
+    assert_eq!(
+        endpoints(&c).await.unwrap(),
+        before,
+        "state rebuilt from snapshot + log"
+    );
+    assert_eq!(status(&c).await.unwrap().revision, revision);
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::HostDesiredState>) -> pb::HostDesiredState {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("watch message in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn inspect_store(path: &std::path::Path) -> (u64, u64, usize) {
+    use overlay_controller::raft::storage::{LOGS, SNAPSHOT};
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+    let db = redb::Database::open(path).expect("open redb");
+    let txn = db.begin_read().unwrap();
+    let logs = txn.open_table(LOGS).unwrap();
+    let first = logs.first().unwrap().map(|(k, _)| k.value()).unwrap_or(0);
+    let snap = txn.open_table(SNAPSHOT).unwrap();
+    let bytes = snap.get("data").unwrap().map(|v| v.value().len()).unwrap_or(0);
+    (logs.len().unwrap(), first, bytes)
+}
+
+/// Acceptance 6: a Watch client sees its host's full desired state, then each change that
+/// concerns the host, in revision order, and nothing for changes that do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_initial_state_then_each_change() {
+    let cluster = ControllerCluster::start_loopback(1).expect("cluster");
+    cluster.wait_leader(1, ELECTION).await.expect("leader");
+    let c = cluster.client().unwrap();
+    register(&c, "h1", "192.0.2.21").await;
+    let h2 = register(&c, "h2", "192.0.2.22").await;
+    create_network(&c, "blue", "10.1.0.0/16", 24).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = AgentClient::new(channel)
+        .watch(pb::WatchRequest {
+            host_name: "h1".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let first = next(&mut stream).await;
+    assert_eq!(first.host_name, "h1");
+    let net = &first.networks[0];
+    assert_eq!(
+        (net.name.as_str(), net.subnet.as_str(), net.gateway.as_str()),
+        ("blue", "10.1.0.0/24", "10.1.0.1")
+    );
+    assert_eq!(net.peers.len(), 1);
+    assert_eq!(
+        (net.peers[0].host.as_str(), net.peers[0].vtep_mac.as_str()),
+        ("h2", h2.vtep_mac.as_str())
+    );
+    assert!(net.endpoints.is_empty());
+
+    let ep = attach(&c, "blue", "h1", "w1").await.unwrap();
+    let second = next(&mut stream).await;
+    assert!(second.revision > first.revision);
+    assert_eq!(second.networks[0].endpoints.len(), 1);
+    assert_eq!(second.networks[0].endpoints[0].address, ep.address);
+
+    // Irrelevant to h1: an endpoint on h2. No message for it; the next one is h3 joining.
+    attach(&c, "blue", "h2", "w2").await.unwrap();
+    register(&c, "h3", "192.0.2.23").await;
+    let third = next(&mut stream).await;
+    assert!(
+        third.revision > second.revision + 1,
+        "the h2-only change was skipped"
+    );
+    let peers: Vec<_> = third.networks[0].peers.iter().map(|p| p.host.as_str()).collect();
+    assert_eq!(peers, ["h2", "h3"]);
+    assert_eq!(third.networks[0].endpoints.len(), 1);
+
+    c.call(|ch| async move {
+        OverlayClient::new(ch)
+            .remove_host(pb::HostRef { name: "h2".into() })
+            .await
+    })
+    .await
+    .unwrap();
+    let fourth = next(&mut stream).await;
+    let peers: Vec<_> = fourth.networks[0].peers.iter().map(|p| p.host.as_str()).collect();
+    assert_eq!(peers, ["h3"]);
+    assert!(fourth.revision > third.revision);
+}

@@ -1,0 +1,249 @@
+//! A controller cluster of real `overlay-controller` processes, each with its own data dir,
+//! on loopback or inside network namespaces. Killing, stopping and restarting replicas is how
+//! the tests inject faults.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use overlay_proto::connect::Controllers;
+use overlay_proto::v1 as pb;
+use overlay_proto::v1::overlay_client::OverlayClient;
+use tokio::time::Instant;
+
+use crate::process::Daemon;
+use crate::{LabError, Result, bins};
+
+/// One replica: where it listens and keeps its data, and its process while it runs.
+pub struct Replica {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub netns: Option<String>,
+    log: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Replica {
+    pub fn is_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(|d| d.is_running())
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+pub struct ControllerCluster {
+    pub replicas: Vec<Replica>,
+    bin: PathBuf,
+    peers: String,
+    request_timeout: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(crate::io("bind 127.0.0.1:0"))?;
+    Ok(l.local_addr().map_err(crate::io("local_addr"))?.port())
+}
+
+impl ControllerCluster {
+    /// `n` replicas on 127.0.0.1, data under a fresh temporary directory.
+    pub fn start_loopback(n: usize) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("overlay-ctl-")
+            .tempdir()
+            .map_err(crate::io("tempdir"))?;
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            addrs.push((format!("127.0.0.1:{}", free_port()?), None));
+        }
+        let mut c = Self::new(addrs, dir.path())?;
+        c._dir = Some(dir);
+        c.start_all()?;
+        Ok(c)
+    }
+
+    /// Replicas at the given addresses, each optionally inside a network namespace; data and
+    /// logs under `dir`. Call [`start_all`](Self::start_all) to launch them.
+    pub fn new(addrs: Vec<(String, Option<String>)>, dir: &Path) -> Result<Self> {
+        let bin = bins::bin("overlay-controller")?;
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let replicas = addrs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, netns))| Replica {
+                id: i as u64 + 1,
+                addr,
+                data_dir: dir.join(format!("controller-{}", i + 1)),
+                netns,
+                log: dir.join(format!("controller-{}.log", i + 1)),
+                daemon: None,
+            })
+            .collect();
+        Ok(Self {
+            replicas,
+            bin,
+            peers,
+            request_timeout: "3s".into(),
+            _dir: None,
+        })
+    }
+
+    /// How long a replica lets a write or consistent read wait for a quorum (default 3s).
+    pub fn set_request_timeout(&mut self, t: &str) {
+        self.request_timeout = t.to_string();
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for id in self.replicas.iter().map(|r| r.id).collect::<Vec<_>>() {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    fn replica(&mut self, id: u64) -> Result<&mut Replica> {
+        self.replicas
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or_else(|| LabError::Setup(format!("no replica {id}")))
+    }
+
+    /// Starts (or restarts) replica `id` on its existing data dir.
+    pub fn start(&mut self, id: u64) -> Result<()> {
+        let (bin, peers, timeout) = (self.bin.clone(), self.peers.clone(), self.request_timeout.clone());
+        let r = self.replica(id)?;
+        if r.is_running() {
+            return Ok(());
+        }
+        let mut cmd = match &r.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("--node-id")
+            .arg(r.id.to_string())
+            .arg("--listen")
+            .arg(&r.addr)
+            .arg("--data-dir")
+            .arg(&r.data_dir)
+            .arg("--peers")
+            .arg(&peers)
+            .arg("--request-timeout")
+            .arg(&timeout)
+            .env(
+                "RUST_LOG",
+                std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            );
+        r.daemon = Some(Daemon::spawn(&format!("controller-{id}"), cmd, &r.log)?);
+        Ok(())
+    }
+
+    /// SIGKILL replica `id`.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        if let Some(d) = self.replica(id)?.daemon.take() {
+            d.kill();
+        }
+        Ok(())
+    }
+
+    /// SIGTERM replica `id` and wait for it to exit.
+    pub fn stop(&mut self, id: u64) -> Result<()> {
+        if let Some(d) = self.replica(id)?.daemon.take() {
+            d.stop(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.replicas.iter().map(|r| r.addr.clone()).collect()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.replicas
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.addr.clone())
+            .unwrap_or_default()
+    }
+
+    /// A fail-over client over every replica.
+    pub fn client(&self) -> Result<Controllers> {
+        client(&self.addrs())
+    }
+
+    /// A client bound to replica `id` alone.
+    pub fn client_of(&self, id: u64) -> Result<Controllers> {
+        client(&[self.addr(id)])
+    }
+
+    /// Waits until replica `via` reports a leader, and returns its id.
+    pub async fn wait_leader(&self, via: u64, within: Duration) -> Result<u64> {
+        let c = self.client_of(via)?;
+        let deadline = Instant::now() + within;
+        loop {
+            let status = c
+                .call(|ch| async move {
+                    OverlayClient::new(ch)
+                        .cluster_status(pb::ClusterStatusRequest {})
+                        .await
+                })
+                .await;
+            if let Ok(s) = status
+                && s.get_ref().leader_id != 0
+            {
+                return Ok(s.get_ref().leader_id);
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "no leader seen by replica {via} within {within:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Log tails of every replica, for a failing test's report.
+    pub fn logs(&self, lines: usize) -> String {
+        self.replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "--- controller-{} ({})\n{}",
+                    r.id,
+                    r.log.display(),
+                    crate::process::tail(&r.log, lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ControllerCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs(40));
+        }
+        for r in &mut self.replicas {
+            if let Some(d) = r.daemon.take() {
+                d.kill();
+            }
+        }
+    }
+}
+
+pub fn client(addrs: &[String]) -> Result<Controllers> {
+    Controllers::new(addrs, Duration::from_secs(1), Duration::from_secs(30))
+        .map_err(|e| LabError::Setup(e.to_string()))
+}
