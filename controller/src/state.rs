@@ -909,42 +909,14 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-/// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..".
+/// A Linux interface name (see [`overlay_proto::validate::ifname`]).
 pub fn validate_ifname(what: &str, name: &str) -> Result<(), StateError> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(invalid(what, name, "must be 1 to 15 characters"));
-    }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(invalid(what, name, "must not contain '/', ':' or whitespace"));
-    }
-    Ok(())
+    overlay_proto::validate::ifname(name).map_err(|reason| invalid(what, name, reason))
 }
 
-/// A network namespace reference: a name under /run/netns, an absolute path, or a pid.
+/// A network namespace reference (see [`overlay_proto::validate::netns`]).
 pub fn validate_netns(netns: &str) -> Result<(), StateError> {
-    if netns.is_empty() || netns.len() > 255 {
-        return Err(invalid("namespace", netns, "must be 1 to 255 characters"));
-    }
-    if netns.chars().any(|c| c.is_control()) {
-        return Err(invalid("namespace", netns, "must not contain control characters"));
-    }
-    if netns.starts_with('/') {
-        if netns.split('/').any(|part| part == "..") {
-            return Err(invalid("namespace", netns, "a path must not contain '..'"));
-        }
-    } else if netns.contains('/') || netns == "." || netns == ".." {
-        return Err(invalid(
-            "namespace",
-            netns,
-            "a name must not contain '/'; give an absolute path instead",
-        ));
-    }
-    Ok(())
+    overlay_proto::validate::netns(netns).map_err(|reason| invalid("namespace", netns, reason))
 }
 
 #[cfg(test)]

@@ -1,1 +1,82 @@
-fn main() {}
+//! `overlay-agent`: the node agent of overlay, one per host.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use overlay_agent::session::{AgentConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "overlay-agent",
+    version,
+    about = "Programs this host's kernel toward overlay's desired state"
+)]
+struct Args {
+    /// Controller replicas, HOST:PORT[,HOST:PORT...]; any of them will do.
+    #[arg(long, env = "OVERLAY_CONTROLLER")]
+    controller: String,
+    /// This host's name in the cluster.
+    #[arg(long)]
+    host_name: String,
+    /// Interface facing the other hosts (VXLAN is sent through it).
+    #[arg(long)]
+    underlay_iface: String,
+    /// Underlay address; default: the interface's first IPv4 address.
+    #[arg(long)]
+    underlay_ip: Option<Ipv4Addr>,
+    /// Where the agent keeps its last desired state.
+    #[arg(long, default_value = "/var/lib/overlay/agent")]
+    state_dir: PathBuf,
+    /// Seconds between full reconciles (endpoints checked inside their namespaces).
+    #[arg(long, default_value_t = 30)]
+    resync_secs: u64,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let config = AgentConfig {
+        controllers: vec![args.controller],
+        host_name: args.host_name,
+        underlay_iface: args.underlay_iface,
+        underlay_ip: args.underlay_ip,
+        state_dir: args.state_dir,
+        resync: Duration::from_secs(args.resync_secs.max(1)),
+        heartbeat: Duration::from_secs(5),
+    };
+    run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

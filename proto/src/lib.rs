@@ -13,6 +13,8 @@ pub mod raft {
 }
 
 pub mod connect;
+pub mod mac;
 pub mod names;
+pub mod validate;
 
 pub use v1::*;

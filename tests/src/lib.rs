@@ -7,7 +7,11 @@
 
 pub mod bins;
 pub mod controllers;
+pub mod interrupt;
+pub mod lab;
+pub mod netns;
 pub mod process;
+pub mod tcp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {

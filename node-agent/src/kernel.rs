@@ -1,0 +1,117 @@
+//! What the kernel holds, as far as overlay cares: a snapshot taken from netlink dumps
+//! (links, addresses, neighbours and FDB entries of overlay's devices, routes). Plain data,
+//! so the planner that diffs it against the desired state is tested without root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use overlay_proto::mac::MacAddr;
+use overlay_proto::names;
+
+/// Routes overlay installs carry this protocol number (`ip route` shows `proto 79`), so a
+/// reconcile can tell its routes from everyone else's.
+pub const ROUTE_PROTOCOL: u8 = 79;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    /// Underlay device index.
+    pub link: Option<u32>,
+    pub learning: bool,
+}
+
+impl Default for VxlanAttrs {
+    /// What the kernel assumes when an attribute is absent (learning is on by default).
+    fn default() -> Self {
+        Self {
+            vni: 0,
+            port: 0,
+            local: None,
+            link: None,
+            learning: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Vxlan(VxlanAttrs),
+    Veth,
+    Other(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: LinkKind,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    /// Index of the bridge it is enslaved to.
+    pub master: Option<u32>,
+    /// For a veth: the peer lives in another namespace.
+    pub peer_in_other_netns: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Option<MacAddr>,
+    pub permanent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub dst: Option<Ipv4Addr>,
+    pub permanent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Network,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+    pub onlink: bool,
+}
+
+/// One consistent look at the host's kernel state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kernel {
+    pub links: BTreeMap<String, Link>,
+    /// IPv4 addresses per interface index.
+    pub addresses: BTreeMap<u32, BTreeSet<Ipv4Network>>,
+    /// Neighbours on overlay's vxlan devices.
+    pub neighbours: Vec<Neighbour>,
+    /// FDB entries on overlay's vxlan devices.
+    pub fdb: Vec<FdbEntry>,
+    /// Routes in the main table.
+    pub routes: Vec<Route>,
+}
+
+impl Kernel {
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.get(name)
+    }
+
+    pub fn addresses_of(&self, index: u32) -> BTreeSet<Ipv4Network> {
+        self.addresses.get(&index).cloned().unwrap_or_default()
+    }
+
+    /// Indexes of overlay's vxlan devices: the only ones whose neighbours and FDB we read.
+    pub fn vxlan_indexes(&self) -> BTreeSet<u32> {
+        self.links
+            .values()
+            .filter(|l| l.name.starts_with(names::VXLAN_PREFIX))
+            .map(|l| l.index)
+            .collect()
+    }
+}

@@ -1,0 +1,565 @@
+//! rtnetlink I/O: one dump of everything the planner needs, and the operations it plans.
+//!
+//! One dump per kind (links, addresses, neighbours, FDB, routes) per pass, never one request
+//! per object: the cost of a reconcile grows with the host, not with the number of checks.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use overlay_proto::mac::MacAddr;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+use crate::kernel::{FdbEntry, Kernel, Link, LinkKind, Neighbour, ROUTE_PROTOCOL, Route, VxlanAttrs};
+use crate::plan::{EntryOp, LinkOp};
+use crate::spec::VXLAN_PORT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("{op}: {source}")]
+    Op { op: String, source: rtnetlink::Error },
+    #[error("{0}")]
+    Missing(String),
+}
+
+fn op_err(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |source| NetlinkError::Op { op, source }
+}
+
+/// True when the error is the kernel's ENOENT/ESRCH/ENODEV: the object is already gone.
+pub fn is_gone(e: &NetlinkError) -> bool {
+    match e {
+        NetlinkError::Op {
+            source: rtnetlink::Error::NetlinkError(msg),
+            ..
+        } => msg.code.is_some_and(|c| {
+            matches!(
+                -c.get(),
+                libc_enoent::ENOENT | libc_enoent::ESRCH | libc_enoent::ENODEV
+            )
+        }),
+        _ => false,
+    }
+}
+
+mod libc_enoent {
+    pub const ENOENT: i32 = 2;
+    pub const ESRCH: i32 = 3;
+    pub const ENODEV: i32 = 19;
+}
+
+/// A netlink connection in the namespace of the thread that opened it.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a socket in the calling thread's network namespace; the connection task runs on
+    /// the current tokio runtime.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    // ------------------------------------------------------------------ reading
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump links"))?;
+        Ok(msgs.iter().filter_map(parse_link).collect())
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(msg) => Ok(msg.as_ref().and_then(parse_link)),
+            Err(e) => {
+                let e = NetlinkError::Op {
+                    op: format!("get link {name}"),
+                    source: e,
+                };
+                if is_gone(&e) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Network)>, NetlinkError> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump addresses"))?;
+        Ok(msgs.iter().filter_map(parse_address).collect())
+    }
+
+    /// The whole snapshot the planner works from.
+    pub async fn dump(&self) -> Result<Kernel, NetlinkError> {
+        let mut kernel = Kernel::default();
+        for l in self.links().await? {
+            kernel.links.insert(l.name.clone(), l);
+        }
+        for (index, addr) in self.addresses().await? {
+            kernel.addresses.entry(index).or_default().insert(addr);
+        }
+        let ours = kernel.vxlan_indexes();
+        if !ours.is_empty() {
+            let neigh: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(op_err("dump neighbours"))?;
+            kernel.neighbours = neigh
+                .iter()
+                .filter(|m| ours.contains(&m.header.ifindex))
+                .filter_map(parse_neighbour)
+                .collect();
+            let fdb: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(op_err("dump fdb"))?;
+            kernel.fdb = fdb
+                .iter()
+                .filter(|m| ours.contains(&m.header.ifindex))
+                .filter_map(parse_fdb)
+                .collect();
+        }
+        kernel.routes = self.routes().await?;
+        Ok(kernel)
+    }
+
+    /// IPv4 routes of the main table.
+    pub async fn routes(&self) -> Result<Vec<Route>, NetlinkError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump routes"))?;
+        Ok(routes.iter().filter_map(parse_route).collect())
+    }
+
+    // ------------------------------------------------------------------ links
+
+    pub async fn apply_link(&self, op: &LinkOp) -> Result<(), NetlinkError> {
+        match op {
+            LinkOp::CreateBridge { name, mtu } => self
+                .handle
+                .link()
+                .add(LinkBridge::new(name).mtu(*mtu).up().build())
+                .execute()
+                .await
+                .map_err(op_err(format!("create bridge {name}"))),
+            LinkOp::CreateVxlan { spec, underlay_index } => {
+                let msg = LinkVxlan::new(&spec.name, spec.vni)
+                    .dev(*underlay_index)
+                    .port(VXLAN_PORT)
+                    .local(spec.local)
+                    .learning(false)
+                    .mtu(spec.mtu)
+                    .address(spec.mac.0.to_vec())
+                    .up()
+                    .build();
+                self.handle
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("create vxlan {}", spec.name)))
+            }
+            LinkOp::Delete { name, index, .. } => self.delete_link(name, *index).await,
+            LinkOp::SetMtu { name, index, mtu } => {
+                self.set_link(
+                    LinkUnspec::new_with_index(*index).mtu(*mtu),
+                    &format!("set mtu of {name}"),
+                )
+                .await
+            }
+            LinkOp::SetMac { name, index, mac } => {
+                self.set_link(
+                    LinkUnspec::new_with_index(*index).address(mac.0.to_vec()),
+                    &format!("set mac of {name}"),
+                )
+                .await
+            }
+            LinkOp::SetUp { name, index } => {
+                self.set_link(LinkUnspec::new_with_index(*index).up(), &format!("set {name} up"))
+                    .await
+            }
+        }
+    }
+
+    pub async fn set_link(
+        &self,
+        msg: LinkMessageBuilder<LinkUnspec>,
+        what: &str,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(op_err(what))
+    }
+
+    /// Deletes a link; one that is already gone counts as deleted.
+    pub async fn delete_link(&self, name: &str, index: u32) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(op_err(format!("delete {name}")))
+        {
+            Err(e) if is_gone(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn create_veth(&self, host: &str, peer: &str, mtu: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(host, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(op_err(format!("create veth {host}/{peer}")))
+    }
+
+    /// Moves a link into the namespace open at `ns`.
+    pub async fn move_to_netns(
+        &self,
+        index: u32,
+        name: &str,
+        ns: &std::fs::File,
+    ) -> Result<(), NetlinkError> {
+        self.set_link(
+            LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()),
+            &format!("move {name} to its namespace"),
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------------ entries
+
+    pub async fn apply_entry(&self, op: &EntryOp) -> Result<(), NetlinkError> {
+        let h = &self.handle;
+        match op {
+            EntryOp::AddAddress { index, addr } => h
+                .address()
+                .add(*index, IpAddr::V4(addr.ip()), addr.prefix())
+                .replace()
+                .execute()
+                .await
+                .map_err(op_err(format!("add address {addr}"))),
+            EntryOp::DelAddress { index, addr } => ignore_gone(
+                h.address()
+                    .del(address_message(*index, *addr))
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("delete address {addr}"))),
+            ),
+            EntryOp::SetNeighbour { index, ip, mac } => h
+                .neighbours()
+                .add(*index, IpAddr::V4(*ip))
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(op_err(format!("set neighbour {ip} lladdr {mac}"))),
+            EntryOp::DelNeighbour { index, ip } => {
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Inet;
+                msg.header.ifindex = *index;
+                msg.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
+                ignore_gone(
+                    h.neighbours()
+                        .del(msg)
+                        .execute()
+                        .await
+                        .map_err(op_err(format!("delete neighbour {ip}"))),
+                )
+            }
+            EntryOp::SetFdb { index, mac, dst } => h
+                .neighbours()
+                .add_bridge(*index, &mac.0)
+                .destination(IpAddr::V4(*dst))
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(op_err(format!("set fdb {mac} dst {dst}"))),
+            EntryOp::DelFdb { index, mac, dst } => {
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Bridge;
+                msg.header.ifindex = *index;
+                msg.header.flags = NeighbourFlags::Own;
+                msg.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                if let Some(dst) = dst {
+                    msg.attributes
+                        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+                }
+                ignore_gone(
+                    h.neighbours()
+                        .del(msg)
+                        .execute()
+                        .await
+                        .map_err(op_err(format!("delete fdb {mac}"))),
+                )
+            }
+            EntryOp::SetRoute { dst, via, index } => {
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix())
+                    .gateway(*via)
+                    .output_interface(*index)
+                    .onlink()
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                    .build();
+                h.route()
+                    .add(msg)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("set route {dst} via {via}")))
+            }
+            EntryOp::DelRoute { route } => ignore_gone(
+                h.route()
+                    .del(route_message(route))
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("delete route {}", route.dst))),
+            ),
+        }
+    }
+}
+
+fn ignore_gone(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if is_gone(&e) => Ok(()),
+        other => other,
+    }
+}
+
+pub fn address_message(index: u32, addr: Ipv4Network) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = addr.prefix();
+    msg.header.index = index;
+    msg.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(addr.ip())));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(addr.ip())));
+    msg
+}
+
+fn route_message(r: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = r.dst.prefix();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(r.protocol);
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst.network())));
+    if let Some(gw) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+    }
+    if let Some(oif) = r.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    msg
+}
+
+// ---------------------------------------------------------------------- parsing
+
+fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
+    <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+}
+
+pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: LinkKind::Other(String::new()),
+        mtu: 0,
+        mac: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        master: None,
+        peer_in_other_netns: false,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Address(a) => link.mac = mac_of(a),
+            LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::LinkNetNsId(_) => link.peer_in_other_netns = true,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(InfoKind::Bridge) => link.kind = LinkKind::Bridge,
+                        LinkInfo::Kind(InfoKind::Veth) => link.kind = LinkKind::Veth,
+                        LinkInfo::Kind(InfoKind::Vxlan) if !matches!(link.kind, LinkKind::Vxlan(_)) => {
+                            link.kind = LinkKind::Vxlan(VxlanAttrs::default())
+                        }
+                        LinkInfo::Kind(other) => {
+                            link.kind = LinkKind::Other(format!("{other:?}").to_lowercase())
+                        }
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            let mut attrs = match &link.kind {
+                                LinkKind::Vxlan(a) => a.clone(),
+                                _ => VxlanAttrs::default(),
+                            };
+                            for d in data {
+                                match d {
+                                    InfoVxlan::Id(v) => attrs.vni = *v,
+                                    InfoVxlan::Port(p) => attrs.port = *p,
+                                    InfoVxlan::Local(ip) => attrs.local = Some(*ip),
+                                    InfoVxlan::Link(l) => attrs.link = Some(*l),
+                                    InfoVxlan::Learning(b) => attrs.learning = *b,
+                                    _ => {}
+                                }
+                            }
+                            link.kind = LinkKind::Vxlan(attrs);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (!link.name.is_empty()).then_some(link)
+}
+
+fn parse_address(msg: &AddressMessage) -> Option<(u32, Ipv4Network)> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let mut local = None;
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    Ipv4Network::new(ip, msg.header.prefix_len)
+        .ok()
+        .map(|n| (msg.header.index, n))
+}
+
+fn parse_neighbour(msg: &NeighbourMessage) -> Option<Neighbour> {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        ifindex: msg.header.ifindex,
+        ip: ip?,
+        mac,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
+    if !msg.header.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    let mut mac = None;
+    let mut dst = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            _ => {}
+        }
+    }
+    Some(FdbEntry {
+        ifindex: msg.header.ifindex,
+        mac: mac?,
+        dst,
+        permanent: msg.header.state == NeighbourState::Permanent,
+    })
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<Route> {
+    let mut table = msg.header.table as u32;
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    if table != RouteHeader::RT_TABLE_MAIN as u32 || msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    Some(Route {
+        dst: Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        protocol: u8::from(msg.header.protocol),
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
+    })
+}

@@ -1,0 +1,342 @@
+//! The diff: what to change so the kernel matches the desired state, and nothing more.
+//!
+//! Planning happens in three passes against fresh dumps, because later passes need the
+//! interface indexes the earlier ones create: [`links`] (bridges, vxlan devices, stray
+//! devices), [`entries`] (addresses, neighbours, FDB, routes), [`endpoints`] (veth pairs).
+//! An empty plan means the kernel already matches: a reconcile with nothing to do changes
+//! nothing, and an agent restart does not touch working entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use overlay_proto::mac::MacAddr;
+use overlay_proto::names;
+
+use crate::kernel::{Kernel, LinkKind, ROUTE_PROTOCOL, Route};
+use crate::spec::{EndpointSpec, HostSpec, VXLAN_PORT, VxlanSpec};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkOp {
+    CreateBridge { name: String, mtu: u32 },
+    CreateVxlan { spec: VxlanSpec, underlay_index: u32 },
+    Delete { name: String, index: u32, why: String },
+    SetMtu { name: String, index: u32, mtu: u32 },
+    SetMac { name: String, index: u32, mac: MacAddr },
+    SetUp { name: String, index: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryOp {
+    AddAddress {
+        index: u32,
+        addr: Ipv4Network,
+    },
+    DelAddress {
+        index: u32,
+        addr: Ipv4Network,
+    },
+    /// Add or replace a permanent neighbour.
+    SetNeighbour {
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    },
+    DelNeighbour {
+        index: u32,
+        ip: Ipv4Addr,
+    },
+    /// Add or replace a `self permanent` FDB entry.
+    SetFdb {
+        index: u32,
+        mac: MacAddr,
+        dst: Ipv4Addr,
+    },
+    DelFdb {
+        index: u32,
+        mac: MacAddr,
+        dst: Option<Ipv4Addr>,
+    },
+    /// Add or replace an onlink route tagged with [`ROUTE_PROTOCOL`].
+    SetRoute {
+        dst: Ipv4Network,
+        via: Ipv4Addr,
+        index: u32,
+    },
+    DelRoute {
+        route: Route,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointOp {
+    /// Create the veth pair and wire the namespace side (after removing any broken remains).
+    Wire {
+        spec: EndpointSpec,
+        stale: Vec<(String, u32)>,
+    },
+    /// The host end exists but is detached, down or has the wrong MTU.
+    FixHostSide {
+        spec: EndpointSpec,
+        index: u32,
+        master: u32,
+    },
+    /// The host end looks right; check and repair the namespace side.
+    Verify { spec: EndpointSpec },
+}
+
+/// Links to create, change or delete. `underlay_index` is the device VXLAN sends through.
+pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkOp> {
+    let mut ops = Vec::new();
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+    for network in &spec.networks {
+        if let Some(bridge) = &network.bridge {
+            wanted.insert(&bridge.name);
+            match kernel.link(&bridge.name) {
+                None => ops.push(LinkOp::CreateBridge {
+                    name: bridge.name.clone(),
+                    mtu: bridge.mtu,
+                }),
+                Some(l) if l.kind != LinkKind::Bridge => {
+                    ops.push(LinkOp::Delete {
+                        name: l.name.clone(),
+                        index: l.index,
+                        why: "not a bridge".into(),
+                    });
+                    ops.push(LinkOp::CreateBridge {
+                        name: bridge.name.clone(),
+                        mtu: bridge.mtu,
+                    });
+                }
+                Some(l) => {
+                    if l.mtu != bridge.mtu {
+                        ops.push(LinkOp::SetMtu {
+                            name: l.name.clone(),
+                            index: l.index,
+                            mtu: bridge.mtu,
+                        });
+                    }
+                    if !l.up {
+                        ops.push(LinkOp::SetUp {
+                            name: l.name.clone(),
+                            index: l.index,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(vx) = &network.vxlan {
+            wanted.insert(&vx.name);
+            let create = LinkOp::CreateVxlan {
+                spec: vx.clone(),
+                underlay_index,
+            };
+            match kernel.link(&vx.name) {
+                None => ops.push(create),
+                Some(l) => match &l.kind {
+                    LinkKind::Vxlan(attrs)
+                        if attrs.vni == vx.vni
+                            && attrs.port == VXLAN_PORT
+                            && attrs.local == Some(vx.local)
+                            && attrs.link == Some(underlay_index)
+                            && !attrs.learning =>
+                    {
+                        if l.mac != Some(vx.mac) {
+                            ops.push(LinkOp::SetMac {
+                                name: l.name.clone(),
+                                index: l.index,
+                                mac: vx.mac,
+                            });
+                        }
+                        if l.mtu != vx.mtu {
+                            ops.push(LinkOp::SetMtu {
+                                name: l.name.clone(),
+                                index: l.index,
+                                mtu: vx.mtu,
+                            });
+                        }
+                        if !l.up {
+                            ops.push(LinkOp::SetUp {
+                                name: l.name.clone(),
+                                index: l.index,
+                            });
+                        }
+                    }
+                    // VNI, port, local address and underlay device cannot change in place.
+                    other => {
+                        let why = match other {
+                            LinkKind::Vxlan(a) => format!("vxlan attributes differ ({a:?})"),
+                            _ => "not a vxlan device".into(),
+                        };
+                        ops.push(LinkOp::Delete {
+                            name: l.name.clone(),
+                            index: l.index,
+                            why,
+                        });
+                        ops.push(create);
+                    }
+                },
+            }
+        }
+    }
+    let endpoint_names: BTreeSet<&str> = spec.endpoints().map(|e| e.host_ifname.as_str()).collect();
+    for l in kernel.links.values() {
+        let stray_device = (l.name.starts_with(names::BRIDGE_PREFIX)
+            || l.name.starts_with(names::VXLAN_PREFIX))
+            && !wanted.contains(l.name.as_str());
+        let stray_endpoint =
+            l.name.starts_with(names::ENDPOINT_PREFIX) && !endpoint_names.contains(l.name.as_str());
+        // A workload end still in the host namespace is left over from an interrupted wiring
+        // (wiring moves it out within the same reconcile).
+        let stranded_peer = l.name.starts_with(names::PEER_PREFIX);
+        if stray_device || stray_endpoint || stranded_peer {
+            ops.push(LinkOp::Delete {
+                name: l.name.clone(),
+                index: l.index,
+                why: "no longer desired".into(),
+            });
+        }
+    }
+    ops
+}
+
+/// Addresses, neighbours, FDB entries and routes. Links must already exist (see [`links`]);
+/// a network whose devices are still missing is skipped and picked up by the next reconcile.
+pub fn entries(spec: &HostSpec, kernel: &Kernel) -> Vec<EntryOp> {
+    let mut ops = Vec::new();
+    let mut wanted_routes: BTreeMap<Ipv4Network, (Ipv4Addr, u32)> = BTreeMap::new();
+    for network in &spec.networks {
+        if let Some(bridge) = &network.bridge
+            && let Some(l) = kernel.link(&bridge.name)
+        {
+            sync_addresses(
+                &mut ops,
+                l.index,
+                &kernel.addresses_of(l.index),
+                &[bridge.address],
+            );
+        }
+        let Some(vx) = &network.vxlan else { continue };
+        let Some(l) = kernel.link(&vx.name) else { continue };
+        let index = l.index;
+        let own = Ipv4Network::new(vx.address, 32).expect("/32 is valid");
+        sync_addresses(&mut ops, index, &kernel.addresses_of(index), &[own]);
+
+        let want_neigh: BTreeMap<Ipv4Addr, MacAddr> =
+            network.peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
+        let mut seen = BTreeSet::new();
+        for n in kernel.neighbours.iter().filter(|n| n.ifindex == index) {
+            match want_neigh.get(&n.ip) {
+                Some(mac) if n.mac == Some(*mac) && n.permanent => {
+                    seen.insert(n.ip);
+                }
+                Some(_) => {}
+                None => ops.push(EntryOp::DelNeighbour { index, ip: n.ip }),
+            }
+        }
+        for (ip, mac) in &want_neigh {
+            if !seen.contains(ip) {
+                ops.push(EntryOp::SetNeighbour {
+                    index,
+                    ip: *ip,
+                    mac: *mac,
+                });
+            }
+        }
+
+        let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = network
+            .peers
+            .iter()
+            .map(|p| (p.vtep_mac, p.underlay_ip))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for f in kernel.fdb.iter().filter(|f| f.ifindex == index) {
+            match want_fdb.get(&f.mac) {
+                Some(dst) if f.dst == Some(*dst) && f.permanent && !seen.contains(&f.mac) => {
+                    seen.insert(f.mac);
+                }
+                // Wrong destination (host moved) or a duplicate: remove, then set the right one.
+                _ => ops.push(EntryOp::DelFdb {
+                    index,
+                    mac: f.mac,
+                    dst: f.dst,
+                }),
+            }
+        }
+        for (mac, dst) in &want_fdb {
+            if !seen.contains(mac) {
+                ops.push(EntryOp::SetFdb {
+                    index,
+                    mac: *mac,
+                    dst: *dst,
+                });
+            }
+        }
+        for p in &network.peers {
+            wanted_routes.insert(p.subnet, (p.vtep_ip, index));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for r in kernel.routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+        match wanted_routes.get(&r.dst) {
+            Some((via, index)) if r.gateway == Some(*via) && r.oif == Some(*index) && r.onlink => {
+                seen.insert(r.dst);
+            }
+            Some(_) => {}
+            None => ops.push(EntryOp::DelRoute { route: r.clone() }),
+        }
+    }
+    for (dst, (via, index)) in wanted_routes {
+        if !seen.contains(&dst) {
+            ops.push(EntryOp::SetRoute { dst, via, index });
+        }
+    }
+    ops
+}
+
+fn sync_addresses(ops: &mut Vec<EntryOp>, index: u32, have: &BTreeSet<Ipv4Network>, want: &[Ipv4Network]) {
+    for a in have.iter().filter(|a| !want.contains(a)) {
+        ops.push(EntryOp::DelAddress { index, addr: *a });
+    }
+    for a in want.iter().filter(|a| !have.contains(a)) {
+        ops.push(EntryOp::AddAddress { index, addr: *a });
+    }
+}
+
+/// Endpoint work. `deep` also verifies endpoints whose host end looks right (inside the
+/// namespace), which costs a thread and a netlink socket per endpoint: done at start and
+/// periodically, not on every change.
+pub fn endpoints(spec: &HostSpec, kernel: &Kernel, deep: bool) -> Vec<EndpointOp> {
+    let mut ops = Vec::new();
+    for ep in spec.endpoints() {
+        let Some(bridge) = kernel.link(&ep.bridge) else {
+            continue;
+        };
+        match kernel.link(&ep.host_ifname) {
+            Some(l) if l.kind == LinkKind::Veth && l.peer_in_other_netns => {
+                if l.master != Some(bridge.index) || l.mtu != ep.mtu || !l.up {
+                    ops.push(EndpointOp::FixHostSide {
+                        spec: ep.clone(),
+                        index: l.index,
+                        master: bridge.index,
+                    });
+                    ops.push(EndpointOp::Verify { spec: ep.clone() });
+                } else if deep {
+                    ops.push(EndpointOp::Verify { spec: ep.clone() });
+                }
+            }
+            other => {
+                // Missing, not a veth, or its peer never left the host namespace.
+                let stale = other.map(|l| (l.name.clone(), l.index)).into_iter().collect();
+                ops.push(EndpointOp::Wire {
+                    spec: ep.clone(),
+                    stale,
+                });
+            }
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,309 @@
+//! Planner tests: the diff is exact, a converged kernel plans nothing, and nothing that does
+//! not carry overlay's names or protocol is ever touched.
+
+use super::*;
+use crate::kernel::{FdbEntry, Link, Neighbour, VxlanAttrs};
+use overlay_proto::v1 as pb;
+
+const UNDERLAY: u32 = 2;
+
+fn spec() -> HostSpec {
+    let d = pb::HostDesiredState {
+        revision: 7,
+        host_name: "h1".into(),
+        underlay_ip: "192.0.2.21".into(),
+        vtep_mac: "02:00:00:00:00:01".into(),
+        networks: vec![pb::NetworkState {
+            name: "blue".into(),
+            id: 1,
+            mode: pb::NetworkMode::Vxlan as i32,
+            cidr: "10.1.0.0/16".into(),
+            subnet: "10.1.0.0/24".into(),
+            gateway: "10.1.0.1".into(),
+            vni: 4096,
+            mtu: 1450,
+            bridge_name: "ovb-1".into(),
+            vxlan_name: "ovx-1".into(),
+            peers: vec![
+                pb::Peer {
+                    host: "h2".into(),
+                    underlay_ip: "192.0.2.22".into(),
+                    vtep_mac: "02:00:00:00:00:02".into(),
+                    subnet: "10.1.1.0/24".into(),
+                },
+                pb::Peer {
+                    host: "h3".into(),
+                    underlay_ip: "192.0.2.23".into(),
+                    vtep_mac: "02:00:00:00:00:03".into(),
+                    subnet: "10.1.2.0/24".into(),
+                },
+            ],
+            endpoints: vec![pb::LocalEndpoint {
+                id: 26,
+                netns: "w1".into(),
+                ifname: "eth0".into(),
+                address: "10.1.0.2/24".into(),
+                mac: "0a:58:0a:01:00:02".into(),
+                gateway: "10.1.0.1".into(),
+                host_ifname: "ovv-1a".into(),
+            }],
+            ..Default::default()
+        }],
+    };
+    HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap())
+}
+
+fn link(index: u32, name: &str, kind: LinkKind, mtu: u32) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        kind,
+        mtu,
+        mac: None,
+        up: true,
+        master: None,
+        peer_in_other_netns: false,
+    }
+}
+
+/// The kernel exactly as the spec wants it, plus foreign objects overlay must leave alone.
+fn converged() -> Kernel {
+    let mut k = Kernel::default();
+    let mut vx = link(
+        11,
+        "ovx-1",
+        LinkKind::Vxlan(VxlanAttrs {
+            vni: 4096,
+            port: 4789,
+            local: Some("192.0.2.21".parse().unwrap()),
+            link: Some(UNDERLAY),
+            learning: false,
+        }),
+        1450,
+    );
+    vx.mac = Some("02:00:00:00:00:01".parse().unwrap());
+    let mut veth = link(12, "ovv-1a", LinkKind::Veth, 1450);
+    veth.master = Some(10);
+    veth.peer_in_other_netns = true;
+    for l in [
+        link(1, "lo", LinkKind::Other("".into()), 65536),
+        link(UNDERLAY, "eth0", LinkKind::Veth, 1500),
+        link(3, "docker0", LinkKind::Bridge, 1500),
+        link(10, "ovb-1", LinkKind::Bridge, 1450),
+        vx,
+        veth,
+    ] {
+        k.links.insert(l.name.clone(), l);
+    }
+    k.addresses
+        .insert(10, ["10.1.0.1/24".parse().unwrap()].into_iter().collect());
+    k.addresses
+        .insert(11, ["10.1.0.0/32".parse().unwrap()].into_iter().collect());
+    k.addresses
+        .insert(UNDERLAY, ["192.0.2.21/24".parse().unwrap()].into_iter().collect());
+    for (ip, mac, dst) in [
+        ("10.1.1.0", "02:00:00:00:00:02", "192.0.2.22"),
+        ("10.1.2.0", "02:00:00:00:00:03", "192.0.2.23"),
+    ] {
+        k.neighbours.push(Neighbour {
+            ifindex: 11,
+            ip: ip.parse().unwrap(),
+            mac: Some(mac.parse().unwrap()),
+            permanent: true,
+        });
+        k.fdb.push(FdbEntry {
+            ifindex: 11,
+            mac: mac.parse().unwrap(),
+            dst: Some(dst.parse().unwrap()),
+            permanent: true,
+        });
+    }
+    for (dst, via) in [("10.1.1.0/24", "10.1.1.0"), ("10.1.2.0/24", "10.1.2.0")] {
+        k.routes.push(Route {
+            dst: dst.parse().unwrap(),
+            gateway: Some(via.parse().unwrap()),
+            oif: Some(11),
+            protocol: ROUTE_PROTOCOL,
+            onlink: true,
+        });
+    }
+    // Foreign: a static route and a kernel route must never be touched.
+    k.routes.push(Route {
+        dst: "0.0.0.0/0".parse().unwrap(),
+        gateway: Some("192.0.2.1".parse().unwrap()),
+        oif: Some(UNDERLAY),
+        protocol: 4,
+        onlink: false,
+    });
+    k.routes.push(Route {
+        dst: "10.1.0.0/24".parse().unwrap(),
+        gateway: None,
+        oif: Some(10),
+        protocol: 2,
+        onlink: false,
+    });
+    k
+}
+
+#[test]
+fn converged_kernel_plans_nothing() {
+    let (s, k) = (spec(), converged());
+    assert_eq!(links(&s, &k, UNDERLAY), vec![]);
+    assert_eq!(entries(&s, &k), vec![]);
+    assert_eq!(endpoints(&s, &k, false), vec![]);
+    let deep = endpoints(&s, &k, true);
+    assert!(matches!(deep.as_slice(), [EndpointOp::Verify { .. }]), "{deep:?}");
+}
+
+#[test]
+fn empty_kernel_creates_devices_then_entries() {
+    let s = spec();
+    let mut k = Kernel::default();
+    k.links
+        .insert("eth0".into(), link(UNDERLAY, "eth0", LinkKind::Veth, 1500));
+    let ops = links(&s, &k, UNDERLAY);
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[0],
+        LinkOp::CreateBridge {
+            name: "ovb-1".into(),
+            mtu: 1450
+        }
+    );
+    assert!(matches!(&ops[1], LinkOp::CreateVxlan { spec, underlay_index: UNDERLAY } if spec.vni == 4096));
+    // Until the devices exist, nothing else can be planned.
+    assert_eq!(entries(&s, &k), vec![]);
+    assert_eq!(endpoints(&s, &k, false), vec![]);
+
+    // Devices present but empty: every entry is planned, one per peer.
+    let mut k = converged();
+    k.neighbours.clear();
+    k.fdb.clear();
+    k.routes.retain(|r| r.protocol != ROUTE_PROTOCOL);
+    k.addresses.remove(&11);
+    let ops = entries(&s, &k);
+    let count = |f: fn(&EntryOp) -> bool| ops.iter().filter(|o| f(o)).count();
+    assert_eq!(count(|o| matches!(o, EntryOp::SetNeighbour { index: 11, .. })), 2);
+    assert_eq!(count(|o| matches!(o, EntryOp::SetFdb { index: 11, .. })), 2);
+    assert_eq!(count(|o| matches!(o, EntryOp::SetRoute { index: 11, .. })), 2);
+    assert_eq!(count(|o| matches!(o, EntryOp::AddAddress { index: 11, .. })), 1);
+    assert_eq!(ops.len(), 7);
+}
+
+#[test]
+fn removed_peer_loses_its_entries_and_nothing_else() {
+    let mut s = spec();
+    s.networks[0].peers.retain(|p| p.host != "h3");
+    let ops = entries(&s, &converged());
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(ops.contains(&EntryOp::DelNeighbour {
+        index: 11,
+        ip: "10.1.2.0".parse().unwrap()
+    }));
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, EntryOp::DelFdb { mac, .. } if mac.to_string() == "02:00:00:00:00:03"))
+    );
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, EntryOp::DelRoute { route } if route.dst.to_string() == "10.1.2.0/24"))
+    );
+}
+
+#[test]
+fn moved_peer_is_replaced() {
+    let mut s = spec();
+    s.networks[0].peers[0].underlay_ip = "192.0.2.99".parse().unwrap();
+    let ops = entries(&s, &converged());
+    assert_eq!(
+        ops,
+        vec![
+            EntryOp::DelFdb {
+                index: 11,
+                mac: "02:00:00:00:00:02".parse().unwrap(),
+                dst: Some("192.0.2.22".parse().unwrap())
+            },
+            EntryOp::SetFdb {
+                index: 11,
+                mac: "02:00:00:00:00:02".parse().unwrap(),
+                dst: "192.0.2.99".parse().unwrap()
+            },
+        ]
+    );
+}
+
+#[test]
+fn stray_overlay_devices_go_foreign_ones_stay() {
+    let s = spec();
+    let mut k = converged();
+    for (i, name) in ["ovb-9", "ovx-9", "ovv-ff", "ovp-1a", "br-other", "vxlan0"]
+        .iter()
+        .enumerate()
+    {
+        k.links.insert(
+            name.to_string(),
+            link(50 + i as u32, name, LinkKind::Bridge, 1500),
+        );
+    }
+    let deleted: Vec<String> = links(&s, &k, UNDERLAY)
+        .into_iter()
+        .map(|o| match o {
+            LinkOp::Delete { name, .. } => name,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(deleted, ["ovb-9", "ovp-1a", "ovv-ff", "ovx-9"]);
+}
+
+#[test]
+fn vxlan_attribute_changes() {
+    let s = spec();
+    let mut k = converged();
+    if let Some(l) = k.links.get_mut("ovx-1") {
+        l.kind = LinkKind::Vxlan(VxlanAttrs {
+            vni: 42,
+            port: 4789,
+            local: None,
+            link: Some(UNDERLAY),
+            learning: false,
+        });
+    }
+    let ops = links(&s, &k, UNDERLAY);
+    assert!(
+        matches!(&ops[..], [LinkOp::Delete { name, .. }, LinkOp::CreateVxlan { .. }] if name == "ovx-1"),
+        "{ops:?}"
+    );
+
+    let mut k = converged();
+    if let Some(l) = k.links.get_mut("ovx-1") {
+        l.mac = Some("02:00:00:00:00:99".parse().unwrap());
+        l.mtu = 1500;
+        l.up = false;
+    }
+    let ops = links(&s, &k, UNDERLAY);
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(matches!(ops[0], LinkOp::SetMac { .. }) && matches!(ops[1], LinkOp::SetMtu { mtu: 1450, .. }));
+}
+
+#[test]
+fn endpoint_repairs() {
+    let s = spec();
+    // Host end gone (namespace deleted, or someone removed it): wire again.
+    let mut k = converged();
+    k.links.remove("ovv-1a");
+    assert!(matches!(&endpoints(&s, &k, false)[..], [EndpointOp::Wire { stale, .. }] if stale.is_empty()));
+    // Host end present but its peer never moved: remove it and wire again.
+    let mut k = converged();
+    k.links.get_mut("ovv-1a").unwrap().peer_in_other_netns = false;
+    assert!(matches!(&endpoints(&s, &k, false)[..], [EndpointOp::Wire { stale, .. }] if stale.len() == 1));
+    // Detached from the bridge: fix the host side and check the namespace side.
+    let mut k = converged();
+    k.links.get_mut("ovv-1a").unwrap().master = None;
+    assert!(matches!(
+        &endpoints(&s, &k, false)[..],
+        [
+            EndpointOp::FixHostSide { master: 10, .. },
+            EndpointOp::Verify { .. }
+        ]
+    ));
+}

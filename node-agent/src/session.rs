@@ -1,0 +1,354 @@
+//! The agent's life: register the host, keep a Watch stream open to any controller replica,
+//! reconcile on every new desired state and periodically, heartbeat, and report endpoint
+//! status back. A controller outage leaves the datapath as it is; the agent keeps
+//! reconciling toward the last state it knew and re-syncs as soon as a replica answers.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use overlay_proto::connect::Controllers;
+use overlay_proto::v1 as pb;
+use overlay_proto::v1::agent_client::AgentClient;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::netlink::Netlink;
+use crate::reconcile::{EndpointStatuses, PassReport, Reconciler, Underlay};
+use crate::spec::HostSpec;
+
+pub struct AgentConfig {
+    pub controllers: Vec<String>,
+    pub host_name: String,
+    pub underlay_iface: String,
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub state_dir: PathBuf,
+    /// Period of the full reconcile (endpoints checked inside their namespaces too).
+    pub resync: Duration,
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error("underlay interface {0:?} not found")]
+    NoUnderlay(String),
+    #[error("underlay interface {0:?} has no IPv4 address; pass --underlay-ip")]
+    NoUnderlayIp(String),
+    #[error("invalid host name {0:?}: {1}")]
+    HostName(String, String),
+    #[error("state directory {0}: {1}")]
+    StateDir(String, std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] overlay_proto::connect::ConnectError),
+}
+
+/// Finds the underlay interface, its IPv4 address (unless given) and MTU.
+pub async fn discover_underlay(
+    nl: &Netlink,
+    iface: &str,
+    ip: Option<Ipv4Addr>,
+) -> Result<Underlay, AgentError> {
+    let link = nl
+        .link_by_name(iface)
+        .await?
+        .ok_or_else(|| AgentError::NoUnderlay(iface.to_string()))?;
+    let ip = match ip {
+        Some(ip) => ip,
+        None => nl
+            .addresses()
+            .await?
+            .into_iter()
+            .find(|(i, _)| *i == link.index)
+            .map(|(_, a)| a.ip())
+            .ok_or_else(|| AgentError::NoUnderlayIp(iface.to_string()))?,
+    };
+    Ok(Underlay {
+        iface: iface.to_string(),
+        ip,
+        mtu: link.mtu,
+    })
+}
+
+const DESIRED_FILE: &str = "desired.pb";
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    overlay_proto::validate::ifname(&config.underlay_iface)
+        .map_err(|r| AgentError::NoUnderlay(format!("{} ({r})", config.underlay_iface)))?;
+    if config.host_name.is_empty() || config.host_name.len() > 64 {
+        return Err(AgentError::HostName(
+            config.host_name.clone(),
+            "must be 1 to 64 characters".into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| AgentError::StateDir(config.state_dir.display().to_string(), e))?;
+    let nl = Netlink::connect()?;
+    let underlay = discover_underlay(&nl, &config.underlay_iface, config.underlay_ip).await?;
+    tracing::info!(host = %config.host_name, iface = %underlay.iface, ip = %underlay.ip, mtu = underlay.mtu, "agent starting");
+    let controllers = Arc::new(Controllers::new(
+        &config.controllers,
+        Duration::from_secs(2),
+        Duration::from_secs(15),
+    )?);
+
+    let (spec_tx, spec_rx) = watch::channel::<Option<Arc<HostSpec>>>(None);
+    let (report_tx, report_rx) = watch::channel::<Option<Arc<PassReport>>>(None);
+    let config = Arc::new(config);
+    let applied = Arc::new(AtomicU64::new(0));
+
+    let reconciler = Reconciler::new(nl, underlay.clone());
+    let tasks = [
+        tokio::spawn(reconcile_loop(
+            reconciler,
+            spec_rx,
+            report_tx,
+            config.resync,
+            applied.clone(),
+        )),
+        tokio::spawn(report_loop(controllers.clone(), config.clone(), report_rx)),
+        tokio::spawn(offline_start(config.clone(), underlay.ip, spec_tx.clone())),
+    ];
+    let session = session_loop(controllers, config, underlay, spec_tx, applied);
+    tokio::select! {
+        _ = session => {},
+        _ = shutdown => tracing::info!("shutting down; the datapath stays as it is"),
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// Register, then follow the Watch stream; on any failure, start over with the next replica.
+async fn session_loop(
+    controllers: Arc<Controllers>,
+    config: Arc<AgentConfig>,
+    underlay: Underlay,
+    spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
+    applied: Arc<AtomicU64>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(&controllers, &config, &underlay, &spec_tx, &applied).await {
+            Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
+            Err(status) => tracing::warn!(error = %status.message(), "controller session failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    controllers: &Controllers,
+    config: &AgentConfig,
+    underlay: &Underlay,
+    spec_tx: &watch::Sender<Option<Arc<HostSpec>>>,
+    applied: &AtomicU64,
+) -> Result<(), tonic::Status> {
+    let req = pb::RegisterRequest {
+        host_name: config.host_name.clone(),
+        underlay_ip: underlay.ip.to_string(),
+        underlay_iface: underlay.iface.clone(),
+        underlay_mtu: underlay.mtu,
+    };
+    let host = controllers
+        .call(|ch| {
+            let req = req.clone();
+            async move { AgentClient::new(ch).register(req).await }
+        })
+        .await?
+        .into_inner();
+    tracing::info!(
+        vtep_mac = host.host.as_ref().map(|h| h.vtep_mac.as_str()).unwrap_or(""),
+        "registered"
+    );
+    let watch_req = pb::WatchRequest {
+        host_name: config.host_name.clone(),
+    };
+    let mut stream = controllers
+        .call(|ch| {
+            let req = watch_req.clone();
+            async move {
+                AgentClient::new(ch)
+                    .max_decoding_message_size(256 << 20)
+                    .watch(req)
+                    .await
+            }
+        })
+        .await?
+        .into_inner();
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(desired) = msg? else { return Ok(()) };
+                let spec = HostSpec::from_proto(&desired, underlay.ip);
+                tracing::debug!(revision = spec.revision, networks = spec.networks.len(), "desired state received");
+                persist(&config.state_dir, &desired);
+                spec_tx.send_replace(Some(Arc::new(spec)));
+            }
+            _ = heartbeat.tick() => {
+                let req = pb::HeartbeatRequest {
+                    host_name: config.host_name.clone(),
+                    applied_revision: applied.load(Ordering::Relaxed),
+                };
+                // A failed heartbeat is not fatal: the stream tells us when the replica is gone.
+                if let Err(status) = controllers.call(|ch| { let req = req.clone(); async move { AgentClient::new(ch).heartbeat(req).await } }).await {
+                    if status.code() == tonic::Code::NotFound {
+                        return Err(status);
+                    }
+                    tracing::debug!(error = %status.message(), "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// The last desired state is kept on disk, so a host that reboots while no controller is
+/// reachable still gets its datapath back.
+fn persist(state_dir: &std::path::Path, desired: &pb::HostDesiredState) {
+    let tmp = state_dir.join(format!("{DESIRED_FILE}.tmp"));
+    let result = std::fs::write(&tmp, desired.encode_to_vec())
+        .and_then(|()| std::fs::rename(&tmp, state_dir.join(DESIRED_FILE)));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot persist desired state");
+    }
+}
+
+/// If no controller has answered a few seconds after start, reconcile toward the persisted
+/// desired state.
+async fn offline_start(
+    config: Arc<AgentConfig>,
+    underlay_ip: Ipv4Addr,
+    spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
+) {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if spec_tx.borrow().is_some() {
+        return;
+    }
+    let Ok(bytes) = std::fs::read(config.state_dir.join(DESIRED_FILE)) else {
+        return;
+    };
+    match pb::HostDesiredState::decode(bytes.as_slice()) {
+        Ok(desired) if desired.host_name == config.host_name => {
+            tracing::warn!(
+                revision = desired.revision,
+                "no controller reachable; using the persisted desired state"
+            );
+            spec_tx.send_if_modified(|slot| {
+                if slot.is_none() {
+                    *slot = Some(Arc::new(HostSpec::from_proto(&desired, underlay_ip)));
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(_) => tracing::warn!("persisted desired state is for another host; ignored"),
+        Err(e) => tracing::warn!(error = %e, "persisted desired state unreadable; ignored"),
+    }
+}
+
+async fn reconcile_loop(
+    mut reconciler: Reconciler,
+    mut spec_rx: watch::Receiver<Option<Arc<HostSpec>>>,
+    report_tx: watch::Sender<Option<Arc<PassReport>>>,
+    resync: Duration,
+    applied: Arc<AtomicU64>,
+) {
+    let mut timer = tokio::time::interval(resync);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checked_deep = false;
+    loop {
+        let mut deep = !checked_deep;
+        tokio::select! {
+            changed = spec_rx.changed() => if changed.is_err() { return },
+            _ = timer.tick() => deep = true,
+        }
+        let Some(spec) = spec_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        match reconciler.pass(&spec, deep).await {
+            Ok(report) => {
+                checked_deep |= deep;
+                if report.errors.is_empty() {
+                    applied.store(report.revision, Ordering::Relaxed);
+                }
+                if report.changes > 0 || !report.errors.is_empty() {
+                    tracing::info!(
+                        revision = report.revision,
+                        changes = report.changes,
+                        errors = report.errors.len(),
+                        took_ms = report.took.as_millis() as u64,
+                        "reconciled"
+                    );
+                }
+                for e in &report.errors {
+                    tracing::warn!(error = %e, "reconcile");
+                }
+                report_tx.send_replace(Some(Arc::new(report)));
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile pass failed"),
+        }
+    }
+}
+
+/// Sends endpoint status to the controller whenever it changes (and again after failures).
+async fn report_loop(
+    controllers: Arc<Controllers>,
+    config: Arc<AgentConfig>,
+    mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
+) {
+    let mut last_sent: Option<(u64, EndpointStatuses)> = None;
+    let mut retry = false;
+    loop {
+        if retry {
+            // Retry the latest report after a pause, or sooner if a newer one arrives.
+            let _ = tokio::time::timeout(Duration::from_secs(1), report_rx.changed()).await;
+        } else if report_rx.changed().await.is_err() {
+            return;
+        }
+        let Some(report) = report_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let current = (report.revision, report.endpoints.clone());
+        if last_sent.as_ref() == Some(&current) {
+            continue;
+        }
+        let req = pb::ReportStatusRequest {
+            host_name: config.host_name.clone(),
+            applied_revision: report.revision,
+            endpoints: report
+                .endpoints
+                .iter()
+                .map(|(id, r)| pb::EndpointStatus {
+                    id: *id,
+                    report: match r {
+                        Ok(()) => pb::EndpointReport::Ready as i32,
+                        Err(_) => pb::EndpointReport::Failed as i32,
+                    },
+                    message: r.as_ref().err().cloned().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let sent = controllers
+            .call(|ch| {
+                let req = req.clone();
+                async move { AgentClient::new(ch).report_status(req).await }
+            })
+            .await;
+        retry = sent.is_err();
+        match sent {
+            Ok(_) => last_sent = Some(current),
+            Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
+        }
+    }
+}

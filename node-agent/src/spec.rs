@@ -1,0 +1,380 @@
+//! The desired state of this host, parsed from the controller's `HostDesiredState` into typed,
+//! validated values. The agent never trusts its input: a network or endpoint that does not
+//! parse is set aside with the reason (and reported), the rest is still programmed.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use overlay_proto::mac::MacAddr;
+use overlay_proto::v1 as pb;
+use overlay_proto::{names, validate};
+
+/// UDP port of every VXLAN device (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Vxlan,
+    Nat,
+    Macvlan,
+}
+
+/// Where a workload's network namespace is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetnsRef {
+    /// A name under /run/netns (what `ip netns add` creates).
+    Named(String),
+    Path(PathBuf),
+    /// The namespace of a running process.
+    Pid(u32),
+}
+
+impl NetnsRef {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        validate::netns(text).map_err(|r| format!("namespace {text:?}: {r}"))?;
+        if text.starts_with('/') {
+            Ok(NetnsRef::Path(PathBuf::from(text)))
+        } else if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            text.parse()
+                .map(NetnsRef::Pid)
+                .map_err(|_| format!("namespace {text:?}: pid out of range"))
+        } else {
+            Ok(NetnsRef::Named(text.to_string()))
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            NetnsRef::Named(n) => PathBuf::from("/run/netns").join(n),
+            NetnsRef::Path(p) => p.clone(),
+            NetnsRef::Pid(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
+        }
+    }
+}
+
+impl std::fmt::Display for NetnsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetnsRef::Named(n) => write!(f, "{n}"),
+            NetnsRef::Path(p) => write!(f, "{}", p.display()),
+            NetnsRef::Pid(pid) => write!(f, "pid {pid}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    /// Gateway address with the subnet's prefix, e.g. 10.1.0.1/24.
+    pub address: Ipv4Network,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// This host's VTEP address: the network address of its subnet, as a /32.
+    pub address: Ipv4Addr,
+}
+
+/// Another host of the same vxlan network: one neighbour, one FDB entry, one route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub host: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    pub vtep_ip: Ipv4Addr,
+    pub subnet: Ipv4Network,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub id: u64,
+    pub network: String,
+    pub netns: NetnsRef,
+    pub ifname: String,
+    /// Workload address with prefix, e.g. 10.1.0.2/24.
+    pub address: Ipv4Network,
+    pub mac: MacAddr,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    /// Host end of the veth, enslaved to `bridge`.
+    pub host_ifname: String,
+    /// Name of the workload end while it is still in the host namespace.
+    pub peer_ifname: String,
+    pub bridge: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub id: u32,
+    pub mode: Mode,
+    pub cidr: Ipv4Network,
+    pub mtu: u32,
+    pub nat_egress: bool,
+    pub bridge: Option<BridgeSpec>,
+    pub vxlan: Option<VxlanSpec>,
+    pub peers: Vec<PeerSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostSpec {
+    pub revision: u64,
+    pub host_name: String,
+    pub networks: Vec<NetworkSpec>,
+    /// Parts of the desired state that could not be used: (what, why).
+    pub rejected: Vec<(String, String)>,
+}
+
+fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("{what}: malformed address {text:?}"))
+}
+
+fn net(what: &str, text: &str) -> Result<Ipv4Network, String> {
+    text.parse()
+        .map_err(|_| format!("{what}: malformed CIDR {text:?}"))
+}
+
+fn mac(what: &str, text: &str) -> Result<MacAddr, String> {
+    text.parse().map_err(|e: String| format!("{what}: {e}"))
+}
+
+/// Only names with overlay's prefixes are accepted for devices overlay creates: the agent must
+/// never be told to create (and later delete) a device it does not own.
+fn owned_name(what: &str, name: &str, prefix: &str) -> Result<String, String> {
+    validate::ifname(name).map_err(|r| format!("{what} {name:?}: {r}"))?;
+    if !name.starts_with(prefix) {
+        return Err(format!("{what} {name:?} does not start with {prefix:?}"));
+    }
+    Ok(name.to_string())
+}
+
+impl HostSpec {
+    pub fn from_proto(d: &pb::HostDesiredState, underlay_ip: Ipv4Addr) -> Self {
+        let mut spec = HostSpec {
+            revision: d.revision,
+            host_name: d.host_name.clone(),
+            ..Default::default()
+        };
+        let vtep_mac = match mac("VTEP MAC", &d.vtep_mac) {
+            Ok(m) => m,
+            Err(e) => {
+                spec.rejected.push(("host".into(), e));
+                return spec;
+            }
+        };
+        for n in &d.networks {
+            match network(n, vtep_mac, underlay_ip) {
+                Ok((network, rejected)) => {
+                    spec.rejected.extend(rejected);
+                    spec.networks.push(network);
+                }
+                Err(e) => spec.rejected.push((format!("network {}", n.name), e)),
+            }
+        }
+        spec
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointSpec> {
+        self.networks.iter().flat_map(|n| n.endpoints.iter())
+    }
+}
+
+fn network(
+    n: &pb::NetworkState,
+    vtep_mac: MacAddr,
+    underlay_ip: Ipv4Addr,
+) -> Result<(NetworkSpec, Vec<(String, String)>), String> {
+    let mode = match pb::NetworkMode::try_from(n.mode) {
+        Ok(pb::NetworkMode::Vxlan) => Mode::Vxlan,
+        Ok(pb::NetworkMode::Nat) => Mode::Nat,
+        Ok(pb::NetworkMode::Macvlan) => Mode::Macvlan,
+        _ => return Err(format!("unknown mode {}", n.mode)),
+    };
+    if mode == Mode::Macvlan {
+        return Err("macvlan networks are not supported by this agent yet".into());
+    }
+    let cidr = net("cidr", &n.cidr)?;
+    let subnet = net("subnet", &n.subnet)?;
+    let gateway = ipv4("gateway", &n.gateway)?;
+    if !(576..=65535).contains(&n.mtu) {
+        return Err(format!("invalid MTU {}", n.mtu));
+    }
+    let bridge = BridgeSpec {
+        name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
+        address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
+        mtu: n.mtu,
+    };
+    let vxlan = if mode == Mode::Vxlan {
+        if n.vni == 0 || n.vni > 16_777_215 {
+            return Err(format!("invalid VNI {}", n.vni));
+        }
+        Some(VxlanSpec {
+            name: owned_name("vxlan device", &n.vxlan_name, names::VXLAN_PREFIX)?,
+            vni: n.vni,
+            local: underlay_ip,
+            mac: vtep_mac,
+            mtu: n.mtu,
+            address: subnet.network(),
+        })
+    } else {
+        None
+    };
+    let mut rejected = Vec::new();
+    let mut peers = Vec::new();
+    if mode == Mode::Vxlan {
+        for p in &n.peers {
+            let parsed = (|| -> Result<PeerSpec, String> {
+                let subnet = net("peer subnet", &p.subnet)?;
+                Ok(PeerSpec {
+                    host: p.host.clone(),
+                    underlay_ip: ipv4("peer underlay", &p.underlay_ip)?,
+                    vtep_mac: mac("peer VTEP MAC", &p.vtep_mac)?,
+                    vtep_ip: subnet.network(),
+                    subnet,
+                })
+            })();
+            match parsed {
+                Ok(peer) => peers.push(peer),
+                Err(e) => rejected.push((format!("peer {} of {}", p.host, n.name), e)),
+            }
+        }
+    }
+    let mut endpoints = Vec::new();
+    for e in &n.endpoints {
+        let parsed = (|| -> Result<EndpointSpec, String> {
+            validate::ifname(&e.ifname).map_err(|r| format!("interface {:?}: {r}", e.ifname))?;
+            Ok(EndpointSpec {
+                id: e.id,
+                network: n.name.clone(),
+                netns: NetnsRef::parse(&e.netns)?,
+                ifname: e.ifname.clone(),
+                address: net("endpoint address", &e.address)?,
+                mac: mac("endpoint MAC", &e.mac)?,
+                gateway: ipv4("endpoint gateway", &e.gateway)?,
+                mtu: n.mtu,
+                host_ifname: owned_name("endpoint device", &e.host_ifname, names::ENDPOINT_PREFIX)?,
+                peer_ifname: format!("{}{:x}", names::PEER_PREFIX, e.id),
+                bridge: bridge.name.clone(),
+            })
+        })();
+        match parsed {
+            Ok(ep) => endpoints.push(ep),
+            Err(err) => rejected.push((format!("endpoint {}", e.id), err)),
+        }
+    }
+    Ok((
+        NetworkSpec {
+            name: n.name.clone(),
+            id: n.id,
+            mode,
+            cidr,
+            mtu: n.mtu,
+            nat_egress: n.nat_egress,
+            bridge: Some(bridge),
+            vxlan,
+            peers,
+            endpoints,
+        },
+        rejected,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> pb::HostDesiredState {
+        pb::HostDesiredState {
+            revision: 7,
+            host_name: "h1".into(),
+            underlay_ip: "192.0.2.21".into(),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            networks: vec![pb::NetworkState {
+                name: "blue".into(),
+                id: 1,
+                mode: pb::NetworkMode::Vxlan as i32,
+                cidr: "10.1.0.0/16".into(),
+                subnet: "10.1.0.0/24".into(),
+                gateway: "10.1.0.1".into(),
+                vni: 4096,
+                mtu: 1450,
+                nat_egress: false,
+                bridge_name: "ovb-1".into(),
+                vxlan_name: "ovx-1".into(),
+                macvlan: None,
+                peers: vec![pb::Peer {
+                    host: "h2".into(),
+                    underlay_ip: "192.0.2.22".into(),
+                    vtep_mac: "02:00:00:00:00:02".into(),
+                    subnet: "10.1.1.0/24".into(),
+                }],
+                endpoints: vec![pb::LocalEndpoint {
+                    id: 26,
+                    netns: "w1".into(),
+                    ifname: "eth0".into(),
+                    address: "10.1.0.2/24".into(),
+                    mac: "0a:58:0a:01:00:02".into(),
+                    gateway: "10.1.0.1".into(),
+                    host_ifname: "ovv-1a".into(),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn parses_a_vxlan_network() {
+        let spec = HostSpec::from_proto(&sample(), "192.0.2.21".parse().unwrap());
+        assert!(spec.rejected.is_empty(), "{:?}", spec.rejected);
+        let n = &spec.networks[0];
+        assert_eq!(n.bridge.as_ref().unwrap().address.to_string(), "10.1.0.1/24");
+        let vx = n.vxlan.as_ref().unwrap();
+        assert_eq!(
+            (vx.vni, vx.address.to_string().as_str(), vx.mtu),
+            (4096, "10.1.0.0", 1450)
+        );
+        assert_eq!(n.peers[0].vtep_ip.to_string(), "10.1.1.0");
+        assert_eq!(n.endpoints[0].peer_ifname, "ovp-1a");
+        assert_eq!(n.endpoints[0].netns.path(), PathBuf::from("/run/netns/w1"));
+    }
+
+    #[test]
+    fn bad_parts_are_set_aside_not_fatal() {
+        let mut d = sample();
+        d.networks[0].endpoints[0].netns = "../../etc".into();
+        d.networks[0].peers[0].vtep_mac = "nonsense".into();
+        let mut bad_net = d.networks[0].clone();
+        bad_net.name = "evil".into();
+        bad_net.bridge_name = "eth0".into();
+        d.networks.push(bad_net);
+        let spec = HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap());
+        assert_eq!(
+            spec.networks.len(),
+            1,
+            "the network naming a foreign device is refused"
+        );
+        assert!(spec.networks[0].endpoints.is_empty() && spec.networks[0].peers.is_empty());
+        assert_eq!(spec.rejected.len(), 3, "{:?}", spec.rejected);
+    }
+
+    #[test]
+    fn netns_references() {
+        assert_eq!(
+            NetnsRef::parse("1234").unwrap().path(),
+            PathBuf::from("/proc/1234/ns/net")
+        );
+        assert_eq!(
+            NetnsRef::parse("/var/run/x").unwrap().path(),
+            PathBuf::from("/var/run/x")
+        );
+        assert!(NetnsRef::parse("a/b").is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The multi-host lab (DESIGN.md layout): `<prefix>-ul` holds the underlay bridge `br0`;
+//! each simulated host `<prefix>-hN` and controller `<prefix>-cN` is a namespace with an
+//! `eth0` on that bridge (192.0.2.0/24); workloads are further namespaces wired by the agents.
+//! overlayctl runs in the underlay namespace (192.0.2.254), so nothing is created in, or
+//! routed through, the root namespace.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::controllers::ControllerCluster;
+use crate::netns::{self, Namespaces, exec, exec_any, stdout};
+use crate::process::Daemon;
+use crate::{LabError, Result, bins};
+
+pub const UNDERLAY_NET: &str = "192.0.2";
+const CONTROLLER_PORT: u16 = 7400;
+
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    pub hosts: usize,
+    pub controllers: usize,
+    /// Short tag in namespace names, to tell labs apart in `ip netns`.
+    pub tag: &'static str,
+    /// Agent full-reconcile period.
+    pub resync_secs: u64,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            hosts: 3,
+            controllers: 1,
+            tag: "ovl",
+            resync_secs: 10,
+        }
+    }
+}
+
+pub struct SimHost {
+    /// Cluster host name (h1, h2 ...).
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    agent: Option<Daemon>,
+    log: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl SimHost {
+    pub fn agent_running(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(|a| a.is_running())
+    }
+}
+
+/// A running lab. Dropping it kills every process and deletes every namespace it made.
+pub struct Lab {
+    pub prefix: String,
+    /// The underlay namespace.
+    pub ul: String,
+    // Field order is drop order: processes first, namespaces after.
+    pub hosts: Vec<SimHost>,
+    pub controllers: ControllerCluster,
+    pub workloads: Vec<String>,
+    resync_secs: u64,
+    namespaces: Namespaces,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn start(cfg: LabConfig) -> Result<Self> {
+        let prefix = netns::unique_prefix(cfg.tag);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("overlay-lab-{prefix}-"))
+            .tempdir()
+            .map_err(crate::io("tempdir"))?;
+        let mut namespaces = Namespaces::default();
+        let ul = format!("{prefix}-ul");
+        namespaces.add(&ul)?;
+        exec(&ul, "ip", &["link", "add", "br0", "type", "bridge"])?;
+        exec(&ul, "ip", &["link", "set", "br0", "up"])?;
+        exec(
+            &ul,
+            "ip",
+            &["addr", "add", &format!("{UNDERLAY_NET}.254/24"), "dev", "br0"],
+        )?;
+
+        let mut controller_addrs = Vec::new();
+        for j in 1..=cfg.controllers {
+            let ns = format!("{prefix}-c{j}");
+            namespaces.add(&ns)?;
+            netns::wire(&ns, "eth0", &ul, &format!("c{j}"), "br0")?;
+            let ip = format!("{UNDERLAY_NET}.{}", 100 + j);
+            exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            controller_addrs.push((format!("{ip}:{CONTROLLER_PORT}"), Some(ns)));
+        }
+        let mut hosts = Vec::new();
+        for i in 1..=cfg.hosts {
+            hosts.push(Self::make_host(&mut namespaces, &prefix, &ul, dir.path(), i)?);
+        }
+        let mut controllers = ControllerCluster::new(controller_addrs, dir.path())?;
+        controllers.start_all()?;
+        let lab = Self {
+            prefix,
+            ul,
+            hosts,
+            controllers,
+            workloads: Vec::new(),
+            resync_secs: cfg.resync_secs,
+            namespaces,
+            dir,
+        };
+        lab.wait_leader(Duration::from_secs(30))?;
+        Ok(lab)
+    }
+
+    fn make_host(
+        namespaces: &mut Namespaces,
+        prefix: &str,
+        ul: &str,
+        dir: &std::path::Path,
+        i: usize,
+    ) -> Result<SimHost> {
+        let name = format!("h{i}");
+        let ns = format!("{prefix}-{name}");
+        namespaces.add(&ns)?;
+        netns::wire(&ns, "eth0", ul, &name, "br0")?;
+        let ip: Ipv4Addr = format!("{UNDERLAY_NET}.{}", 10 + i)
+            .parse()
+            .map_err(|_| LabError::Setup("bad ip".into()))?;
+        exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        Ok(SimHost {
+            log: dir.join(format!("agent-{name}.log")),
+            state_dir: dir.join(format!("agent-{name}")),
+            name,
+            ns,
+            ip,
+            agent: None,
+        })
+    }
+
+    /// Adds one more simulated host (not yet running an agent); returns its index.
+    pub fn add_host(&mut self) -> Result<usize> {
+        let i = self.hosts.len() + 1;
+        let host = Self::make_host(&mut self.namespaces, &self.prefix, &self.ul, self.dir.path(), i)?;
+        self.hosts.push(host);
+        Ok(i - 1)
+    }
+
+    pub fn controller_list(&self) -> String {
+        self.controllers.addrs().join(",")
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    // ------------------------------------------------------------------ agents
+
+    pub fn start_agent(&mut self, host: usize) -> Result<()> {
+        let bin = bins::bin("overlay-agent")?;
+        let controllers = self.controller_list();
+        let resync = self.resync_secs.to_string();
+        let h = &mut self.hosts[host];
+        if h.agent_running() {
+            return Ok(());
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns])
+            .arg(&bin)
+            .args([
+                "--controller",
+                &controllers,
+                "--host-name",
+                &h.name,
+                "--underlay-iface",
+                "eth0",
+            ])
+            .arg("--state-dir")
+            .arg(&h.state_dir)
+            .args(["--resync-secs", &resync])
+            .env(
+                "RUST_LOG",
+                std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        h.agent = Some(Daemon::spawn(&format!("agent-{}", h.name), cmd, &h.log)?);
+        Ok(())
+    }
+
+    pub fn start_agents(&mut self) -> Result<()> {
+        for i in 0..self.hosts.len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the agent of `host` (its datapath stays in the kernel).
+    pub fn kill_agent(&mut self, host: usize) {
+        if let Some(a) = self.hosts[host].agent.take() {
+            a.kill();
+        }
+    }
+
+    /// SIGTERM the agent of `host`.
+    pub fn stop_agent(&mut self, host: usize) {
+        if let Some(a) = self.hosts[host].agent.take() {
+            a.stop(Duration::from_secs(5));
+        }
+    }
+
+    pub fn agent_log(&self, host: usize) -> String {
+        crate::process::tail(&self.hosts[host].log, 200)
+    }
+
+    // ------------------------------------------------------------------ overlayctl
+
+    /// Runs overlayctl from the underlay namespace; returns the output whatever the status.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        let bin = bins::bin("overlayctl")?;
+        let controllers = self.controller_list();
+        let mut all: Vec<&str> = vec!["--controller", &controllers];
+        all.extend_from_slice(args);
+        exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
+    }
+
+    /// overlayctl that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("overlayctl {}", args.join(" ")),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(stdout(&out))
+    }
+
+    pub fn ctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let text = self.ctl_ok(&all)?;
+        serde_json::from_str(&text)
+            .map_err(|e| LabError::Setup(format!("overlayctl {args:?}: bad JSON: {e}")))
+    }
+
+    pub fn wait_leader(&self, within: Duration) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(v) = self.ctl_json(&["cluster", "status"])
+                && let Some(id) = v["leader"].as_u64()
+            {
+                return Ok(id);
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout(format!(
+                    "no controller leader within {within:?}\n{}",
+                    self.controllers.logs(30)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // ------------------------------------------------------------------ workloads
+
+    /// Creates a workload namespace `<prefix>-<name>`; returns its name.
+    pub fn add_workload(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.namespaces.add(&ns)?;
+        self.workloads.push(ns.clone());
+        Ok(ns)
+    }
+
+    pub fn remove_workload(&mut self, ns: &str) -> Result<()> {
+        self.workloads.retain(|w| w != ns);
+        self.namespaces.remove(ns)
+    }
+
+    /// `overlayctl endpoint attach`; returns the address the workload got.
+    pub fn attach(&self, network: &str, host: usize, ns: &str) -> Result<Ipv4Addr> {
+        let out = self.ctl_ok(&[
+            "endpoint",
+            "attach",
+            network,
+            "--host",
+            &self.hosts[host].name,
+            "--netns",
+            ns,
+        ])?;
+        out.trim()
+            .parse()
+            .map_err(|_| LabError::Setup(format!("attach printed {out:?}")))
+    }
+
+    /// One ICMP echo from namespace `ns` to `ip` (1 s timeout).
+    pub fn ping(&self, ns: &str, ip: Ipv4Addr) -> bool {
+        exec_any(ns, "ping", &["-c", "1", "-W", "1", &ip.to_string()])
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Polls `cond` every 100 ms until it holds or `within` passes; returns how long it took.
+    pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        loop {
+            if cond() {
+                return Some(start.elapsed());
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a command in host `host`'s namespace and returns stdout (fails on error).
+    pub fn on_host(&self, host: usize, program: &str, args: &[&str]) -> Result<String> {
+        exec(&self.hosts[host].ns, program, args).map(|o| stdout(&o))
+    }
+
+    /// Agent log tails, for a failure report (the controller cluster reports its own).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for h in &self.hosts {
+            out.push_str(&format!(
+                "\n--- agent {} ({})\n{}",
+                h.name,
+                h.log.display(),
+                crate::process::tail(&h.log, 60)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for h in &mut self.hosts {
+            if let Some(a) = h.agent.take() {
+                a.kill();
+            }
+        }
+    }
+}

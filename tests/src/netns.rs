@@ -1,0 +1,111 @@
+//! Network namespaces for the lab, built with iproute2 (test tooling only; the product speaks
+//! netlink itself). Every namespace made here is owned by a [`Namespaces`] guard that deletes
+//! it on drop, also when a test panics.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{LabError, Result};
+
+/// Runs a command and fails with its stderr unless it succeeds.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(crate::io(format!("{program} {}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// `ip <args>` in the root namespace (only ever used to manage namespaces and veth pairs
+/// whose both ends go into lab namespaces).
+pub fn ip(args: &[&str]) -> Result<Output> {
+    run("ip", args)
+}
+
+/// Runs `program args` inside namespace `ns`, failing on a non-zero exit.
+pub fn exec(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    let mut all = vec!["netns", "exec", ns, program];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// Runs `program args` inside `ns` and returns the output whatever the exit status.
+pub fn exec_any(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .output()
+        .map_err(crate::io(format!("ip netns exec {ns} {program}")))
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A prefix unique to this process and call, short enough for names like `<prefix>-h1w2`.
+pub fn unique_prefix(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}x{n}", std::process::id() % 100_000)
+}
+
+/// The namespaces one lab owns; deleted, in reverse order, on drop.
+#[derive(Default)]
+pub struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    pub fn add(&mut self, name: &str) -> Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LabError::Setup(
+                "the lab needs root: it creates network namespaces".into(),
+            ));
+        }
+        ip(&["netns", "add", name])?;
+        self.names.push(name.to_string());
+        exec(name, "ip", &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// Deletes one namespace now (a workload that goes away).
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        self.names.retain(|n| n != name);
+        ip(&["netns", "del", name]).map(|_| ())
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// Connects namespace `ns` to the bridge `bridge` of namespace `hub` with a veth pair:
+/// `inner` inside `ns`, `outer` inside `hub`. Both ends are created directly in their target
+/// namespaces, so nothing ever exists in the root namespace.
+pub fn wire(ns: &str, inner: &str, hub: &str, outer: &str, bridge: &str) -> Result<()> {
+    exec(
+        hub,
+        "ip",
+        &[
+            "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns,
+        ],
+    )?;
+    exec(hub, "ip", &["link", "set", outer, "master", bridge, "up"])?;
+    exec(ns, "ip", &["link", "set", inner, "up"])?;
+    Ok(())
+}
