@@ -322,6 +322,22 @@ impl Lab {
         exec(&self.hosts[host].ns, program, args).map(|o| stdout(&o))
     }
 
+    /// Starts `program args` in namespace `ns` as a background process owned by the caller.
+    pub fn spawn_in(&self, ns: &str, program: &str, args: &[&str], name: &str) -> Result<Daemon> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]).args(args);
+        Daemon::spawn(name, cmd, &self.dir.path().join(format!("{name}.log")))
+    }
+
+    /// Interface index of `ifname` on host `host` (from `ip -j link`).
+    pub fn ifindex(&self, host: usize, ifname: &str) -> Result<u64> {
+        let text = self.on_host(host, "ip", &["-j", "link", "show", ifname])?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Setup(e.to_string()))?;
+        v[0]["ifindex"]
+            .as_u64()
+            .ok_or_else(|| LabError::Setup(format!("no ifindex for {ifname}")))
+    }
+
     /// Agent log tails, for a failure report (the controller cluster reports its own).
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -347,5 +363,85 @@ impl Drop for Lab {
                 a.kill();
             }
         }
+    }
+}
+
+/// A ping running in the background from a workload, for "no loss while X happens" checks.
+pub struct PingFlow {
+    child: std::process::Child,
+}
+
+/// Result of a finished [`PingFlow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingStats {
+    pub sent: u32,
+    pub received: u32,
+}
+
+impl PingStats {
+    pub fn lost(&self) -> u32 {
+        self.sent.saturating_sub(self.received)
+    }
+}
+
+impl PingFlow {
+    /// Pings `ip` from `ns` every `interval_ms` for `duration`.
+    pub fn start(ns: &str, ip: Ipv4Addr, interval_ms: u32, duration: Duration) -> Result<Self> {
+        let interval = format!("{:.3}", interval_ms as f64 / 1000.0);
+        let count = (duration.as_millis() as u32 / interval_ms.max(1))
+            .max(1)
+            .to_string();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ping",
+                "-n",
+                "-q",
+                "-i",
+                &interval,
+                "-c",
+                &count,
+                "-W",
+                "1",
+                &ip.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(crate::io("spawn ping"))?;
+        Ok(Self { child })
+    }
+
+    /// Waits for the flow to end and parses `N packets transmitted, M received`.
+    pub fn wait(self) -> Result<PingStats> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(crate::io("wait for ping"))?;
+        let text = stdout(&out);
+        parse_ping(&text).ok_or_else(|| LabError::Setup(format!("unexpected ping output: {text}")))
+    }
+}
+
+fn parse_ping(text: &str) -> Option<PingStats> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(',')
+        .map(|part| part.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()));
+    Some(PingStats {
+        sent: nums.next()??,
+        received: nums.next()??,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_ping_summary() {
+        let text = "--- 10.1.1.2 ping statistics ---\n100 packets transmitted, 98 received, 2% packet loss, time 5012ms\n";
+        let s = super::parse_ping(text).unwrap();
+        assert_eq!((s.sent, s.received, s.lost()), (100, 98, 2));
     }
 }
