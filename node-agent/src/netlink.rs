@@ -527,6 +527,11 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
         match attr {
             NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
             NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            // In AF_BRIDGE messages the parser cannot know the family of NDA_DST; a vxlan FDB
+            // entry's IPv4 destination arrives as 4 raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                dst = <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+            }
             _ => {}
         }
     }
