@@ -33,6 +33,12 @@ pub enum Command {
         spec: NetworkSpec,
         now_ms: i64,
     },
+    /// Live-safe changes: NAT egress on/off, MTU. `None` keeps the current value.
+    UpdateNetwork {
+        name: String,
+        nat_egress: Option<bool>,
+        mtu: Option<MtuSetting>,
+    },
     DeleteNetwork {
         name: String,
         force: bool,
@@ -77,6 +83,15 @@ impl Command {
     pub fn bumps_revision(&self) -> bool {
         !matches!(self, Command::Heartbeat { .. })
     }
+}
+
+/// A network's MTU setting. (Not `Option<Option<u32>>`: JSON, the log's encoding, cannot tell
+/// `Some(None)` from `None`.)
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtuSetting {
+    /// Derived from the hosts' underlay MTU.
+    Auto,
+    Fixed(u32),
 }
 
 /// Successful outcome of a command.
@@ -284,6 +299,11 @@ impl ClusterState {
             Command::CreateNetwork { spec, now_ms } => {
                 self.create_network(spec, now_ms).map(Response::Network)
             }
+            Command::UpdateNetwork {
+                name,
+                nat_egress,
+                mtu,
+            } => self.update_network(&name, nat_egress, mtu).map(Response::Network),
             Command::DeleteNetwork { name, force } => self
                 .delete_network(&name, force)
                 .map(|removed_endpoints| Response::NetworkDeleted { removed_endpoints }),
@@ -507,6 +527,43 @@ impl ClusterState {
             },
             None => ipam::first_free_vni(&used).ok_or(StateError::VniExhausted),
         }
+    }
+
+    fn update_network(
+        &mut self,
+        name: &str,
+        nat_egress: Option<bool>,
+        mtu: Option<MtuSetting>,
+    ) -> Result<Network, StateError> {
+        let network = self
+            .networks
+            .get(name)
+            .ok_or_else(|| StateError::UnknownNetwork(name.to_string()))?;
+        if let Some(nat) = nat_egress
+            && network.mode != Mode::Vxlan
+            && nat != network.nat_egress
+        {
+            let why = match network.mode {
+                Mode::Nat => "nat networks always masquerade",
+                _ => "macvlan workloads egress through the LAN gateway",
+            };
+            return Err(invalid("option", "--nat-egress", why));
+        }
+        if let Some(MtuSetting::Fixed(m)) = mtu
+            && !(576..=9000).contains(&m)
+        {
+            return Err(invalid("MTU", m, "must be between 576 and 9000"));
+        }
+        let network = self.networks.get_mut(name).expect("checked above");
+        if let Some(nat) = nat_egress {
+            network.nat_egress = nat;
+        }
+        match mtu {
+            Some(MtuSetting::Auto) => network.mtu = None,
+            Some(MtuSetting::Fixed(m)) => network.mtu = Some(m),
+            None => {}
+        }
+        Ok(network.clone())
     }
 
     fn delete_network(&mut self, name: &str, force: bool) -> Result<u32, StateError> {

@@ -1,24 +1,34 @@
-//! Wiring a workload: a veth pair whose host end joins the network's bridge and whose other
-//! end moves into the workload's namespace, renamed, addressed, with a default route.
+//! Wiring a workload into its namespace.
+//!
+//! - veth (vxlan, nat): a pair whose host end joins the network's bridge and whose other end
+//!   moves into the workload's namespace.
+//! - macvlan: a sub-interface of the parent NIC, moved whole into the namespace.
+//!
+//! Either way the workload side is renamed, given its MAC, MTU and address, and a default
+//! route via the gateway. A failed attempt leaves nothing behind.
 
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
-use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use rtnetlink::packet_route::link::MacVlanMode;
+use rtnetlink::{LinkMacVlan, LinkUnspec, RouteMessageBuilder};
 
+use crate::kernel::MacvlanRecord;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns;
-use crate::spec::EndpointSpec;
+use crate::spec::{Attachment, EndpointSpec, MacvlanMode, NetnsRef};
 
 /// What the workload side must look like.
 #[derive(Clone, Debug)]
 struct WorkloadSide {
     ifname: String,
-    /// Name the interface arrives with (a fresh veth end); `None` when checking an existing one.
+    /// Name the interface arrives with (a fresh veth end or macvlan); `None` when checking an
+    /// existing one.
     arriving_as: Option<String>,
     mac: MacAddr,
-    mtu: u32,
+    /// `None`: leave the MTU as the device has it (macvlan inherits its parent's).
+    mtu: Option<u32>,
     address: Ipv4Network,
     gateway: Ipv4Addr,
 }
@@ -29,7 +39,7 @@ impl WorkloadSide {
             ifname: ep.ifname.clone(),
             arriving_as,
             mac: ep.mac,
-            mtu: ep.mtu,
+            mtu: (ep.mtu != 0).then_some(ep.mtu),
             address: ep.address,
             gateway: ep.gateway,
         }
@@ -49,69 +59,92 @@ fn nl_err(e: NetlinkError) -> String {
     e.to_string()
 }
 
-/// Creates the endpoint from scratch. `stale` devices (a broken earlier attempt) go first.
-/// On failure nothing is left behind in the host namespace.
+fn veth_names(ep: &EndpointSpec) -> Result<(&str, &str), String> {
+    match &ep.attachment {
+        Attachment::Veth { bridge, host_ifname } => Ok((bridge, host_ifname)),
+        Attachment::Macvlan { .. } => Err("not a veth endpoint".into()),
+    }
+}
+
+/// Deletes `ep.peer_ifname` if an interrupted attempt left it in the host namespace.
+async fn clear_stranded(nl: &Netlink, ep: &EndpointSpec) -> Result<(), String> {
+    if let Some(old) = nl.link_by_name(&ep.peer_ifname).await.map_err(nl_err)? {
+        nl.delete_link(&old.name, old.index).await.map_err(nl_err)?;
+    }
+    Ok(())
+}
+
+/// Creates a veth endpoint from scratch. `stale` devices (a broken earlier attempt) go first.
 pub async fn wire(
     nl: &Netlink,
     ep: &EndpointSpec,
     stale: &[(String, u32)],
     bridge_index: u32,
 ) -> Result<(), String> {
+    let (bridge, host_ifname) = veth_names(ep)?;
     // Open the namespace first: a missing namespace must fail before anything is created.
     let path = ep.netns.path();
     let ns = netns::open(&path).map_err(|e| e.to_string())?;
     for (name, index) in stale {
         nl.delete_link(name, *index).await.map_err(nl_err)?;
     }
-    if let Some(old) = nl.link_by_name(&ep.peer_ifname).await.map_err(nl_err)? {
-        nl.delete_link(&old.name, old.index).await.map_err(nl_err)?;
-    }
-    nl.create_veth(&ep.host_ifname, &ep.peer_ifname, ep.mtu)
+    clear_stranded(nl, ep).await?;
+    nl.create_veth(host_ifname, &ep.peer_ifname, ep.mtu)
         .await
         .map_err(nl_err)?;
     let result = async {
-        let peer = nl
-            .link_by_name(&ep.peer_ifname)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| format!("veth end {} vanished after creation", ep.peer_ifname))?;
-        nl.move_to_netns(peer.index, &ep.peer_ifname, &ns)
-            .await
-            .map_err(nl_err)?;
-        let side = WorkloadSide::of(ep, Some(ep.peer_ifname.clone()));
-        netns::run_in(ns, path.display().to_string(), move |nl| configure(nl, side))
-            .await
-            .map_err(|e| e.to_string())?;
+        move_in_and_configure(nl, ep, ns).await?;
         let host = nl
-            .link_by_name(&ep.host_ifname)
+            .link_by_name(host_ifname)
             .await
             .map_err(nl_err)?
-            .ok_or_else(|| format!("veth end {} vanished", ep.host_ifname))?;
+            .ok_or_else(|| format!("veth end {host_ifname} vanished"))?;
         attach_host_side(nl, ep, host.index, bridge_index).await
     }
     .await;
     if result.is_err()
-        && let Ok(Some(host)) = nl.link_by_name(&ep.host_ifname).await
+        && let Ok(Some(host)) = nl.link_by_name(host_ifname).await
     {
         // Deleting one end removes the pair, wherever the other end is.
         let _ = nl.delete_link(&host.name, host.index).await;
     }
+    tracing::debug!(bridge, "veth endpoint wired");
     result
 }
 
-/// Puts the host end on the bridge with the network's MTU and brings it up.
+/// Moves `ep.peer_ifname` into the namespace open at `ns` and configures it there.
+async fn move_in_and_configure(nl: &Netlink, ep: &EndpointSpec, ns: std::fs::File) -> Result<(), String> {
+    let peer = nl
+        .link_by_name(&ep.peer_ifname)
+        .await
+        .map_err(nl_err)?
+        .ok_or_else(|| format!("{} vanished after creation", ep.peer_ifname))?;
+    nl.move_to_netns(peer.index, &ep.peer_ifname, &ns)
+        .await
+        .map_err(nl_err)?;
+    let side = WorkloadSide::of(ep, Some(ep.peer_ifname.clone()));
+    netns::run_in(ns, ep.netns.path().display().to_string(), move |nl| {
+        configure(nl, side)
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// Puts a veth's host end on the bridge with the network's MTU and brings it up.
 pub async fn attach_host_side(
     nl: &Netlink,
     ep: &EndpointSpec,
     index: u32,
     bridge_index: u32,
 ) -> Result<(), String> {
+    let (bridge, host_ifname) = veth_names(ep)?;
     nl.set_link(
         LinkUnspec::new_with_index(index)
             .controller(bridge_index)
             .mtu(ep.mtu)
             .up(),
-        &format!("attach {} to {}", ep.host_ifname, ep.bridge),
+        &format!("attach {host_ifname} to {bridge}"),
     )
     .await
     .map_err(nl_err)
@@ -127,8 +160,93 @@ pub async fn verify(ep: &EndpointSpec) -> Result<Checked, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs inside the workload namespace.
+fn macvlan_mode(mode: MacvlanMode) -> MacVlanMode {
+    match mode {
+        MacvlanMode::Bridge => MacVlanMode::Bridge,
+        MacvlanMode::Private => MacVlanMode::Private,
+        MacvlanMode::Vepa => MacVlanMode::Vepa,
+        MacvlanMode::Passthru => MacVlanMode::Passthrough,
+    }
+}
+
+/// Creates a macvlan endpoint on `parent_index` and moves it into the workload namespace.
+pub async fn wire_macvlan(
+    nl: &Netlink,
+    ep: &EndpointSpec,
+    parent_index: u32,
+) -> Result<MacvlanRecord, String> {
+    let Attachment::Macvlan { mode, .. } = &ep.attachment else {
+        return Err("not a macvlan endpoint".into());
+    };
+    let ns = netns::open(&ep.netns.path()).map_err(|e| e.to_string())?;
+    clear_stranded(nl, ep).await?;
+    let mut msg =
+        LinkMacVlan::new(&ep.peer_ifname, parent_index, macvlan_mode(*mode)).address(ep.mac.0.to_vec());
+    if ep.mtu != 0 {
+        msg = msg.mtu(ep.mtu);
+    }
+    nl.handle()
+        .link()
+        .add(msg.build())
+        .execute()
+        .await
+        .map_err(|e| format!("create macvlan {}: {e}", ep.peer_ifname))?;
+    if let Err(e) = move_in_and_configure(nl, ep, ns).await {
+        let _ = clear_stranded(nl, ep).await;
+        return Err(e);
+    }
+    Ok(MacvlanRecord {
+        id: ep.id,
+        netns: ep.netns.as_text(),
+        ifname: ep.ifname.clone(),
+        mac: ep.mac,
+    })
+}
+
+/// Deletes a detached macvlan endpoint inside its namespace: only the interface with the
+/// recorded name and MAC, so a device the workload made itself is never touched. A namespace
+/// that is gone took the interface with it.
+pub async fn remove_macvlan(record: &MacvlanRecord) -> Result<(), String> {
+    let netns = NetnsRef::parse(&record.netns)?;
+    let path = netns.path();
+    let ns = match netns::open(&path) {
+        Ok(ns) => ns,
+        Err(netns::NetnsError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (ifname, mac) = (record.ifname.clone(), record.mac);
+    netns::run_in(ns, path.display().to_string(), move |nl| async move {
+        let links = nl.links().await.map_err(nl_err)?;
+        if let Some(l) = links.iter().find(|l| l.name == ifname && l.mac == Some(mac)) {
+            nl.delete_link(&l.name, l.index).await.map_err(nl_err)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Runs inside the workload namespace. When the interface is arriving and anything fails, it
+/// is deleted again so the namespace is left as it was.
 async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
+    let arriving_index = match &w.arriving_as {
+        Some(name) => nl
+            .link_by_name(name)
+            .await
+            .map_err(nl_err)?
+            .map(|l| (name.clone(), l.index)),
+        None => None,
+    };
+    let result = configure_steps(&nl, &w).await;
+    if result.is_err()
+        && let Some((name, index)) = arriving_index
+    {
+        let _ = nl.delete_link(&name, index).await;
+    }
+    result
+}
+
+async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, String> {
     let links = nl.links().await.map_err(nl_err)?;
     let mut repairs = 0;
     if let Some(lo) = links.iter().find(|l| l.name == "lo")
@@ -139,6 +257,10 @@ async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
             .map_err(nl_err)?;
         repairs += 1;
     }
+    let with_mtu = |b: rtnetlink::LinkMessageBuilder<LinkUnspec>| match w.mtu {
+        Some(mtu) => b.mtu(mtu),
+        None => b,
+    };
     let index = match &w.arriving_as {
         Some(arriving) => {
             if links.iter().any(|l| l.name == w.ifname) {
@@ -149,10 +271,11 @@ async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
                 .find(|l| &l.name == arriving)
                 .ok_or_else(|| format!("{arriving} did not arrive in the namespace"))?;
             nl.set_link(
-                LinkUnspec::new_with_index(l.index)
-                    .name(w.ifname.clone())
-                    .address(w.mac.0.to_vec())
-                    .mtu(w.mtu),
+                with_mtu(
+                    LinkUnspec::new_with_index(l.index)
+                        .name(w.ifname.clone())
+                        .address(w.mac.0.to_vec()),
+                ),
                 &format!("rename {arriving} to {}", w.ifname),
             )
             .await
@@ -169,11 +292,9 @@ async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
             let Some(l) = links.iter().find(|l| l.name == w.ifname) else {
                 return Ok(Checked::Missing);
             };
-            if l.mac != Some(w.mac) || l.mtu != w.mtu {
+            if l.mac != Some(w.mac) || w.mtu.is_some_and(|m| m != l.mtu) {
                 nl.set_link(
-                    LinkUnspec::new_with_index(l.index)
-                        .address(w.mac.0.to_vec())
-                        .mtu(w.mtu),
+                    with_mtu(LinkUnspec::new_with_index(l.index).address(w.mac.0.to_vec())),
                     &format!("fix {}", w.ifname),
                 )
                 .await

@@ -14,7 +14,7 @@ use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use crate::spec::HostSpec;
+use crate::spec::{HostSpec, Mode};
 
 pub const TABLE: &str = "overlay";
 
@@ -29,9 +29,11 @@ pub struct FirewallSpec {
 impl FirewallSpec {
     pub fn from_host(spec: &HostSpec, underlay_iface: &str) -> Self {
         Self {
+            // macvlan workloads sit on the LAN and never cross this host's forward path.
             networks: spec
                 .networks
                 .iter()
+                .filter(|n| n.mode != Mode::Macvlan)
                 .map(|n| (n.name.clone(), n.cidr, n.nat_egress))
                 .collect(),
             underlay_iface: underlay_iface.to_string(),

@@ -41,8 +41,15 @@ pub enum LinkKind {
     Bridge,
     Vxlan(VxlanAttrs),
     Veth,
+    /// 802.1Q sub-interface with this VLAN id.
+    Vlan(u16),
+    Macvlan,
     Other(String),
 }
+
+/// Alias overlay writes on devices it creates without one of its name prefixes (VLAN parents
+/// of macvlan networks): how it later knows it may delete them.
+pub const OWNED_ALIAS: &str = "overlay-managed";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -56,6 +63,15 @@ pub struct Link {
     pub master: Option<u32>,
     /// For a veth: the peer lives in another namespace.
     pub peer_in_other_netns: bool,
+    /// IFLA_LINK: the lower device (VLAN base, macvlan parent).
+    pub lower: Option<u32>,
+    pub alias: Option<String>,
+}
+
+impl Link {
+    pub fn owned_by_overlay(&self) -> bool {
+        self.alias.as_deref() == Some(OWNED_ALIAS)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,4 +130,15 @@ impl Kernel {
             .map(|l| l.index)
             .collect()
     }
+}
+
+/// A macvlan endpoint overlay moved into a namespace. Nothing of it stays in the host
+/// namespace, so the agent remembers it (on disk) to remove it when it is detached.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MacvlanRecord {
+    pub id: u64,
+    /// The namespace reference as the controller gave it.
+    pub netns: String,
+    pub ifname: String,
+    pub mac: MacAddr,
 }

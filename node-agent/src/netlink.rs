@@ -12,7 +12,7 @@ use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -21,10 +21,12 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan, LinkVxlan, RouteMessageBuilder,
 };
 
-use crate::kernel::{FdbEntry, Kernel, Link, LinkKind, Neighbour, ROUTE_PROTOCOL, Route, VxlanAttrs};
+use crate::kernel::{
+    FdbEntry, Kernel, Link, LinkKind, Neighbour, OWNED_ALIAS, ROUTE_PROTOCOL, Route, VxlanAttrs,
+};
 use crate::plan::{EntryOp, LinkOp};
 use crate::spec::VXLAN_PORT;
 
@@ -208,6 +210,28 @@ impl Netlink {
                     .execute()
                     .await
                     .map_err(op_err(format!("create vxlan {}", spec.name)))
+            }
+            LinkOp::CreateVlan {
+                name,
+                base_index,
+                vid,
+            } => {
+                self.handle
+                    .link()
+                    .add(LinkVlan::new(name, *base_index, *vid).up().build())
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("create vlan {name}")))?;
+                // Mark it as overlay's, so only it is ever deleted again.
+                let link = self
+                    .link_by_name(name)
+                    .await?
+                    .ok_or_else(|| NetlinkError::Missing(format!("{name} vanished")))?;
+                self.set_link(
+                    LinkUnspec::new_with_index(link.index).alias(OWNED_ALIAS),
+                    &format!("mark {name}"),
+                )
+                .await
             }
             LinkOp::Delete { name, index, .. } => self.delete_link(name, *index).await,
             LinkOp::SetMtu { name, index, mtu } => {
@@ -434,6 +458,8 @@ pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         peer_in_other_netns: false,
+        lower: None,
+        alias: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -442,11 +468,24 @@ pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
             LinkAttribute::Address(a) => link.mac = mac_of(a),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::LinkNetNsId(_) => link.peer_in_other_netns = true,
+            LinkAttribute::Link(l) => link.lower = Some(*l),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(InfoKind::Bridge) => link.kind = LinkKind::Bridge,
                         LinkInfo::Kind(InfoKind::Veth) => link.kind = LinkKind::Veth,
+                        LinkInfo::Kind(InfoKind::MacVlan) => link.kind = LinkKind::Macvlan,
+                        LinkInfo::Kind(InfoKind::Vlan) if !matches!(link.kind, LinkKind::Vlan(_)) => {
+                            link.kind = LinkKind::Vlan(0)
+                        }
+                        LinkInfo::Data(InfoData::Vlan(data)) => {
+                            for d in data {
+                                if let InfoVlan::Id(id) = d {
+                                    link.kind = LinkKind::Vlan(*id);
+                                }
+                            }
+                        }
                         LinkInfo::Kind(InfoKind::Vxlan) if !matches!(link.kind, LinkKind::Vxlan(_)) => {
                             link.kind = LinkKind::Vxlan(VxlanAttrs::default())
                         }

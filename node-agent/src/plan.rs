@@ -13,17 +13,44 @@ use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
 
-use crate::kernel::{Kernel, LinkKind, ROUTE_PROTOCOL, Route};
-use crate::spec::{EndpointSpec, HostSpec, VXLAN_PORT, VxlanSpec};
+use crate::kernel::{Kernel, LinkKind, MacvlanRecord, ROUTE_PROTOCOL, Route};
+use crate::spec::{Attachment, EndpointSpec, HostSpec, VXLAN_PORT, VxlanSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkOp {
-    CreateBridge { name: String, mtu: u32 },
-    CreateVxlan { spec: VxlanSpec, underlay_index: u32 },
-    Delete { name: String, index: u32, why: String },
-    SetMtu { name: String, index: u32, mtu: u32 },
-    SetMac { name: String, index: u32, mac: MacAddr },
-    SetUp { name: String, index: u32 },
+    CreateBridge {
+        name: String,
+        mtu: u32,
+    },
+    CreateVxlan {
+        spec: VxlanSpec,
+        underlay_index: u32,
+    },
+    /// An 802.1Q parent for a macvlan network, marked as overlay's.
+    CreateVlan {
+        name: String,
+        base_index: u32,
+        vid: u16,
+    },
+    Delete {
+        name: String,
+        index: u32,
+        why: String,
+    },
+    SetMtu {
+        name: String,
+        index: u32,
+        mtu: u32,
+    },
+    SetMac {
+        name: String,
+        index: u32,
+        mac: MacAddr,
+    },
+    SetUp {
+        name: String,
+        index: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +101,7 @@ pub enum EndpointOp {
     Wire {
         spec: EndpointSpec,
         stale: Vec<(String, u32)>,
+        bridge_index: u32,
     },
     /// The host end exists but is detached, down or has the wrong MTU.
     FixHostSide {
@@ -81,8 +109,18 @@ pub enum EndpointOp {
         index: u32,
         master: u32,
     },
-    /// The host end looks right; check and repair the namespace side.
-    Verify { spec: EndpointSpec },
+    /// The host end looks right; check and repair the namespace side (re-wire if missing).
+    Verify {
+        spec: EndpointSpec,
+        stale: Vec<(String, u32)>,
+        bridge_index: u32,
+    },
+    /// Check a macvlan endpoint inside its namespace; create it there if it is missing.
+    VerifyMacvlan { spec: EndpointSpec, parent_index: u32 },
+    /// A macvlan endpoint that is no longer desired: delete it inside its namespace.
+    RemoveMacvlan { record: MacvlanRecord },
+    /// The endpoint cannot be worked on; the reason is reported.
+    Blocked { id: u64, reason: String },
 }
 
 /// Links to create, change or delete. `underlay_index` is the device VXLAN sends through.
@@ -179,7 +217,55 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
             }
         }
     }
-    let endpoint_names: BTreeSet<&str> = spec.endpoints().map(|e| e.host_ifname.as_str()).collect();
+    // 802.1Q parents of macvlan networks: created when missing, never taken over if someone
+    // else made them.
+    let mut wanted_vlans: BTreeSet<&str> = BTreeSet::new();
+    for parent in spec.networks.iter().filter_map(|n| n.macvlan.as_ref()) {
+        let Some((base, vid)) = &parent.vlan else { continue };
+        wanted_vlans.insert(&parent.name);
+        match (kernel.link(&parent.name), kernel.link(base)) {
+            (Some(l), _) if !l.up && l.owned_by_overlay() => {
+                ops.push(LinkOp::SetUp {
+                    name: l.name.clone(),
+                    index: l.index,
+                });
+            }
+            (Some(_), _) => {}
+            (None, Some(b)) => {
+                if !ops
+                    .iter()
+                    .any(|o| matches!(o, LinkOp::CreateVlan { name, .. } if *name == parent.name))
+                {
+                    ops.push(LinkOp::CreateVlan {
+                        name: parent.name.clone(),
+                        base_index: b.index,
+                        vid: *vid,
+                    });
+                }
+            }
+            // The base NIC is missing: the endpoints report it.
+            (None, None) => {}
+        }
+    }
+    for l in kernel.links.values() {
+        if matches!(l.kind, LinkKind::Vlan(_))
+            && l.owned_by_overlay()
+            && !wanted_vlans.contains(l.name.as_str())
+        {
+            ops.push(LinkOp::Delete {
+                name: l.name.clone(),
+                index: l.index,
+                why: "no macvlan network uses it".into(),
+            });
+        }
+    }
+    let endpoint_names: BTreeSet<&str> = spec
+        .endpoints()
+        .filter_map(|e| match &e.attachment {
+            Attachment::Veth { host_ifname, .. } => Some(host_ifname.as_str()),
+            Attachment::Macvlan { .. } => None,
+        })
+        .collect();
     for l in kernel.links.values() {
         let stray_device = (l.name.starts_with(names::BRIDGE_PREFIX)
             || l.name.starts_with(names::VXLAN_PREFIX))
@@ -305,35 +391,83 @@ fn sync_addresses(ops: &mut Vec<EntryOp>, index: u32, have: &BTreeSet<Ipv4Networ
 
 /// Endpoint work. `deep` also verifies endpoints whose host end looks right (inside the
 /// namespace), which costs a thread and a netlink socket per endpoint: done at start and
-/// periodically, not on every change.
-pub fn endpoints(spec: &HostSpec, kernel: &Kernel, deep: bool) -> Vec<EndpointOp> {
+/// periodically, not on every change. Macvlan endpoints leave nothing in the host namespace,
+/// so `macvlans` (what this agent put into namespaces) stands in for the host-side dump.
+pub fn endpoints(
+    spec: &HostSpec,
+    kernel: &Kernel,
+    deep: bool,
+    macvlans: &BTreeMap<u64, MacvlanRecord>,
+) -> Vec<EndpointOp> {
     let mut ops = Vec::new();
     for ep in spec.endpoints() {
-        let Some(bridge) = kernel.link(&ep.bridge) else {
-            continue;
-        };
-        match kernel.link(&ep.host_ifname) {
-            Some(l) if l.kind == LinkKind::Veth && l.peer_in_other_netns => {
-                if l.master != Some(bridge.index) || l.mtu != ep.mtu || !l.up {
-                    ops.push(EndpointOp::FixHostSide {
-                        spec: ep.clone(),
-                        index: l.index,
-                        master: bridge.index,
+        match &ep.attachment {
+            Attachment::Veth { bridge, host_ifname } => {
+                let Some(bridge) = kernel.link(bridge) else {
+                    ops.push(EndpointOp::Blocked {
+                        id: ep.id,
+                        reason: format!("bridge {bridge} is missing"),
                     });
-                    ops.push(EndpointOp::Verify { spec: ep.clone() });
-                } else if deep {
-                    ops.push(EndpointOp::Verify { spec: ep.clone() });
+                    continue;
+                };
+                let bridge_index = bridge.index;
+                match kernel.link(host_ifname) {
+                    Some(l) if l.kind == LinkKind::Veth && l.peer_in_other_netns => {
+                        let stale = vec![(l.name.clone(), l.index)];
+                        if l.master != Some(bridge_index) || l.mtu != ep.mtu || !l.up {
+                            ops.push(EndpointOp::FixHostSide {
+                                spec: ep.clone(),
+                                index: l.index,
+                                master: bridge_index,
+                            });
+                            ops.push(EndpointOp::Verify {
+                                spec: ep.clone(),
+                                stale,
+                                bridge_index,
+                            });
+                        } else if deep {
+                            ops.push(EndpointOp::Verify {
+                                spec: ep.clone(),
+                                stale,
+                                bridge_index,
+                            });
+                        }
+                    }
+                    other => {
+                        // Missing, not a veth, or its peer never left the host namespace.
+                        let stale = other.map(|l| (l.name.clone(), l.index)).into_iter().collect();
+                        ops.push(EndpointOp::Wire {
+                            spec: ep.clone(),
+                            stale,
+                            bridge_index,
+                        });
+                    }
                 }
             }
-            other => {
-                // Missing, not a veth, or its peer never left the host namespace.
-                let stale = other.map(|l| (l.name.clone(), l.index)).into_iter().collect();
-                ops.push(EndpointOp::Wire {
-                    spec: ep.clone(),
-                    stale,
-                });
-            }
+            Attachment::Macvlan { parent, .. } => match kernel.link(parent) {
+                None => ops.push(EndpointOp::Blocked {
+                    id: ep.id,
+                    reason: format!("parent interface {parent} not found"),
+                }),
+                Some(p) => {
+                    let known = macvlans
+                        .get(&ep.id)
+                        .is_some_and(|r| r.netns == ep.netns.as_text() && r.ifname == ep.ifname);
+                    if deep || !known {
+                        ops.push(EndpointOp::VerifyMacvlan {
+                            spec: ep.clone(),
+                            parent_index: p.index,
+                        });
+                    }
+                }
+            },
         }
+    }
+    let desired: BTreeSet<u64> = spec.endpoints().map(|e| e.id).collect();
+    for record in macvlans.values().filter(|r| !desired.contains(&r.id)) {
+        ops.push(EndpointOp::RemoveMacvlan {
+            record: record.clone(),
+        });
     }
     ops
 }

@@ -4,13 +4,15 @@
 //! the agent's back is repaired by the next pass.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::{self, Checked};
 use crate::firewall::{self, FirewallSpec};
+use crate::kernel::MacvlanRecord;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::plan::{self, EndpointOp, EntryOp, LinkOp};
-use crate::spec::HostSpec;
+use crate::spec::{EndpointSpec, HostSpec};
 
 /// The underlay interface VXLAN sends through.
 #[derive(Clone, Debug)]
@@ -38,7 +40,12 @@ pub struct Reconciler {
     underlay: Underlay,
     firewall: Option<FirewallSpec>,
     forwarding_on: bool,
+    /// Macvlan endpoints this agent put into namespaces, mirrored to `records_path`.
+    macvlans: BTreeMap<u64, MacvlanRecord>,
+    records_path: Option<PathBuf>,
 }
+
+const MACVLAN_RECORDS: &str = "macvlan-endpoints.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -49,13 +56,35 @@ pub enum ReconcileError {
 }
 
 impl Reconciler {
-    pub fn new(nl: Netlink, underlay: Underlay) -> Self {
+    /// `state_dir` keeps the records of macvlan endpoints across restarts (`None`: memory only).
+    pub fn new(nl: Netlink, underlay: Underlay, state_dir: Option<&Path>) -> Self {
+        let records_path = state_dir.map(|d| d.join(MACVLAN_RECORDS));
+        let macvlans = records_path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| serde_json::from_slice::<Vec<MacvlanRecord>>(&bytes).ok())
+            .map(|v| v.into_iter().map(|r| (r.id, r)).collect())
+            .unwrap_or_default();
         Self {
             nl,
             underlay,
             firewall: None,
             forwarding_on: false,
+            macvlans,
+            records_path,
         }
+    }
+
+    fn save_records(&self) -> Result<(), String> {
+        let Some(path) = &self.records_path else {
+            return Ok(());
+        };
+        let records: Vec<&MacvlanRecord> = self.macvlans.values().collect();
+        let bytes = serde_json::to_vec_pretty(&records).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("save {}: {e}", path.display()))
     }
 
     /// Converges the kernel to `spec`. `deep` also checks every endpoint inside its namespace.
@@ -100,20 +129,20 @@ impl Reconciler {
             tracing::info!(count = entry_ops.len(), summary = %summarize(&entry_ops), "entries programmed");
         }
 
-        for op in plan::endpoints(spec, &kernel, deep) {
-            let (id, result) = self.endpoint(op, &kernel, &mut report.changes).await;
-            report.endpoints.insert(id, result);
+        let records_before = self.macvlans.clone();
+        for op in plan::endpoints(spec, &kernel, deep, &records_before) {
+            if let Some((id, result)) = self.endpoint(op, &mut report.changes).await {
+                report.endpoints.insert(id, result);
+            }
         }
-        // Endpoints needing no work are fine; ones the plan could not reach (bridge missing)
-        // are reported as such.
+        if self.macvlans != records_before
+            && let Err(e) = self.save_records()
+        {
+            report.errors.push(e);
+        }
+        // Endpoints that needed no work are fine.
         for ep in spec.endpoints() {
-            report.endpoints.entry(ep.id).or_insert_with(|| {
-                if kernel.link(&ep.bridge).is_some() {
-                    Ok(())
-                } else {
-                    Err(format!("bridge {} is missing", ep.bridge))
-                }
-            });
+            report.endpoints.entry(ep.id).or_insert(Ok(()));
         }
         for (what, why) in &spec.rejected {
             report.errors.push(format!("{what}: {why}"));
@@ -142,57 +171,95 @@ impl Reconciler {
         Ok(report)
     }
 
-    async fn endpoint(
-        &self,
-        op: EndpointOp,
-        kernel: &crate::kernel::Kernel,
-        changes: &mut usize,
-    ) -> (u64, Result<(), String>) {
-        let bridge_index = |name: &str| kernel.link(name).map(|l| l.index).unwrap_or(0);
+    /// Carries out one endpoint operation; returns the endpoint's status if it concerns a
+    /// desired endpoint.
+    async fn endpoint(&mut self, op: EndpointOp, changes: &mut usize) -> Option<(u64, Result<(), String>)> {
         match op {
-            EndpointOp::Wire { spec, stale } => {
-                let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index(&spec.bridge)).await;
-                match &result {
-                    Ok(()) => {
-                        *changes += 1;
-                        tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, "endpoint wired");
-                    }
-                    Err(e) => {
-                        tracing::warn!(id = spec.id, netns = %spec.netns, error = %e, "endpoint not wired")
-                    }
-                }
-                (spec.id, result)
+            EndpointOp::Wire {
+                spec,
+                stale,
+                bridge_index,
+            } => {
+                let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
+                log_wired(&spec, &result, changes);
+                Some((spec.id, result))
             }
             EndpointOp::FixHostSide { spec, index, master } => {
                 let result = endpoint::attach_host_side(&self.nl, &spec, index, master).await;
                 if result.is_ok() {
                     *changes += 1;
                 }
-                (spec.id, result)
+                Some((spec.id, result))
             }
-            EndpointOp::Verify { spec } => match endpoint::verify(&spec).await {
-                Ok(Checked::Fine(0)) => (spec.id, Ok(())),
+            EndpointOp::Verify {
+                spec,
+                stale,
+                bridge_index,
+            } => match endpoint::verify(&spec).await {
                 Ok(Checked::Fine(n)) => {
-                    *changes += n;
-                    tracing::info!(id = spec.id, netns = %spec.netns, repairs = n, "endpoint repaired");
-                    (spec.id, Ok(()))
+                    log_repairs(&spec, n, changes);
+                    Some((spec.id, Ok(())))
                 }
                 Ok(Checked::Missing) => {
                     // The workload end is gone from the namespace: rebuild the pair.
-                    let stale: Vec<(String, u32)> = kernel
-                        .link(&spec.host_ifname)
-                        .map(|l| (l.name.clone(), l.index))
-                        .into_iter()
-                        .collect();
-                    let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index(&spec.bridge)).await;
-                    if result.is_ok() {
-                        *changes += 1;
-                    }
-                    (spec.id, result)
+                    let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
+                    log_wired(&spec, &result, changes);
+                    Some((spec.id, result))
                 }
-                Err(e) => (spec.id, Err(e)),
+                Err(e) => Some((spec.id, Err(e))),
             },
+            EndpointOp::VerifyMacvlan { spec, parent_index } => {
+                let checked = if self.macvlans.contains_key(&spec.id) {
+                    endpoint::verify(&spec).await
+                } else {
+                    Ok(Checked::Missing)
+                };
+                match checked {
+                    Ok(Checked::Fine(n)) => {
+                        log_repairs(&spec, n, changes);
+                        Some((spec.id, Ok(())))
+                    }
+                    Ok(Checked::Missing) => {
+                        let result = endpoint::wire_macvlan(&self.nl, &spec, parent_index).await;
+                        let status = result.map(|record| {
+                            self.macvlans.insert(record.id, record);
+                        });
+                        log_wired(&spec, &status, changes);
+                        Some((spec.id, status))
+                    }
+                    Err(e) => Some((spec.id, Err(e))),
+                }
+            }
+            EndpointOp::RemoveMacvlan { record } => {
+                match endpoint::remove_macvlan(&record).await {
+                    Ok(()) => {
+                        *changes += 1;
+                        tracing::info!(id = record.id, netns = %record.netns, "macvlan endpoint removed");
+                        self.macvlans.remove(&record.id);
+                    }
+                    Err(e) => tracing::warn!(id = record.id, error = %e, "cannot remove macvlan endpoint"),
+                }
+                None
+            }
+            EndpointOp::Blocked { id, reason } => Some((id, Err(reason))),
         }
+    }
+}
+
+fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, changes: &mut usize) {
+    match result {
+        Ok(()) => {
+            *changes += 1;
+            tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, "endpoint wired");
+        }
+        Err(e) => tracing::warn!(id = spec.id, netns = %spec.netns, error = %e, "endpoint not wired"),
+    }
+}
+
+fn log_repairs(spec: &EndpointSpec, repairs: usize, changes: &mut usize) {
+    if repairs > 0 {
+        *changes += repairs;
+        tracing::info!(id = spec.id, netns = %spec.netns, repairs, "endpoint repaired");
     }
 }
 

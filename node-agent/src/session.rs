@@ -104,7 +104,7 @@ pub async fn run(
     let config = Arc::new(config);
     let applied = Arc::new(AtomicU64::new(0));
 
-    let reconciler = Reconciler::new(nl, underlay.clone());
+    let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir));
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,

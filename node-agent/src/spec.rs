@@ -44,6 +44,15 @@ impl NetnsRef {
         }
     }
 
+    /// The reference as the controller wrote it (parses back to the same value).
+    pub fn as_text(&self) -> String {
+        match self {
+            NetnsRef::Named(n) => n.clone(),
+            NetnsRef::Path(p) => p.display().to_string(),
+            NetnsRef::Pid(pid) => pid.to_string(),
+        }
+    }
+
     pub fn path(&self) -> PathBuf {
         match self {
             NetnsRef::Named(n) => PathBuf::from("/run/netns").join(n),
@@ -92,6 +101,70 @@ pub struct PeerSpec {
     pub subnet: Ipv4Network,
 }
 
+/// macvlan modes, as the kernel knows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+impl MacvlanMode {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "" | "bridge" => Ok(Self::Bridge),
+            "private" => Ok(Self::Private),
+            "vepa" => Ok(Self::Vepa),
+            "passthru" => Ok(Self::Passthru),
+            other => Err(format!("unknown macvlan mode {other:?}")),
+        }
+    }
+}
+
+/// How an endpoint reaches its network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A veth pair whose host end `host_ifname` is enslaved to `bridge` (vxlan, nat).
+    Veth { bridge: String, host_ifname: String },
+    /// A macvlan sub-interface of `parent`, moved whole into the namespace.
+    Macvlan { parent: String, mode: MacvlanMode },
+}
+
+/// The parent of a macvlan network. A `base.vid` name is an 802.1Q sub-interface overlay
+/// creates when missing (and removes when no network needs it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MacvlanParent {
+    pub name: String,
+    pub vlan: Option<(String, u16)>,
+    pub mode: MacvlanMode,
+}
+
+impl MacvlanParent {
+    pub fn parse(parent: &str, mode: &str) -> Result<Self, String> {
+        validate::ifname(parent).map_err(|r| format!("parent {parent:?}: {r}"))?;
+        let vlan = match parent.rsplit_once('.') {
+            Some((base, vid))
+                if !base.is_empty() && !vid.is_empty() && vid.chars().all(|c| c.is_ascii_digit()) =>
+            {
+                let vid: u16 = vid
+                    .parse()
+                    .map_err(|_| format!("parent {parent:?}: VLAN id out of range"))?;
+                if !(1..=4094).contains(&vid) {
+                    return Err(format!("parent {parent:?}: VLAN id must be 1 to 4094"));
+                }
+                Some((base.to_string(), vid))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            name: parent.to_string(),
+            vlan,
+            mode: MacvlanMode::parse(mode)?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub id: u64,
@@ -102,12 +175,11 @@ pub struct EndpointSpec {
     pub address: Ipv4Network,
     pub mac: MacAddr,
     pub gateway: Ipv4Addr,
+    /// 0 = inherit (macvlan takes its parent's).
     pub mtu: u32,
-    /// Host end of the veth, enslaved to `bridge`.
-    pub host_ifname: String,
     /// Name of the workload end while it is still in the host namespace.
     pub peer_ifname: String,
-    pub bridge: String,
+    pub attachment: Attachment,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +192,7 @@ pub struct NetworkSpec {
     pub nat_egress: bool,
     pub bridge: Option<BridgeSpec>,
     pub vxlan: Option<VxlanSpec>,
+    pub macvlan: Option<MacvlanParent>,
     pub peers: Vec<PeerSpec>,
     pub endpoints: Vec<EndpointSpec>,
 }
@@ -199,19 +272,26 @@ fn network(
         Ok(pb::NetworkMode::Macvlan) => Mode::Macvlan,
         _ => return Err(format!("unknown mode {}", n.mode)),
     };
-    if mode == Mode::Macvlan {
-        return Err("macvlan networks are not supported by this agent yet".into());
-    }
     let cidr = net("cidr", &n.cidr)?;
     let subnet = net("subnet", &n.subnet)?;
     let gateway = ipv4("gateway", &n.gateway)?;
-    if !(576..=65535).contains(&n.mtu) {
+    let inherit_mtu = mode == Mode::Macvlan && n.mtu == 0;
+    if !inherit_mtu && !(576..=65535).contains(&n.mtu) {
         return Err(format!("invalid MTU {}", n.mtu));
     }
-    let bridge = BridgeSpec {
-        name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
-        address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
-        mtu: n.mtu,
+    let (bridge, macvlan) = match mode {
+        Mode::Vxlan | Mode::Nat => {
+            let bridge = BridgeSpec {
+                name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
+                address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
+                mtu: n.mtu,
+            };
+            (Some(bridge), None)
+        }
+        Mode::Macvlan => {
+            let opts = n.macvlan.as_ref().ok_or("macvlan options missing")?;
+            (None, Some(MacvlanParent::parse(&opts.parent, &opts.mode)?))
+        }
     };
     let vxlan = if mode == Mode::Vxlan {
         if n.vni == 0 || n.vni > 16_777_215 {
@@ -252,6 +332,17 @@ fn network(
     for e in &n.endpoints {
         let parsed = (|| -> Result<EndpointSpec, String> {
             validate::ifname(&e.ifname).map_err(|r| format!("interface {:?}: {r}", e.ifname))?;
+            let attachment = match (&bridge, &macvlan) {
+                (Some(b), _) => Attachment::Veth {
+                    bridge: b.name.clone(),
+                    host_ifname: owned_name("endpoint device", &e.host_ifname, names::ENDPOINT_PREFIX)?,
+                },
+                (None, Some(m)) => Attachment::Macvlan {
+                    parent: m.name.clone(),
+                    mode: m.mode,
+                },
+                (None, None) => return Err("network has neither bridge nor parent".into()),
+            };
             Ok(EndpointSpec {
                 id: e.id,
                 network: n.name.clone(),
@@ -261,9 +352,8 @@ fn network(
                 mac: mac("endpoint MAC", &e.mac)?,
                 gateway: ipv4("endpoint gateway", &e.gateway)?,
                 mtu: n.mtu,
-                host_ifname: owned_name("endpoint device", &e.host_ifname, names::ENDPOINT_PREFIX)?,
                 peer_ifname: format!("{}{:x}", names::PEER_PREFIX, e.id),
-                bridge: bridge.name.clone(),
+                attachment,
             })
         })();
         match parsed {
@@ -279,8 +369,9 @@ fn network(
             cidr,
             mtu: n.mtu,
             nat_egress: n.nat_egress,
-            bridge: Some(bridge),
+            bridge,
             vxlan,
+            macvlan,
             peers,
             endpoints,
         },
@@ -363,6 +454,19 @@ mod tests {
         );
         assert!(spec.networks[0].endpoints.is_empty() && spec.networks[0].peers.is_empty());
         assert_eq!(spec.rejected.len(), 3, "{:?}", spec.rejected);
+    }
+
+    #[test]
+    fn macvlan_parents() {
+        let p = MacvlanParent::parse("eth0.50", "passthru").unwrap();
+        assert_eq!(
+            (p.vlan, p.mode),
+            (Some(("eth0".to_string(), 50)), MacvlanMode::Passthru)
+        );
+        assert_eq!(MacvlanParent::parse("eth0", "").unwrap().vlan, None);
+        assert!(MacvlanParent::parse("eth0.5000", "bridge").is_err());
+        assert!(MacvlanParent::parse("eth0", "sideways").is_err());
+        assert!(MacvlanParent::parse("a/b", "bridge").is_err());
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn run(host_ns: &str, steps: Vec<Step>) -> Vec<PassReport> {
                 ip: "192.0.2.21".parse().unwrap(),
                 mtu: 1500,
             };
-            let mut r = Reconciler::new(nl, underlay);
+            let mut r = Reconciler::new(nl, underlay, None);
             let mut reports = Vec::new();
             for step in steps {
                 match step {

@@ -121,6 +121,16 @@ enum NetworkCmd {
     Ls,
     /// Show a network with its leases and endpoints.
     Inspect { name: String },
+    /// Change a live network: NAT egress on or off, MTU.
+    Update {
+        name: String,
+        /// Masquerade traffic leaving the network (vxlan networks).
+        #[arg(long, value_name = "true|false")]
+        nat_egress: Option<bool>,
+        /// Workload MTU, or 0 to derive it from the underlay again.
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
     /// Remove a network. Refused while it has endpoints, unless --force.
     Rm {
         name: String,
@@ -282,6 +292,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
             .await?;
             output::network_detail(out, &resp);
+        }
+        Command::Network(NetworkCmd::Update {
+            name,
+            nat_egress,
+            mtu,
+        }) => {
+            if nat_egress.is_none() && mtu.is_none() {
+                return Err(Failure(
+                    "nothing to change: give --nat-egress and/or --mtu".into(),
+                ));
+            }
+            let req = pb::UpdateNetworkRequest {
+                name,
+                nat_egress,
+                mtu,
+            };
+            let resp = call(&controllers, |mut c| {
+                let req = req.clone();
+                async move { c.update_network(req).await }
+            })
+            .await?;
+            output::network_updated(out, &resp);
         }
         Command::Network(NetworkCmd::Rm { name, force }) => {
             let resp = call(&controllers, |mut c| {

@@ -256,6 +256,22 @@ pub fn network_created(f: Format, n: &pb::Network) {
     }
 }
 
+pub fn network_updated(f: Format, n: &pb::Network) {
+    if f == Format::Json {
+        return print_json(&network_json(n));
+    }
+    let mtu = if n.mtu == 0 {
+        "auto".to_string()
+    } else {
+        n.mtu.to_string()
+    };
+    println!(
+        "updated network {} (nat egress {}, mtu {mtu})",
+        n.name,
+        if n.nat_egress { "on" } else { "off" }
+    );
+}
+
 pub fn network_detail(f: Format, d: &pb::NetworkDetail) {
     let Some(n) = &d.network else { return };
     if f == Format::Json {

@@ -273,6 +273,26 @@ async fn every_command_in_both_formats_and_every_error() {
         "bogus",
     );
 
+    // network update
+    let out = ctl.ok(&[
+        "network",
+        "update",
+        "red",
+        "--nat-egress",
+        "false",
+        "--mtu",
+        "1300",
+    ]);
+    assert_eq!(out.trim(), "updated network red (nat egress off, mtu 1300)");
+    let red = ctl.json(&["network", "update", "red", "--mtu", "0"]);
+    assert_eq!(
+        (red["nat_egress"].as_bool(), red["mtu"].as_u64()),
+        (Some(false), None)
+    );
+    ctl.fails(&["network", "update", "red"], "nothing to change");
+    ctl.fails(&["network", "update", "nope", "--mtu", "1400"], "unknown network");
+    ctl.fails(&["network", "update", "red", "--mtu", "100"], "invalid MTU");
+
     // network ls / inspect
     let table = ctl.ok(&["network", "ls"]);
     assert!(table.starts_with("NAME"), "{table}");

@@ -322,6 +322,81 @@ impl Lab {
         exec(&self.hosts[host].ns, program, args).map(|o| stdout(&o))
     }
 
+    /// A plain machine on the underlay LAN: namespace `<prefix>-<name>` with `eth0` on the
+    /// underlay bridge and a static `address` (CIDR), optionally on an 802.1Q VLAN
+    /// (`eth0.<vid>`). Returns the namespace.
+    pub fn add_lan_host(&mut self, name: &str, address: &str, vlan: Option<u16>) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.namespaces.add(&ns)?;
+        netns::wire(&ns, "eth0", &self.ul, name, "br0")?;
+        match vlan {
+            None => {
+                exec(&ns, "ip", &["addr", "add", address, "dev", "eth0"])?;
+            }
+            Some(vid) => {
+                let dev = format!("eth0.{vid}");
+                exec(
+                    &ns,
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        "link",
+                        "eth0",
+                        "name",
+                        &dev,
+                        "type",
+                        "vlan",
+                        "id",
+                        &vid.to_string(),
+                    ],
+                )?;
+                exec(&ns, "ip", &["addr", "add", address, "dev", &dev])?;
+                exec(&ns, "ip", &["link", "set", &dev, "up"])?;
+            }
+        }
+        Ok(ns)
+    }
+
+    /// An "internet" behind a router: `<prefix>-rt` (192.0.2.1 on the underlay, 203.0.113.1)
+    /// and `<prefix>-inet` (203.0.113.10, default route via the router). The router knows only
+    /// the underlay and the internet prefix, so traffic from overlay addresses can only come
+    /// back if a host masqueraded it. Every host gets a default route via 192.0.2.1.
+    /// Returns (router namespace, internet namespace).
+    pub fn add_internet(&mut self) -> Result<(String, String)> {
+        let rt = format!("{}-rt", self.prefix);
+        let inet = format!("{}-inet", self.prefix);
+        self.namespaces.add(&rt)?;
+        self.namespaces.add(&inet)?;
+        netns::wire(&rt, "eth0", &self.ul, "rt", "br0")?;
+        exec(
+            &rt,
+            "ip",
+            &["addr", "add", &format!("{UNDERLAY_NET}.1/24"), "dev", "eth0"],
+        )?;
+        exec(
+            &rt,
+            "ip",
+            &[
+                "link", "add", "wan0", "type", "veth", "peer", "name", "eth0", "netns", &inet,
+            ],
+        )?;
+        exec(&rt, "ip", &["addr", "add", "203.0.113.1/24", "dev", "wan0"])?;
+        exec(&rt, "ip", &["link", "set", "wan0", "up"])?;
+        exec(&rt, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        exec(&inet, "ip", &["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+        exec(&inet, "ip", &["link", "set", "eth0", "up"])?;
+        exec(&inet, "ip", &["route", "add", "default", "via", "203.0.113.1"])?;
+        for h in &self.hosts {
+            exec(
+                &h.ns,
+                "ip",
+                &["route", "replace", "default", "via", &format!("{UNDERLAY_NET}.1")],
+            )?;
+        }
+        Ok((rt, inet))
+    }
+
     /// Starts `program args` in namespace `ns` as a background process owned by the caller.
     pub fn spawn_in(&self, ns: &str, program: &str, args: &[&str], name: &str) -> Result<Daemon> {
         let mut cmd = Command::new("ip");

@@ -15,7 +15,7 @@ use super::{convert, invalid, parse, status};
 use crate::model::EndpointStatus;
 use crate::node::{Node, now_ms};
 use crate::raft::NodeId;
-use crate::state::{Command, Response as Done};
+use crate::state::{Command, MtuSetting, Response as Done};
 
 /// How long `endpoint attach` waits for the host's agent unless the request says otherwise.
 pub const DEFAULT_ATTACH_WAIT: Duration = Duration::from_secs(15);
@@ -258,6 +258,33 @@ impl Overlay for OverlayApi {
         });
         out.map(Response::new)
             .ok_or_else(|| status(Code::NotFound, format!("unknown network {name:?}")))
+    }
+
+    async fn update_network(
+        &self,
+        req: Request<pb::UpdateNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        let req = req.into_inner();
+        require("network name", &req.name)?;
+        let mtu = req.mtu.map(|m| {
+            if m == 0 {
+                MtuSetting::Auto
+            } else {
+                MtuSetting::Fixed(m)
+            }
+        });
+        let (done, _) = self
+            .write(Command::UpdateNetwork {
+                name: req.name,
+                nat_egress: req.nat_egress,
+                mtu,
+            })
+            .await?;
+        let Done::Network(n) = done else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        let out = self.node.view.read(|s| convert::network(s, &n));
+        Ok(Response::new(out))
     }
 
     async fn delete_network(

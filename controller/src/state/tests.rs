@@ -350,6 +350,58 @@ fn unknown_names_and_duplicates_are_refused() {
 }
 
 #[test]
+fn update_network_changes_only_what_is_safe() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let r = s.apply(Command::UpdateNetwork {
+        name: "blue".into(),
+        nat_egress: Some(true),
+        mtu: Some(MtuSetting::Fixed(1400)),
+    });
+    assert!(r.result.is_ok());
+    assert!(s.networks["blue"].nat_egress);
+    assert_eq!(s.networks["blue"].mtu, Some(1400));
+    s.apply(Command::UpdateNetwork {
+        name: "blue".into(),
+        nat_egress: None,
+        mtu: Some(MtuSetting::Auto),
+    })
+    .result
+    .unwrap();
+    assert_eq!(s.networks["blue"].mtu, None);
+    assert_refused(
+        &mut s,
+        Command::UpdateNetwork {
+            name: "nope".into(),
+            nat_egress: None,
+            mtu: None,
+        },
+        |e| matches!(e, StateError::UnknownNetwork(_)),
+    );
+    assert_refused(
+        &mut s,
+        Command::UpdateNetwork {
+            name: "blue".into(),
+            nat_egress: None,
+            mtu: Some(MtuSetting::Fixed(10)),
+        },
+        |e| matches!(e, StateError::Invalid { .. }),
+    );
+    let mut nat = vxlan("local", "10.2.0.0/16");
+    nat.mode = Mode::Nat;
+    create(&mut s, nat).unwrap();
+    assert_refused(
+        &mut s,
+        Command::UpdateNetwork {
+            name: "local".into(),
+            nat_egress: Some(false),
+            mtu: None,
+        },
+        |e| matches!(e, StateError::Invalid { .. }),
+    );
+}
+
+#[test]
 fn network_with_endpoints_needs_force() {
     let mut s = two_hosts();
     create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
@@ -476,6 +528,81 @@ fn snapshot_round_trip_rebuilds_indices() {
     ));
     let ep2 = attach(&mut restored, "blue", "h1", "w2").unwrap();
     assert_ne!(ep2.ip, s.endpoint_by_key("blue", "h1", "w1").unwrap().ip);
+}
+
+#[test]
+fn every_command_survives_the_log_encoding() {
+    // Commands travel through the Raft log as JSON; what is applied must be what was proposed.
+    let commands = vec![
+        Command::CreateNetwork {
+            spec: vxlan("blue", "10.1.0.0/16"),
+            now_ms: 5,
+        },
+        Command::UpdateNetwork {
+            name: "blue".into(),
+            nat_egress: Some(false),
+            mtu: Some(MtuSetting::Auto),
+        },
+        Command::UpdateNetwork {
+            name: "blue".into(),
+            nat_egress: None,
+            mtu: Some(MtuSetting::Fixed(1400)),
+        },
+        Command::UpdateNetwork {
+            name: "blue".into(),
+            nat_egress: None,
+            mtu: None,
+        },
+        Command::DeleteNetwork {
+            name: "blue".into(),
+            force: true,
+        },
+        Command::RegisterHost {
+            name: "h1".into(),
+            underlay_ip: "192.0.2.21".parse().unwrap(),
+            underlay_iface: "eth0".into(),
+            underlay_mtu: 1500,
+            now_ms: 1,
+        },
+        Command::Heartbeat {
+            name: "h1".into(),
+            now_ms: 2,
+        },
+        Command::RemoveHost { name: "h1".into() },
+        Command::AttachEndpoint {
+            network: "blue".into(),
+            host: "h1".into(),
+            netns: "w1".into(),
+            ifname: "eth0".into(),
+            ip: Some("10.1.0.9".parse().unwrap()),
+            now_ms: 3,
+        },
+        Command::AttachEndpoint {
+            network: "blue".into(),
+            host: "h1".into(),
+            netns: "w1".into(),
+            ifname: "eth0".into(),
+            ip: None,
+            now_ms: 3,
+        },
+        Command::DetachEndpoint {
+            network: "blue".into(),
+            host: "h1".into(),
+            netns: "w1".into(),
+        },
+        Command::ReportEndpoints {
+            host: "h1".into(),
+            statuses: vec![
+                (1, EndpointStatus::Ready),
+                (2, EndpointStatus::Failed("gone".into())),
+            ],
+        },
+    ];
+    for cmd in commands {
+        let json = serde_json::to_vec(&cmd).unwrap();
+        let back: Command = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, cmd, "{}", String::from_utf8_lossy(&json));
+    }
 }
 
 // ---------------------------------------------------------------- property tests

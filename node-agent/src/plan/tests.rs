@@ -2,7 +2,7 @@
 //! not carry overlay's names or protocol is ever touched.
 
 use super::*;
-use crate::kernel::{FdbEntry, Link, Neighbour, VxlanAttrs};
+use crate::kernel::{FdbEntry, Link, MacvlanRecord, Neighbour, VxlanAttrs};
 use overlay_proto::v1 as pb;
 
 const UNDERLAY: u32 = 2;
@@ -63,6 +63,8 @@ fn link(index: u32, name: &str, kind: LinkKind, mtu: u32) -> Link {
         up: true,
         master: None,
         peer_in_other_netns: false,
+        lower: None,
+        alias: None,
     }
 }
 
@@ -150,8 +152,8 @@ fn converged_kernel_plans_nothing() {
     let (s, k) = (spec(), converged());
     assert_eq!(links(&s, &k, UNDERLAY), vec![]);
     assert_eq!(entries(&s, &k), vec![]);
-    assert_eq!(endpoints(&s, &k, false), vec![]);
-    let deep = endpoints(&s, &k, true);
+    assert_eq!(endpoints(&s, &k, false, &BTreeMap::new()), vec![]);
+    let deep = endpoints(&s, &k, true, &BTreeMap::new());
     assert!(matches!(deep.as_slice(), [EndpointOp::Verify { .. }]), "{deep:?}");
 }
 
@@ -171,9 +173,12 @@ fn empty_kernel_creates_devices_then_entries() {
         }
     );
     assert!(matches!(&ops[1], LinkOp::CreateVxlan { spec, underlay_index: UNDERLAY } if spec.vni == 4096));
-    // Until the devices exist, nothing else can be planned.
+    // Until the devices exist, no entry can be planned and endpoints are reported blocked.
     assert_eq!(entries(&s, &k), vec![]);
-    assert_eq!(endpoints(&s, &k, false), vec![]);
+    assert!(matches!(
+        &endpoints(&s, &k, false, &BTreeMap::new())[..],
+        [EndpointOp::Blocked { id: 26, .. }]
+    ));
 
     // Devices present but empty: every entry is planned, one per peer.
     let mut k = converged();
@@ -291,19 +296,141 @@ fn endpoint_repairs() {
     // Host end gone (namespace deleted, or someone removed it): wire again.
     let mut k = converged();
     k.links.remove("ovv-1a");
-    assert!(matches!(&endpoints(&s, &k, false)[..], [EndpointOp::Wire { stale, .. }] if stale.is_empty()));
+    assert!(
+        matches!(&endpoints(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.is_empty())
+    );
     // Host end present but its peer never moved: remove it and wire again.
     let mut k = converged();
     k.links.get_mut("ovv-1a").unwrap().peer_in_other_netns = false;
-    assert!(matches!(&endpoints(&s, &k, false)[..], [EndpointOp::Wire { stale, .. }] if stale.len() == 1));
+    assert!(
+        matches!(&endpoints(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.len() == 1)
+    );
     // Detached from the bridge: fix the host side and check the namespace side.
     let mut k = converged();
     k.links.get_mut("ovv-1a").unwrap().master = None;
     assert!(matches!(
-        &endpoints(&s, &k, false)[..],
+        &endpoints(&s, &k, false, &BTreeMap::new())[..],
         [
             EndpointOp::FixHostSide { master: 10, .. },
             EndpointOp::Verify { .. }
         ]
+    ));
+}
+
+fn macvlan_spec(parent: &str) -> HostSpec {
+    let d = pb::HostDesiredState {
+        revision: 3,
+        host_name: "h1".into(),
+        underlay_ip: "192.0.2.21".into(),
+        vtep_mac: "02:00:00:00:00:01".into(),
+        networks: vec![pb::NetworkState {
+            name: "lan".into(),
+            id: 4,
+            mode: pb::NetworkMode::Macvlan as i32,
+            cidr: "198.51.100.0/24".into(),
+            subnet: "198.51.100.0/24".into(),
+            gateway: "198.51.100.1".into(),
+            mtu: 0,
+            macvlan: Some(pb::MacvlanOptions {
+                parent: parent.into(),
+                gateway: "198.51.100.1".into(),
+                ip_range: "198.51.100.128/25".into(),
+                mode: "bridge".into(),
+            }),
+            endpoints: vec![pb::LocalEndpoint {
+                id: 9,
+                netns: "m1".into(),
+                ifname: "eth0".into(),
+                address: "198.51.100.130/24".into(),
+                mac: "0a:58:c6:33:64:82".into(),
+                gateway: "198.51.100.1".into(),
+                host_ifname: "ovv-9".into(),
+            }],
+            ..Default::default()
+        }],
+    };
+    let spec = HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap());
+    assert!(spec.rejected.is_empty(), "{:?}", spec.rejected);
+    spec
+}
+
+#[test]
+fn macvlan_vlan_parent_is_created_and_only_our_vlans_removed() {
+    let s = macvlan_spec("eth0.50");
+    let k = converged();
+    let ops = links(&s, &k, UNDERLAY);
+    assert!(
+        ops.contains(&LinkOp::CreateVlan {
+            name: "eth0.50".into(),
+            base_index: UNDERLAY,
+            vid: 50
+        }),
+        "{ops:?}"
+    );
+
+    let mut k = converged();
+    let mut ours = link(60, "eth0.60", LinkKind::Vlan(60), 1500);
+    ours.alias = Some(crate::kernel::OWNED_ALIAS.into());
+    let foreign = link(61, "eth0.61", LinkKind::Vlan(61), 1500);
+    k.links.insert(ours.name.clone(), ours);
+    k.links.insert(foreign.name.clone(), foreign);
+    let deleted: Vec<_> = links(&s, &k, UNDERLAY)
+        .into_iter()
+        .filter_map(|o| match o {
+            LinkOp::Delete { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        deleted.contains(&"eth0.60".to_string()),
+        "overlay's unused VLAN goes: {deleted:?}"
+    );
+    assert!(
+        !deleted.contains(&"eth0.61".to_string()),
+        "a VLAN overlay did not make stays"
+    );
+}
+
+#[test]
+fn macvlan_endpoints_use_records() {
+    let s = macvlan_spec("eth0");
+    let k = converged();
+    let none = BTreeMap::new();
+    assert!(matches!(
+        &endpoints(&s, &k, false, &none)[..],
+        [EndpointOp::VerifyMacvlan {
+            parent_index: UNDERLAY,
+            ..
+        }]
+    ));
+    let record = MacvlanRecord {
+        id: 9,
+        netns: "m1".into(),
+        ifname: "eth0".into(),
+        mac: "0a:58:c6:33:64:82".parse().unwrap(),
+    };
+    let known: BTreeMap<u64, MacvlanRecord> = [(9, record.clone())].into_iter().collect();
+    assert_eq!(
+        endpoints(&s, &k, false, &known),
+        vec![],
+        "a known endpoint needs no work between deep passes"
+    );
+    assert_eq!(
+        endpoints(&s, &k, true, &known).len(),
+        1,
+        "deep passes check it inside its namespace"
+    );
+    // Detached: the record is all that is left to find it by.
+    let mut gone = s.clone();
+    gone.networks[0].endpoints.clear();
+    assert_eq!(
+        endpoints(&gone, &k, false, &known),
+        vec![EndpointOp::RemoveMacvlan { record }]
+    );
+    // Parent missing: reported, nothing attempted.
+    let s = macvlan_spec("eth7");
+    assert!(matches!(
+        &endpoints(&s, &k, false, &none)[..],
+        [EndpointOp::Blocked { id: 9, .. }]
     ));
 }
