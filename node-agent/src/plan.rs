@@ -119,8 +119,8 @@ pub enum EndpointOp {
     VerifyMacvlan { spec: EndpointSpec, parent_index: u32 },
     /// A macvlan endpoint that is no longer desired: delete it inside its namespace.
     RemoveMacvlan { record: MacvlanRecord },
-    /// The endpoint cannot be worked on; the reason is reported.
-    Blocked { id: u64, reason: String },
+    /// The endpoint cannot be worked on because `device` is missing; the reason is reported.
+    Blocked { id: u64, device: String, reason: String },
 }
 
 /// Links to create, change or delete. `underlay_index` is the device VXLAN sends through.
@@ -406,6 +406,7 @@ pub fn endpoints(
                 let Some(bridge) = kernel.link(bridge) else {
                     ops.push(EndpointOp::Blocked {
                         id: ep.id,
+                        device: bridge.clone(),
                         reason: format!("bridge {bridge} is missing"),
                     });
                     continue;
@@ -447,6 +448,7 @@ pub fn endpoints(
             Attachment::Macvlan { parent, .. } => match kernel.link(parent) {
                 None => ops.push(EndpointOp::Blocked {
                     id: ep.id,
+                    device: parent.clone(),
                     reason: format!("parent interface {parent} not found"),
                 }),
                 Some(p) => {

@@ -102,13 +102,20 @@ impl Reconciler {
             .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
 
         let link_ops = plan::links(spec, &kernel, underlay_index);
+        // Devices that could not be created, so endpoints needing them say why.
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for op in &link_ops {
             match self.nl.apply_link(op).await {
                 Ok(()) => {
                     report.changes += 1;
                     log_link(op);
                 }
-                Err(e) => report.errors.push(e.to_string()),
+                Err(e) => {
+                    if let LinkOp::CreateVlan { name, .. } | LinkOp::CreateBridge { name, .. } = op {
+                        failed.insert(name.clone(), e.to_string());
+                    }
+                    report.errors.push(e.to_string());
+                }
             }
         }
         if !link_ops.is_empty() {
@@ -131,6 +138,17 @@ impl Reconciler {
 
         let records_before = self.macvlans.clone();
         for op in plan::endpoints(spec, &kernel, deep, &records_before) {
+            let op = match op {
+                EndpointOp::Blocked { id, device, reason } => match failed.get(&device) {
+                    Some(err) => EndpointOp::Blocked {
+                        id,
+                        reason: err.clone(),
+                        device,
+                    },
+                    None => EndpointOp::Blocked { id, device, reason },
+                },
+                other => other,
+            };
             if let Some((id, result)) = self.endpoint(op, &mut report.changes).await {
                 report.endpoints.insert(id, result);
             }
@@ -241,7 +259,7 @@ impl Reconciler {
                 }
                 None
             }
-            EndpointOp::Blocked { id, reason } => Some((id, Err(reason))),
+            EndpointOp::Blocked { id, reason, .. } => Some((id, Err(reason))),
         }
     }
 }

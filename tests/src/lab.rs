@@ -322,6 +322,13 @@ impl Lab {
         exec(&self.hosts[host].ns, program, args).map(|o| stdout(&o))
     }
 
+    /// Gives host `host` another NIC `name` on the underlay bridge (no address): a parent for
+    /// macvlan modes that want a NIC of their own (passthru takes the whole device).
+    pub fn add_nic(&mut self, host: usize, name: &str) -> Result<()> {
+        let outer = format!("{}{name}", self.hosts[host].name);
+        netns::wire(&self.hosts[host].ns, name, &self.ul, &outer, "br0")
+    }
+
     /// A plain machine on the underlay LAN: namespace `<prefix>-<name>` with `eth0` on the
     /// underlay bridge and a static `address` (CIDR), optionally on an 802.1Q VLAN
     /// (`eth0.<vid>`). Returns the namespace.
