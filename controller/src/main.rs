@@ -16,16 +16,16 @@ use overlay_controller::server::{Controller, ControllerConfig, parse_peers};
 )]
 struct Args {
     /// This replica's id (1, 2, 3 ...); must appear in --peers when that is given.
-    #[arg(long)]
+    #[arg(long, env = "OVERLAY_NODE_ID")]
     node_id: u64,
     /// Address serving agents, overlayctl and the other replicas.
-    #[arg(long, default_value = "0.0.0.0:7400")]
+    #[arg(long, env = "OVERLAY_LISTEN", default_value = "0.0.0.0:7400")]
     listen: SocketAddr,
     /// Raft log, vote and snapshots live here.
-    #[arg(long, default_value = "/var/lib/overlay/controller")]
+    #[arg(long, env = "OVERLAY_DATA_DIR", default_value = "/var/lib/overlay/controller")]
     data_dir: PathBuf,
-    /// All replicas as ID=HOST:PORT,...; omitted = a single-node cluster at --listen.
-    #[arg(long)]
+    /// All replicas as ID=HOST:PORT,...; omitted (or empty) = a single-node cluster at --listen.
+    #[arg(long, env = "OVERLAY_PEERS")]
     peers: Option<String>,
     /// Bound on a write or consistent read (without a quorum requests fail after this long).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -68,7 +68,7 @@ fn init_logging(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
-    let peers = match &args.peers {
+    let peers = match args.peers.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(p) => parse_peers(p).map_err(anyhow::Error::msg).context("--peers")?,
         None => [(args.node_id, args.listen.to_string())].into_iter().collect(),
     };
@@ -81,7 +81,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let controller = Controller::start(&config).await?;
     tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, "controller serving");
+    let node = controller.node.clone();
+    tokio::spawn(async move {
+        if let Some(leader) = node.joined().await {
+            tracing::info!(leader, "joined the cluster");
+            overlay_proto::sd_notify::notify_or_log(&format!(
+                "READY=1\nSTATUS=member of the cluster (leader: node {leader})"
+            ));
+        }
+    });
     controller.serve(shutdown_signal()).await?;
+    overlay_proto::sd_notify::notify_or_log("STOPPING=1");
     tracing::info!("controller stopped");
     Ok(())
 }

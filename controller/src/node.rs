@@ -81,6 +81,24 @@ impl Node {
         Some((id, addr))
     }
 
+    /// Resolves once this replica is a member of a cluster that has a leader: what systemd's
+    /// READY means for a controller.
+    pub async fn joined(&self) -> Option<NodeId> {
+        let me = self.id;
+        let metrics = self
+            .raft
+            .wait(None)
+            .metrics(
+                move |m| {
+                    m.current_leader.is_some() && m.membership_config.membership().get_node(&me).is_some()
+                },
+                "joined a cluster with a leader",
+            )
+            .await
+            .ok()?;
+        metrics.current_leader
+    }
+
     pub fn committed_index(&self) -> u64 {
         self.committed_index.load(Ordering::Relaxed)
     }

@@ -18,19 +18,19 @@ struct Args {
     #[arg(long, env = "OVERLAY_CONTROLLER")]
     controller: String,
     /// This host's name in the cluster.
-    #[arg(long)]
+    #[arg(long, env = "OVERLAY_HOST_NAME")]
     host_name: String,
     /// Interface facing the other hosts (VXLAN is sent through it).
-    #[arg(long)]
+    #[arg(long, env = "OVERLAY_UNDERLAY_IFACE")]
     underlay_iface: String,
     /// Underlay address; default: the interface's first IPv4 address.
-    #[arg(long)]
+    #[arg(long, env = "OVERLAY_UNDERLAY_IP")]
     underlay_ip: Option<Ipv4Addr>,
     /// Where the agent keeps its last desired state.
-    #[arg(long, default_value = "/var/lib/overlay/agent")]
+    #[arg(long, env = "OVERLAY_STATE_DIR", default_value = "/var/lib/overlay/agent")]
     state_dir: PathBuf,
     /// Seconds between full reconciles (endpoints checked inside their namespaces).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "OVERLAY_RESYNC_SECS", default_value_t = 30)]
     resync_secs: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]

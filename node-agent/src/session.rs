@@ -119,7 +119,10 @@ pub async fn run(
     let session = session_loop(controllers, config, underlay, spec_tx, applied);
     tokio::select! {
         _ = session => {},
-        _ = shutdown => tracing::info!("shutting down; the datapath stays as it is"),
+        _ = shutdown => {
+            overlay_proto::sd_notify::notify_or_log("STOPPING=1");
+            tracing::info!("shutting down; the datapath stays as it is");
+        }
     }
     for t in tasks {
         t.abort();
@@ -267,6 +270,7 @@ async fn reconcile_loop(
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked_deep = false;
+    let mut ready = false;
     loop {
         let mut deep = !checked_deep;
         tokio::select! {
@@ -293,6 +297,14 @@ async fn reconcile_loop(
                 }
                 for e in &report.errors {
                     tracing::warn!(error = %e, "reconcile");
+                }
+                if !ready {
+                    // systemd's READY: registered (or working offline) and the kernel converged once.
+                    ready = true;
+                    overlay_proto::sd_notify::notify_or_log(&format!(
+                        "READY=1\nSTATUS=converged to revision {}",
+                        report.revision
+                    ));
                 }
                 report_tx.send_replace(Some(Arc::new(report)));
             }

@@ -15,6 +15,7 @@ pub mod raft {
 pub mod connect;
 pub mod mac;
 pub mod names;
+pub mod sd_notify;
 pub mod validate;
 
 pub use v1::*;

@@ -161,6 +161,11 @@ impl Lab {
     // ------------------------------------------------------------------ agents
 
     pub fn start_agent(&mut self, host: usize) -> Result<()> {
+        self.start_agent_with_env(host, &[])
+    }
+
+    /// Starts the agent of `host` with extra environment variables.
+    pub fn start_agent_with_env(&mut self, host: usize, env: &[(&str, &str)]) -> Result<()> {
         let bin = bins::bin("overlay-agent")?;
         let controllers = self.controller_list();
         let resync = self.resync_secs.to_string();
@@ -185,7 +190,8 @@ impl Lab {
             .env(
                 "RUST_LOG",
                 std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            )
+            .envs(env.iter().copied());
         h.agent = Some(Daemon::spawn(&format!("agent-{}", h.name), cmd, &h.log)?);
         Ok(())
     }
