@@ -5,15 +5,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::ValueEnum;
 use overlay_proto::v1 as pb;
+use overlayctl::cli::Format;
 use serde_json::{Value, json};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
 
 fn print_json(v: &Value) {
     println!(

@@ -1,0 +1,177 @@
+//! overlayctl's command line, as data: parsed here, run by the binary, and checked against
+//! the documentation by tests (every command the docs show must parse).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "overlayctl",
+    version,
+    about = "Manage overlay networks, hosts and endpoints"
+)]
+pub struct Cli {
+    /// Controller replicas (HOST:PORT, comma-separated); any of them will do.
+    #[arg(
+        long,
+        global = true,
+        env = "OVERLAY_CONTROLLER",
+        hide_env_values = true,
+        default_value = "127.0.0.1:7400"
+    )]
+    pub controller: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Controller cluster: members, leader, term, commit index, health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Hosts registered by their agents.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Networks: create, list, inspect, update, remove.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Workload endpoints: attach a namespace to a network, detach it, list.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Members, leader, term, commit index and health.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// List hosts.
+    Ls,
+    /// Show one host with its subnet leases.
+    Inspect { name: String },
+    /// Remove a host: its leases and endpoints are released and every other host drops its
+    /// tunnel entries. Stop its agent first, or it registers again.
+    Rm { name: String },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    Vxlan,
+    Macvlan,
+    Nat,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long, value_enum)]
+    pub mode: ModeArg,
+    /// The network's address space, e.g. 10.1.0.0/16 (for macvlan: the LAN subnet).
+    #[arg(long)]
+    pub subnet: String,
+    /// Prefix length of each host's slice (vxlan, nat). Default 24.
+    #[arg(long)]
+    pub host_prefix: Option<u32>,
+    /// VXLAN network identifier (1-16777215). Default: first free from 4096.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// Workload MTU. Default: underlay MTU minus the VXLAN overhead (vxlan), underlay MTU (nat),
+    /// the parent's (macvlan).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Masquerade traffic leaving the network to the host's underlay address (vxlan).
+    #[arg(long)]
+    pub nat_egress: bool,
+    /// macvlan: parent NIC on every host (a VLAN sub-interface like eth0.50 is created if missing).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// macvlan: the LAN's router.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// macvlan: addresses overlay may hand out (default: the whole subnet).
+    #[arg(long)]
+    pub ip_range: Option<String>,
+    /// macvlan mode.
+    #[arg(long, value_parser = ["bridge", "private", "vepa", "passthru"])]
+    pub macvlan_mode: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    Ls,
+    /// Show a network with its leases and endpoints.
+    Inspect { name: String },
+    /// Change a live network: NAT egress on or off, MTU.
+    Update {
+        name: String,
+        /// Masquerade traffic leaving the network (vxlan networks).
+        #[arg(long, value_name = "true|false")]
+        nat_egress: Option<bool>,
+        /// Workload MTU, or 0 to derive it from the underlay again.
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// Remove a network. Refused while it has endpoints, unless --force.
+    Rm {
+        name: String,
+        /// Also detach its endpoints.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCmd {
+    /// Attach a network namespace to a network; prints the address it got.
+    Attach {
+        network: String,
+        /// Host the namespace lives on.
+        #[arg(long)]
+        host: String,
+        /// Namespace: a name under /run/netns, an absolute path, or a pid.
+        #[arg(long)]
+        netns: String,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// Ask for this address instead of the next free one.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Seconds to wait for the host's agent to wire the endpoint.
+        #[arg(long, default_value_t = 15)]
+        wait: u32,
+        /// Only allocate; do not wait for the agent.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Detach a namespace from a network; its address is released.
+    Detach {
+        network: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        netns: String,
+    },
+    /// List endpoints.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
