@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
     /// Log format: text or json.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, env = "OVERLAY_RESYNC_SECS", default_value_t = 30)]
     resync_secs: u64,
     /// Log format: text or json.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 

@@ -95,6 +95,18 @@ pub enum EntryOp {
     },
 }
 
+impl EntryOp {
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            EntryOp::DelAddress { .. }
+                | EntryOp::DelNeighbour { .. }
+                | EntryOp::DelFdb { .. }
+                | EntryOp::DelRoute { .. }
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndpointOp {
     /// Create the veth pair and wire the namespace side (after removing any broken remains).

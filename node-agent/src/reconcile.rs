@@ -4,6 +4,8 @@
 //! the agent's back is repaired by the next pass.
 
 use std::collections::BTreeMap;
+
+use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,9 @@ use crate::kernel::MacvlanRecord;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::plan::{self, EndpointOp, EntryOp, LinkOp};
 use crate::spec::{EndpointSpec, HostSpec};
+
+/// Netlink requests for entries kept in flight at once.
+const ENTRIES_IN_FLIGHT: usize = 128;
 
 /// The underlay interface VXLAN sends through.
 #[derive(Clone, Debug)]
@@ -123,13 +128,26 @@ impl Reconciler {
         }
 
         let entry_ops = plan::entries(spec, &kernel);
-        for op in &entry_ops {
-            match self.nl.apply_entry(op).await {
-                Ok(()) => {
-                    report.changes += 1;
-                    tracing::debug!(?op, "entry");
+        // Removals first, then additions, each as many requests in flight as the socket takes:
+        // the kernel handles them independently, and waiting for every ack in turn would make
+        // a thousand peers cost a thousand round trips.
+        let (removals, additions): (Vec<EntryOp>, Vec<EntryOp>) =
+            entry_ops.iter().cloned().partition(|op| op.is_removal());
+        for batch in [removals, additions] {
+            let nl = self.nl.clone();
+            let results: Vec<Result<(), NetlinkError>> = futures::stream::iter(batch)
+                .map(move |op| {
+                    let nl = nl.clone();
+                    async move { nl.apply_entry(&op).await }
+                })
+                .buffer_unordered(ENTRIES_IN_FLIGHT)
+                .collect()
+                .await;
+            for result in results {
+                match result {
+                    Ok(()) => report.changes += 1,
+                    Err(e) => report.errors.push(e.to_string()),
                 }
-                Err(e) => report.errors.push(e.to_string()),
             }
         }
         if !entry_ops.is_empty() {
@@ -198,8 +216,9 @@ impl Reconciler {
                 stale,
                 bridge_index,
             } => {
+                let started = Instant::now();
                 let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                log_wired(&spec, &result, changes);
+                log_wired(&spec, &result, changes, started);
                 Some((spec.id, result))
             }
             EndpointOp::FixHostSide { spec, index, master } => {
@@ -220,8 +239,9 @@ impl Reconciler {
                 }
                 Ok(Checked::Missing) => {
                     // The workload end is gone from the namespace: rebuild the pair.
+                    let started = Instant::now();
                     let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                    log_wired(&spec, &result, changes);
+                    log_wired(&spec, &result, changes, started);
                     Some((spec.id, result))
                 }
                 Err(e) => Some((spec.id, Err(e))),
@@ -238,11 +258,12 @@ impl Reconciler {
                         Some((spec.id, Ok(())))
                     }
                     Ok(Checked::Missing) => {
+                        let started = Instant::now();
                         let result = endpoint::wire_macvlan(&self.nl, &spec, parent_index).await;
                         let status = result.map(|record| {
                             self.macvlans.insert(record.id, record);
                         });
-                        log_wired(&spec, &status, changes);
+                        log_wired(&spec, &status, changes, started);
                         Some((spec.id, status))
                     }
                     Err(e) => Some((spec.id, Err(e))),
@@ -264,11 +285,12 @@ impl Reconciler {
     }
 }
 
-fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, changes: &mut usize) {
+fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, changes: &mut usize, started: Instant) {
     match result {
         Ok(()) => {
             *changes += 1;
-            tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, "endpoint wired");
+            let took_us = started.elapsed().as_micros() as u64;
+            tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, took_us, "endpoint wired");
         }
         Err(e) => tracing::warn!(id = spec.id, netns = %spec.netns, error = %e, "endpoint not wired"),
     }

@@ -286,13 +286,22 @@ async fn reconcile_loop(
                 if report.errors.is_empty() {
                     applied.store(report.revision, Ordering::Relaxed);
                 }
+                let took_us = report.took.as_micros() as u64;
                 if report.changes > 0 || !report.errors.is_empty() {
                     tracing::info!(
                         revision = report.revision,
                         changes = report.changes,
                         errors = report.errors.len(),
-                        took_ms = report.took.as_millis() as u64,
+                        deep,
+                        took_us,
                         "reconciled"
+                    );
+                } else {
+                    tracing::debug!(
+                        revision = report.revision,
+                        deep,
+                        took_us,
+                        "reconcile pass: nothing to do"
                     );
                 }
                 for e in &report.errors {

@@ -165,6 +165,15 @@ impl ControllerCluster {
         Ok(())
     }
 
+    /// Process id of replica `id` while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.replicas
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.daemon.as_ref())
+            .map(|d| d.pid())
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.replicas.iter().map(|r| r.addr.clone()).collect()
     }

@@ -217,6 +217,10 @@ impl Lab {
         }
     }
 
+    pub fn agent_log_path(&self, host: usize) -> &std::path::Path {
+        &self.hosts[host].log
+    }
+
     pub fn agent_log(&self, host: usize) -> String {
         crate::process::tail(&self.hosts[host].log, 200)
     }

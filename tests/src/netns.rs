@@ -109,3 +109,31 @@ pub fn wire(ns: &str, inner: &str, hub: &str, outer: &str, bridge: &str) -> Resu
     exec(ns, "ip", &["link", "set", inner, "up"])?;
     Ok(())
 }
+
+/// Runs `work` on a fresh thread that entered namespace `ns`, with its own tokio runtime: every
+/// socket it opens (gRPC clients included) lives in that namespace. For test and benchmark
+/// drivers that must talk to processes on a lab's underlay.
+pub fn block_on_in<F, Fut, T>(ns: &str, work: F) -> Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(crate::io(format!("open {path}")))?;
+    std::thread::Builder::new()
+        .name(format!("in-{ns}"))
+        .spawn(move || -> Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| LabError::Setup(format!("setns {path}: {e}")))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(crate::io("runtime"))?;
+            Ok(rt.block_on(work()))
+        })
+        .map_err(crate::io("spawn"))?
+        .join()
+        .map_err(|_| LabError::Setup("namespace worker panicked".into()))?
+}

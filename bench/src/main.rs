@@ -1,0 +1,94 @@
+//! `overlay-bench`: overlay measured against real peers on the same machine in the same run.
+//! `overlay-bench all` runs every measure and writes docs/benchmarks.md (+ .svg); a single
+//! measure (`p1` ... `p6`) updates its result and the page. Run as root, with release builds.
+
+mod common;
+mod p5_fanout;
+mod p6_programming;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "overlay-bench",
+    about = "overlay benchmarks against real peers (run as root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every measure, then the report.
+    All {
+        /// Fewer repetitions and smaller scales, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// P5: a change fanned out to N Watch streams over a state with M endpoints.
+    P5 {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 10000)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 5)]
+        changes: usize,
+    },
+    /// P6: agent programming N remote hosts vs iproute2 batch.
+    P6 {
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Re-render docs/benchmarks.md from the saved results.
+    Report,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    anyhow::ensure!(
+        nix_is_root(),
+        "run as root: the benchmarks build network namespaces"
+    );
+    match cli.command {
+        Cmd::All { quick } => {
+            let rounds = if quick { 3 } else { 5 };
+            report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
+            report::save(&p6_programming::run(1000, rounds)?)?;
+        }
+        Cmd::P5 {
+            agents,
+            endpoints,
+            changes,
+        } => report::save(&p5_fanout::run(agents, endpoints, changes)?)?,
+        Cmd::P6 { hosts, rounds } => report::save(&p6_programming::run(hosts, rounds)?)?,
+        Cmd::Report => {}
+    }
+    report::write_docs(&repo_root(), &common::machine())?;
+    println!("wrote docs/benchmarks.md and docs/benchmarks.svg");
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
