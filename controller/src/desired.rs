@@ -1,13 +1,21 @@
-//! Desired state per host: everything one agent must program, computed from the cluster state.
+//! Desired state per host, and the Watch events that carry it.
 //!
-//! Pure: the Watch stream calls it on every revision and sends the result only when it differs
-//! from what that agent last received. The agent never sees other hosts' endpoints, only the
-//! peers it needs tunnel entries for.
+//! [`Model`] is built once per revision from the cluster state and shared (behind `Arc`) by
+//! every Watch stream of a replica. Parts that did not change keep the previous revision's
+//! `Arc`, so telling what changed for one host is mostly pointer comparisons: a change that
+//! concerns every host (a peer joins) costs each stream a small delta, not a rebuild and
+//! resend of its whole state.
+//!
+//! Pure: no I/O. The agent never sees other hosts' endpoints, only the peers it needs tunnel
+//! entries for.
 
-use overlay_proto::v1 as pb;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use overlay_proto::v1::{self as pb, watch_event};
 
 use crate::ipam;
-use crate::model::{Host, Mode, Network};
+use crate::model::{Mode, Network};
 use crate::state::ClusterState;
 
 /// VXLAN over an IPv4 underlay costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) +
@@ -27,87 +35,413 @@ pub fn host_ifname(endpoint_id: u64) -> String {
     format!("{}{endpoint_id:x}", overlay_proto::names::ENDPOINT_PREFIX)
 }
 
-/// MTU of a network's workload interfaces on every host. Explicit if set; otherwise the smallest
-/// that fits every host holding a lease, so a host with a smaller underlay does not become a
-/// black hole for full-size packets from the others.
-pub fn network_mtu(state: &ClusterState, network: &Network, host: &Host) -> u32 {
-    if let Some(mtu) = network.mtu {
-        return mtu;
-    }
-    match network.mode {
-        Mode::Vxlan => network
-            .leases
-            .keys()
-            .filter_map(|h| state.hosts.get(h))
-            .map(|h| h.underlay_mtu)
-            .chain(std::iter::once(host.underlay_mtu))
-            .min()
-            .unwrap_or(host.underlay_mtu)
-            .saturating_sub(VXLAN_OVERHEAD),
-        Mode::Nat => host.underlay_mtu,
-        // Inherit the parent's MTU.
-        Mode::Macvlan => 0,
+/// A host's own record, as its agent sees it.
+#[derive(Debug, PartialEq, Eq)]
+struct HostRecord {
+    underlay_ip: String,
+    vtep_mac: String,
+}
+
+/// One host's place in one network.
+#[derive(Debug, PartialEq, Eq)]
+struct Member {
+    subnet: String,
+    gateway: String,
+    mtu: u32,
+    /// What the other hosts program for this one (vxlan only).
+    peer: Option<pb::Peer>,
+}
+
+type Members = BTreeMap<String, Arc<Member>>;
+type EndpointLists = BTreeMap<String, Arc<Vec<pb::LocalEndpoint>>>;
+
+/// One network at one revision.
+#[derive(Debug)]
+struct NetModel {
+    /// Everything but the per-host fields (subnet, gateway, MTU), peers and endpoints.
+    base: pb::NetworkState,
+    members: Arc<Members>,
+    /// Host → its endpoints in this network, by id.
+    endpoints: Arc<EndpointLists>,
+}
+
+/// What every host must program, at one revision.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub revision: u64,
+    /// The state's [`ChangeMarks`](crate::state::ChangeMarks) epoch this model was built in.
+    epoch: u64,
+    hosts: Arc<BTreeMap<String, Arc<HostRecord>>>,
+    networks: BTreeMap<String, Arc<NetModel>>,
+}
+
+/// `new`, or `old` when they are equal: unchanged parts keep their identity across revisions.
+fn reuse<T: PartialEq>(old: Option<&Arc<T>>, new: T) -> Arc<T> {
+    match old {
+        Some(o) if **o == new => o.clone(),
+        _ => Arc::new(new),
     }
 }
 
-/// The desired state of `host_name`, or `None` if no such host is registered.
-pub fn for_host(state: &ClusterState, host_name: &str) -> Option<pb::HostDesiredState> {
-    let host = state.hosts.get(host_name)?;
-    let mut networks = Vec::new();
-    for network in state.networks.values() {
-        if let Some(ns) = network_state(state, network, host) {
-            networks.push(ns);
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+impl Model {
+    /// Builds the model of `state`, sharing whatever did not change with `prev`. Guided by the
+    /// state's change marks, only the parts that changed since `prev` are rebuilt: an endpoint
+    /// attach costs one host's endpoint list, not the whole network.
+    pub fn build(state: &ClusterState, prev: Option<&Model>) -> Model {
+        let marks = &state.marks;
+        // Marks are comparable only within one epoch.
+        let prev = prev.filter(|p| p.epoch == marks.epoch);
+        let since = |rev: u64| prev.is_none_or(|p| rev > p.revision);
+        let hosts = match prev {
+            Some(p) if !since(marks.hosts) => p.hosts.clone(),
+            _ => Arc::new(
+                state
+                    .hosts
+                    .iter()
+                    .map(|(name, h)| {
+                        let record = HostRecord {
+                            underlay_ip: h.underlay_ip.to_string(),
+                            vtep_mac: h.vtep_mac.to_string(),
+                        };
+                        (name.clone(), reuse(prev.and_then(|p| p.hosts.get(name)), record))
+                    })
+                    .collect(),
+            ),
+        };
+        let networks = state
+            .networks
+            .values()
+            .map(|n| {
+                let old = prev.and_then(|p| p.networks.get(&n.name));
+                let settings_changed = since(marks.networks.get(&n.name).copied().unwrap_or(0));
+                let lists_changed: Vec<&String> = marks
+                    .endpoints
+                    .range((n.name.clone(), String::new())..)
+                    .take_while(|((net, _), _)| *net == n.name)
+                    .filter(|(_, rev)| since(**rev))
+                    .map(|((_, host), _)| host)
+                    .collect();
+                let model = match old {
+                    Some(o) if !settings_changed && lists_changed.is_empty() => o.clone(),
+                    _ => net_model(state, n, old, settings_changed, &lists_changed),
+                };
+                (n.name.clone(), model)
+            })
+            .collect();
+        Model {
+            revision: state.revision,
+            epoch: marks.epoch,
+            hosts,
+            networks,
         }
     }
-    Some(pb::HostDesiredState {
-        revision: state.revision,
-        host_name: host.name.clone(),
-        underlay_ip: host.underlay_ip.to_string(),
-        vtep_mac: host.vtep_mac.to_string(),
-        networks,
+
+    pub fn has_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host)
+    }
+
+    /// The full desired state of `host`, or `None` if it is not registered.
+    pub fn full(&self, host: &str) -> Option<pb::HostDesiredState> {
+        let h = self.hosts.get(host)?;
+        let networks = self
+            .networks
+            .values()
+            .filter(|n| n.members.contains_key(host))
+            .map(|n| n.view_for(host))
+            .collect();
+        Some(pb::HostDesiredState {
+            revision: self.revision,
+            host_name: host.to_string(),
+            underlay_ip: h.underlay_ip.clone(),
+            vtep_mac: h.vtep_mac.clone(),
+            networks,
+        })
+    }
+
+    /// What changed for `host` since `prev` (the model it last received), as a delta; `None`
+    /// when nothing that host programs changed. `host` must be registered in `self`.
+    pub fn delta(&self, prev: &Model, host: &str) -> Option<pb::WatchEvent> {
+        let now = self.hosts.get(host)?;
+        let mut d = pb::DesiredDelta {
+            base_revision: prev.revision,
+            ..Default::default()
+        };
+        if !prev.hosts.get(host).is_some_and(|p| same(p, now)) {
+            d.underlay_ip = now.underlay_ip.clone();
+            d.vtep_mac = now.vtep_mac.clone();
+        }
+        let names: BTreeSet<&String> = prev.networks.keys().chain(self.networks.keys()).collect();
+        for name in names {
+            let old = prev.networks.get(name).filter(|n| n.members.contains_key(host));
+            let new = self.networks.get(name).filter(|n| n.members.contains_key(host));
+            match (old, new) {
+                (None, None) => {}
+                (Some(_), None) => d.remove_networks.push(name.clone()),
+                (None, Some(n)) => d.upsert_networks.push(n.view_for(host)),
+                (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {}
+                (Some(o), Some(n)) => {
+                    if o.base != n.base || !same(&o.members[host], &n.members[host]) {
+                        d.upsert_networks.push(n.view_for(host));
+                        continue;
+                    }
+                    let peers = peer_changes(name, o, n, host);
+                    if !peers.upsert.is_empty() || !peers.remove.is_empty() {
+                        d.peer_changes.push(peers);
+                    }
+                    let (oe, ne) = (o.endpoints.get(host), n.endpoints.get(host));
+                    let unchanged = match (oe, ne) {
+                        (Some(a), Some(b)) => same(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !unchanged {
+                        d.endpoint_lists.push(pb::EndpointList {
+                            network: name.clone(),
+                            endpoints: ne.map(|v| v.to_vec()).unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        let empty = d.underlay_ip.is_empty()
+            && d.upsert_networks.is_empty()
+            && d.remove_networks.is_empty()
+            && d.peer_changes.is_empty()
+            && d.endpoint_lists.is_empty();
+        if empty {
+            return None;
+        }
+        Some(pb::WatchEvent {
+            revision: self.revision,
+            event: Some(watch_event::Event::Delta(d)),
+        })
+    }
+
+    pub fn full_event(&self, host: &str) -> Option<pb::WatchEvent> {
+        Some(pb::WatchEvent {
+            revision: self.revision,
+            event: Some(watch_event::Event::Full(self.full(host)?)),
+        })
+    }
+}
+
+/// Peers that joined, changed or left network `name` between `o` and `n`, as seen by `host`.
+/// A merge of two sorted maps where unchanged entries are usually the same `Arc`.
+fn peer_changes(name: &str, o: &NetModel, n: &NetModel, host: &str) -> pb::PeerChanges {
+    let mut out = pb::PeerChanges {
+        network: name.to_string(),
+        ..Default::default()
+    };
+    if Arc::ptr_eq(&o.members, &n.members) {
+        return out;
+    }
+    let mut a = o
+        .members
+        .iter()
+        .filter(|(h, m)| *h != host && m.peer.is_some())
+        .peekable();
+    let mut b = n
+        .members
+        .iter()
+        .filter(|(h, m)| *h != host && m.peer.is_some())
+        .peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ha, _)), None) => {
+                out.remove.push((*ha).clone());
+                a.next();
+            }
+            (None, Some((_, mb))) => {
+                out.upsert.extend(mb.peer.clone());
+                b.next();
+            }
+            (Some((ha, ma)), Some((hb, mb))) => match ha.cmp(hb) {
+                std::cmp::Ordering::Less => {
+                    out.remove.push((*ha).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.upsert.extend(mb.peer.clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(ma, mb) && ma.peer != mb.peer {
+                        out.upsert.extend(mb.peer.clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    out
+}
+
+impl NetModel {
+    /// The network as `host` (a member) must program it.
+    fn view_for(&self, host: &str) -> pb::NetworkState {
+        let me = &self.members[host];
+        pb::NetworkState {
+            subnet: me.subnet.clone(),
+            gateway: me.gateway.clone(),
+            mtu: me.mtu,
+            peers: self
+                .members
+                .iter()
+                .filter(|(h, _)| *h != host)
+                .filter_map(|(_, m)| m.peer.clone())
+                .collect(),
+            endpoints: self.endpoints.get(host).map(|v| v.to_vec()).unwrap_or_default(),
+            ..self.base.clone()
+        }
+    }
+}
+
+fn mode(m: Mode) -> pb::NetworkMode {
+    match m {
+        Mode::Vxlan => pb::NetworkMode::Vxlan,
+        Mode::Macvlan => pb::NetworkMode::Macvlan,
+        Mode::Nat => pb::NetworkMode::Nat,
+    }
+}
+
+/// The model of network `n`. With an `old` model, only what changed is rebuilt: the settings
+/// and members when `settings_changed`, and the endpoint lists of `lists_changed` hosts.
+fn net_model(
+    state: &ClusterState,
+    n: &Network,
+    old: Option<&Arc<NetModel>>,
+    settings_changed: bool,
+    lists_changed: &[&String],
+) -> Arc<NetModel> {
+    let (base, members) = match old {
+        Some(o) if !settings_changed => (o.base.clone(), o.members.clone()),
+        _ => (net_base(n), Arc::new(members(state, n, old))),
+    };
+    let endpoints = match old {
+        Some(o) => {
+            let mut lists = (*o.endpoints).clone();
+            for host in lists_changed {
+                let list = endpoint_list(state.endpoints_of(&n.name, host));
+                if list.is_empty() {
+                    lists.remove(*host);
+                } else {
+                    lists.insert((*host).clone(), reuse(o.endpoints.get(*host), list));
+                }
+            }
+            Arc::new(lists)
+        }
+        None => {
+            let mut by_host: BTreeMap<String, Vec<&crate::model::Endpoint>> = BTreeMap::new();
+            for e in state.network_endpoints(&n.name) {
+                by_host.entry(e.host.clone()).or_default().push(e);
+            }
+            Arc::new(
+                by_host
+                    .into_iter()
+                    .map(|(h, eps)| (h, Arc::new(endpoint_list(eps))))
+                    .collect(),
+            )
+        }
+    };
+    Arc::new(NetModel {
+        base,
+        members,
+        endpoints,
     })
 }
 
-fn network_state(state: &ClusterState, network: &Network, host: &Host) -> Option<pb::NetworkState> {
-    let (subnet, gateway) = match network.mode {
+fn net_base(n: &Network) -> pb::NetworkState {
+    pb::NetworkState {
+        name: n.name.clone(),
+        id: n.id,
+        mode: mode(n.mode) as i32,
+        cidr: n.cidr.to_string(),
+        vni: n.vni.unwrap_or(0),
+        nat_egress: n.nat_egress,
+        bridge_name: if n.mode == Mode::Macvlan {
+            String::new()
+        } else {
+            bridge_name(n.id)
+        },
+        vxlan_name: if n.mode == Mode::Vxlan {
+            vxlan_name(n.id)
+        } else {
+            String::new()
+        },
+        macvlan: n.macvlan.as_ref().map(|m| pb::MacvlanOptions {
+            parent: m.parent.clone(),
+            gateway: m.gateway.to_string(),
+            ip_range: m.ip_range.to_string(),
+            mode: m.mode.label().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every host's place in `n`, reusing `old` entries that did not change.
+fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Members {
+    // The vxlan MTU fits every member's underlay, so a host with a smaller one is no black hole.
+    let vxlan_mtu = n
+        .leases
+        .keys()
+        .filter_map(|h| state.hosts.get(h))
+        .map(|h| h.underlay_mtu)
+        .min();
+    let old_member = |host: &str| old.and_then(|o| o.members.get(host));
+    let mut members = BTreeMap::new();
+    match n.mode {
         Mode::Vxlan | Mode::Nat => {
-            // No lease (pool exhausted when the host joined): nothing to program here.
-            let lease = network.leases.get(&host.name)?;
-            (
-                lease.subnet.to_string(),
-                ipam::subnet_gateway(lease.subnet).to_string(),
-            )
+            for (host, lease) in &n.leases {
+                let Some(h) = state.hosts.get(host) else { continue };
+                let subnet = lease.subnet.to_string();
+                let mtu = n.mtu.unwrap_or(match n.mode {
+                    Mode::Vxlan => vxlan_mtu.unwrap_or(h.underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
+                    _ => h.underlay_mtu,
+                });
+                let peer = (n.mode == Mode::Vxlan).then(|| pb::Peer {
+                    host: host.clone(),
+                    underlay_ip: h.underlay_ip.to_string(),
+                    vtep_mac: h.vtep_mac.to_string(),
+                    subnet: subnet.clone(),
+                });
+                let member = Member {
+                    gateway: ipam::subnet_gateway(lease.subnet).to_string(),
+                    subnet,
+                    mtu,
+                    peer,
+                };
+                members.insert(host.clone(), reuse(old_member(host), member));
+            }
         }
         Mode::Macvlan => {
-            let gw = network
+            let gateway = n
                 .macvlan
                 .as_ref()
                 .map(|m| m.gateway.to_string())
                 .unwrap_or_default();
-            (network.cidr.to_string(), gw)
+            for host in state.hosts.keys() {
+                let member = Member {
+                    subnet: n.cidr.to_string(),
+                    gateway: gateway.clone(),
+                    mtu: n.mtu.unwrap_or(0),
+                    peer: None,
+                };
+                members.insert(host.clone(), reuse(old_member(host), member));
+            }
         }
-    };
-    let peers = if network.mode == Mode::Vxlan {
-        network
-            .leases
-            .iter()
-            .filter(|(name, _)| *name != &host.name)
-            .filter_map(|(name, lease)| {
-                let peer = state.hosts.get(name)?;
-                Some(pb::Peer {
-                    host: name.clone(),
-                    underlay_ip: peer.underlay_ip.to_string(),
-                    vtep_mac: peer.vtep_mac.to_string(),
-                    subnet: lease.subnet.to_string(),
-                })
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let endpoints = state
-        .network_endpoints(&network.name)
-        .filter(|e| e.host == host.name)
+    }
+    members
+}
+
+fn endpoint_list<'a>(eps: impl IntoIterator<Item = &'a crate::model::Endpoint>) -> Vec<pb::LocalEndpoint> {
+    let mut list: Vec<pb::LocalEndpoint> = eps
+        .into_iter()
         .map(|e| pb::LocalEndpoint {
             id: e.id,
             netns: e.netns.clone(),
@@ -118,123 +452,15 @@ fn network_state(state: &ClusterState, network: &Network, host: &Host) -> Option
             host_ifname: host_ifname(e.id),
         })
         .collect();
-    let mode = match network.mode {
-        Mode::Vxlan => pb::NetworkMode::Vxlan,
-        Mode::Macvlan => pb::NetworkMode::Macvlan,
-        Mode::Nat => pb::NetworkMode::Nat,
-    };
-    Some(pb::NetworkState {
-        name: network.name.clone(),
-        id: network.id,
-        mode: mode as i32,
-        cidr: network.cidr.to_string(),
-        subnet,
-        gateway,
-        vni: network.vni.unwrap_or(0),
-        mtu: network_mtu(state, network, host),
-        nat_egress: network.nat_egress,
-        bridge_name: if network.mode == Mode::Macvlan {
-            String::new()
-        } else {
-            bridge_name(network.id)
-        },
-        vxlan_name: if network.mode == Mode::Vxlan {
-            vxlan_name(network.id)
-        } else {
-            String::new()
-        },
-        macvlan: network.macvlan.as_ref().map(|m| pb::MacvlanOptions {
-            parent: m.parent.clone(),
-            gateway: m.gateway.to_string(),
-            ip_range: m.ip_range.to_string(),
-            mode: m.mode.label().to_string(),
-        }),
-        peers,
-        endpoints,
-    })
+    list.sort_by_key(|e| e.id);
+    list
+}
+
+/// The full desired state of `host` computed directly from the state (what a new Watch stream
+/// starts with), or `None` if no such host is registered.
+pub fn for_host(state: &ClusterState, host: &str) -> Option<pb::HostDesiredState> {
+    Model::build(state, None).full(host)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::NetworkSpec;
-    use crate::state::Command;
-
-    fn setup() -> ClusterState {
-        let mut s = ClusterState::default();
-        for (i, mtu) in [(1, 1500), (2, 1500), (3, 1450)] {
-            s.apply(Command::RegisterHost {
-                name: format!("h{i}"),
-                underlay_ip: format!("192.0.2.2{i}").parse().unwrap(),
-                underlay_iface: "eth0".into(),
-                underlay_mtu: mtu,
-                now_ms: 0,
-            });
-        }
-        s.apply(Command::CreateNetwork {
-            spec: NetworkSpec {
-                name: "blue".into(),
-                mode: Mode::Vxlan,
-                cidr: "10.1.0.0/16".parse().unwrap(),
-                host_prefix: None,
-                vni: Some(42),
-                mtu: None,
-                nat_egress: false,
-                macvlan: None,
-            },
-            now_ms: 0,
-        });
-        for (h, ns) in [("h1", "a"), ("h2", "b"), ("h1", "c")] {
-            s.apply(Command::AttachEndpoint {
-                network: "blue".into(),
-                host: h.into(),
-                netns: ns.into(),
-                ifname: "eth0".into(),
-                ip: None,
-                now_ms: 0,
-            })
-            .result
-            .unwrap();
-        }
-        s
-    }
-
-    #[test]
-    fn host_sees_its_endpoints_and_every_other_peer() {
-        let s = setup();
-        let d = for_host(&s, "h1").unwrap();
-        assert_eq!(d.revision, s.revision);
-        assert_eq!(d.networks.len(), 1);
-        let n = &d.networks[0];
-        assert_eq!(
-            (n.vni, n.subnet.as_str(), n.gateway.as_str()),
-            (42, "10.1.0.0/24", "10.1.0.1")
-        );
-        assert_eq!(n.vxlan_name, "ovx-1");
-        assert_eq!(n.bridge_name, "ovb-1");
-        let peers: Vec<_> = n
-            .peers
-            .iter()
-            .map(|p| (p.host.as_str(), p.subnet.as_str()))
-            .collect();
-        assert_eq!(peers, [("h2", "10.1.1.0/24"), ("h3", "10.1.2.0/24")]);
-        let eps: Vec<_> = n
-            .endpoints
-            .iter()
-            .map(|e| (e.netns.as_str(), e.address.as_str()))
-            .collect();
-        assert_eq!(eps, [("a", "10.1.0.2/24"), ("c", "10.1.0.3/24")]);
-        // The smallest underlay (h3: 1450) sets the MTU for everyone.
-        assert_eq!(n.mtu, 1400);
-        assert!(for_host(&s, "nope").is_none());
-    }
-
-    #[test]
-    fn removed_host_disappears_from_peers() {
-        let mut s = setup();
-        s.apply(Command::RemoveHost { name: "h2".into() }).result.unwrap();
-        let d = for_host(&s, "h1").unwrap();
-        let peers: Vec<_> = d.networks[0].peers.iter().map(|p| p.host.as_str()).collect();
-        assert_eq!(peers, ["h3"]);
-    }
-}
+mod tests;

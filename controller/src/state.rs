@@ -254,6 +254,36 @@ pub struct ClusterState {
     /// (network, host, netns) → endpoint id.
     #[serde(skip)]
     by_key: BTreeMap<(String, String, String), u64>,
+    /// Where each part last changed, for incremental readers.
+    #[serde(skip)]
+    pub marks: ChangeMarks,
+}
+
+/// The revision at which each part of the desired state last changed, so the Watch model can
+/// rebuild only what changed instead of everything on every revision. Local bookkeeping, not
+/// replicated: a new `epoch` (after a snapshot is loaded) tells readers to start over.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeMarks {
+    pub epoch: u64,
+    /// Host records (address, MTU, VTEP MAC, the set of hosts).
+    pub hosts: u64,
+    /// A network's own settings or its leases.
+    pub networks: BTreeMap<String, u64>,
+    /// The endpoint list of one host in one network.
+    pub endpoints: BTreeMap<(String, String), u64>,
+}
+
+/// What a command may change, noted before it runs.
+enum Touch {
+    Nothing,
+    Network(String),
+    /// Host records changed; `Some(name)`: that host (and with it its endpoints) went away.
+    Hosts(Option<String>),
+    Endpoints {
+        network: String,
+        host: String,
+        had_lease: bool,
+    },
 }
 
 impl PartialEq for ClusterState {
@@ -270,6 +300,14 @@ impl PartialEq for ClusterState {
 impl ClusterState {
     /// Restores the derived indices; call after deserializing.
     pub fn rebuild_indices(&mut self) {
+        // A process-wide counter: a state replaced by a snapshot must never share an epoch with
+        // the one it replaces, or readers would trust marks that describe another history.
+        static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.marks = ChangeMarks {
+            epoch,
+            ..ChangeMarks::default()
+        };
         self.addresses = self
             .networks
             .keys()
@@ -295,6 +333,7 @@ impl ClusterState {
     /// Applies one command. On error nothing has changed, the revision included.
     pub fn apply(&mut self, cmd: Command) -> Reply {
         let bumps = cmd.bumps_revision();
+        let touch = self.touch(&cmd);
         let result = match cmd {
             Command::CreateNetwork { spec, now_ms } => {
                 self.create_network(spec, now_ms).map(Response::Network)
@@ -345,11 +384,79 @@ impl ClusterState {
         };
         if result.is_ok() && bumps {
             self.revision += 1;
+            self.mark(touch);
         }
         Reply {
             revision: self.revision,
             result,
         }
+    }
+
+    fn touch(&self, cmd: &Command) -> Touch {
+        match cmd {
+            Command::CreateNetwork { spec, .. } => Touch::Network(spec.name.clone()),
+            Command::UpdateNetwork { name, .. } | Command::DeleteNetwork { name, .. } => {
+                Touch::Network(name.clone())
+            }
+            Command::RegisterHost { .. } => Touch::Hosts(None),
+            Command::RemoveHost { name } => Touch::Hosts(Some(name.clone())),
+            Command::AttachEndpoint { network, host, .. } | Command::DetachEndpoint { network, host, .. } => {
+                Touch::Endpoints {
+                    network: network.clone(),
+                    host: host.clone(),
+                    had_lease: self
+                        .networks
+                        .get(network)
+                        .is_some_and(|n| n.leases.contains_key(host)),
+                }
+            }
+            Command::Heartbeat { .. } | Command::ReportEndpoints { .. } => Touch::Nothing,
+        }
+    }
+
+    fn mark(&mut self, touch: Touch) {
+        let rev = self.revision;
+        match touch {
+            Touch::Nothing => {}
+            Touch::Network(name) => {
+                self.marks.networks.insert(name, rev);
+            }
+            Touch::Hosts(removed) => {
+                // Hosts are members of networks (leases, peers, MTU): every network is affected.
+                // Rare next to endpoint churn.
+                self.marks.hosts = rev;
+                for name in self.networks.keys() {
+                    self.marks.networks.insert(name.clone(), rev);
+                    if let Some(host) = &removed {
+                        self.marks.endpoints.insert((name.clone(), host.clone()), rev);
+                    }
+                }
+            }
+            Touch::Endpoints {
+                network,
+                host,
+                had_lease,
+            } => {
+                let has_lease = self
+                    .networks
+                    .get(&network)
+                    .is_some_and(|n| n.leases.contains_key(&host));
+                if has_lease != had_lease {
+                    self.marks.networks.insert(network.clone(), rev);
+                }
+                self.marks.endpoints.insert((network, host), rev);
+            }
+        }
+    }
+
+    /// Endpoints of one host in one network, by id.
+    pub fn endpoints_of<'a>(&'a self, network: &str, host: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        let (network, host) = (network.to_string(), host.to_string());
+        let start = (network.clone(), host.clone(), String::new());
+        self.by_key
+            .range(start..)
+            .take_while(move |((n, h, _), _)| *n == network && *h == host)
+            .filter_map(|(_, id)| self.endpoints.get(id))
     }
 
     // ------------------------------------------------------------------ networks
@@ -977,4 +1084,4 @@ pub fn validate_netns(netns: &str) -> Result<(), StateError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -390,12 +390,20 @@ async fn snapshots_compact_the_log() {
     assert_eq!(status(&c).await.unwrap().revision, revision);
 }
 
-async fn next(stream: &mut tonic::Streaming<pb::HostDesiredState>) -> pb::HostDesiredState {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
+/// The next Watch event applied to `state` (a full state first, deltas after); returns the
+/// resulting state and whether the event was a full one.
+async fn next(
+    stream: &mut tonic::Streaming<pb::WatchEvent>,
+    state: &mut pb::HostDesiredState,
+) -> (pb::HostDesiredState, bool) {
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("watch message in time")
         .expect("stream ok")
-        .expect("stream open")
+        .expect("stream open");
+    let full = matches!(event.event, Some(pb::watch_event::Event::Full(_)));
+    overlay_proto::watch::apply(state, event).expect("event applies");
+    (state.clone(), full)
 }
 
 fn inspect_store(path: &std::path::Path) -> (u64, u64, usize) {
@@ -434,7 +442,9 @@ async fn watch_streams_initial_state_then_each_change() {
         .expect("watch")
         .into_inner();
 
-    let first = next(&mut stream).await;
+    let mut state = pb::HostDesiredState::default();
+    let (first, full) = next(&mut stream, &mut state).await;
+    assert!(full, "a stream starts with the full state");
     assert_eq!(first.host_name, "h1");
     let net = &first.networks[0];
     assert_eq!(
@@ -449,7 +459,8 @@ async fn watch_streams_initial_state_then_each_change() {
     assert!(net.endpoints.is_empty());
 
     let ep = attach(&c, "blue", "h1", "w1").await.unwrap();
-    let second = next(&mut stream).await;
+    let (second, full) = next(&mut stream, &mut state).await;
+    assert!(!full, "then deltas");
     assert!(second.revision > first.revision);
     assert_eq!(second.networks[0].endpoints.len(), 1);
     assert_eq!(second.networks[0].endpoints[0].address, ep.address);
@@ -457,7 +468,7 @@ async fn watch_streams_initial_state_then_each_change() {
     // Irrelevant to h1: an endpoint on h2. No message for it; the next one is h3 joining.
     attach(&c, "blue", "h2", "w2").await.unwrap();
     register(&c, "h3", "192.0.2.23").await;
-    let third = next(&mut stream).await;
+    let (third, _) = next(&mut stream, &mut state).await;
     assert!(
         third.revision > second.revision + 1,
         "the h2-only change was skipped"
@@ -473,7 +484,7 @@ async fn watch_streams_initial_state_then_each_change() {
     })
     .await
     .unwrap();
-    let fourth = next(&mut stream).await;
+    let (fourth, _) = next(&mut stream, &mut state).await;
     let peers: Vec<_> = fourth.networks[0].peers.iter().map(|p| p.host.as_str()).collect();
     assert_eq!(peers, ["h3"]);
     assert!(fourth.revision > third.revision);

@@ -189,12 +189,19 @@ async fn session(
         .await?
         .into_inner();
     let mut heartbeat = tokio::time::interval(config.heartbeat);
+    // This session's copy of the desired state: a full state, then the deltas applied to it.
+    let mut desired = pb::HostDesiredState::default();
     loop {
         tokio::select! {
             msg = stream.message() => {
-                let Some(desired) = msg? else { return Ok(()) };
+                let Some(event) = msg? else { return Ok(()) };
+                let full = matches!(event.event, Some(pb::watch_event::Event::Full(_)));
+                if let Err(e) = overlay_proto::watch::apply(&mut desired, event) {
+                    // Never program a state built on the wrong base: start over with a full one.
+                    return Err(tonic::Status::data_loss(e.to_string()));
+                }
                 let spec = HostSpec::from_proto(&desired, underlay.ip);
-                tracing::debug!(revision = spec.revision, networks = spec.networks.len(), "desired state received");
+                tracing::debug!(revision = spec.revision, full, networks = spec.networks.len(), "desired state received");
                 persist(&config.state_dir, &desired);
                 spec_tx.send_replace(Some(Arc::new(spec)));
             }

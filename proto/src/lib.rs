@@ -17,5 +17,6 @@ pub mod mac;
 pub mod names;
 pub mod sd_notify;
 pub mod validate;
+pub mod watch;
 
 pub use v1::*;

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_server::Agent;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::{convert, invalid, parse, status};
-use crate::desired;
+use crate::desired::Model;
 use crate::model::EndpointStatus;
 use crate::node::{Node, now_ms};
 use crate::state::{Command, Response as Done};
@@ -33,13 +33,26 @@ pub struct AgentSeen {
 pub struct AgentApi {
     node: Arc<Node>,
     seen: Arc<Mutex<HashMap<String, AgentSeen>>>,
+    /// The desired-state model of the latest revision, shared by every Watch stream.
+    models: watch::Sender<Arc<Model>>,
 }
+
+/// Revisions arriving within this window share one model rebuild.
+const MODEL_COALESCE: Duration = Duration::from_millis(5);
+
+/// How long a new Watch stream waits for the model to include changes already applied.
+const MODEL_CATCH_UP: Duration = Duration::from_secs(5);
 
 impl AgentApi {
     pub fn new(node: Arc<Node>) -> Self {
+        let view = node.view.clone();
+        let initial = Arc::new(view.read(|s| Model::build(s, None)));
+        let (models, _) = watch::channel(initial);
+        tokio::spawn(publish_models(view, models.clone()));
         Self {
             node,
             seen: Arc::default(),
+            models,
         }
     }
 
@@ -55,11 +68,18 @@ impl AgentApi {
     }
 }
 
-/// The desired state without its revision, to tell whether anything an agent programs changed.
-fn content(d: &pb::HostDesiredState) -> pb::HostDesiredState {
-    pb::HostDesiredState {
-        revision: 0,
-        ..d.clone()
+/// Rebuilds the shared model after every revision change, once for all Watch streams. Parts
+/// that did not change are shared with the previous model.
+async fn publish_models(view: crate::raft::StateView, models: watch::Sender<Arc<Model>>) {
+    let mut revisions = view.subscribe();
+    while revisions.changed().await.is_ok() {
+        // Under a burst of writes, one model for several revisions: a few milliseconds of
+        // delay for the streams instead of a rebuild competing with every write.
+        tokio::time::sleep(MODEL_COALESCE).await;
+        revisions.borrow_and_update();
+        let previous = models.borrow().clone();
+        let next = view.read(|s| Model::build(s, Some(&previous)));
+        models.send_replace(Arc::new(next));
     }
 }
 
@@ -123,42 +143,44 @@ impl Agent for AgentApi {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<pb::HostDesiredState, Status>>;
+    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let host = req.into_inner().host_name;
-        let view = self.node.view.clone();
-        // Subscribe before the first read so no change between the two is missed.
-        let mut revisions = view.subscribe();
-        let first = view
-            .read(|s| desired::for_host(s, &host))
-            .ok_or_else(|| Self::unknown_host(&host))?;
-        let (tx, rx) = mpsc::channel(4);
+        let mut models = self.models.subscribe();
+        // Start from a model that includes every change applied before this call (a host that
+        // just registered must find itself in it).
+        let applied = self.node.view.revision();
+        let first = tokio::time::timeout(MODEL_CATCH_UP, models.wait_for(|m| m.revision >= applied))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|m| m.clone())
+            .unwrap_or_else(|| models.borrow().clone());
+        let event = first.full_event(&host).ok_or_else(|| Self::unknown_host(&host))?;
+        let (tx, rx) = mpsc::channel(16);
         tracing::info!(%host, revision = first.revision, "watch started");
         tokio::spawn(async move {
-            let mut last = content(&first);
-            if tx.send(Ok(first)).await.is_err() {
+            if tx.send(Ok(event)).await.is_err() {
                 return;
             }
+            // The model this agent last received: deltas are computed against it.
+            let mut sent = first;
             loop {
                 tokio::select! {
-                    changed = revisions.changed() => if changed.is_err() { break },
+                    changed = models.changed() => if changed.is_err() { break },
                     _ = tx.closed() => break,
                 }
-                match view.read(|s| desired::for_host(s, &host)) {
-                    None => {
-                        let _ = tx.send(Err(Self::unknown_host(&host))).await;
+                let current = models.borrow_and_update().clone();
+                if !current.has_host(&host) {
+                    let _ = tx.send(Err(Self::unknown_host(&host))).await;
+                    break;
+                }
+                if let Some(event) = current.delta(&sent, &host) {
+                    if tx.send(Ok(event)).await.is_err() {
                         break;
                     }
-                    Some(next) => {
-                        let next_content = content(&next);
-                        if next_content != last {
-                            last = next_content;
-                            if tx.send(Ok(next)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
+                    sent = current;
                 }
             }
             tracing::info!(%host, "watch ended");

@@ -608,8 +608,10 @@ fn every_command_survives_the_log_encoding() {
 // ---------------------------------------------------------------- property tests
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     Register(u8),
+    /// Re-register with another underlay address and MTU (a host that moved).
+    Move(u8, u8),
     RemoveHost(u8),
     Create(u8, u8, Option<u8>),
     Delete(u8, bool),
@@ -617,9 +619,10 @@ enum Op {
     Detach(u8, u8, u8),
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..6).prop_map(Op::Register),
+        (0u8..6, 0u8..2).prop_map(|(h, v)| Op::Move(h, v)),
         (0u8..6).prop_map(Op::RemoveHost),
         (0u8..4, 0u8..6, proptest::option::of(26u8..29)).prop_map(|(n, c, p)| Op::Create(n, c, p)),
         (0u8..4, any::<bool>()).prop_map(|(n, f)| Op::Delete(n, f)),
@@ -628,7 +631,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn to_command(op: &Op) -> Command {
+pub(crate) fn to_command(op: &Op) -> Command {
     // Small CIDRs, some overlapping, so exhaustion and overlap are exercised often.
     const CIDRS: [&str; 6] = [
         "10.0.0.0/24",
@@ -645,6 +648,13 @@ fn to_command(op: &Op) -> Command {
             underlay_iface: "eth0".into(),
             underlay_mtu: 1500,
             now_ms: 1,
+        },
+        Op::Move(h, v) => Command::RegisterHost {
+            name: format!("h{h}"),
+            underlay_ip: Ipv4Addr::new(198, 51, 100, h * 2 + v),
+            underlay_iface: "eth0".into(),
+            underlay_mtu: 1400 + 50 * v as u32,
+            now_ms: 2,
         },
         Op::RemoveHost(h) => Command::RemoveHost {
             name: format!("h{h}"),
