@@ -254,6 +254,9 @@ pub struct ClusterState {
     /// (network, host, netns) → endpoint id.
     #[serde(skip)]
     by_key: BTreeMap<(String, String, String), u64>,
+    /// (host, netns, ifname) → endpoint id: an interface name is taken once per namespace.
+    #[serde(skip)]
+    by_ifname: BTreeMap<(String, String, String), u64>,
     /// Where each part last changed, for incremental readers.
     #[serde(skip)]
     pub marks: ChangeMarks,
@@ -271,6 +274,36 @@ pub struct ChangeMarks {
     pub networks: BTreeMap<String, u64>,
     /// The endpoint list of one host in one network.
     pub endpoints: BTreeMap<(String, String), u64>,
+    /// Recent endpoint arrivals and departures, oldest first, so a reader can patch the lists
+    /// it has instead of rebuilding them. Bounded; see `log_dropped_upto`.
+    pub endpoint_log: std::collections::VecDeque<EndpointEvent>,
+    /// Highest revision of an event dropped from `endpoint_log`: a reader older than this
+    /// must rebuild.
+    pub log_dropped_upto: u64,
+}
+
+/// One endpoint appearing (`added`) or going away, at `revision`.
+#[derive(Clone, Debug)]
+pub struct EndpointEvent {
+    pub revision: u64,
+    pub network: String,
+    pub host: String,
+    pub id: u64,
+    pub added: bool,
+}
+
+/// How many endpoint events [`ChangeMarks`] keeps.
+const ENDPOINT_LOG_LEN: usize = 65_536;
+
+impl ChangeMarks {
+    fn log_endpoint(&mut self, event: EndpointEvent) {
+        if self.endpoint_log.len() == ENDPOINT_LOG_LEN
+            && let Some(old) = self.endpoint_log.pop_front()
+        {
+            self.log_dropped_upto = self.log_dropped_upto.max(old.revision);
+        }
+        self.endpoint_log.push_back(event);
+    }
 }
 
 /// What a command may change, noted before it runs.
@@ -314,7 +347,10 @@ impl ClusterState {
             .map(|n| (n.clone(), BTreeMap::new()))
             .collect();
         self.by_key.clear();
+        self.by_ifname.clear();
         for ep in self.endpoints.values() {
+            self.by_ifname
+                .insert((ep.host.clone(), ep.netns.clone(), ep.ifname.clone()), ep.id);
             self.addresses
                 .entry(ep.network.clone())
                 .or_default()
@@ -822,9 +858,9 @@ impl ClusterState {
             });
         }
         if let Some(other) = self
-            .endpoints
-            .values()
-            .find(|e| e.host == host_name && e.netns == netns && e.ifname == ifname)
+            .by_ifname
+            .get(&(host_name.clone(), netns.clone(), ifname.clone()))
+            .and_then(|id| self.endpoints.get(id))
         {
             return Err(StateError::IfnameInUse {
                 host: host_name,
@@ -953,6 +989,21 @@ impl ClusterState {
             .or_default()
             .insert(ip, endpoint.id);
         self.by_key.insert(key, endpoint.id);
+        self.by_ifname.insert(
+            (
+                endpoint.host.clone(),
+                endpoint.netns.clone(),
+                endpoint.ifname.clone(),
+            ),
+            endpoint.id,
+        );
+        self.marks.log_endpoint(EndpointEvent {
+            revision: self.revision + 1,
+            network: endpoint.network.clone(),
+            host: endpoint.host.clone(),
+            id: endpoint.id,
+            added: true,
+        });
         self.endpoints.insert(endpoint.id, endpoint.clone());
         Ok(endpoint)
     }
@@ -980,11 +1031,20 @@ impl ClusterState {
 
     fn forget_endpoint(&mut self, id: u64) -> Option<Endpoint> {
         let ep = self.endpoints.remove(&id)?;
+        self.marks.log_endpoint(EndpointEvent {
+            revision: self.revision + 1,
+            network: ep.network.clone(),
+            host: ep.host.clone(),
+            id,
+            added: false,
+        });
         if let Some(addrs) = self.addresses.get_mut(&ep.network) {
             addrs.remove(&ep.ip);
         }
         self.by_key
             .remove(&(ep.network.clone(), ep.host.clone(), ep.netns.clone()));
+        self.by_ifname
+            .remove(&(ep.host.clone(), ep.netns.clone(), ep.ifname.clone()));
         Some(ep)
     }
 

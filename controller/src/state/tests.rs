@@ -728,6 +728,7 @@ fn check_invariants(s: &ClusterState) {
     let indexed: usize = s.addresses.values().map(|a| a.len()).sum();
     assert_eq!(indexed, s.endpoints.len(), "address index leaks");
     assert_eq!(s.by_key.len(), s.endpoints.len(), "key index leaks");
+    assert_eq!(s.by_ifname.len(), s.endpoints.len(), "interface-name index leaks");
     let mut rebuilt = s.clone();
     rebuilt.rebuild_indices();
     assert_eq!(
