@@ -53,7 +53,11 @@ struct Member {
 }
 
 type Members = BTreeMap<String, Arc<Member>>;
-type EndpointLists = BTreeMap<String, Arc<Vec<pb::LocalEndpoint>>>;
+/// (network, host) → endpoint ids that appeared (`true`) or went away, in order.
+type Patches<'a> = BTreeMap<(&'a str, &'a str), Vec<(u64, bool)>>;
+/// Host → its endpoints in a network, by id. Endpoints never change once created (status is
+/// not part of the desired state), so each keeps its `Arc` for its whole life.
+type EndpointLists = BTreeMap<String, Arc<Vec<Arc<pb::LocalEndpoint>>>>;
 
 /// One network at one revision.
 #[derive(Debug)]
@@ -112,6 +116,19 @@ impl Model {
                     .collect(),
             ),
         };
+        // Endpoint arrivals and departures since `prev`, when the log still covers them.
+        let patches: Option<Patches> = prev.filter(|p| p.revision >= marks.log_dropped_upto).map(|p| {
+            let log = &marks.endpoint_log;
+            let start = log.partition_point(|e| e.revision <= p.revision);
+            let mut patches: Patches = BTreeMap::new();
+            for e in log.range(start..) {
+                patches
+                    .entry((e.network.as_str(), e.host.as_str()))
+                    .or_default()
+                    .push((e.id, e.added));
+            }
+            patches
+        });
         let networks = state
             .networks
             .values()
@@ -127,7 +144,7 @@ impl Model {
                     .collect();
                 let model = match old {
                     Some(o) if !settings_changed && lists_changed.is_empty() => o.clone(),
-                    _ => net_model(state, n, old, settings_changed, &lists_changed),
+                    _ => net_model(state, n, old, settings_changed, &lists_changed, patches.as_ref()),
                 };
                 (n.name.clone(), model)
             })
@@ -192,17 +209,9 @@ impl Model {
                     if !peers.upsert.is_empty() || !peers.remove.is_empty() {
                         d.peer_changes.push(peers);
                     }
-                    let (oe, ne) = (o.endpoints.get(host), n.endpoints.get(host));
-                    let unchanged = match (oe, ne) {
-                        (Some(a), Some(b)) => same(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if !unchanged {
-                        d.endpoint_lists.push(pb::EndpointList {
-                            network: name.clone(),
-                            endpoints: ne.map(|v| v.to_vec()).unwrap_or_default(),
-                        });
+                    let changes = endpoint_changes(name, o.endpoints.get(host), n.endpoints.get(host));
+                    if !changes.upsert.is_empty() || !changes.remove.is_empty() {
+                        d.endpoint_changes.push(changes);
                     }
                 }
             }
@@ -211,7 +220,7 @@ impl Model {
             && d.upsert_networks.is_empty()
             && d.remove_networks.is_empty()
             && d.peer_changes.is_empty()
-            && d.endpoint_lists.is_empty();
+            && d.endpoint_changes.is_empty();
         if empty {
             return None;
         }
@@ -282,6 +291,51 @@ fn peer_changes(name: &str, o: &NetModel, n: &NetModel, host: &str) -> pb::PeerC
     out
 }
 
+/// Endpoints that appeared or went away between two lists (both sorted by id).
+fn endpoint_changes(
+    name: &str,
+    old: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>,
+    new: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>,
+) -> pb::EndpointChanges {
+    let mut out = pb::EndpointChanges {
+        network: name.to_string(),
+        ..Default::default()
+    };
+    if let (Some(a), Some(b)) = (old, new)
+        && Arc::ptr_eq(a, b)
+    {
+        return out;
+    }
+    let empty = Vec::new();
+    let (a, b) = (old.map_or(&empty, |v| &**v), new.map_or(&empty, |v| &**v));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.id == y.id => {
+                if !Arc::ptr_eq(x, y) && x != y {
+                    out.upsert.push((**y).clone());
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x.id < y.id => {
+                out.remove.push(x.id);
+                i += 1;
+            }
+            (Some(x), None) => {
+                out.remove.push(x.id);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                out.upsert.push((**y).clone());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
 impl NetModel {
     /// The network as `host` (a member) must program it.
     fn view_for(&self, host: &str) -> pb::NetworkState {
@@ -296,7 +350,11 @@ impl NetModel {
                 .filter(|(h, _)| *h != host)
                 .filter_map(|(_, m)| m.peer.clone())
                 .collect(),
-            endpoints: self.endpoints.get(host).map(|v| v.to_vec()).unwrap_or_default(),
+            endpoints: self
+                .endpoints
+                .get(host)
+                .map(|v| v.iter().map(|e| (**e).clone()).collect())
+                .unwrap_or_default(),
             ..self.base.clone()
         }
     }
@@ -318,6 +376,7 @@ fn net_model(
     old: Option<&Arc<NetModel>>,
     settings_changed: bool,
     lists_changed: &[&String],
+    patches: Option<&Patches>,
 ) -> Arc<NetModel> {
     let (base, members) = match old {
         Some(o) if !settings_changed => (o.base.clone(), o.members.clone()),
@@ -327,11 +386,16 @@ fn net_model(
         Some(o) => {
             let mut lists = (*o.endpoints).clone();
             for host in lists_changed {
-                let list = endpoint_list(state.endpoints_of(&n.name, host));
+                let patch = patches.and_then(|p| p.get(&(n.name.as_str(), host.as_str())));
+                let list = match (patch, o.endpoints.get(*host)) {
+                    (Some(patch), Some(before)) => patched(state, before, patch),
+                    (Some(patch), None) => patched(state, &Arc::new(Vec::new()), patch),
+                    _ => endpoint_list(state.endpoints_of(&n.name, host), o.endpoints.get(*host)),
+                };
                 if list.is_empty() {
                     lists.remove(*host);
                 } else {
-                    lists.insert((*host).clone(), reuse(o.endpoints.get(*host), list));
+                    lists.insert((*host).clone(), Arc::new(list));
                 }
             }
             Arc::new(lists)
@@ -344,7 +408,7 @@ fn net_model(
             Arc::new(
                 by_host
                     .into_iter()
-                    .map(|(h, eps)| (h, Arc::new(endpoint_list(eps))))
+                    .map(|(h, eps)| (h, Arc::new(endpoint_list(eps, None))))
                     .collect(),
             )
         }
@@ -439,17 +503,55 @@ fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Me
     members
 }
 
-fn endpoint_list<'a>(eps: impl IntoIterator<Item = &'a crate::model::Endpoint>) -> Vec<pb::LocalEndpoint> {
-    let mut list: Vec<pb::LocalEndpoint> = eps
+/// `before` with the endpoints of `patch` added or removed (ids ascend, so additions append).
+fn patched(
+    state: &ClusterState,
+    before: &Arc<Vec<Arc<pb::LocalEndpoint>>>,
+    patch: &[(u64, bool)],
+) -> Vec<Arc<pb::LocalEndpoint>> {
+    let mut list = (**before).clone();
+    for (id, added) in patch {
+        match list.binary_search_by_key(id, |e| e.id) {
+            Ok(at) if !added => {
+                list.remove(at);
+            }
+            Err(at) if *added => {
+                if let Some(e) = state.endpoints.get(id) {
+                    list.insert(at, Arc::new(local_endpoint(e)));
+                }
+            }
+            _ => {}
+        }
+    }
+    list
+}
+
+fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
+    pb::LocalEndpoint {
+        id: e.id,
+        netns: e.netns.clone(),
+        ifname: e.ifname.clone(),
+        address: format!("{}/{}", e.ip, e.prefix_len),
+        mac: e.mac.to_string(),
+        gateway: e.gateway.to_string(),
+        host_ifname: host_ifname(e.id),
+    }
+}
+
+/// A host's endpoints in a network, by id, reusing the entries of `old` (by id: endpoints
+/// are immutable once created), so only new ones are formatted.
+fn endpoint_list<'a>(
+    eps: impl IntoIterator<Item = &'a crate::model::Endpoint>,
+    old: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>,
+) -> Vec<Arc<pb::LocalEndpoint>> {
+    let old: BTreeMap<u64, &Arc<pb::LocalEndpoint>> = old
+        .map(|v| v.iter().map(|e| (e.id, e)).collect())
+        .unwrap_or_default();
+    let mut list: Vec<Arc<pb::LocalEndpoint>> = eps
         .into_iter()
-        .map(|e| pb::LocalEndpoint {
-            id: e.id,
-            netns: e.netns.clone(),
-            ifname: e.ifname.clone(),
-            address: format!("{}/{}", e.ip, e.prefix_len),
-            mac: e.mac.to_string(),
-            gateway: e.gateway.to_string(),
-            host_ifname: host_ifname(e.id),
+        .map(|e| match old.get(&e.id) {
+            Some(known) => Arc::clone(known),
+            None => Arc::new(local_endpoint(e)),
         })
         .collect();
     list.sort_by_key(|e| e.id);

@@ -66,13 +66,19 @@ pub fn apply(state: &mut pb::HostDesiredState, event: pb::WatchEvent) -> Result<
                     }
                 }
             }
-            for list in delta.endpoint_lists {
+            for changes in delta.endpoint_changes {
                 let network = state
                     .networks
                     .iter_mut()
-                    .find(|n| n.name == list.network)
-                    .ok_or_else(|| ApplyError::UnknownNetwork(list.network.clone()))?;
-                network.endpoints = list.endpoints;
+                    .find(|n| n.name == changes.network)
+                    .ok_or_else(|| ApplyError::UnknownNetwork(changes.network.clone()))?;
+                network.endpoints.retain(|e| !changes.remove.contains(&e.id));
+                for ep in changes.upsert {
+                    match network.endpoints.iter_mut().find(|e| e.id == ep.id) {
+                        Some(existing) => *existing = ep,
+                        None => network.endpoints.push(ep),
+                    }
+                }
             }
         }
     }

@@ -112,7 +112,7 @@ fn a_new_peer_is_a_small_delta_and_unrelated_changes_are_none() {
     else {
         panic!("expected a delta")
     };
-    assert!(d.upsert_networks.is_empty() && d.endpoint_lists.is_empty());
+    assert!(d.upsert_networks.is_empty() && d.endpoint_changes.is_empty());
     assert_eq!(d.peer_changes.len(), 1);
     assert_eq!(d.peer_changes[0].upsert.len(), 1);
     assert_eq!(d.peer_changes[0].upsert[0].host, "h4");
