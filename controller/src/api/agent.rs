@@ -37,8 +37,8 @@ pub struct AgentApi {
     models: watch::Sender<Arc<Model>>,
 }
 
-/// Revisions arriving within this window share one model rebuild.
-const MODEL_COALESCE: Duration = Duration::from_millis(5);
+/// Rebuilds of the model are at least this far apart; revisions arriving meanwhile share one.
+const MODEL_COALESCE: Duration = Duration::from_millis(10);
 
 /// How long a new Watch stream waits for the model to include changes already applied.
 const MODEL_CATCH_UP: Duration = Duration::from_secs(5);
@@ -72,10 +72,15 @@ impl AgentApi {
 /// that did not change are shared with the previous model.
 async fn publish_models(view: crate::raft::StateView, models: watch::Sender<Arc<Model>>) {
     let mut revisions = view.subscribe();
+    let mut last_build: Option<tokio::time::Instant> = None;
     while revisions.changed().await.is_ok() {
-        // Under a burst of writes, one model for several revisions: a few milliseconds of
-        // delay for the streams instead of a rebuild competing with every write.
-        tokio::time::sleep(MODEL_COALESCE).await;
+        // A lone change is published at once; under a burst of writes, at most one rebuild per
+        // MODEL_COALESCE covers every revision that arrived meanwhile, so rebuilding does not
+        // compete with each write for the CPU.
+        if let Some(at) = last_build {
+            tokio::time::sleep_until(at + MODEL_COALESCE).await;
+        }
+        last_build = Some(tokio::time::Instant::now());
         revisions.borrow_and_update();
         let previous = models.borrow().clone();
         let next = view.read(|s| Model::build(s, Some(&previous)));
