@@ -10,7 +10,7 @@ use std::time::Duration;
 use overlay_proto::raft::raft_server::RaftServer;
 use overlay_proto::v1::agent_server::AgentServer;
 use overlay_proto::v1::overlay_server::OverlayServer;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::agent::AgentApi;
 use crate::api::overlay::OverlayApi;
@@ -179,12 +179,17 @@ impl Controller {
         let raft = RaftServer::new(RaftApi::new(node.clone(), self.initialized_at_start))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
+        // Nagle off on every accepted socket: small replies (a forwarded write's answer, an
+        // AppendEntries ack) otherwise wait for the peer's delayed ACK, ~40 ms each. The builder's
+        // `tcp_nodelay` only applies to listeners tonic binds itself, not to this one.
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
         let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(overlay)
             .add_service(agent)
             .add_service(raft)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = node.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
