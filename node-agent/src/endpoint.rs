@@ -8,6 +8,7 @@
 //! route via the gateway. A failed attempt leaves nothing behind.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
@@ -89,11 +90,11 @@ pub async fn wire(
         nl.delete_link(name, *index).await.map_err(nl_err)?;
     }
     clear_stranded(nl, ep).await?;
-    nl.create_veth(host_ifname, &ep.peer_ifname, ep.mtu)
+    nl.create_veth_into(host_ifname, &ep.peer_ifname, ep.mtu, &ns)
         .await
         .map_err(nl_err)?;
     let result = async {
-        move_in_and_configure(nl, ep, ns).await?;
+        configure_inside(ep, ns).await?;
         let host = nl
             .link_by_name(host_ifname)
             .await
@@ -112,16 +113,9 @@ pub async fn wire(
     result
 }
 
-/// Moves `ep.peer_ifname` into the namespace open at `ns` and configures it there.
-async fn move_in_and_configure(nl: &Netlink, ep: &EndpointSpec, ns: std::fs::File) -> Result<(), String> {
-    let peer = nl
-        .link_by_name(&ep.peer_ifname)
-        .await
-        .map_err(nl_err)?
-        .ok_or_else(|| format!("{} vanished after creation", ep.peer_ifname))?;
-    nl.move_to_netns(peer.index, &ep.peer_ifname, &ns)
-        .await
-        .map_err(nl_err)?;
+/// Configures `ep.peer_ifname`, already inside the namespace open at `ns`, as the workload's
+/// interface.
+async fn configure_inside(ep: &EndpointSpec, ns: std::fs::File) -> Result<(), String> {
     let side = WorkloadSide::of(ep, Some(ep.peer_ifname.clone()));
     netns::run_in(ns, ep.netns.path().display().to_string(), move |nl| {
         configure(nl, side)
@@ -185,16 +179,15 @@ pub async fn wire_macvlan(
     if ep.mtu != 0 {
         msg = msg.mtu(ep.mtu);
     }
+    // Born inside the namespace (no move, so no wait for an RCU grace period); on failure
+    // `configure` deletes it there.
     nl.handle()
         .link()
-        .add(msg.build())
+        .add(msg.setns_by_fd(ns.as_raw_fd()).build())
         .execute()
         .await
         .map_err(|e| format!("create macvlan {}: {e}", ep.peer_ifname))?;
-    if let Err(e) = move_in_and_configure(nl, ep, ns).await {
-        let _ = clear_stranded(nl, ep).await;
-        return Err(e);
-    }
+    configure_inside(ep, ns).await?;
     Ok(MacvlanRecord {
         id: ep.id,
         netns: ep.netns.as_text(),

@@ -12,7 +12,7 @@ use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -287,6 +287,33 @@ impl Netlink {
         self.handle
             .link()
             .add(LinkVeth::new(host, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(op_err(format!("create veth {host}/{peer}")))
+    }
+
+    /// Creates a veth pair whose `peer` end is born inside the namespace open at `ns`. Moving
+    /// an existing device between namespaces waits for an RCU grace period in the kernel
+    /// (~15-20 ms here); creating it there does not.
+    pub async fn create_veth_into(
+        &self,
+        host: &str,
+        peer: &str,
+        mtu: u32,
+        ns: &std::fs::File,
+    ) -> Result<(), NetlinkError> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
             .execute()
             .await
             .map_err(op_err(format!("create veth {host}/{peer}")))
