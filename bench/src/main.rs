@@ -3,8 +3,13 @@
 //! measure (`p1` ... `p6`) updates its result and the page. Run as root, with release builds.
 
 mod common;
+mod p1_attach;
+mod p2_throughput;
+mod p3_convergence;
+mod p4_writes;
 mod p5_fanout;
 mod p6_programming;
+mod peers;
 mod report;
 mod stats;
 
@@ -29,6 +34,37 @@ enum Cmd {
         /// Fewer repetitions and smaller scales, for a quick look.
         #[arg(long)]
         quick: bool,
+    },
+    /// P1: attach latency vs the CNI bridge plugin and netavark.
+    P1 {
+        #[arg(long, default_value_t = 100)]
+        attaches: usize,
+    },
+    /// P2: iperf3 over our vxlan vs a hand-built flannel-style vxlan vs plain routing.
+    P2 {
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// P3: convergence with N hosts running agents (a new host joins; a change is pushed).
+    P3 {
+        /// Host counts, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,25,50")]
+        hosts: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        joins: usize,
+        #[arg(long, default_value_t = 5)]
+        changes: usize,
+    },
+    /// P4: controller write throughput vs a 3-member etcd cluster.
+    P4 {
+        #[arg(long, default_value_t = 5000)]
+        ops: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// P5: a change fanned out to N Watch streams over a state with M endpoints.
     P5 {
@@ -65,9 +101,31 @@ fn main() -> anyhow::Result<()> {
     );
     match cli.command {
         Cmd::All { quick } => {
+            peers::ensure()?;
             let rounds = if quick { 3 } else { 5 };
+            report::save(&p1_attach::run(if quick { 30 } else { 100 })?)?;
+            report::save(&p2_throughput::run(if quick { 2 } else { 5 }, 3)?)?;
+            report::save(&p3_convergence::run(&[10, 25, 50], 3, rounds)?)?;
+            report::save(&p4_writes::run(if quick { 1000 } else { 5000 }, 64, 3)?)?;
             report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
             report::save(&p6_programming::run(1000, rounds)?)?;
+        }
+        Cmd::P1 { attaches } => {
+            peers::ensure()?;
+            report::save(&p1_attach::run(attaches)?)?
+        }
+        Cmd::P2 { seconds, rounds } => {
+            peers::ensure()?;
+            report::save(&p2_throughput::run(seconds, rounds)?)?
+        }
+        Cmd::P3 {
+            hosts,
+            joins,
+            changes,
+        } => report::save(&p3_convergence::run(&hosts, joins, changes)?)?,
+        Cmd::P4 { ops, clients, runs } => {
+            peers::ensure()?;
+            report::save(&p4_writes::run(ops, clients, runs)?)?
         }
         Cmd::P5 {
             agents,

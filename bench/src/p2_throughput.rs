@@ -1,0 +1,327 @@
+//! P2: TCP throughput (iperf3) between workloads on two simulated hosts: over overlay's vxlan,
+//! over the same topology built by hand with `ip`/`bridge` (flannel's vxlan recipe), and over
+//! plain routing with no tunnel. Also checks that nothing was fragmented on the way.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use overlay_lab::lab::{Lab, LabConfig, UNDERLAY_NET};
+use overlay_lab::netns::{exec, stdout};
+
+use crate::report::{Measure, Ratio, Row};
+use crate::stats::Summary;
+
+/// One path between two workloads: where the client and server run.
+struct Path {
+    name: &'static str,
+    client_ns: String,
+    server_ns: String,
+    server_ip: Ipv4Addr,
+    /// Namespaces whose fragmentation counters must not move (hosts and workloads).
+    watched: Vec<String>,
+}
+
+pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
+    let mut lab = Lab::start(LabConfig {
+        hosts: 2,
+        controllers: 1,
+        tag: "b2",
+        resync_secs: 30,
+    })?;
+    lab.ctl_ok(&[
+        "network",
+        "create",
+        "bench",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.71.0.0/16",
+    ])?;
+    lab.start_agents()?;
+    let mut ours_ns = Vec::new();
+    let mut ours_ip = Vec::new();
+    for host in 0..2 {
+        let ns = lab.add_workload(&format!("o{host}"))?;
+        ours_ip.push(lab.attach("bench", host, &ns)?);
+        ours_ns.push(ns);
+    }
+    let ours = Path {
+        name: "overlay vxlan",
+        client_ns: ours_ns[0].clone(),
+        server_ns: ours_ns[1].clone(),
+        server_ip: ours_ip[1],
+        watched: vec![
+            lab.hosts[0].ns.clone(),
+            lab.hosts[1].ns.clone(),
+            ours_ns[0].clone(),
+            ours_ns[1].clone(),
+        ],
+    };
+    let flannel = hand_built(&mut lab, Recipe::Vxlan)?;
+    let routed = hand_built(&mut lab, Recipe::Routed)?;
+    let paths = [ours, flannel, routed];
+
+    let mut servers = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        servers.push(lab.spawn_in(&p.server_ns, "iperf3", &["-s"], &format!("iperf3-s{i}"))?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<u64> = paths.iter().map(|p| fragments(&p.watched)).collect();
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for _ in 0..rounds {
+        for (i, p) in paths.iter().enumerate() {
+            gbps[i].push(iperf(p, seconds)?);
+        }
+    }
+    let fragmented: Vec<u64> = paths
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
+        .collect();
+    drop(servers);
+    let mtu = workload_mtu(&paths[0].client_ns)?;
+
+    let sums: Vec<Summary> = gbps.iter().map(|v| Summary::of(v)).collect();
+    println!(
+        "P2: overlay {:.2} Gbit/s, hand-built vxlan {:.2}, routed {:.2}; fragments {:?}; workload MTU {mtu}",
+        sums[0].median, sums[1].median, sums[2].median, fragmented
+    );
+    let rows = paths
+        .iter()
+        .zip(&sums)
+        .map(|(p, s)| Row {
+            subject: p.name.into(),
+            metric: format!("iperf3 TCP, {seconds} s"),
+            unit: "Gbit/s".into(),
+            summary: s.clone(),
+        })
+        .collect();
+    let ratio = sums[0].median / sums[1].median;
+    Ok(Measure {
+        id: "P2".into(),
+        title: "throughput between workloads on two hosts".into(),
+        rows,
+        ratios: vec![
+            Ratio {
+                what: "TCP throughput vs hand-built vxlan".into(),
+                ours: sums[0].median,
+                peer: sums[1].median,
+                peer_name: "hand-built vxlan".into(),
+                higher_is_better: true,
+            },
+            Ratio {
+                what: "TCP throughput vs plain routing".into(),
+                ours: sums[0].median,
+                peer: sums[2].median,
+                peer_name: "plain routing".into(),
+                higher_is_better: true,
+            },
+        ],
+        goal: "≥ 0.97× the hand-built vxlan, no fragments".into(),
+        goal_met: Some(ratio >= 0.97 && fragmented[0] == 0),
+        notes: vec![format!(
+            "{rounds} runs of iperf3 -t {seconds} per path, interleaved. The hand-built path is flannel's \
+             recipe (vxlan nolearning, permanent neigh + fdb entry per peer, onlink route via the peer's \
+             vxlan address, workload MTU 1450) in two more host namespaces on the same underlay bridge; \
+             the routed path sends workload traffic to the peer host's underlay address with no tunnel \
+             (MTU 1500). Workload MTU on overlay: {mtu}. IP fragments created or reassembled in the \
+             hosts and workloads during the runs (overlay, hand-built, routed): {fragmented:?}. Both \
+             ends share the machine's 2 cores with the tunnel's softirq work, so the figures are \
+             CPU-bound, which is where encapsulation overhead shows."
+        )],
+    })
+}
+
+fn iperf(p: &Path, seconds: u32) -> anyhow::Result<f64> {
+    let secs = seconds.to_string();
+    let server = p.server_ip.to_string();
+    let args = ["-c", server.as_str(), "-t", secs.as_str(), "-J"];
+    // The server may still be starting on the first run: a refused connection is retried.
+    let mut attempt = 0;
+    let out = loop {
+        attempt += 1;
+        match exec(&p.client_ns, "iperf3", &args) {
+            Ok(out) => break out,
+            Err(e) if attempt < 5 => {
+                eprintln!("P2: iperf3 over {} failed ({e}); retrying", p.name);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => anyhow::bail!("iperf3 over {}: {e}", p.name),
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .ok_or_else(|| anyhow::anyhow!("iperf3 over {} reported no throughput", p.name))
+}
+
+/// IP fragments created plus reassemblies requested, summed over `namespaces`.
+fn fragments(namespaces: &[String]) -> u64 {
+    namespaces
+        .iter()
+        .filter_map(|ns| exec(ns, "cat", &["/proc/net/snmp"]).ok())
+        .map(|out| {
+            let text = stdout(&out);
+            let mut lines = text.lines().filter(|l| l.starts_with("Ip:"));
+            let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+                return 0;
+            };
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .filter(|(n, _)| *n == "FragCreates" || *n == "ReasmReqds")
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn workload_mtu(ns: &str) -> anyhow::Result<u64> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&exec(ns, "ip", &["-j", "link", "show", "eth0"])?.stdout)?;
+    v[0]["mtu"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no MTU on {ns} eth0"))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Recipe {
+    /// flannel's vxlan backend, by hand.
+    Vxlan,
+    /// No tunnel: routes via the peer's underlay address (flannel's host-gw).
+    Routed,
+}
+
+/// Two more hosts on the lab's underlay, a workload on each, joined by `recipe` with iproute2.
+fn hand_built(lab: &mut Lab, recipe: Recipe) -> anyhow::Result<Path> {
+    let (tag, net, mtu) = match recipe {
+        Recipe::Vxlan => ("f", 81, "1450"),
+        Recipe::Routed => ("r", 82, "1500"),
+    };
+    let hosts = [lab.add_host()?, lab.add_host()?];
+    let mut workloads = Vec::new();
+    for (side, &h) in hosts.iter().enumerate() {
+        let host = lab.hosts[h].ns.clone();
+        let underlay = lab.hosts[h].ip.to_string();
+        let w = lab.add_workload(&format!("{tag}{side}"))?;
+        let gw = format!("10.{net}.{side}.1");
+        let sh = |args: &[&str]| exec(&host, "ip", args).map(|_| ());
+        exec(&host, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        sh(&["link", "add", "cni0", "type", "bridge"])?;
+        sh(&["addr", "add", &format!("{gw}/24"), "dev", "cni0"])?;
+        sh(&["link", "set", "cni0", "up"])?;
+        sh(&[
+            "link", "add", "vw", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", &w,
+        ])?;
+        sh(&["link", "set", "vw", "master", "cni0", "up"])?;
+        let in_w = |args: &[&str]| exec(&w, "ip", args).map(|_| ());
+        in_w(&["addr", "add", &format!("10.{net}.{side}.2/24"), "dev", "eth0"])?;
+        in_w(&["link", "set", "lo", "up"])?;
+        in_w(&["link", "set", "eth0", "up"])?;
+        in_w(&["route", "add", "default", "via", &gw])?;
+        if recipe == Recipe::Vxlan {
+            sh(&[
+                "link",
+                "add",
+                "flannel.1",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &underlay,
+                "dev",
+                "eth0",
+                "dstport",
+                "4789",
+                "nolearning",
+            ])?;
+            sh(&["link", "set", "flannel.1", "address", &vtep_mac(side)])?;
+            sh(&["link", "set", "flannel.1", "mtu", mtu, "up"])?;
+            sh(&[
+                "addr",
+                "add",
+                &format!("10.{net}.{side}.0/32"),
+                "dev",
+                "flannel.1",
+            ])?;
+        }
+        workloads.push((host, w, underlay));
+    }
+    for side in 0..2 {
+        let (host, _, _) = &workloads[side];
+        let (_, _, peer_underlay) = &workloads[1 - side];
+        let peer_net = format!("10.{net}.{}.0", 1 - side);
+        let sh = |args: &[&str]| exec(host, "ip", args).map(|_| ());
+        match recipe {
+            Recipe::Vxlan => {
+                let mac = vtep_mac(1 - side);
+                sh(&[
+                    "neigh",
+                    "add",
+                    &peer_net,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "flannel.1",
+                    "nud",
+                    "permanent",
+                ])?;
+                exec(
+                    host,
+                    "bridge",
+                    &[
+                        "fdb",
+                        "append",
+                        &mac,
+                        "dev",
+                        "flannel.1",
+                        "dst",
+                        peer_underlay,
+                        "self",
+                        "permanent",
+                    ],
+                )?;
+                sh(&[
+                    "route",
+                    "add",
+                    &format!("{peer_net}/24"),
+                    "via",
+                    &peer_net,
+                    "dev",
+                    "flannel.1",
+                    "onlink",
+                ])?;
+            }
+            Recipe::Routed => {
+                sh(&["route", "add", &format!("{peer_net}/24"), "via", peer_underlay])?;
+            }
+        }
+    }
+    let server_ip: Ipv4Addr = format!("10.{net}.1.2").parse()?;
+    let path = Path {
+        name: match recipe {
+            Recipe::Vxlan => "hand-built vxlan (flannel recipe)",
+            Recipe::Routed => "plain routing, no tunnel",
+        },
+        client_ns: workloads[0].1.clone(),
+        server_ns: workloads[1].1.clone(),
+        server_ip,
+        watched: workloads
+            .iter()
+            .flat_map(|(h, w, _)| [h.clone(), w.clone()])
+            .collect(),
+    };
+    anyhow::ensure!(
+        lab.ping(&path.client_ns, server_ip),
+        "{}: no ping from {} to {server_ip} (underlay {UNDERLAY_NET}.0/24)",
+        path.name,
+        path.client_ns
+    );
+    Ok(path)
+}
+
+fn vtep_mac(side: usize) -> String {
+    format!("02:f1:00:00:00:{:02x}", side + 1)
+}
