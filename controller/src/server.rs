@@ -15,7 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::agent::AgentApi;
 use crate::api::overlay::OverlayApi;
 use crate::api::raft::RaftApi;
-use crate::node::Node;
+use crate::node::{Batcher, Node};
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::storage::{self, OpenError};
 use crate::raft::{LogStore, NodeId, Raft, StateMachineStore, raft_config};
@@ -130,6 +130,7 @@ impl Controller {
         .map_err(|e| ServerError::Raft(e.to_string()))?;
         let node = Arc::new(Node {
             id: config.node_id,
+            batcher: Batcher::start(raft.clone()),
             raft,
             view,
             peers,

@@ -75,13 +75,15 @@ pub enum Command {
         host: String,
         statuses: Vec<(u64, EndpointStatus)>,
     },
+    /// Commands proposed together as one log entry (see `node::Batcher`), applied in order.
+    Batch(Vec<Command>),
 }
 
 impl Command {
     /// Whether the command changes what some agent must program. Heartbeats do not, and do
     /// not bump the revision, so watchers are not woken by them.
     pub fn bumps_revision(&self) -> bool {
-        !matches!(self, Command::Heartbeat { .. })
+        !matches!(self, Command::Heartbeat { .. } | Command::Batch(_))
     }
 }
 
@@ -114,6 +116,8 @@ pub enum Response {
     },
     /// Raft-internal entries (blank, membership) that carry no command.
     Noop,
+    /// One reply per command of a [`Command::Batch`], in order.
+    Batch(Vec<Reply>),
 }
 
 /// What the state machine returns for each log entry: the result and the revision after it.
@@ -368,6 +372,14 @@ impl ClusterState {
 
     /// Applies one command. On error nothing has changed, the revision included.
     pub fn apply(&mut self, cmd: Command) -> Reply {
+        if let Command::Batch(commands) = cmd {
+            // Exactly as if each had its own log entry: one revision per change, in order.
+            let replies = commands.into_iter().map(|c| self.apply(c)).collect();
+            return Reply {
+                revision: self.revision,
+                result: Ok(Response::Batch(replies)),
+            };
+        }
         let bumps = cmd.bumps_revision();
         let touch = self.touch(&cmd);
         let result = match cmd {
@@ -417,6 +429,8 @@ impl ClusterState {
             Command::ReportEndpoints { host, statuses } => Ok(Response::StatusRecorded {
                 changed: self.report_endpoints(&host, statuses),
             }),
+            // Taken apart above; this arm is never reached.
+            Command::Batch(_) => Ok(Response::Noop),
         };
         if result.is_ok() && bumps {
             self.revision += 1;
@@ -446,7 +460,7 @@ impl ClusterState {
                         .is_some_and(|n| n.leases.contains_key(host)),
                 }
             }
-            Command::Heartbeat { .. } | Command::ReportEndpoints { .. } => Touch::Nothing,
+            Command::Heartbeat { .. } | Command::ReportEndpoints { .. } | Command::Batch(_) => Touch::Nothing,
         }
     }
 

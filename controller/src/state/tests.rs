@@ -597,6 +597,13 @@ fn every_command_survives_the_log_encoding() {
                 (2, EndpointStatus::Failed("gone".into())),
             ],
         },
+        Command::Batch(vec![
+            Command::RemoveHost { name: "h1".into() },
+            Command::Heartbeat {
+                name: "h2".into(),
+                now_ms: 4,
+            },
+        ]),
     ];
     for cmd in commands {
         let json = serde_json::to_vec(&cmd).unwrap();
@@ -757,6 +764,28 @@ proptest! {
             replica.apply(to_command(op));
         }
         prop_assert_eq!(&replica, &s);
+    }
+
+    #[test]
+    fn a_batch_applies_exactly_like_its_commands_one_by_one(
+        ops in proptest::collection::vec(op(), 1..80),
+        size in 1usize..12,
+    ) {
+        let mut single = ClusterState::default();
+        let one_by_one: Vec<Reply> = ops.iter().map(|op| single.apply(to_command(op))).collect();
+        let mut batched = ClusterState::default();
+        let mut replies = Vec::new();
+        for chunk in ops.chunks(size) {
+            let reply = batched.apply(Command::Batch(chunk.iter().map(to_command).collect()));
+            prop_assert_eq!(reply.revision, batched.revision);
+            match reply.result {
+                Ok(Response::Batch(r)) => replies.extend(r),
+                other => prop_assert!(false, "a batch answered {:?}", other),
+            }
+            check_invariants(&batched);
+        }
+        prop_assert_eq!(&replies, &one_by_one);
+        prop_assert_eq!(&batched, &single);
     }
 
     #[test]
