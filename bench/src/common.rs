@@ -116,7 +116,10 @@ pub fn machine() -> String {
             "cni plugins: {}",
             sh("dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null")
         ),
-        format!("netavark: {}", sh("netavark --version 2>/dev/null")),
+        format!(
+            "netavark: {}",
+            sh("/usr/lib/podman/netavark --version 2>/dev/null")
+        ),
         format!("date: {}", sh("date -u +%Y-%m-%dT%H:%MZ")),
     ]
     .join("\n")

@@ -51,9 +51,9 @@ pub fn run(scales: &[usize], joins: usize, changes: usize) -> anyhow::Result<Mea
         rows.push(row("network change received by all agents".into(), received));
         rows.push(row("network change applied by all agents".into(), applied));
         notes.push(format!(
-            "N={n}: {} joins × {} hosts = {} reachability samples; {} changes.",
+            "N={n}: {} hosts joined one after another (the last one makes N), {} reachability \
+             samples (one per existing host per join); {} changes pushed to all N agents.",
             s.join_ms.len(),
-            n - 1,
             s.reach_ms.len(),
             s.received_ms.len()
         ));
