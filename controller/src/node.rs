@@ -230,6 +230,20 @@ impl Node {
         }
     }
 
+    /// Waits (at most `self.timeout`) until this replica has applied `revision`: after a write
+    /// that a follower forwarded, its own state may still be behind the leader's reply.
+    pub async fn applied(&self, revision: u64) {
+        let mut revisions = self.view.subscribe();
+        let _ = timeout_at(Instant::now() + self.timeout, async {
+            while *revisions.borrow_and_update() < revision {
+                if revisions.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     /// One proposal on this replica, no forwarding. Used directly for forwarded commands.
     pub async fn write_here(&self, cmd: Command) -> Result<Forwarded<Reply>, NodeError> {
         let (tx, rx) = oneshot::channel();

@@ -112,6 +112,7 @@ impl Agent for AgentApi {
         };
         self.remember(&host.name, 0);
         tracing::info!(host = %host.name, underlay = %host.underlay_ip, vtep_mac = %host.vtep_mac, "host registered");
+        self.node.applied(reply.revision).await;
         let out = self.node.view.read(|s| convert::host(s, &host, now_ms()));
         Ok(Response::new(pb::RegisterResponse {
             host: Some(out),

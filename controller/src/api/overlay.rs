@@ -38,36 +38,45 @@ impl OverlayApi {
 
     /// Waits for the agent's verdict on a new endpoint. On failure or timeout the allocation is
     /// rolled back, so a failed attach leaves nothing behind.
-    async fn await_wiring(&self, ep: pb::Endpoint, wait: Duration) -> Result<pb::Endpoint, Status> {
+    ///
+    /// `revision` is the one the allocation created: a follower that forwarded the write may not
+    /// have applied it yet, and must not mistake "not applied yet" for "detached".
+    async fn await_wiring(
+        &self,
+        ep: pb::Endpoint,
+        revision: u64,
+        wait: Duration,
+    ) -> Result<pb::Endpoint, Status> {
         let deadline = Instant::now() + wait;
         let mut revisions = self.node.view.subscribe();
         loop {
-            let current = self
-                .node
-                .view
-                .read(|s| s.endpoints.get(&ep.id).map(|e| e.status.clone()));
+            let current = self.node.view.read(|s| {
+                (s.revision >= revision).then(|| s.endpoints.get(&ep.id).map(|e| e.status.clone()))
+            });
             match current {
-                None => {
+                // The allocation is not applied on this replica yet.
+                None => {}
+                Some(None) => {
                     return Err(status(
                         Code::Aborted,
                         format!("endpoint {} was detached while being wired", ep.address),
                     ));
                 }
-                Some(EndpointStatus::Ready) => {
+                Some(Some(EndpointStatus::Ready)) => {
                     let done = self
                         .node
                         .view
                         .read(|s| s.endpoints.get(&ep.id).map(convert::endpoint));
                     return Ok(done.unwrap_or(ep));
                 }
-                Some(EndpointStatus::Failed(reason)) => {
+                Some(Some(EndpointStatus::Failed(reason))) => {
                     self.roll_back(&ep).await;
                     return Err(status(
                         Code::FailedPrecondition,
                         format!("host {:?} could not wire the endpoint: {reason}", ep.host),
                     ));
                 }
-                Some(EndpointStatus::Pending) => {}
+                Some(Some(EndpointStatus::Pending)) => {}
             }
             if tokio::time::timeout_at(deadline, revisions.changed())
                 .await
@@ -384,7 +393,7 @@ impl Overlay for OverlayApi {
             ip,
             now_ms: now_ms(),
         };
-        let (done, _) = self.write(cmd).await?;
+        let (done, revision) = self.write(cmd).await?;
         let Done::Endpoint(ep) = done else {
             return Err(status(Code::Internal, "unexpected reply"));
         };
@@ -392,7 +401,7 @@ impl Overlay for OverlayApi {
         if req.no_wait {
             return Ok(Response::new(ep));
         }
-        self.await_wiring(ep, wait).await.map(Response::new)
+        self.await_wiring(ep, revision, wait).await.map(Response::new)
     }
 
     async fn detach_endpoint(
