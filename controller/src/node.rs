@@ -39,6 +39,9 @@ pub enum NodeError {
     Fatal(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request the cluster will not carry out as asked (e.g. removing the last member).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Answer of a replica to a forwarded write or read-index request.
@@ -141,6 +144,19 @@ async fn propose(raft: &Raft, mut batch: Vec<Proposal>) {
         }
     }
 }
+
+/// A change to the set of controller replicas (`overlayctl cluster add-member/remove-member`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum MembershipChange {
+    /// Joins as a learner, receives the log or a snapshot, then becomes a voter.
+    Add { id: NodeId, addr: String },
+    /// Leaves the cluster (a voter or a learner that never caught up).
+    Remove { id: NodeId },
+}
+
+/// Upper bound for a membership change: a new member first has to catch up. Below
+/// overlayctl's 30 s request timeout, so the CLI gets the reason rather than a timeout.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(25);
 
 pub struct Node {
     pub id: NodeId,
@@ -253,6 +269,115 @@ impl Node {
             .map_err(|_| NodeError::Fatal("the proposal batcher has stopped".into()))?;
         rx.await
             .map_err(|_| NodeError::Fatal("the proposal batcher dropped a command".into()))?
+    }
+
+    /// Carries out `change` on the leader, from any replica, within [`MEMBERSHIP_TIMEOUT`].
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NodeError> {
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+        let outcome = timeout_at(deadline, async {
+            loop {
+                match self.change_membership_here(change.clone()).await? {
+                    Forwarded::Done(()) => return Ok(()),
+                    Forwarded::Failed(msg) => return Err(NodeError::Refused(msg)),
+                    Forwarded::NotLeader => {}
+                }
+                if let Some((_, addr)) = self.leader().filter(|(id, _)| *id != self.id) {
+                    match self.forward_membership(&addr, &change).await {
+                        Ok(Forwarded::Done(())) => return Ok(()),
+                        Ok(Forwarded::Failed(msg)) => return Err(NodeError::Refused(msg)),
+                        Ok(Forwarded::NotLeader) | Err(_) => {}
+                    }
+                }
+                sleep(RETRY_PAUSE).await;
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(NodeError::Refused(match &change {
+                MembershipChange::Add { id, addr } => format!(
+                    "node {id} at {addr} did not catch up within {MEMBERSHIP_TIMEOUT:?}; is overlay-controller running there with --node-id {id}? (it stays a learner until then)"
+                ),
+                MembershipChange::Remove { id } => {
+                    format!("removing node {id} did not commit within {MEMBERSHIP_TIMEOUT:?}; is a majority up?")
+                }
+            }))
+        })
+    }
+
+    /// A membership change on this replica, no forwarding. Used directly for forwarded ones.
+    pub async fn change_membership_here(&self, change: MembershipChange) -> Result<Forwarded<()>, NodeError> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known = |id: NodeId| membership.get_node(&id).is_some();
+        let result = match change {
+            MembershipChange::Add { id, addr } => {
+                if voters.contains(&id) {
+                    return Ok(Forwarded::Failed(format!("node {id} is already a member")));
+                }
+                if let Some((other, _)) = membership
+                    .nodes()
+                    .find(|(n, node)| **n != id && node.addr == addr)
+                {
+                    return Ok(Forwarded::Failed(format!(
+                        "{addr} is already the address of node {other}"
+                    )));
+                }
+                match self.raft.add_learner(id, BasicNode { addr }, true).await {
+                    Ok(_) => {
+                        let mut next = voters;
+                        next.insert(id);
+                        self.raft.change_membership(next, false).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            MembershipChange::Remove { id } if voters.contains(&id) => {
+                if voters.len() == 1 {
+                    return Ok(Forwarded::Failed(format!(
+                        "node {id} is the last member; a cluster cannot remove all of its members"
+                    )));
+                }
+                let mut next = voters;
+                next.remove(&id);
+                self.raft.change_membership(next, false).await.map(|_| ())
+            }
+            MembershipChange::Remove { id } if known(id) => {
+                let learner = std::collections::BTreeSet::from([id]);
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveNodes(learner), false)
+                    .await
+                    .map(|_| ())
+            }
+            MembershipChange::Remove { id } => {
+                return Ok(Forwarded::Failed(format!("node {id} is not a member")));
+            }
+        };
+        match result {
+            Ok(()) => Ok(Forwarded::Done(())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(Forwarded::NotLeader),
+            Err(RaftError::APIError(e)) => Ok(Forwarded::Failed(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn forward_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+    ) -> Result<Forwarded<()>, String> {
+        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
+        let payload = encode(change).map_err(|e| e.to_string())?;
+        let reply = client
+            .change_membership(payload)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
     async fn forward(&self, addr: &str, cmd: &Command) -> Result<Forwarded<Reply>, String> {

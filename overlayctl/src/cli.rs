@@ -53,6 +53,19 @@ pub enum Command {
 pub enum ClusterCmd {
     /// Members, leader, term, commit index and health.
     Status,
+    /// Add a controller replica: start it first (same --peers, its own --node-id), then add it.
+    /// It catches up as a learner and then votes.
+    AddMember {
+        /// Its --node-id.
+        id: u64,
+        /// host:port where the other replicas reach it.
+        addr: String,
+    },
+    /// Remove a controller replica from the cluster (a dead one, or one to retire).
+    RemoveMember {
+        /// Its --node-id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

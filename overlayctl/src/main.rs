@@ -81,6 +81,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await?;
             output::cluster_status(out, &resp);
         }
+        Command::Cluster(ClusterCmd::AddMember { id, addr }) => {
+            let resp = call(&controllers, |mut c| {
+                let req = pb::AddMemberRequest {
+                    id,
+                    addr: addr.clone(),
+                };
+                async move { c.add_member(req).await }
+            })
+            .await?;
+            output::cluster_status(out, &resp);
+        }
+        Command::Cluster(ClusterCmd::RemoveMember { id }) => {
+            let resp = call(&controllers, |mut c| async move {
+                c.remove_member(pb::RemoveMemberRequest { id }).await
+            })
+            .await?;
+            output::cluster_status(out, &resp);
+        }
         Command::Host(HostCmd::Ls) => {
             let resp = call(&controllers, |mut c| async move {
                 c.list_hosts(pb::ListHostsRequest {}).await

@@ -118,7 +118,19 @@ impl ControllerCluster {
 
     /// Starts (or restarts) replica `id` on its existing data dir.
     pub fn start(&mut self, id: u64) -> Result<()> {
-        let (bin, peers, timeout) = (self.bin.clone(), self.peers.clone(), self.request_timeout.clone());
+        let peers = self.peers.clone();
+        self.start_with_peers(id, peers)
+    }
+
+    /// Starts replica `id` with `--peers` listing only itself: on an empty data dir it founds a
+    /// one-member cluster, the seed of one grown with `overlayctl cluster add-member`.
+    pub fn start_alone(&mut self, id: u64) -> Result<()> {
+        let peers = format!("{id}={}", self.addr(id));
+        self.start_with_peers(id, peers)
+    }
+
+    fn start_with_peers(&mut self, id: u64, peers: String) -> Result<()> {
+        let (bin, timeout) = (self.bin.clone(), self.request_timeout.clone());
         let r = self.replica(id)?;
         if r.is_running() {
             return Ok(());

@@ -45,6 +45,7 @@ impl From<NodeError> for Status {
         let code = match e {
             NodeError::NoQuorum(..) | NodeError::NoLeader(_) | NodeError::Fatal(_) => Code::Unavailable,
             NodeError::Internal(_) => Code::Internal,
+            NodeError::Refused(_) => Code::FailedPrecondition,
         };
         status(code, e.to_string())
     }

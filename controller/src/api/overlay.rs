@@ -13,7 +13,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{convert, invalid, parse, status};
 use crate::model::EndpointStatus;
-use crate::node::{Node, now_ms};
+use crate::node::{MembershipChange, Node, now_ms};
 use crate::raft::NodeId;
 use crate::state::{Command, MtuSetting, Response as Done};
 
@@ -142,6 +142,41 @@ fn require(what: &str, value: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let req = req.into_inner();
+        if req.id == 0 {
+            return Err(invalid("member id must be 1 or more"));
+        }
+        let addr = req.addr.trim().to_string();
+        if !valid_member_addr(&addr) {
+            return Err(invalid(format!(
+                "invalid member address {addr:?}: expected host:port, e.g. 192.0.2.13:7400"
+            )));
+        }
+        tracing::info!(id = req.id, %addr, "adding a controller member");
+        self.node
+            .change_membership(MembershipChange::Add { id: req.id, addr })
+            .await?;
+        self.cluster_status(Request::new(pb::ClusterStatusRequest {}))
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let id = req.into_inner().id;
+        tracing::info!(id, "removing a controller member");
+        self.node
+            .change_membership(MembershipChange::Remove { id })
+            .await?;
+        self.cluster_status(Request::new(pb::ClusterStatusRequest {}))
+            .await
+    }
+
     async fn cluster_status(
         &self,
         _req: Request<pb::ClusterStatusRequest>,
@@ -455,5 +490,18 @@ impl Overlay for OverlayApi {
             })
         })?;
         Ok(Response::new(out))
+    }
+}
+
+/// `host:port` with a non-empty host and a port number: what a peer can dial.
+fn valid_member_addr(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && !host.contains('/')
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
     }
 }

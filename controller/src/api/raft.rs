@@ -8,7 +8,7 @@ use overlay_proto::raft::{NodeInfo, NodeInfoRequest, RaftPayload};
 use tonic::{Code, Request, Response, Status};
 
 use super::status;
-use crate::node::Node;
+use crate::node::{MembershipChange, Node};
 use crate::raft::network::{decode, encode};
 use crate::state::Command;
 
@@ -57,6 +57,16 @@ impl Raft for RaftApi {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let cmd: Command = decode(req.get_ref()).map_err(bad_payload)?;
         let outcome = self.node.write_here(cmd).await.map_err(Status::from)?;
+        reply(&outcome)
+    }
+
+    async fn change_membership(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = decode(req.get_ref()).map_err(bad_payload)?;
+        let outcome = self
+            .node
+            .change_membership_here(change)
+            .await
+            .map_err(Status::from)?;
         reply(&outcome)
     }
 
