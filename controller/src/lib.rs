@@ -12,6 +12,7 @@ pub mod model;
 pub mod state;
 
 pub mod api;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod server;

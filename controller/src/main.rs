@@ -30,6 +30,9 @@ struct Args {
     /// Bound on a write or consistent read (without a quorum requests fail after this long).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         peers,
         data_dir: args.data_dir,
         request_timeout: args.request_timeout,
+        metrics_listen: args.metrics_listen,
     };
     let controller = Controller::start(&config).await?;
     tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, "controller serving");

@@ -15,7 +15,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::agent::AgentApi;
 use crate::api::overlay::OverlayApi;
 use crate::api::raft::RaftApi;
-use crate::node::{Batcher, Node};
+use crate::metrics::{ControllerMetrics, RpcMetricsLayer};
+use crate::node::{Batcher, Node, now_ms};
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::storage::{self, OpenError};
 use crate::raft::{LogStore, NodeId, Raft, StateMachineStore, raft_config};
@@ -32,6 +33,8 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// Bound on a write or linearizable read, forwarding included.
     pub request_timeout: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("invalid raft configuration: {0}")]
     Config(String),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(String),
 }
 
 /// Parses `--peers 1=192.0.2.10:7400,2=192.0.2.11:7400`.
@@ -83,6 +88,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
 pub struct Controller {
     pub node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     initialized_at_start: bool,
 }
 
@@ -114,6 +120,15 @@ impl Controller {
                 addr: config.listen,
                 source,
             })?;
+
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                overlay_proto::metrics_http::bind(addr)
+                    .await
+                    .map_err(ServerError::Metrics)?,
+            ),
+            None => None,
+        };
 
         let raft_config = raft_config()
             .validate()
@@ -157,6 +172,7 @@ impl Controller {
         Ok(Self {
             node,
             listener,
+            metrics_listener,
             initialized_at_start,
         })
     }
@@ -174,7 +190,21 @@ impl Controller {
         let overlay = OverlayServer::new(OverlayApi::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let agent = AgentServer::new(AgentApi::new(node.clone()))
+        let metrics = Arc::new(ControllerMetrics::new());
+        let agent_api = AgentApi::new(node.clone(), metrics.watch_subscribers.clone());
+        if let Some(listener) = self.metrics_listener {
+            let (metrics, node, seen) = (metrics.clone(), node.clone(), agent_api.seen());
+            let render: overlay_proto::metrics_http::Render = Arc::new(move || {
+                metrics.refresh(&node, &seen, now_ms());
+                overlay_proto::metrics_http::encode_registry(&metrics.registry)
+            });
+            tokio::spawn(async move {
+                if let Err(e) = overlay_proto::metrics_http::serve(listener, render).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+        }
+        let agent = AgentServer::new(agent_api)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let raft = RaftServer::new(RaftApi::new(node.clone(), self.initialized_at_start))
@@ -187,6 +217,7 @@ impl Controller {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(30)));
         let result = tonic::transport::Server::builder()
+            .layer(RpcMetricsLayer(metrics))
             .add_service(overlay)
             .add_service(agent)
             .add_service(raft)

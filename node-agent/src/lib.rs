@@ -9,6 +9,7 @@
 pub mod endpoint;
 pub mod firewall;
 pub mod kernel;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod plan;

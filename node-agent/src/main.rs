@@ -32,6 +32,9 @@ struct Args {
     /// Seconds between full reconciles (endpoints checked inside their namespaces).
     #[arg(long, env = "OVERLAY_RESYNC_SECS", default_value_t = 30)]
     resync_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
+    #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         resync: Duration::from_secs(args.resync_secs.max(1)),
         heartbeat: Duration::from_secs(5),
+        metrics_listen: args.metrics_listen,
     };
     run(config, shutdown_signal()).await?;
     Ok(())

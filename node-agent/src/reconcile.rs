@@ -30,11 +30,26 @@ pub struct Underlay {
 /// Endpoint id → `Ok` (wired and checked) or the reason it is not.
 pub type EndpointStatuses = BTreeMap<u64, Result<(), String>>;
 
+/// Kernel objects a pass changed, by what it did to them (for the metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    /// Devices and endpoints made.
+    pub created: u64,
+    /// Devices, endpoints and the firewall table changed in place.
+    pub updated: u64,
+    /// Devices, entries and endpoints removed.
+    pub deleted: u64,
+    /// Addresses, neighbours, FDB entries and routes added or replaced (netlink replace).
+    pub set: u64,
+}
+
 /// What a pass did, for logs, metrics and the status report.
 #[derive(Clone, Debug, Default)]
 pub struct PassReport {
     pub revision: u64,
+    /// Every change, whatever its kind.
     pub changes: usize,
+    pub objects: ObjectCounts,
     pub errors: Vec<String>,
     pub endpoints: EndpointStatuses,
     pub took: Duration,
@@ -113,6 +128,13 @@ impl Reconciler {
             match self.nl.apply_link(op).await {
                 Ok(()) => {
                     report.changes += 1;
+                    match op {
+                        LinkOp::CreateBridge { .. }
+                        | LinkOp::CreateVxlan { .. }
+                        | LinkOp::CreateVlan { .. } => report.objects.created += 1,
+                        LinkOp::Delete { .. } => report.objects.deleted += 1,
+                        _ => report.objects.updated += 1,
+                    }
                     log_link(op);
                 }
                 Err(e) => {
@@ -133,7 +155,7 @@ impl Reconciler {
         // a thousand peers cost a thousand round trips.
         let (removals, additions): (Vec<EntryOp>, Vec<EntryOp>) =
             entry_ops.iter().cloned().partition(|op| op.is_removal());
-        for batch in [removals, additions] {
+        for (removing, batch) in [(true, removals), (false, additions)] {
             let nl = self.nl.clone();
             let results: Vec<Result<(), NetlinkError>> = futures::stream::iter(batch)
                 .map(move |op| {
@@ -145,7 +167,13 @@ impl Reconciler {
                 .await;
             for result in results {
                 match result {
-                    Ok(()) => report.changes += 1,
+                    Ok(()) => {
+                        report.changes += 1;
+                        match removing {
+                            true => report.objects.deleted += 1,
+                            false => report.objects.set += 1,
+                        }
+                    }
                     Err(e) => report.errors.push(e.to_string()),
                 }
             }
@@ -167,7 +195,7 @@ impl Reconciler {
                 },
                 other => other,
             };
-            if let Some((id, result)) = self.endpoint(op, &mut report.changes).await {
+            if let Some((id, result)) = self.endpoint(op, &mut report).await {
                 report.endpoints.insert(id, result);
             }
         }
@@ -198,6 +226,7 @@ impl Reconciler {
                     tracing::info!(networks = wanted.networks.len(), "firewall table rebuilt");
                     self.firewall = Some(wanted);
                     report.changes += 1;
+                    report.objects.updated += 1;
                 }
                 Ok(Err(e)) => report.errors.push(e.to_string()),
                 Err(e) => report.errors.push(format!("firewall task: {e}")),
@@ -209,7 +238,11 @@ impl Reconciler {
 
     /// Carries out one endpoint operation; returns the endpoint's status if it concerns a
     /// desired endpoint.
-    async fn endpoint(&mut self, op: EndpointOp, changes: &mut usize) -> Option<(u64, Result<(), String>)> {
+    async fn endpoint(
+        &mut self,
+        op: EndpointOp,
+        report: &mut PassReport,
+    ) -> Option<(u64, Result<(), String>)> {
         match op {
             EndpointOp::Wire {
                 spec,
@@ -218,13 +251,14 @@ impl Reconciler {
             } => {
                 let started = Instant::now();
                 let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                log_wired(&spec, &result, changes, started);
+                log_wired(&spec, &result, report, started);
                 Some((spec.id, result))
             }
             EndpointOp::FixHostSide { spec, index, master } => {
                 let result = endpoint::attach_host_side(&self.nl, &spec, index, master).await;
                 if result.is_ok() {
-                    *changes += 1;
+                    report.changes += 1;
+                    report.objects.updated += 1;
                 }
                 Some((spec.id, result))
             }
@@ -234,14 +268,14 @@ impl Reconciler {
                 bridge_index,
             } => match endpoint::verify(&spec).await {
                 Ok(Checked::Fine(n)) => {
-                    log_repairs(&spec, n, changes);
+                    log_repairs(&spec, n, report);
                     Some((spec.id, Ok(())))
                 }
                 Ok(Checked::Missing) => {
                     // The workload end is gone from the namespace: rebuild the pair.
                     let started = Instant::now();
                     let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                    log_wired(&spec, &result, changes, started);
+                    log_wired(&spec, &result, report, started);
                     Some((spec.id, result))
                 }
                 Err(e) => Some((spec.id, Err(e))),
@@ -254,7 +288,7 @@ impl Reconciler {
                 };
                 match checked {
                     Ok(Checked::Fine(n)) => {
-                        log_repairs(&spec, n, changes);
+                        log_repairs(&spec, n, report);
                         Some((spec.id, Ok(())))
                     }
                     Ok(Checked::Missing) => {
@@ -263,7 +297,7 @@ impl Reconciler {
                         let status = result.map(|record| {
                             self.macvlans.insert(record.id, record);
                         });
-                        log_wired(&spec, &status, changes, started);
+                        log_wired(&spec, &status, report, started);
                         Some((spec.id, status))
                     }
                     Err(e) => Some((spec.id, Err(e))),
@@ -272,7 +306,8 @@ impl Reconciler {
             EndpointOp::RemoveMacvlan { record } => {
                 match endpoint::remove_macvlan(&record).await {
                     Ok(()) => {
-                        *changes += 1;
+                        report.changes += 1;
+                        report.objects.deleted += 1;
                         tracing::info!(id = record.id, netns = %record.netns, "macvlan endpoint removed");
                         self.macvlans.remove(&record.id);
                     }
@@ -285,10 +320,11 @@ impl Reconciler {
     }
 }
 
-fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, changes: &mut usize, started: Instant) {
+fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, report: &mut PassReport, started: Instant) {
     match result {
         Ok(()) => {
-            *changes += 1;
+            report.changes += 1;
+            report.objects.created += 1;
             let took_us = started.elapsed().as_micros() as u64;
             tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, took_us, "endpoint wired");
         }
@@ -296,9 +332,10 @@ fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, changes: &mut usi
     }
 }
 
-fn log_repairs(spec: &EndpointSpec, repairs: usize, changes: &mut usize) {
+fn log_repairs(spec: &EndpointSpec, repairs: usize, report: &mut PassReport) {
     if repairs > 0 {
-        *changes += repairs;
+        report.changes += repairs;
+        report.objects.updated += repairs as u64;
         tracing::info!(id = spec.id, netns = %spec.netns, repairs, "endpoint repaired");
     }
 }

@@ -15,6 +15,7 @@ use overlay_proto::v1::agent_client::AgentClient;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::metrics::AgentMetrics;
 use crate::netlink::Netlink;
 use crate::reconcile::{EndpointStatuses, PassReport, Reconciler, Underlay};
 use crate::spec::HostSpec;
@@ -28,6 +29,8 @@ pub struct AgentConfig {
     /// Period of the full reconcile (endpoints checked inside their namespaces too).
     pub resync: Duration,
     pub heartbeat: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub enum AgentError {
     NoUnderlay(String),
     #[error("underlay interface {0:?} has no IPv4 address; pass --underlay-ip")]
     NoUnderlayIp(String),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(String),
     #[error("invalid host name {0:?}: {1}")]
     HostName(String, String),
     #[error("state directory {0}: {1}")]
@@ -99,6 +104,21 @@ pub async fn run(
         Duration::from_secs(15),
     )?);
 
+    let metrics = Arc::new(AgentMetrics::new());
+    if let Some(addr) = config.metrics_listen {
+        let listener = overlay_proto::metrics_http::bind(addr)
+            .await
+            .map_err(AgentError::Metrics)?;
+        let m = metrics.clone();
+        let render: overlay_proto::metrics_http::Render =
+            Arc::new(move || overlay_proto::metrics_http::encode_registry(&m.registry));
+        tokio::spawn(async move {
+            if let Err(e) = overlay_proto::metrics_http::serve(listener, render).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+
     let (spec_tx, spec_rx) = watch::channel::<Option<Arc<HostSpec>>>(None);
     let (report_tx, report_rx) = watch::channel::<Option<Arc<PassReport>>>(None);
     let config = Arc::new(config);
@@ -112,11 +132,12 @@ pub async fn run(
             report_tx,
             config.resync,
             applied.clone(),
+            metrics.clone(),
         )),
         tokio::spawn(report_loop(controllers.clone(), config.clone(), report_rx)),
         tokio::spawn(offline_start(config.clone(), underlay.ip, spec_tx.clone())),
     ];
-    let session = session_loop(controllers, config, underlay, spec_tx, applied);
+    let session = session_loop(controllers, config, underlay, spec_tx, applied, metrics);
     tokio::select! {
         _ = session => {},
         _ = shutdown => {
@@ -137,10 +158,13 @@ async fn session_loop(
     underlay: Underlay,
     spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
     applied: Arc<AtomicU64>,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(&controllers, &config, &underlay, &spec_tx, &applied).await {
+        let outcome = session(&controllers, &config, &underlay, &spec_tx, &applied, &metrics).await;
+        metrics.set_connected(false);
+        match outcome {
             Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
             Err(status) => tracing::warn!(error = %status.message(), "controller session failed; retrying"),
         }
@@ -155,6 +179,7 @@ async fn session(
     underlay: &Underlay,
     spec_tx: &watch::Sender<Option<Arc<HostSpec>>>,
     applied: &AtomicU64,
+    metrics: &AgentMetrics,
 ) -> Result<(), tonic::Status> {
     let req = pb::RegisterRequest {
         host_name: config.host_name.clone(),
@@ -188,6 +213,7 @@ async fn session(
         })
         .await?
         .into_inner();
+    metrics.set_connected(true);
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     // This session's copy of the desired state: a full state, then the deltas applied to it.
     let mut desired = pb::HostDesiredState::default();
@@ -202,6 +228,7 @@ async fn session(
                 }
                 let spec = HostSpec::from_proto(&desired, underlay.ip);
                 tracing::debug!(revision = spec.revision, full, networks = spec.networks.len(), "desired state received");
+                metrics.set_desired(spec.revision);
                 persist(&config.state_dir, &desired);
                 spec_tx.send_replace(Some(Arc::new(spec)));
             }
@@ -273,6 +300,7 @@ async fn reconcile_loop(
     report_tx: watch::Sender<Option<Arc<PassReport>>>,
     resync: Duration,
     applied: Arc<AtomicU64>,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,6 +317,7 @@ async fn reconcile_loop(
         };
         match reconciler.pass(&spec, deep).await {
             Ok(report) => {
+                metrics.observe_pass(&report);
                 checked_deep |= deep;
                 if report.errors.is_empty() {
                     applied.store(report.revision, Ordering::Relaxed);

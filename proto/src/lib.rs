@@ -14,6 +14,7 @@ pub mod raft {
 
 pub mod connect;
 pub mod mac;
+pub mod metrics_http;
 pub mod names;
 pub mod sd_notify;
 pub mod validate;

@@ -40,6 +40,7 @@ pub struct ControllerCluster {
     bin: PathBuf,
     peers: String,
     request_timeout: String,
+    env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -93,6 +94,7 @@ impl ControllerCluster {
             bin,
             peers,
             request_timeout: "3s".into(),
+            env: Vec::new(),
             _dir: None,
         })
     }
@@ -100,6 +102,11 @@ impl ControllerCluster {
     /// How long a replica lets a write or consistent read wait for a quorum (default 3s).
     pub fn set_request_timeout(&mut self, t: &str) {
         self.request_timeout = t.to_string();
+    }
+
+    /// An environment variable for replicas started from now on (e.g. OVERLAY_METRICS_LISTEN).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     pub fn start_all(&mut self) -> Result<()> {
@@ -130,7 +137,7 @@ impl ControllerCluster {
     }
 
     fn start_with_peers(&mut self, id: u64, peers: String) -> Result<()> {
-        let (bin, timeout) = (self.bin.clone(), self.request_timeout.clone());
+        let (bin, timeout, env) = (self.bin.clone(), self.request_timeout.clone(), self.env.clone());
         let r = self.replica(id)?;
         if r.is_running() {
             return Ok(());
@@ -156,7 +163,8 @@ impl ControllerCluster {
             .env(
                 "RUST_LOG",
                 std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            );
+            )
+            .envs(env);
         r.daemon = Some(Daemon::spawn(&format!("controller-{id}"), cmd, &r.log)?);
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! thousand agents do not turn into a thousand log entries every few seconds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,11 +29,17 @@ pub const HEARTBEAT_PERSIST_EVERY: Duration = Duration::from_secs(10);
 pub struct AgentSeen {
     pub last_heartbeat_ms: i64,
     pub applied_revision: u64,
+    /// Revision of the last desired state this replica's Watch stream sent the agent; equal
+    /// to `applied_revision` once the agent has converged (a later state revision that did
+    /// not change this host's view is not sent, and is no lag).
+    pub sent_revision: u64,
 }
 
 pub struct AgentApi {
     node: Arc<Node>,
     seen: Arc<Mutex<HashMap<String, AgentSeen>>>,
+    /// Open Watch streams, for the metrics.
+    watchers: Arc<AtomicI64>,
     /// The desired-state model of the latest revision, shared by every Watch stream.
     models: watch::Sender<Arc<Model>>,
 }
@@ -44,7 +51,8 @@ const MODEL_COALESCE: Duration = Duration::from_millis(10);
 const MODEL_CATCH_UP: Duration = Duration::from_secs(5);
 
 impl AgentApi {
-    pub fn new(node: Arc<Node>) -> Self {
+    /// `watchers` counts the open Watch streams (shared with the metrics).
+    pub fn new(node: Arc<Node>, watchers: Arc<AtomicI64>) -> Self {
         let view = node.view.clone();
         let initial = Arc::new(view.read(|s| Model::build(s, None)));
         let (models, _) = watch::channel(initial);
@@ -52,8 +60,14 @@ impl AgentApi {
         Self {
             node,
             seen: Arc::default(),
+            watchers,
             models,
         }
+    }
+
+    /// What this replica has heard from each agent (heartbeats, reports).
+    pub fn seen(&self) -> Arc<Mutex<HashMap<String, AgentSeen>>> {
+        self.seen.clone()
     }
 
     fn remember(&self, host: &str, applied_revision: u64) {
@@ -166,10 +180,19 @@ impl Agent for AgentApi {
         let event = first.full_event(&host).ok_or_else(|| Self::unknown_host(&host))?;
         let (tx, rx) = mpsc::channel(16);
         tracing::info!(%host, revision = first.revision, "watch started");
+        let watchers = self.watchers.clone();
+        watchers.fetch_add(1, Ordering::Relaxed);
+        let seen = self.seen.clone();
+        let record_sent = move |host: &str, revision: u64| {
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.entry(host.to_string()).or_default().sent_revision = revision;
+        };
         tokio::spawn(async move {
+            let _open = OpenStream(watchers);
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }
+            record_sent(&host, first.revision);
             // The model this agent last received: deltas are computed against it.
             let mut sent = first;
             loop {
@@ -186,6 +209,7 @@ impl Agent for AgentApi {
                     if tx.send(Ok(event)).await.is_err() {
                         break;
                     }
+                    record_sent(&host, current.revision);
                     sent = current;
                 }
             }
@@ -231,5 +255,14 @@ impl Agent for AgentApi {
         Ok(Response::new(pb::ReportStatusResponse {
             revision: self.node.view.revision(),
         }))
+    }
+}
+
+/// Counts a Watch stream as open for as long as its task runs, however it ends.
+struct OpenStream(Arc<AtomicI64>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
