@@ -53,6 +53,26 @@ pub enum Forwarded<T> {
     Failed(String),
 }
 
+/// What a replica knows about an agent without asking Raft: kept in memory by the replica the
+/// agent talks to, gathered from every replica by `doctor`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentSeen {
+    pub last_heartbeat_ms: i64,
+    pub applied_revision: u64,
+    /// Revision of the last desired state this replica's Watch stream sent the agent; equal
+    /// to `applied_revision` once the agent has converged (a later state revision that did
+    /// not change this host's view is not sent, and is no lag).
+    pub sent_revision: u64,
+    /// Watch streams of this agent open on this replica.
+    pub streams: u32,
+    /// Kernel drift the agent last reported, and when it was found.
+    pub drift: Vec<String>,
+    pub audited_ms: i64,
+}
+
+/// Host name → what this replica heard from its agent.
+pub type AgentsSeen = Arc<std::sync::Mutex<std::collections::HashMap<String, AgentSeen>>>;
+
 /// A command waiting for the batcher, with where its outcome goes.
 type Proposal = (Command, oneshot::Sender<Result<Forwarded<Reply>, NodeError>>);
 
@@ -162,6 +182,7 @@ pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub batcher: Batcher,
+    pub agents: AgentsSeen,
     pub view: StateView,
     pub peers: Arc<PeerClients>,
     /// Latest committed log index this replica knows (from the log store).
@@ -378,6 +399,58 @@ impl Node {
             .await
             .map_err(|s| s.message().to_string())?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
+    /// What every reachable replica heard from the agents, merged per host: the freshest
+    /// heartbeat wins, streams add up, drift comes from the latest audit. Also the replicas
+    /// that did not answer.
+    pub async fn agents_everywhere(&self) -> (std::collections::HashMap<String, AgentSeen>, Vec<NodeId>) {
+        let members: Vec<(NodeId, String)> = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let asks = members.into_iter().map(|(id, addr)| async move {
+            let answer = async {
+                let mut client = self.peers.client(&addr).map_err(|e| e.to_string())?;
+                let mut req = tonic::Request::new(encode(&()).map_err(|e| e.to_string())?);
+                req.set_timeout(Duration::from_secs(1));
+                let reply = client
+                    .agents_seen(req)
+                    .await
+                    .map_err(|s| s.message().to_string())?;
+                decode::<std::collections::HashMap<String, AgentSeen>>(reply.get_ref())
+                    .map_err(|e| e.to_string())
+            };
+            (id, answer.await)
+        });
+        let mut merged = self.agents.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut unreachable = Vec::new();
+        for (id, answer) in futures::future::join_all(asks).await {
+            let Ok(theirs) = answer else {
+                unreachable.push(id);
+                continue;
+            };
+            for (host, s) in theirs {
+                let e = merged.entry(host).or_default();
+                if s.last_heartbeat_ms > e.last_heartbeat_ms {
+                    e.last_heartbeat_ms = s.last_heartbeat_ms;
+                }
+                e.applied_revision = e.applied_revision.max(s.applied_revision);
+                e.sent_revision = e.sent_revision.max(s.sent_revision);
+                e.streams += s.streams;
+                if s.audited_ms > e.audited_ms {
+                    e.drift = s.drift;
+                    e.audited_ms = s.audited_ms;
+                }
+            }
+        }
+        (merged, unreachable)
     }
 
     async fn forward(&self, addr: &str, cmd: &Command) -> Result<Forwarded<Reply>, String> {

@@ -146,6 +146,7 @@ impl Controller {
         let node = Arc::new(Node {
             id: config.node_id,
             batcher: Batcher::start(raft.clone()),
+            agents: Arc::default(),
             raft,
             view,
             peers,
@@ -193,7 +194,7 @@ impl Controller {
         let metrics = Arc::new(ControllerMetrics::new());
         let agent_api = AgentApi::new(node.clone(), metrics.watch_subscribers.clone());
         if let Some(listener) = self.metrics_listener {
-            let (metrics, node, seen) = (metrics.clone(), node.clone(), agent_api.seen());
+            let (metrics, node, seen) = (metrics.clone(), node.clone(), node.agents.clone());
             let render: overlay_proto::metrics_http::Render = Arc::new(move || {
                 metrics.refresh(&node, &seen, now_ms());
                 overlay_proto::metrics_http::encode_registry(&metrics.registry)

@@ -157,6 +157,17 @@ pub fn ruleset(spec: &FirewallSpec) -> Nftables<'static> {
 pub struct FirewallError(String);
 
 /// Applies the ruleset with `nft -j -f -` (a child process; nothing forks without exec).
+/// Whether overlay's table is in the kernel (the audit's check; its rules are always rebuilt
+/// whole, so presence is what can drift behind the agent's back).
+pub fn table_present() -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub fn apply(spec: &FirewallSpec) -> Result<(), FirewallError> {
     nftables::helper::apply_ruleset(&ruleset(spec)).map_err(|e| FirewallError(e.to_string()))
 }

@@ -6,6 +6,7 @@
 //! changes over rtnetlink), [`netns`] (running netlink inside a workload namespace),
 //! [`reconcile`] (one convergence pass), [`session`] (the controller connection).
 
+pub mod audit;
 pub mod endpoint;
 pub mod firewall;
 pub mod kernel;

@@ -107,6 +107,28 @@ impl Reconciler {
             .map_err(|e| format!("save {}: {e}", path.display()))
     }
 
+    /// Where the kernel differs from `spec`, without changing anything (see [`crate::audit`]).
+    pub async fn audit(&mut self, spec: &HostSpec) -> Result<Vec<String>, ReconcileError> {
+        let kernel = self.nl.dump().await?;
+        let underlay_index = kernel
+            .link(&self.underlay.iface)
+            .map(|l| l.index)
+            .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
+        let mut drift = crate::audit::drift(spec, &kernel, underlay_index, &self.macvlans);
+        let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
+        if !wanted.networks.is_empty() {
+            let present = tokio::task::spawn_blocking(firewall::table_present)
+                .await
+                .unwrap_or(true);
+            if !present {
+                drift.push(format!("missing nftables table ip {}", firewall::TABLE));
+                // The next pass must rebuild it even though it believes it is in place.
+                self.firewall = None;
+            }
+        }
+        Ok(drift)
+    }
+
     /// Converges the kernel to `spec`. `deep` also checks every endpoint inside its namespace.
     pub async fn pass(&mut self, spec: &HostSpec, deep: bool) -> Result<PassReport, ReconcileError> {
         let started = Instant::now();

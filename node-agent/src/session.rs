@@ -121,6 +121,7 @@ pub async fn run(
 
     let (spec_tx, spec_rx) = watch::channel::<Option<Arc<HostSpec>>>(None);
     let (report_tx, report_rx) = watch::channel::<Option<Arc<PassReport>>>(None);
+    let (drift_tx, drift_rx) = watch::channel(Drift::default());
     let config = Arc::new(config);
     let applied = Arc::new(AtomicU64::new(0));
 
@@ -129,12 +130,21 @@ pub async fn run(
         tokio::spawn(reconcile_loop(
             reconciler,
             spec_rx,
-            report_tx,
             config.resync,
-            applied.clone(),
-            metrics.clone(),
+            config.heartbeat,
+            PassOutputs {
+                report_tx,
+                drift_tx,
+                applied: applied.clone(),
+                metrics: metrics.clone(),
+            },
         )),
-        tokio::spawn(report_loop(controllers.clone(), config.clone(), report_rx)),
+        tokio::spawn(report_loop(
+            controllers.clone(),
+            config.clone(),
+            report_rx,
+            drift_rx,
+        )),
         tokio::spawn(offline_start(config.clone(), underlay.ip, spec_tx.clone())),
     ];
     let session = session_loop(controllers, config, underlay, spec_tx, applied, metrics);
@@ -294,30 +304,83 @@ async fn offline_start(
     }
 }
 
+/// Where the reconcile loop publishes what its passes and audits found.
+struct PassOutputs {
+    report_tx: watch::Sender<Option<Arc<PassReport>>>,
+    drift_tx: watch::Sender<Drift>,
+    applied: Arc<AtomicU64>,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Where the kernel differs from the desired state, as the last audit or pass found it.
+#[derive(Clone, Debug, Default)]
+pub struct Drift {
+    /// Unix ms of the finding (0: nothing looked yet).
+    pub found_ms: i64,
+    pub items: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 async fn reconcile_loop(
     mut reconciler: Reconciler,
     mut spec_rx: watch::Receiver<Option<Arc<HostSpec>>>,
-    report_tx: watch::Sender<Option<Arc<PassReport>>>,
     resync: Duration,
-    applied: Arc<AtomicU64>,
-    metrics: Arc<AgentMetrics>,
+    audit_every: Duration,
+    out: PassOutputs,
 ) {
+    let PassOutputs {
+        report_tx,
+        drift_tx,
+        applied,
+        metrics,
+    } = out;
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut audit_timer = tokio::time::interval(audit_every);
+    audit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checked_deep = false;
     let mut ready = false;
     loop {
         let mut deep = !checked_deep;
+        let mut audit_only = false;
         tokio::select! {
             changed = spec_rx.changed() => if changed.is_err() { return },
             _ = timer.tick() => deep = true,
+            _ = audit_timer.tick() => audit_only = true,
         }
         let Some(spec) = spec_rx.borrow_and_update().clone() else {
             continue;
         };
+        if audit_only {
+            // Look, do not touch: drift stays visible to `doctor` until the next pass repairs it.
+            match reconciler.audit(&spec).await {
+                Ok(drift) => {
+                    if !drift.is_empty() {
+                        tracing::warn!(items = drift.len(), first = %drift[0], "kernel drifted from the desired state");
+                    }
+                    drift_tx.send_replace(Drift {
+                        found_ms: now_ms(),
+                        items: drift,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "audit failed"),
+            }
+            continue;
+        }
         match reconciler.pass(&spec, deep).await {
             Ok(report) => {
                 metrics.observe_pass(&report);
+                // What a pass could not fix is the drift that remains.
+                drift_tx.send_replace(Drift {
+                    found_ms: now_ms(),
+                    items: report.errors.clone(),
+                });
                 checked_deep |= deep;
                 if report.errors.is_empty() {
                     applied.store(report.revision, Ordering::Relaxed);
@@ -363,20 +426,28 @@ async fn report_loop(
     controllers: Arc<Controllers>,
     config: Arc<AgentConfig>,
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
+    mut drift_rx: watch::Receiver<Drift>,
 ) {
-    let mut last_sent: Option<(u64, EndpointStatuses)> = None;
+    let mut last_sent: Option<(u64, EndpointStatuses, Vec<String>)> = None;
     let mut retry = false;
     loop {
+        let next = async {
+            tokio::select! {
+                r = report_rx.changed() => r.is_ok(),
+                d = drift_rx.changed() => d.is_ok(),
+            }
+        };
         if retry {
             // Retry the latest report after a pause, or sooner if a newer one arrives.
-            let _ = tokio::time::timeout(Duration::from_secs(1), report_rx.changed()).await;
-        } else if report_rx.changed().await.is_err() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), next).await;
+        } else if !next.await {
             return;
         }
         let Some(report) = report_rx.borrow_and_update().clone() else {
             continue;
         };
-        let current = (report.revision, report.endpoints.clone());
+        let drift = drift_rx.borrow_and_update().clone();
+        let current = (report.revision, report.endpoints.clone(), drift.items.clone());
         if last_sent.as_ref() == Some(&current) {
             continue;
         }
@@ -395,6 +466,8 @@ async fn report_loop(
                     message: r.as_ref().err().cloned().unwrap_or_default(),
                 })
                 .collect(),
+            drift: drift.items,
+            audited_ms: drift.found_ms,
         };
         let sent = controllers
             .call(|ch| {

@@ -38,6 +38,9 @@ pub enum Command {
     /// Controller cluster: members, leader, term, commit index, health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Per host: agent connected, last heartbeat, revision lag, kernel drift. Exits 1 on any
+    /// problem.
+    Doctor,
     /// Hosts registered by their agents.
     #[command(subcommand)]
     Host(HostCmd),

@@ -81,6 +81,20 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await?;
             output::cluster_status(out, &resp);
         }
+        Command::Doctor => {
+            let resp = call(&controllers, |mut c| async move {
+                c.doctor(pb::DoctorRequest {}).await
+            })
+            .await?;
+            let problems = output::doctor(out, &resp);
+            if !problems.is_empty() {
+                return Err(Failure(format!(
+                    "doctor found {} problem(s): {}",
+                    problems.len(),
+                    problems.join("; ")
+                )));
+            }
+        }
         Command::Cluster(ClusterCmd::AddMember { id, addr }) => {
             let resp = call(&controllers, |mut c| {
                 let req = pb::AddMemberRequest {

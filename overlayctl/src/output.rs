@@ -398,3 +398,94 @@ pub fn endpoint_detached(f: Format, r: &pb::DetachEndpointResponse) {
         e.netns, e.network, e.host, e.address
     );
 }
+
+/// An agent silent for longer than this (three heartbeats) is reported.
+const HEARTBEAT_STALE_MS: i64 = 15_000;
+
+/// Prints the doctor's findings; returns one line per problem (empty: all healthy).
+pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
+    let mut problems = Vec::new();
+    let age = |ms: i64| (ms > 0).then(|| (d.now_ms - ms).max(0));
+    for h in &d.hosts {
+        if !h.connected {
+            problems.push(format!("{}: agent not connected", h.host));
+        }
+        match age(h.last_heartbeat_ms) {
+            None => problems.push(format!("{}: never heard from", h.host)),
+            Some(a) if a > HEARTBEAT_STALE_MS => {
+                problems.push(format!("{}: no heartbeat for {}s", h.host, a / 1000))
+            }
+            _ => {}
+        }
+        if h.connected && h.sent_revision > h.applied_revision {
+            problems.push(format!(
+                "{}: lagging (applied revision {} of {})",
+                h.host, h.applied_revision, h.sent_revision
+            ));
+        }
+        if !h.drift.is_empty() {
+            problems.push(format!(
+                "{}: {} drift item(s), e.g. {}",
+                h.host,
+                h.drift.len(),
+                h.drift[0]
+            ));
+        }
+    }
+    for r in &d.unreachable_replicas {
+        problems.push(format!(
+            "controller replica {r} did not answer; its agents may be missing"
+        ));
+    }
+    if f == Format::Json {
+        let hosts: Vec<Value> = d
+            .hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "host": h.host, "connected": h.connected,
+                    "last_heartbeat_age_ms": age(h.last_heartbeat_ms),
+                    "applied_revision": h.applied_revision, "sent_revision": h.sent_revision,
+                    "lag": h.sent_revision.saturating_sub(h.applied_revision),
+                    "drift": h.drift, "audited_age_ms": age(h.audited_ms),
+                })
+            })
+            .collect();
+        print_json(&json!({"healthy": problems.is_empty(), "hosts": hosts, "problems": problems}));
+        return problems;
+    }
+    let rows = d
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                if h.connected { "yes" } else { "no" }.to_string(),
+                age(h.last_heartbeat_ms)
+                    .map(|a| format!("{}s ago", a / 1000))
+                    .unwrap_or_else(|| "never".into()),
+                h.applied_revision.to_string(),
+                if h.connected {
+                    h.sent_revision.saturating_sub(h.applied_revision).to_string()
+                } else {
+                    "-".into()
+                },
+                h.drift.len().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["HOST", "CONNECTED", "HEARTBEAT", "APPLIED", "LAG", "DRIFT"],
+        rows,
+    );
+    for h in d.hosts.iter().filter(|h| !h.drift.is_empty()) {
+        let found = age(h.audited_ms)
+            .map(|a| format!(" (found {}s ago)", a / 1000))
+            .unwrap_or_default();
+        println!("\n{}{found}:", h.host);
+        for item in &h.drift {
+            println!("  {item}");
+        }
+    }
+    problems
+}

@@ -4,9 +4,8 @@
 //! Raft only when the replicated `last_seen` is older than [`HEARTBEAT_PERSIST_EVERY`], so a
 //! thousand agents do not turn into a thousand log entries every few seconds.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use overlay_proto::v1 as pb;
@@ -18,26 +17,15 @@ use tonic::{Code, Request, Response, Status};
 use super::{convert, invalid, parse, status};
 use crate::desired::Model;
 use crate::model::EndpointStatus;
-use crate::node::{Node, now_ms};
+use crate::node::{AgentsSeen, Node, now_ms};
 use crate::state::{Command, Response as Done};
 
 /// The replicated `last_seen` of a host is refreshed at most this often.
 pub const HEARTBEAT_PERSIST_EVERY: Duration = Duration::from_secs(10);
 
-/// What a replica knows about an agent without asking Raft.
-#[derive(Clone, Debug, Default)]
-pub struct AgentSeen {
-    pub last_heartbeat_ms: i64,
-    pub applied_revision: u64,
-    /// Revision of the last desired state this replica's Watch stream sent the agent; equal
-    /// to `applied_revision` once the agent has converged (a later state revision that did
-    /// not change this host's view is not sent, and is no lag).
-    pub sent_revision: u64,
-}
-
 pub struct AgentApi {
     node: Arc<Node>,
-    seen: Arc<Mutex<HashMap<String, AgentSeen>>>,
+    seen: AgentsSeen,
     /// Open Watch streams, for the metrics.
     watchers: Arc<AtomicI64>,
     /// The desired-state model of the latest revision, shared by every Watch stream.
@@ -58,16 +46,11 @@ impl AgentApi {
         let (models, _) = watch::channel(initial);
         tokio::spawn(publish_models(view, models.clone()));
         Self {
+            seen: node.agents.clone(),
             node,
-            seen: Arc::default(),
             watchers,
             models,
         }
-    }
-
-    /// What this replica has heard from each agent (heartbeats, reports).
-    pub fn seen(&self) -> Arc<Mutex<HashMap<String, AgentSeen>>> {
-        self.seen.clone()
     }
 
     fn remember(&self, host: &str, applied_revision: u64) {
@@ -182,13 +165,24 @@ impl Agent for AgentApi {
         tracing::info!(%host, revision = first.revision, "watch started");
         let watchers = self.watchers.clone();
         watchers.fetch_add(1, Ordering::Relaxed);
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(host.clone())
+            .or_default()
+            .streams += 1;
+        let guard = OpenStream {
+            watchers,
+            seen: self.seen.clone(),
+            host: host.clone(),
+        };
         let seen = self.seen.clone();
         let record_sent = move |host: &str, revision: u64| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.entry(host.to_string()).or_default().sent_revision = revision;
         };
         tokio::spawn(async move {
-            let _open = OpenStream(watchers);
+            let _open = guard;
             if tx.send(Ok(event)).await.is_err() {
                 return;
             }
@@ -224,6 +218,14 @@ impl Agent for AgentApi {
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
         let req = req.into_inner();
         self.remember(&req.host_name, req.applied_revision);
+        if req.audited_ms > 0 {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = seen.entry(req.host_name.clone()).or_default();
+            if req.audited_ms >= entry.audited_ms {
+                entry.drift = req.drift.clone();
+                entry.audited_ms = req.audited_ms;
+            }
+        }
         let changed = self.node.view.read(|s| {
             if !s.hosts.contains_key(&req.host_name) {
                 return Err(Self::unknown_host(&req.host_name));
@@ -259,10 +261,18 @@ impl Agent for AgentApi {
 }
 
 /// Counts a Watch stream as open for as long as its task runs, however it ends.
-struct OpenStream(Arc<AtomicI64>);
+struct OpenStream {
+    watchers: Arc<AtomicI64>,
+    seen: AgentsSeen,
+    host: String,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get_mut(&self.host) {
+            s.streams = s.streams.saturating_sub(1);
+        }
     }
 }

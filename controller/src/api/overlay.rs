@@ -142,6 +142,31 @@ fn require(what: &str, value: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
+    async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorResponse>, Status> {
+        let hosts: Vec<String> = self.node.view.read(|s| s.hosts.keys().cloned().collect());
+        let (seen, unreachable) = self.node.agents_everywhere().await;
+        let hosts = hosts
+            .into_iter()
+            .map(|host| {
+                let s = seen.get(&host).cloned().unwrap_or_default();
+                pb::HostHealth {
+                    connected: s.streams > 0,
+                    last_heartbeat_ms: s.last_heartbeat_ms,
+                    applied_revision: s.applied_revision,
+                    sent_revision: s.sent_revision,
+                    drift: s.drift,
+                    audited_ms: s.audited_ms,
+                    host,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::DoctorResponse {
+            hosts,
+            now_ms: now_ms(),
+            unreachable_replicas: unreachable,
+        }))
+    }
+
     async fn add_member(
         &self,
         req: Request<pb::AddMemberRequest>,

@@ -70,6 +70,11 @@ impl Raft for RaftApi {
         reply(&outcome)
     }
 
+    async fn agents_seen(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let seen = self.node.agents.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        reply(&seen)
+    }
+
     async fn read_index(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let outcome = self.node.read_index_here().await.map_err(Status::from)?;
         reply(&outcome)
