@@ -9,6 +9,7 @@
 pub mod desired;
 pub mod ipam;
 pub mod model;
+pub mod probe;
 pub mod state;
 
 pub mod api;

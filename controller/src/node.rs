@@ -183,6 +183,7 @@ pub struct Node {
     pub raft: Raft,
     pub batcher: Batcher,
     pub agents: AgentsSeen,
+    pub probes: Arc<crate::probe::ProbeHub>,
     pub view: StateView,
     pub peers: Arc<PeerClients>,
     /// Latest committed log index this replica knows (from the log store).
@@ -401,20 +402,23 @@ impl Node {
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
+    /// Every other member (voter or learner): id and address.
+    pub fn other_members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
     /// What every reachable replica heard from the agents, merged per host: the freshest
     /// heartbeat wins, streams add up, drift comes from the latest audit. Also the replicas
     /// that did not answer.
     pub async fn agents_everywhere(&self) -> (std::collections::HashMap<String, AgentSeen>, Vec<NodeId>) {
-        let members: Vec<(NodeId, String)> = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
+        let members = self.other_members();
         let asks = members.into_iter().map(|(id, addr)| async move {
             let answer = async {
                 let mut client = self.peers.client(&addr).map_err(|e| e.to_string())?;

@@ -147,6 +147,7 @@ impl Controller {
             id: config.node_id,
             batcher: Batcher::start(raft.clone()),
             agents: Arc::default(),
+            probes: Arc::default(),
             raft,
             view,
             peers,

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod plan;
+pub mod probe;
 pub mod reconcile;
 pub mod session;
 pub mod spec;

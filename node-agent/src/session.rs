@@ -184,7 +184,7 @@ async fn session_loop(
 }
 
 async fn session(
-    controllers: &Controllers,
+    controllers: &Arc<Controllers>,
     config: &AgentConfig,
     underlay: &Underlay,
     spec_tx: &watch::Sender<Option<Arc<HostSpec>>>,
@@ -231,6 +231,10 @@ async fn session(
         tokio::select! {
             msg = stream.message() => {
                 let Some(event) = msg? else { return Ok(()) };
+                if let Some(pb::watch_event::Event::Probe(order)) = event.event {
+                    tokio::spawn(run_probe(order, desired.clone(), controllers.clone(), config.host_name.clone()));
+                    continue;
+                }
                 let full = matches!(event.event, Some(pb::watch_event::Event::Full(_)));
                 if let Err(e) = overlay_proto::watch::apply(&mut desired, event) {
                     // Never program a state built on the wrong base: start over with a full one.
@@ -301,6 +305,78 @@ async fn offline_start(
         }
         Ok(_) => tracing::warn!("persisted desired state is for another host; ignored"),
         Err(e) => tracing::warn!(error = %e, "persisted desired state unreadable; ignored"),
+    }
+}
+
+/// Carries out a probe order: every target, small and MTU-sized echoes in parallel, from this
+/// host's gateway address in the network; then reports to the controller.
+async fn run_probe(
+    order: pb::ProbeOrder,
+    desired: pb::HostDesiredState,
+    controllers: Arc<Controllers>,
+    host: String,
+) {
+    let network = desired.networks.iter().find(|n| n.name == order.network);
+    let source = network.and_then(|n| n.gateway.parse::<Ipv4Addr>().ok());
+    let mtu = network.map(|n| n.mtu).unwrap_or(0);
+    let timeout = Duration::from_millis(u64::from(order.timeout_ms.max(100)));
+    let big = match order.big_payload {
+        0 => mtu.saturating_sub(28),
+        n => n,
+    };
+    let mut jobs = Vec::new();
+    for target in &order.targets {
+        for payload in [order.small_payload, big] {
+            let (to, address, count) = (target.host.clone(), target.address.clone(), order.count);
+            let from = host.clone();
+            jobs.push(tokio::task::spawn_blocking(move || {
+                let mut result = pb::ProbeResult {
+                    from,
+                    to,
+                    size: payload + 28,
+                    ..Default::default()
+                };
+                let outcome = match (source, address.parse::<Ipv4Addr>()) {
+                    (Some(src), Ok(dst)) if payload > 0 => {
+                        crate::probe::echo(src, dst, payload as usize, count, timeout)
+                            .map_err(|e| e.to_string())
+                    }
+                    (None, _) => Err("this host has no gateway address in the network".to_string()),
+                    _ => Err(format!("cannot probe {address:?} with {payload} bytes")),
+                };
+                match outcome {
+                    Ok(stats) => {
+                        result.sent = stats.sent;
+                        result.received = stats.received;
+                        if stats.received > 0 {
+                            result.rtt_us = (stats.rtt_total / stats.received).as_micros() as u64;
+                        }
+                    }
+                    Err(e) => result.error = e,
+                }
+                result
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for job in jobs {
+        if let Ok(r) = job.await {
+            results.push(r);
+        }
+    }
+    let report = pb::ProbeReport {
+        id: order.id.clone(),
+        host: host.clone(),
+        results,
+    };
+    let sent = controllers
+        .call(|ch| {
+            let report = report.clone();
+            async move { AgentClient::new(ch).report_probe(report).await }
+        })
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(id = %order.id, error = %e.message(), "probe report failed");
     }
 }
 

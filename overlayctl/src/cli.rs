@@ -41,6 +41,14 @@ pub enum Command {
     /// Per host: agent connected, last heartbeat, revision lag, kernel drift. Exits 1 on any
     /// problem.
     Doctor,
+    /// Every host of a network pings every other over the overlay, with small and MTU-sized
+    /// packets (DF set); prints the loss/RTT matrices. Exits 1 if any pair loses packets.
+    Probe {
+        network: String,
+        /// Echoes per pair and size.
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+    },
     /// Hosts registered by their agents.
     #[command(subcommand)]
     Host(HostCmd),

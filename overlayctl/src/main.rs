@@ -81,6 +81,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await?;
             output::cluster_status(out, &resp);
         }
+        Command::Probe { network, count } => {
+            let resp = call(&controllers, |mut c| {
+                let req = pb::ProbeRequest {
+                    network: network.clone(),
+                    count,
+                };
+                async move { c.probe(req).await }
+            })
+            .await?;
+            let failing = output::probe(out, &resp);
+            if !failing.is_empty() {
+                return Err(Failure(format!(
+                    "probe found {} failing path(s): {}",
+                    failing.len(),
+                    failing.join("; ")
+                )));
+            }
+        }
         Command::Doctor => {
             let resp = call(&controllers, |mut c| async move {
                 c.doctor(pb::DoctorRequest {}).await

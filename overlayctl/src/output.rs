@@ -489,3 +489,78 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
     }
     problems
 }
+
+/// Prints the probe matrices (one per packet size: rows send, columns answer); returns one
+/// line per failing path.
+pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
+    let mut failing: Vec<String> = m
+        .results
+        .iter()
+        .filter(|r| r.received < r.sent || r.sent == 0 || !r.error.is_empty())
+        .map(|r| {
+            let why = if r.error.is_empty() {
+                format!("{}/{} lost", r.sent - r.received, r.sent)
+            } else {
+                r.error.clone()
+            };
+            format!("{} -> {} ({} bytes): {why}", r.from, r.to, r.size)
+        })
+        .collect();
+    failing.extend(m.silent.iter().map(|h| format!("{h}: agent did not report")));
+    if f == Format::Json {
+        let results: Vec<Value> = m
+            .results
+            .iter()
+            .map(|r| {
+                json!({"from": r.from, "to": r.to, "size": r.size, "sent": r.sent,
+                       "received": r.received, "rtt_us": r.rtt_us, "error": r.error})
+            })
+            .collect();
+        print_json(
+            &json!({"network": m.network, "hosts": m.hosts, "results": results,
+                           "silent": m.silent, "ok": failing.is_empty(), "failing": failing}),
+        );
+        return failing;
+    }
+    let mut sizes: Vec<u32> = m.results.iter().map(|r| r.size).collect();
+    sizes.sort();
+    sizes.dedup();
+    for size in sizes {
+        println!("{} bytes (rows ping columns):", size);
+        let mut header = vec!["FROM \\ TO"];
+        header.extend(m.hosts.iter().map(String::as_str));
+        let rows = m
+            .hosts
+            .iter()
+            .map(|from| {
+                let mut row = vec![from.clone()];
+                for to in &m.hosts {
+                    let cell = if from == to {
+                        "-".to_string()
+                    } else {
+                        match m
+                            .results
+                            .iter()
+                            .find(|r| &r.from == from && &r.to == to && r.size == size)
+                        {
+                            None => "?".to_string(),
+                            Some(r) if !r.error.is_empty() => "ERROR".to_string(),
+                            Some(r) if r.received == r.sent && r.sent > 0 => {
+                                format!("ok {:.2}ms", r.rtt_us as f64 / 1000.0)
+                            }
+                            Some(r) => format!("FAIL {}/{}", r.received, r.sent),
+                        }
+                    };
+                    row.push(cell);
+                }
+                row
+            })
+            .collect();
+        table(&header, rows);
+        println!();
+    }
+    for h in &m.silent {
+        println!("{h}: agent did not report");
+    }
+    failing
+}

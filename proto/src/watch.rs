@@ -30,6 +30,8 @@ pub fn apply(state: &mut pb::HostDesiredState, event: pb::WatchEvent) -> Result<
         watch_event::Event::Full(full) => {
             *state = full;
         }
+        // An order, not a change of desired state: the caller acts on it; the state stays.
+        watch_event::Event::Probe(_) => return Ok(()),
         watch_event::Event::Delta(delta) => {
             if delta.base_revision != state.revision {
                 return Err(ApplyError::Gap {

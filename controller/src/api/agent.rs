@@ -176,6 +176,7 @@ impl Agent for AgentApi {
             seen: self.seen.clone(),
             host: host.clone(),
         };
+        let mut probe_orders = self.node.probes.subscribe();
         let seen = self.seen.clone();
         let record_sent = move |host: &str, revision: u64| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,6 +194,19 @@ impl Agent for AgentApi {
                 tokio::select! {
                     changed = models.changed() => if changed.is_err() { break },
                     _ = tx.closed() => break,
+                    order = probe_orders.recv() => {
+                        // Orders for other hosts, or a lagging receiver, are no concern here.
+                        if let Ok(o) = order && o.host == host && let Some(order) = o.order {
+                            let event = pb::WatchEvent {
+                                revision: sent.revision,
+                                event: Some(pb::watch_event::Event::Probe(order)),
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                 }
                 let current = models.borrow_and_update().clone();
                 if !current.has_host(&host) {
@@ -210,6 +224,13 @@ impl Agent for AgentApi {
             tracing::info!(%host, "watch ended");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_probe(&self, req: Request<pb::ProbeReport>) -> Result<Response<pb::ProbeAck>, Status> {
+        let report = req.into_inner();
+        tracing::info!(host = %report.host, id = %report.id, results = report.results.len(), "probe report");
+        self.node.probes.record(report);
+        Ok(Response::new(pb::ProbeAck {}))
     }
 
     async fn report_status(

@@ -4,6 +4,7 @@
 //! never misses a change that was acknowledged before the request, whichever replica serves it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use overlay_proto::v1 as pb;
@@ -164,6 +165,93 @@ impl Overlay for OverlayApi {
             hosts,
             now_ms: now_ms(),
             unreachable_replicas: unreachable,
+        }))
+    }
+
+    async fn probe(&self, req: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeMatrix>, Status> {
+        use prost::Message;
+        let req = req.into_inner();
+        require("network", &req.network)?;
+        let count = match req.count {
+            0 => 3,
+            n => n.min(20),
+        };
+        let id = format!(
+            "{}-{}-{}",
+            self.node.id,
+            now_ms(),
+            PROBE_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        self.node.linearizable().await?;
+        let (orders, hosts) = self
+            .node
+            .view
+            .read(|s| crate::probe::orders(s, &req.network, count, &id))
+            .map_err(|e| {
+                let code = if e.starts_with("unknown network") {
+                    Code::NotFound
+                } else {
+                    Code::FailedPrecondition
+                };
+                status(code, e)
+            })?;
+        tracing::info!(%id, network = %req.network, hosts = hosts.len(), "probe started");
+        self.node.probes.publish(&orders);
+        let peers = self.node.other_members();
+        let payload = overlay_proto::raft::RaftPayload {
+            data: pb::ProbeOrders { orders }.encode_to_vec(),
+        };
+        for (_, addr) in &peers {
+            if let Ok(mut c) = self.node.peers.client(addr) {
+                let mut r = Request::new(payload.clone());
+                r.set_timeout(Duration::from_secs(1));
+                let _ = c.start_probe(r).await;
+            }
+        }
+        // Each agent sends `count` echoes of two sizes to every target (in parallel per
+        // target), each waiting up to ECHO_TIMEOUT_MS: allow for that and the round trips.
+        let deadline = Instant::now()
+            + Duration::from_millis(u64::from(count * crate::probe::ECHO_TIMEOUT_MS) * 2 + 3000);
+        let mut reports: std::collections::BTreeMap<String, pb::ProbeReport> = Default::default();
+        loop {
+            for r in self.node.probes.reports(&id) {
+                reports.insert(r.host.clone(), r);
+            }
+            for (_, addr) in &peers {
+                if let Ok(mut c) = self.node.peers.client(addr) {
+                    let mut r = Request::new(overlay_proto::raft::RaftPayload {
+                        data: id.clone().into_bytes(),
+                    });
+                    r.set_timeout(Duration::from_secs(1));
+                    if let Ok(resp) = c.probe_reports(r).await
+                        && let Ok(theirs) = pb::ProbeReports::decode(resp.get_ref().data.as_slice())
+                    {
+                        for r in theirs.reports {
+                            reports.insert(r.host.clone(), r);
+                        }
+                    }
+                }
+            }
+            if hosts.iter().all(|h| reports.contains_key(h)) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let silent = hosts
+            .iter()
+            .filter(|h| !reports.contains_key(*h))
+            .cloned()
+            .collect();
+        let results: Vec<pb::ProbeResult> = reports.into_values().flat_map(|r| r.results).collect();
+        let small_size = results.iter().map(|r| r.size).min().unwrap_or(0);
+        let big_size = results.iter().map(|r| r.size).max().unwrap_or(0);
+        Ok(Response::new(pb::ProbeMatrix {
+            network: req.network,
+            hosts,
+            results,
+            silent,
+            small_size,
+            big_size,
         }))
     }
 
@@ -517,6 +605,9 @@ impl Overlay for OverlayApi {
         Ok(Response::new(out))
     }
 }
+
+/// Makes probe ids unique within a replica.
+static PROBE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// `host:port` with a non-empty host and a port number: what a peer can dial.
 fn valid_member_addr(addr: &str) -> bool {

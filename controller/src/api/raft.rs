@@ -11,6 +11,8 @@ use super::status;
 use crate::node::{MembershipChange, Node};
 use crate::raft::network::{decode, encode};
 use crate::state::Command;
+use overlay_proto::v1 as pb;
+use prost::Message;
 
 pub struct RaftApi {
     node: Arc<Node>,
@@ -73,6 +75,23 @@ impl Raft for RaftApi {
     async fn agents_seen(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let seen = self.node.agents.lock().unwrap_or_else(|p| p.into_inner()).clone();
         reply(&seen)
+    }
+
+    async fn start_probe(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let orders = pb::ProbeOrders::decode(req.get_ref().data.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("bad probe orders: {e}")))?;
+        self.node.probes.publish(&orders.orders);
+        Ok(Response::new(RaftPayload::default()))
+    }
+
+    async fn probe_reports(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let id = String::from_utf8_lossy(&req.get_ref().data).to_string();
+        let reports = pb::ProbeReports {
+            reports: self.node.probes.reports(&id),
+        };
+        Ok(Response::new(RaftPayload {
+            data: reports.encode_to_vec(),
+        }))
     }
 
     async fn read_index(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
