@@ -63,7 +63,13 @@ pub struct Reconciler {
     /// Macvlan endpoints this agent put into namespaces, mirrored to `records_path`.
     macvlans: BTreeMap<u64, MacvlanRecord>,
     records_path: Option<PathBuf>,
+    /// Audits done; the nftables check (a process spawn) runs on every
+    /// [`FIREWALL_AUDIT_EVERY`]th only, to keep 50 idle agents on a small machine quiet.
+    audits: u64,
 }
+
+/// One audit in this many also checks the nftables table.
+const FIREWALL_AUDIT_EVERY: u64 = 6;
 
 const MACVLAN_RECORDS: &str = "macvlan-endpoints.json";
 
@@ -92,6 +98,7 @@ impl Reconciler {
             forwarding_on: false,
             macvlans,
             records_path,
+            audits: 0,
         }
     }
 
@@ -116,7 +123,8 @@ impl Reconciler {
             .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
         let mut drift = crate::audit::drift(spec, &kernel, underlay_index, &self.macvlans);
         let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
-        if !wanted.networks.is_empty() {
+        self.audits += 1;
+        if !wanted.networks.is_empty() && self.audits % FIREWALL_AUDIT_EVERY == 1 {
             let present = tokio::task::spawn_blocking(firewall::table_present)
                 .await
                 .unwrap_or(true);
