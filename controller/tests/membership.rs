@@ -31,20 +31,6 @@ fn ctl(controllers: &str, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
-fn voters(status: &Value) -> Vec<u64> {
-    let mut ids: Vec<u64> = status["members"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter(|m| m["role"] != "learner")
-                .filter_map(|m| m["id"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_replace_and_shrink_keep_state_and_watchers() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! Everything a lab creates is owned by a guard that removes it on drop, also when a test
 //! panics; processes are killed, namespaces deleted.
 
+pub mod api;
 pub mod bins;
 pub mod controllers;
 pub mod interrupt;

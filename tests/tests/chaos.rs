@@ -6,31 +6,20 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use overlay_lab::api::{self, status};
 use overlay_lab::lab::{Lab, LabConfig, PingFlow};
 use overlay_lab::netns::{block_on_in, exec};
 use overlay_proto::connect::Controllers;
 use overlay_proto::v1 as pb;
-use overlay_proto::v1::overlay_client::OverlayClient;
 
 fn lab(hosts: usize, controllers: usize, tag: &'static str) -> Lab {
-    let mut lab = Lab::start(LabConfig {
+    Lab::start_with_agents(LabConfig {
         hosts,
         controllers,
         tag,
         resync_secs: 2,
     })
-    .expect("lab");
-    lab.start_agents().expect("agents");
-    let up = Lab::wait_until(Duration::from_secs(30), || {
-        lab.ctl_json(&["host", "ls"])
-            .map(|v| {
-                v.as_array()
-                    .is_some_and(|a| a.len() == hosts && a.iter().all(|h| h["state"] == "up"))
-            })
-            .unwrap_or(false)
-    });
-    assert!(up.is_some(), "agents did not register\n{}", lab.logs());
-    lab
+    .expect("lab")
 }
 
 fn network(lab: &Lab, name: &str, subnet: &str) {
@@ -92,40 +81,11 @@ fn client_of(addr: &str) -> Controllers {
 }
 
 async fn attach(c: &Controllers, host: &str, netns: &str) -> Result<pb::Endpoint, tonic::Status> {
-    let req = pb::AttachEndpointRequest {
-        network: "p".into(),
-        host: host.into(),
-        netns: netns.into(),
-        no_wait: true,
-        ..Default::default()
-    };
-    c.call(|ch| {
-        let req = req.clone();
-        async move { OverlayClient::new(ch).attach_endpoint(req).await }
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-async fn status(c: &Controllers) -> Result<pb::ClusterStatusResponse, tonic::Status> {
-    c.call(|ch| async move {
-        OverlayClient::new(ch)
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-    })
-    .await
-    .map(|r| r.into_inner())
+    api::attach(c, "p", host, netns).await
 }
 
 async fn endpoints(c: &Controllers) -> Vec<pb::Endpoint> {
-    c.call(|ch| async move {
-        OverlayClient::new(ch)
-            .list_endpoints(pb::ListEndpointsRequest::default())
-            .await
-    })
-    .await
-    .map(|r| r.into_inner().endpoints)
-    .expect("list endpoints")
+    api::endpoints(c).await.expect("list endpoints")
 }
 
 /// The leader as `c` sees it, once it names one other than `not`.

@@ -7,18 +7,7 @@ use std::time::Duration;
 use overlay_lab::lab::{Lab, LabConfig, PingFlow};
 
 fn voters(lab: &Lab) -> Vec<u64> {
-    let v = lab.ctl_json(&["cluster", "status"]).expect("status");
-    let mut ids: Vec<u64> = v["members"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter(|m| m["role"] != "learner")
-                .filter_map(|m| m["id"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
+    overlay_lab::api::voters(&lab.ctl_json(&["cluster", "status"]).expect("status"))
 }
 
 #[test]

@@ -8,24 +8,13 @@ use overlay_lab::bins;
 use overlay_lab::lab::{Lab, LabConfig, PingFlow};
 
 fn lab(hosts: usize, tag: &'static str) -> Lab {
-    let mut lab = Lab::start(LabConfig {
+    Lab::start_with_agents(LabConfig {
         hosts,
         controllers: 1,
         tag,
         resync_secs: 5,
     })
-    .expect("lab");
-    lab.start_agents().expect("agents");
-    let up = Lab::wait_until(Duration::from_secs(30), || {
-        lab.ctl_json(&["host", "ls"])
-            .map(|v| {
-                v.as_array()
-                    .is_some_and(|a| a.len() == hosts && a.iter().all(|h| h["state"] == "up"))
-            })
-            .unwrap_or(false)
-    });
-    assert!(up.is_some(), "agents did not register");
-    lab
+    .expect("lab")
 }
 
 /// Creates workloads `h<i>w<j>` and attaches them; returns (namespace, address) per workload.
