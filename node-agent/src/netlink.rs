@@ -634,3 +634,153 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
     })
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! The kernel's replies, as decoded by netlink-packet-route, pass through `parse_*` into
+    //! the agent's view of the kernel: no reply, however malformed, may panic the agent.
+
+    use overlay_lab::fuzz::{mutations, run_for};
+    use proptest::prelude::*;
+    use rtnetlink::packet_core::{Emitable, ParseableParametrized};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    use super::*;
+
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_NEWNEIGH: u16 = 28;
+
+    /// Decodes `bytes` as a reply of `kind` and feeds whatever decodes to the agent's parsers.
+    fn feed(kind: u16, bytes: &[u8]) {
+        let Ok(msg) = RouteNetlinkMessage::parse_with_param(bytes, kind) else {
+            return;
+        };
+        match msg {
+            RouteNetlinkMessage::NewLink(m) => {
+                let _ = parse_link(&m);
+            }
+            RouteNetlinkMessage::NewAddress(m) => {
+                let _ = parse_address(&m);
+            }
+            RouteNetlinkMessage::NewNeighbour(m) => {
+                let _ = parse_neighbour(&m);
+                let _ = parse_fdb(&m);
+            }
+            RouteNetlinkMessage::NewRoute(m) => {
+                let _ = parse_route(&m);
+            }
+            _ => {}
+        }
+    }
+
+    fn emitted(msg: &impl Emitable) -> Vec<u8> {
+        let mut buf = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut buf);
+        buf
+    }
+
+    fn neighbour(family: AddressFamily, index: u32, ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg
+    }
+
+    /// Well-formed replies of every kind the agent reads, to mutate.
+    fn seeds() -> Vec<(u16, Vec<u8>)> {
+        let route = Route {
+            dst: "10.1.2.0/24".parse().unwrap(),
+            gateway: Some("10.1.2.0".parse().unwrap()),
+            oif: Some(7),
+            protocol: ROUTE_PROTOCOL,
+            onlink: true,
+        };
+        let vxlan = LinkVxlan::new("ovx-1", 4096)
+            .dev(2)
+            .port(VXLAN_PORT)
+            .local("192.0.2.11".parse().unwrap())
+            .learning(false)
+            .mtu(1450)
+            .address(vec![2, 0, 0, 0, 0, 1])
+            .build();
+        let mac = MacAddr([2, 0, 0, 0, 0, 2]);
+        vec![
+            (
+                RTM_NEWLINK,
+                emitted(&LinkVeth::new("ovv-1", "ovp-1").mtu(1450).build()),
+            ),
+            (RTM_NEWLINK, emitted(&LinkBridge::new("ovb-1").build())),
+            (RTM_NEWLINK, emitted(&vxlan)),
+            (
+                RTM_NEWADDR,
+                emitted(&address_message(3, "10.1.0.1/24".parse().unwrap())),
+            ),
+            (RTM_NEWROUTE, emitted(&route_message(&route))),
+            (
+                RTM_NEWNEIGH,
+                emitted(&neighbour(
+                    AddressFamily::Inet,
+                    7,
+                    "10.1.2.0".parse().unwrap(),
+                    mac,
+                )),
+            ),
+            (
+                RTM_NEWNEIGH,
+                emitted(&neighbour(
+                    AddressFamily::Bridge,
+                    7,
+                    "192.0.2.12".parse().unwrap(),
+                    mac,
+                )),
+            ),
+        ]
+    }
+
+    #[test]
+    fn random_replies_never_panic_the_parsers() {
+        let kinds = prop::sample::select(vec![RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH]);
+        run_for(
+            "netlink replies (random bytes)",
+            (kinds, prop::collection::vec(any::<u8>(), 0..400)),
+            |(kind, bytes)| {
+                feed(kind, &bytes);
+                Ok(())
+            },
+        );
+    }
+
+    #[test]
+    fn mutated_replies_never_panic_the_parsers() {
+        let seeds = seeds();
+        for (kind, bytes) in &seeds {
+            // The seeds themselves decode: the mutations start from real replies.
+            assert!(RouteNetlinkMessage::parse_with_param(bytes.as_slice(), *kind).is_ok());
+        }
+        let by_kind: Vec<u16> = seeds.iter().map(|(k, _)| *k).collect();
+        let bodies: Vec<Vec<u8>> = seeds.into_iter().map(|(_, b)| b).collect();
+        let indexed: Vec<Vec<u8>> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut v = vec![i as u8];
+                v.extend_from_slice(b);
+                v
+            })
+            .collect();
+        run_for("netlink replies (mutated)", mutations(indexed, 8), |bytes| {
+            if let Some((&i, body)) = bytes.split_first() {
+                let kind = by_kind[usize::from(i) % by_kind.len()];
+                feed(kind, body);
+            }
+            Ok(())
+        });
+    }
+}

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bins;
 pub mod controllers;
+pub mod fuzz;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;

@@ -108,3 +108,68 @@ mod tests {
         assert_eq!(cidr("subnet", "10.1.0.0/16").unwrap().prefix(), 16);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Requests come from anyone who reaches the port: whatever they hold, validation answers
+    //! with a status, never a panic, and whatever it accepts is a spec the state machine can
+    //! apply (or refuse) without panicking either.
+
+    use overlay_lab::fuzz::run_for;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::{ClusterState, Command};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,24}",
+            "[0-9./]{0,20}",
+            "(25[0-9]|1?[0-9]?[0-9])\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}/[0-9]{1,2}",
+        ]
+    }
+
+    #[test]
+    fn create_network_requests_never_panic() {
+        let modes = prop_oneof![Just("bridge".to_string()), Just("passthru".to_string()), ".{0,9}"];
+        let macvlan = (text(), text(), text(), modes).prop_map(|(parent, gateway, ip_range, mode)| {
+            pb::MacvlanOptions {
+                parent,
+                gateway,
+                ip_range,
+                mode,
+            }
+        });
+        let request = (
+            ".{0,70}",
+            -1i32..5,
+            text(),
+            proptest::option::of(0u32..40),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(0u32..70_000),
+            any::<bool>(),
+            proptest::option::of(macvlan),
+        )
+            .prop_map(
+                |(name, mode, subnet, host_prefix, vni, mtu, nat_egress, macvlan)| pb::CreateNetworkRequest {
+                    name,
+                    mode,
+                    subnet,
+                    host_prefix,
+                    vni,
+                    mtu,
+                    nat_egress,
+                    macvlan,
+                },
+            );
+        run_for("CreateNetwork validation", request, |req| {
+            let _ = cidr("subnet", &req.subnet);
+            let _ = ipv4("gateway", &req.subnet);
+            if let Ok(spec) = network_spec(&req) {
+                let mut state = ClusterState::default();
+                let _ = state.apply(Command::CreateNetwork { spec, now_ms: 1 });
+            }
+            Ok(())
+        });
+    }
+}

@@ -307,3 +307,74 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }))
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Snapshots arrive from peers (InstallSnapshot) and from disk: a damaged one is an error,
+    //! never a panic while decoding or rebuilding the indices.
+
+    use overlay_lab::fuzz::{mutations, run_for};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::Command;
+
+    fn snapshot_bytes() -> Vec<u8> {
+        let mut state = ClusterState::default();
+        for (i, ip) in ["192.0.2.21", "192.0.2.22"].iter().enumerate() {
+            state.apply(Command::RegisterHost {
+                name: format!("h{i}"),
+                underlay_ip: ip.parse().unwrap(),
+                underlay_iface: "eth0".into(),
+                underlay_mtu: 1500,
+                now_ms: 1,
+            });
+        }
+        let spec = crate::model::NetworkSpec {
+            name: "blue".into(),
+            mode: crate::model::Mode::Vxlan,
+            cidr: "10.1.0.0/16".parse().unwrap(),
+            host_prefix: Some(24),
+            vni: None,
+            mtu: None,
+            nat_egress: false,
+            macvlan: None,
+        };
+        state.apply(Command::CreateNetwork { spec, now_ms: 1 });
+        for i in 0..4 {
+            state.apply(Command::AttachEndpoint {
+                network: "blue".into(),
+                host: format!("h{}", i % 2),
+                netns: format!("w{i}"),
+                ifname: "eth0".into(),
+                ip: None,
+                now_ms: 2,
+            });
+        }
+        let payload = SnapshotPayloadRef {
+            last_applied: &None,
+            last_membership: &StoredMembership::default(),
+            state: &state,
+        };
+        serde_json::to_vec(&payload).expect("encode")
+    }
+
+    #[test]
+    fn damaged_snapshots_are_errors_not_panics() {
+        let good = snapshot_bytes();
+        let decoded = decode_payload(&good).expect("the seed decodes");
+        assert_eq!(decoded.state.endpoints.len(), 4, "the seed holds the endpoints");
+        run_for("snapshot decoding (mutated)", mutations(vec![good], 6), |bytes| {
+            let _ = decode_payload(&bytes);
+            Ok(())
+        });
+        run_for(
+            "snapshot decoding (random)",
+            prop::collection::vec(any::<u8>(), 0..300),
+            |bytes| {
+                let _ = decode_payload(&bytes);
+                Ok(())
+            },
+        );
+    }
+}
