@@ -368,6 +368,10 @@ mod fuzz {
             let _ = decode_payload(&bytes);
             Ok(())
         });
+    }
+
+    #[test]
+    fn random_bytes_are_errors_not_panics() {
         run_for(
             "snapshot decoding (random)",
             prop::collection::vec(any::<u8>(), 0..300),
