@@ -50,34 +50,34 @@ impl OverlayApi {
     ) -> Result<pb::Endpoint, Status> {
         let deadline = Instant::now() + wait;
         let mut revisions = self.node.view.subscribe();
+        self.node.applied(revision).await;
         loop {
-            let current = self.node.view.read(|s| {
-                (s.revision >= revision).then(|| s.endpoints.get(&ep.id).map(|e| e.status.clone()))
-            });
+            let current = self
+                .node
+                .view
+                .read(|s| s.endpoints.get(&ep.id).map(|e| e.status.clone()));
             match current {
-                // The allocation is not applied on this replica yet.
-                None => {}
-                Some(None) => {
+                None => {
                     return Err(status(
                         Code::Aborted,
                         format!("endpoint {} was detached while being wired", ep.address),
                     ));
                 }
-                Some(Some(EndpointStatus::Ready)) => {
+                Some(EndpointStatus::Ready) => {
                     let done = self
                         .node
                         .view
                         .read(|s| s.endpoints.get(&ep.id).map(convert::endpoint));
                     return Ok(done.unwrap_or(ep));
                 }
-                Some(Some(EndpointStatus::Failed(reason))) => {
+                Some(EndpointStatus::Failed(reason)) => {
                     self.roll_back(&ep).await;
                     return Err(status(
                         Code::FailedPrecondition,
                         format!("host {:?} could not wire the endpoint: {reason}", ep.host),
                     ));
                 }
-                Some(Some(EndpointStatus::Pending)) => {}
+                Some(EndpointStatus::Pending) => {}
             }
             if tokio::time::timeout_at(deadline, revisions.changed())
                 .await
