@@ -37,53 +37,27 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
             .map(|a| client(std::slice::from_ref(a)).unwrap())
             .collect(),
     );
-    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
     let done = Arc::new(AtomicUsize::new(0));
-    let retries = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (per_replica, acked, done, retries) =
-            (per_replica.clone(), acked.clone(), done.clone(), retries.clone());
-        workers.push(tokio::spawn(async move {
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
-            for i in (w..TOTAL).step_by(WORKERS) {
-                let netns = format!("w{i}");
-                let host = format!("h{}", i % 4);
-                let mut attempts = 0;
-                loop {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let c = &per_replica[(seed % per_replica.len() as u64) as usize];
-                    match attach(c, "load", &host, &netns).await {
-                        Ok(ep) => {
-                            acked.lock().unwrap().insert(netns.clone(), ep.address);
-                            break;
-                        }
-                        // An earlier attempt was applied but its answer was lost: not an ack.
-                        Err(s) if s.code() == tonic::Code::AlreadyExists => break,
-                        Err(s) => {
-                            attempts += 1;
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            assert!(attempts < 200, "attach {netns} kept failing: {}", s.message());
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = tokio::spawn(allocate_under_faults(
+        per_replica,
+        AllocationLoad {
+            network: "load",
+            hosts: 4,
+            prefix: "w",
+            total: TOTAL,
+            workers: WORKERS,
+            max_attempts: 200,
+        },
+        done.clone(),
+    ));
     while done.load(Ordering::Relaxed) < TOTAL * 2 / 5 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed_at = done.load(Ordering::Relaxed);
     cluster.kill(leader).unwrap();
     let kill_time = Instant::now();
-    for w in workers {
-        w.await.expect("worker");
-    }
+    let Allocations { acked, retried } = load.await.expect("allocations");
     let elapsed = started.elapsed();
     let survivor = if leader == 1 { 2 } else { 1 };
     let new_leader = cluster.wait_leader(survivor, ELECTION).await.expect("new leader");
@@ -96,7 +70,6 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
         .iter()
         .map(|e| (e.netns.clone(), e.address.clone()))
         .collect();
-    let acked = acked.lock().unwrap().clone();
     let lost: Vec<_> = acked
         .iter()
         .filter(|(ns, ip)| by_netns.get(*ns) != Some(ip))
@@ -107,7 +80,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
          new leader {new_leader}, lost {}, duplicates {}",
         TOTAL as f64 / elapsed.as_secs_f64(),
         acked.len(),
-        retries.load(Ordering::Relaxed),
+        retried,
         lost.len(),
         final_eps.len() - ips.len()
     );

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use overlay_lab::controllers::{ControllerCluster, client};
@@ -43,59 +43,26 @@ async fn leader_kill_loop_loses_nothing() {
             .map(|a| client(std::slice::from_ref(a)).unwrap())
             .collect(),
     );
-    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
     let done = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (per_replica, acked, done, failures) =
-            (per_replica.clone(), acked.clone(), done.clone(), failures.clone());
-        workers.push(tokio::spawn(async move {
-            let mut seed = 0x2545_f491_4f6c_dd1du64 ^ (w as u64 + 1);
-            for i in (w..total).step_by(WORKERS) {
-                let netns = format!("c{i}");
-                let host = format!("h{}", i % 8);
-                let mut attempts = 0;
-                loop {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let c = &per_replica[(seed % per_replica.len() as u64) as usize];
-                    match attach(c, "chaos", &host, &netns).await {
-                        Ok(ep) => {
-                            acked.lock().unwrap().insert(netns.clone(), ep.address);
-                            break;
-                        }
-                        // An earlier attempt was applied but its answer was lost: not an ack.
-                        Err(s) if s.code() == tonic::Code::AlreadyExists => break,
-                        Err(s) => {
-                            attempts += 1;
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            assert!(attempts < 400, "attach {netns} kept failing: {}", s.message());
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    let finished = Arc::new(AtomicBool::new(false));
-    {
-        let finished = finished.clone();
-        let workers_done = futures_join(workers);
-        tokio::spawn(async move {
-            workers_done.await;
-            finished.store(true, Ordering::Relaxed);
-        });
-    }
+    let load = tokio::spawn(allocate_under_faults(
+        per_replica,
+        AllocationLoad {
+            network: "chaos",
+            hosts: 8,
+            prefix: "c",
+            total,
+            workers: WORKERS,
+            max_attempts: 400,
+        },
+        done.clone(),
+    ));
 
     // The fault injector: kill whoever leads, let the others elect, bring it back.
     let mut kills = Vec::new();
-    while !finished.load(Ordering::Relaxed) {
+    while !load.is_finished() {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if finished.load(Ordering::Relaxed) {
+        if load.is_finished() {
             break;
         }
         let Some(leader) = current_leader(&cluster).await else {
@@ -120,6 +87,7 @@ async fn leader_kill_loop_loses_nothing() {
         kills.push((leader, successor, killed_at.elapsed().as_millis() as u64));
         cluster.start(leader).unwrap();
     }
+    let Allocations { acked, retried } = load.await.expect("allocations");
     let elapsed = started.elapsed();
     assert!(
         kills.len() >= 2,
@@ -155,7 +123,6 @@ async fn leader_kill_loop_loses_nothing() {
         .iter()
         .map(|e| (e.netns.as_str(), e.address.as_str()))
         .collect();
-    let acked = acked.lock().unwrap().clone();
     let lost: Vec<_> = acked
         .iter()
         .filter(|(ns, ip)| by_netns.get(ns.as_str()) != Some(&ip.as_str()))
@@ -166,7 +133,7 @@ async fn leader_kill_loop_loses_nothing() {
         "kill loop: {total} allocations in {elapsed:?}, {} acknowledged, {} failed attempts retried, \
          {} leader kills (killed, successor, ms to elect) {kills:?}, lost {}, duplicates {duplicates}, replicas agree: {}",
         acked.len(),
-        failures.load(Ordering::Relaxed),
+        retried,
         kills.len(),
         lost.len(),
         views.iter().all(|v| v == final_eps)
@@ -179,12 +146,6 @@ async fn leader_kill_loop_loses_nothing() {
     assert_eq!(final_eps.len(), total, "every attach applied exactly once");
     for (i, v) in views.iter().enumerate() {
         assert_eq!(v, final_eps, "replica {} differs", i + 1);
-    }
-}
-
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        h.await.expect("worker");
     }
 }
 

@@ -96,3 +96,90 @@ pub fn voters(status: &Value) -> Vec<u64> {
     ids.sort();
     ids
 }
+
+/// What [`allocate_under_faults`] got: acknowledged allocations (namespace → address) and how
+/// many attempts failed and were retried.
+#[derive(Debug, Default)]
+pub struct Allocations {
+    pub acked: std::collections::BTreeMap<String, String>,
+    pub retried: usize,
+}
+
+/// The load of the failover tests: `total` endpoints (namespace `{prefix}{i}` on host
+/// `h{i % hosts}` of `network`) attached from `workers` concurrent clients.
+#[derive(Clone, Debug)]
+pub struct AllocationLoad {
+    pub network: &'static str,
+    pub hosts: usize,
+    pub prefix: &'static str,
+    pub total: usize,
+    pub workers: usize,
+    /// Failed attempts tolerated per endpoint before the test gives up.
+    pub max_attempts: usize,
+}
+
+/// Runs `load`, each request sent to a pseudo-random replica of `per_replica` and retried while
+/// faults are injected. An `AlreadyExists` after a lost answer means applied but never
+/// acknowledged, so it is not counted as acked. `done` counts finished endpoints, for a fault
+/// injector to pace itself on.
+pub async fn allocate_under_faults(
+    per_replica: std::sync::Arc<Vec<Controllers>>,
+    load: AllocationLoad,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Allocations {
+    use std::sync::atomic::Ordering;
+    let AllocationLoad {
+        network,
+        hosts,
+        prefix,
+        total,
+        workers,
+        max_attempts,
+    } = load;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (per_replica, done) = (per_replica.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut out = Allocations::default();
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
+                for i in (w..total).step_by(workers) {
+                    let netns = format!("{prefix}{i}");
+                    let host = format!("h{}", i % hosts);
+                    let mut attempts = 0;
+                    loop {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let c = &per_replica[(seed % per_replica.len() as u64) as usize];
+                        match attach(c, network, &host, &netns).await {
+                            Ok(ep) => {
+                                out.acked.insert(netns.clone(), ep.address);
+                                break;
+                            }
+                            Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+                            Err(s) => {
+                                attempts += 1;
+                                out.retried += 1;
+                                assert!(
+                                    attempts < max_attempts,
+                                    "attach {netns} kept failing: {}",
+                                    s.message()
+                                );
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Allocations::default();
+    for t in tasks {
+        let part = t.await.expect("allocation worker");
+        all.acked.extend(part.acked);
+        all.retried += part.retried;
+    }
+    all
+}
