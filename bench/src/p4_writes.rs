@@ -136,9 +136,8 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
     );
     let mut out = Vec::new();
     for run in 0..runs {
-        let started = Instant::now();
-        let lat: Vec<anyhow::Result<f64>> = futures::stream::iter(0..ops)
-            .map(|i| {
+        out.push(
+            timed_run(ops, clients, |i| {
                 let per_replica = per_replica.clone();
                 async move {
                     let c = &per_replica[i % per_replica.len()];
@@ -149,23 +148,16 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
                         no_wait: true,
                         ..Default::default()
                     };
-                    let t = Instant::now();
                     c.call(|ch| {
                         let req = req.clone();
                         async move { OverlayClient::new(ch).attach_endpoint(req).await }
                     })
                     .await?;
-                    Ok(t.elapsed().as_secs_f64() * 1000.0)
+                    Ok(())
                 }
             })
-            .buffer_unordered(clients)
-            .collect()
-            .await;
-        let per_s = ops as f64 / started.elapsed().as_secs_f64();
-        out.push(Run {
-            per_s,
-            latencies_ms: lat.into_iter().collect::<anyhow::Result<_>>()?,
-        });
+            .await?,
+        );
     }
     Ok(out)
 }
@@ -236,26 +228,18 @@ async fn etcd(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<Run
     let channels = Arc::new(channels);
     let mut out = Vec::new();
     for run in 0..runs {
-        let started = Instant::now();
-        let lat: Vec<anyhow::Result<f64>> = futures::stream::iter(0..ops)
-            .map(|i| {
+        out.push(
+            timed_run(ops, clients, |i| {
                 let channels = channels.clone();
                 async move {
-                    let t = Instant::now();
                     let key = format!("/overlay/bench/run{run}/ep-{i}").into_bytes();
                     let created = txn(&channels[i % channels.len()], key).await?;
                     anyhow::ensure!(created, "key already existed");
-                    Ok(t.elapsed().as_secs_f64() * 1000.0)
+                    Ok(())
                 }
             })
-            .buffer_unordered(clients)
-            .collect()
-            .await;
-        let per_s = ops as f64 / started.elapsed().as_secs_f64();
-        out.push(Run {
-            per_s,
-            latencies_ms: lat.into_iter().collect::<anyhow::Result<_>>()?,
-        });
+            .await?,
+        );
     }
     drop(members);
     Ok(out)
@@ -282,4 +266,29 @@ async fn txn(ch: &tonic::transport::Channel, key: Vec<u8>) -> anyhow::Result<boo
     };
     let resp = etcdpb::kv_client::KvClient::new(ch.clone()).txn(req).await?;
     Ok(resp.into_inner().succeeded)
+}
+
+/// `ops` operations, `clients` in flight at a time: the throughput and each one's latency.
+async fn timed_run<F, Fut>(ops: usize, clients: usize, op: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let latencies: Vec<anyhow::Result<f64>> = futures::stream::iter(0..ops)
+        .map(|i| {
+            let op = op(i);
+            async move {
+                let t = Instant::now();
+                op.await?;
+                Ok(t.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    Ok(Run {
+        per_s: ops as f64 / started.elapsed().as_secs_f64(),
+        latencies_ms: latencies.into_iter().collect::<anyhow::Result<_>>()?,
+    })
 }
