@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::names::SERVER_ERROR_KEY;
 
@@ -30,6 +30,8 @@ pub struct Controllers {
     preferred: AtomicUsize,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Mutual TLS toward every replica, when configured (see [`crate::tls`]).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Controllers {
@@ -68,7 +70,22 @@ impl Controllers {
             preferred: AtomicUsize::new(0),
             connect_timeout,
             request_timeout,
+            tls: None,
         })
+    }
+
+    /// Speaks mutual TLS to every replica. Addresses given without a scheme, or with
+    /// `http://`, are reached over `https://`: with TLS configured nothing goes in plaintext.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        if tls.is_some() {
+            for addr in &mut self.addrs {
+                if let Some(rest) = addr.strip_prefix("http://") {
+                    *addr = format!("https://{rest}");
+                }
+            }
+        }
+        self.tls = tls;
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -84,6 +101,10 @@ impl Controllers {
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .tcp_nodelay(true);
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        };
         let ch = endpoint.connect().await?;
         if let Ok(mut slot) = self.channels[i].lock() {
             *slot = Some(ch.clone());
@@ -131,8 +152,15 @@ impl Controllers {
                 }
             }
         }
+        // A plaintext client talking to a TLS server sees its connection dropped with no
+        // more than "transport error": say what is probably missing.
+        let hint = if self.tls.is_none() && failures.iter().any(|f| f.ends_with("transport error")) {
+            "; if the controllers run mutual TLS, give --tls-ca, --tls-cert and --tls-key"
+        } else {
+            ""
+        };
         Err(tonic::Status::unavailable(format!(
-            "no controller reachable ({})",
+            "no controller reachable ({}){hint}",
             failures.join("; ")
         )))
     }

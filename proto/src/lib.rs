@@ -17,6 +17,7 @@ pub mod mac;
 pub mod metrics_http;
 pub mod names;
 pub mod sd_notify;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

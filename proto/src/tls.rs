@@ -1,0 +1,308 @@
+//! Mutual TLS between every component of overlay.
+//!
+//! One private CA (made by `overlayctl certs`) signs every certificate, and a certificate says
+//! who holds it in its subject: the common name is the holder's name (an agent's is its host
+//! name) and the organizational unit is its [`Role`]. TLS proves that the CA signed the
+//! certificate; the controller then reads [`PeerIdentity`] from the verified client
+//! certificate of each connection and decides from it what the caller may do.
+//!
+//! Every binary takes the same three options ([`TlsArgs`]): all three turn mutual TLS on,
+//! none leaves the component on plaintext, anything in between is refused at start.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// What a certificate's holder is, and so what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A replica: speaks Raft with the others and serves everyone.
+    Controller,
+    /// A node agent: may register, watch and report for its own host only.
+    Agent,
+    /// An operator: every call of the `Overlay` API.
+    Admin,
+    /// A monitoring user or script: the read-only calls of the `Overlay` API.
+    Reader,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Controller, Role::Agent, Role::Admin, Role::Reader];
+
+    /// The text in a certificate's organizational unit, and on the command line.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Controller => "controller",
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.label() == label)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Who a certificate names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub role: Role,
+    /// The subject's common name: a host name for agents, a replica or person otherwise.
+    pub name: String,
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.role, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--tls-ca, --tls-cert and --tls-key go together: {0} is missing")]
+    Incomplete(&'static str),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{what}: {reason}")]
+    BadCertificate { what: String, reason: String },
+    #[error("this {component} needs a {expected} certificate, but {path} is for {found}")]
+    WrongRole {
+        component: &'static str,
+        expected: Role,
+        found: PeerIdentity,
+        path: PathBuf,
+    },
+}
+
+impl PeerIdentity {
+    /// Reads role and name from a DER certificate's subject. Only for certificates the TLS
+    /// layer has verified against the CA: this checks the subject, not the signature.
+    pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
+        let bad = |reason: String| TlsError::BadCertificate {
+            what: "peer certificate".into(),
+            reason,
+        };
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("not X.509: {e}")))?;
+        let subject = cert.subject();
+        let single = |mut values: Vec<&str>, field: &str| match values.len() {
+            1 => Ok(values.remove(0).to_string()),
+            0 => Err(bad(format!("subject has no {field}"))),
+            _ => Err(bad(format!("subject has {} {field} values", values.len()))),
+        };
+        let names: Vec<&str> = subject
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        let units: Vec<&str> = subject
+            .iter_organizational_unit()
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        let name = single(names, "common name (CN)")?;
+        let unit = single(units, "organizational unit (OU, the role)")?;
+        let role = Role::from_label(&unit).ok_or_else(|| {
+            bad(format!(
+                "role (OU) {unit:?} is none of controller, agent, admin, reader"
+            ))
+        })?;
+        if name.is_empty() {
+            return Err(bad("empty common name".into()));
+        }
+        Ok(Self { role, name })
+    }
+
+    /// Reads the first certificate of a PEM file's contents.
+    pub fn from_pem(pem: &[u8], path: &Path) -> Result<Self, TlsError> {
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| TlsError::BadCertificate {
+            what: path.display().to_string(),
+            reason: format!("no PEM certificate: {e}"),
+        })?;
+        Self::from_der(&block.contents).map_err(|e| match e {
+            TlsError::BadCertificate { reason, .. } => TlsError::BadCertificate {
+                what: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+/// The TLS options every overlay binary takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signed every overlay certificate. With --tls-cert and
+    /// --tls-key it turns on mutual TLS; plaintext peers are then refused.
+    #[arg(long, global = true, env = "OVERLAY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This component's certificate (PEM, signed by --tls-ca; made by `overlayctl certs`).
+    #[arg(long, global = true, env = "OVERLAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "OVERLAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Reads the three files; `None` when none is given (plaintext).
+    pub fn load(&self) -> Result<Option<Tls>, TlsError> {
+        let (ca, cert, key) = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => return Ok(None),
+            (None, _, _) => return Err(TlsError::Incomplete("--tls-ca")),
+            (_, None, _) => return Err(TlsError::Incomplete("--tls-cert")),
+            (_, _, None) => return Err(TlsError::Incomplete("--tls-key")),
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.clone(),
+                source,
+            })
+        };
+        let ca_pem = read(ca)?;
+        let cert_pem = read(cert)?;
+        let key_pem = read(key)?;
+        // The CA must parse too: a wrong file here would otherwise surface as a handshake
+        // failure on the first connection, far from its cause.
+        x509_parser::pem::parse_x509_pem(&ca_pem).map_err(|e| TlsError::BadCertificate {
+            what: ca.display().to_string(),
+            reason: format!("no PEM certificate: {e}"),
+        })?;
+        let identity = PeerIdentity::from_pem(&cert_pem, cert)?;
+        if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+            return Err(TlsError::BadCertificate {
+                what: key.display().to_string(),
+                reason: "no PEM private key".into(),
+            });
+        }
+        Ok(Some(Tls {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            cert_path: cert.clone(),
+            identity,
+        }))
+    }
+}
+
+/// A component's loaded TLS material and the identity its own certificate gives it.
+#[derive(Clone)]
+pub struct Tls {
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    cert_path: PathBuf,
+    pub identity: PeerIdentity,
+}
+
+impl fmt::Debug for Tls {
+    // The private key stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert_path)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Refuses to start a component with another role's certificate (an agent with an admin
+    /// certificate would be refused by the controller on every call, far from the cause).
+    pub fn require_role(&self, component: &'static str, expected: Role) -> Result<(), TlsError> {
+        if self.identity.role == expected {
+            return Ok(());
+        }
+        Err(TlsError::WrongRole {
+            component,
+            expected,
+            found: self.identity.clone(),
+            path: self.cert_path.clone(),
+        })
+    }
+
+    /// Server side: present our certificate, and require one signed by the CA from every
+    /// client (no client certificate, no connection).
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// Client side: trust only our CA, and present our certificate.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn cert_with(fields: &[(DnType, &str)]) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        // rcgen's default subject carries a CN of its own.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in fields {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().to_vec()
+    }
+
+    #[test]
+    fn identity_comes_from_cn_and_ou_only_when_unambiguous() {
+        let ok = cert_with(&[
+            (DnType::CommonName, "h1"),
+            (DnType::OrganizationalUnitName, "agent"),
+        ]);
+        assert_eq!(
+            PeerIdentity::from_der(&ok).ok(),
+            Some(PeerIdentity {
+                role: Role::Agent,
+                name: "h1".into()
+            })
+        );
+        let refused = [
+            cert_with(&[(DnType::CommonName, "h1")]),
+            cert_with(&[(DnType::OrganizationalUnitName, "admin")]),
+            cert_with(&[
+                (DnType::CommonName, "h1"),
+                (DnType::OrganizationalUnitName, "root"),
+            ]),
+            cert_with(&[
+                (DnType::CommonName, ""),
+                (DnType::OrganizationalUnitName, "admin"),
+            ]),
+            b"not a certificate".to_vec(),
+        ];
+        for der in refused {
+            assert!(PeerIdentity::from_der(&der).is_err());
+        }
+    }
+
+    #[test]
+    fn tls_options_are_all_or_nothing() {
+        assert!(matches!(TlsArgs::default().load(), Ok(None)));
+        let partial = TlsArgs {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..TlsArgs::default()
+        };
+        assert!(matches!(partial.load(), Err(TlsError::Incomplete("--tls-cert"))));
+        let missing = TlsArgs {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            tls_cert: Some("/nonexistent/c.pem".into()),
+            tls_key: Some("/nonexistent/k.pem".into()),
+        };
+        assert!(matches!(missing.load(), Err(TlsError::Read { .. })));
+    }
+}
