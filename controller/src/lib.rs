@@ -13,6 +13,7 @@ pub mod probe;
 pub mod state;
 
 pub mod api;
+pub mod auth;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use overlay_controller::server::{Controller, ControllerConfig, parse_peers};
+use overlay_proto::tls::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +34,8 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Log format: text or json.
     #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -82,9 +85,14 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         request_timeout: args.request_timeout,
         metrics_listen: args.metrics_listen,
+        tls: args.tls.load()?,
     };
     let controller = Controller::start(&config).await?;
-    tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, "controller serving");
+    let security = match &config.tls {
+        Some(tls) => format!("mutual TLS as {}", tls.identity),
+        None => "plaintext".to_string(),
+    };
+    tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, %security, "controller serving");
     let node = controller.node.clone();
     tokio::spawn(async move {
         if let Some(leader) = node.joined().await {

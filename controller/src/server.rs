@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use overlay_proto::raft::raft_server::RaftServer;
+use overlay_proto::tls::{Role, Tls, TlsError};
 use overlay_proto::v1::agent_server::AgentServer;
 use overlay_proto::v1::overlay_server::OverlayServer;
 use tonic::transport::server::TcpIncoming;
@@ -15,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::agent::AgentApi;
 use crate::api::overlay::OverlayApi;
 use crate::api::raft::RaftApi;
+use crate::auth::AuthLayer;
 use crate::metrics::{ControllerMetrics, RpcMetricsLayer};
 use crate::node::{Batcher, Node, now_ms};
 use crate::raft::network::{NetworkFactory, PeerClients};
@@ -35,6 +37,8 @@ pub struct ControllerConfig {
     pub request_timeout: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Mutual TLS for every connection, served and made; `None` = plaintext.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,8 @@ pub enum ServerError {
     Config(String),
     #[error("cannot serve metrics: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Parses `--peers 1=192.0.2.10:7400,2=192.0.2.11:7400`.
@@ -88,6 +94,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
 pub struct Controller {
     pub node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    tls: Option<Tls>,
     metrics_listener: Option<tokio::net::TcpListener>,
     initialized_at_start: bool,
 }
@@ -105,6 +112,9 @@ impl Controller {
                 "--peers does not list this node's id {}",
                 config.node_id
             )));
+        }
+        if let Some(tls) = &config.tls {
+            tls.require_role("controller", Role::Controller)?;
         }
         let db = storage::open(&config.data_dir)?;
         let log_store = LogStore::new(db.clone());
@@ -133,7 +143,7 @@ impl Controller {
         let raft_config = raft_config()
             .validate()
             .map_err(|e| ServerError::Config(e.to_string()))?;
-        let peers = Arc::new(PeerClients::default());
+        let peers = Arc::new(PeerClients::new(config.tls.as_ref().map(Tls::client_config)));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -174,6 +184,7 @@ impl Controller {
         Ok(Self {
             node,
             listener,
+            tls: config.tls.clone(),
             metrics_listener,
             initialized_at_start,
         })
@@ -218,8 +229,16 @@ impl Controller {
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(30)));
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.server_config())?;
+        }
+        let result = builder
+            // Metrics outside auth: refused calls are counted as PERMISSION_DENIED.
             .layer(RpcMetricsLayer(metrics))
+            .layer(AuthLayer {
+                tls: self.tls.is_some(),
+            })
             .add_service(overlay)
             .add_service(agent)
             .add_service(raft)

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::{convert, invalid, parse, status};
+use crate::auth::require_host;
 use crate::desired::Model;
 use crate::model::EndpointStatus;
 use crate::node::{AgentsSeen, Node, now_ms};
@@ -91,6 +92,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
         let req = req.into_inner();
         let underlay_ip = parse::ipv4("underlay IP", &req.underlay_ip)?;
         if req.host_name.is_empty() {
@@ -121,6 +123,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
         let req = req.into_inner();
         let last_seen = self
             .node
@@ -149,6 +152,7 @@ impl Agent for AgentApi {
     type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
         let host = req.into_inner().host_name;
         let mut models = self.models.subscribe();
         // Start from a model that includes every change applied before this call (a host that
@@ -227,6 +231,7 @@ impl Agent for AgentApi {
     }
 
     async fn report_probe(&self, req: Request<pb::ProbeReport>) -> Result<Response<pb::ProbeAck>, Status> {
+        require_host(&req, &req.get_ref().host)?;
         let report = req.into_inner();
         tracing::info!(host = %report.host, id = %report.id, results = report.results.len(), "probe report");
         self.node.probes.record(report);
@@ -237,6 +242,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
         let req = req.into_inner();
         self.remember(&req.host_name, req.applied_revision);
         if req.audited_ms > 0 {

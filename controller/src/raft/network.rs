@@ -18,7 +18,7 @@ use overlay_proto::raft::RaftPayload;
 use overlay_proto::raft::raft_client::RaftClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{NodeId, TypeConfig};
 
@@ -29,15 +29,24 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 pub struct PeerClients {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Mutual TLS toward the other replicas, presenting this replica's controller certificate.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerClients {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+
     pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let ch = match channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch = Self::channel(addr)?;
+                let ch = self.channel(addr)?;
                 channels.insert(addr.to_string(), ch.clone());
                 ch
             }
@@ -48,19 +57,19 @@ impl PeerClients {
             .max_encoding_message_size(256 << 20))
     }
 
-    fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let ch = Endpoint::from_shared(uri)?
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let host_port = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        Ok(ch)
+            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        };
+        Ok(endpoint.connect_lazy())
     }
 }
 
