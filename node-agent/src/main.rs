@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use overlay_agent::session::{AgentConfig, run};
+use overlay_proto::tls::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +36,8 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Log format: text or json.
     #[arg(long, env = "OVERLAY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -68,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         heartbeat: Duration::from_secs(5),
         metrics_listen: args.metrics_listen,
+        tls: args.tls.load()?,
     };
     run(config, shutdown_signal()).await?;
     Ok(())

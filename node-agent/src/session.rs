@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use overlay_proto::connect::Controllers;
+use overlay_proto::tls::{Role, Tls, TlsError};
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_client::AgentClient;
 use prost::Message;
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Mutual TLS toward the controllers with this host's agent certificate; `None` = plaintext.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,12 @@ pub enum AgentError {
     StateDir(String, std::io::Error),
     #[error(transparent)]
     Connect(#[from] overlay_proto::connect::ConnectError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "the agent certificate is for host {cert:?} but this agent runs as --host-name {host:?}; the controller only lets an agent act for the host its certificate names"
+    )]
+    CertificateHost { cert: String, host: String },
 }
 
 /// Finds the underlay interface, its IPv4 address (unless given) and MTU.
@@ -93,16 +102,28 @@ pub async fn run(
             "must be 1 to 64 characters".into(),
         ));
     }
+    if let Some(tls) = &config.tls {
+        tls.require_role("agent", Role::Agent)?;
+        if tls.identity.name != config.host_name {
+            return Err(AgentError::CertificateHost {
+                cert: tls.identity.name.clone(),
+                host: config.host_name.clone(),
+            });
+        }
+    }
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AgentError::StateDir(config.state_dir.display().to_string(), e))?;
     let nl = Netlink::connect()?;
     let underlay = discover_underlay(&nl, &config.underlay_iface, config.underlay_ip).await?;
     tracing::info!(host = %config.host_name, iface = %underlay.iface, ip = %underlay.ip, mtu = underlay.mtu, "agent starting");
-    let controllers = Arc::new(Controllers::new(
-        &config.controllers,
-        Duration::from_secs(2),
-        Duration::from_secs(15),
-    )?);
+    let controllers = Arc::new(
+        Controllers::new(
+            &config.controllers,
+            Duration::from_secs(2),
+            Duration::from_secs(15),
+        )?
+        .with_tls(config.tls.as_ref().map(Tls::client_config)),
+    );
 
     let metrics = Arc::new(AgentMetrics::new());
     if let Some(addr) = config.metrics_listen {
