@@ -1,7 +1,10 @@
 //! overlayctl's command line, as data: parsed here, run by the binary, and checked against
 //! the documentation by tests (every command the docs show must parse).
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use overlay_proto::tls::{Role, TlsArgs};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -29,6 +32,8 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,6 +63,67 @@ pub enum Command {
     /// Workload endpoints: attach a namespace to a network, detach it, list.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Make the cluster CA and the certificates of controllers, agents and users for mutual
+    /// TLS (works offline; no controller needed).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca-key.pem (keep the key offline).
+    Ca {
+        /// Directory to write to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a certificate signed by DIR's CA: DIR/ROLE-NAME.pem and DIR/ROLE-NAME-key.pem.
+    Issue {
+        /// controller (Raft peer and server), agent (its own host only), admin (every call),
+        /// reader (read-only calls).
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The holder: an agent's host name, a replica's or a person's name.
+        #[arg(long)]
+        name: String,
+        /// Addresses and DNS names the holder is dialled by (controllers): repeat or
+        /// comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+        /// Directory holding ca.pem and ca-key.pem, and where the files go.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show whom a certificate names: role, name, addresses, expiry.
+    Show { file: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Controller,
+    Agent,
+    Admin,
+    Reader,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Controller => Role::Controller,
+            RoleArg::Agent => Role::Agent,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Reader => Role::Reader,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

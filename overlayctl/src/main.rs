@@ -14,7 +14,11 @@ use overlay_proto::v1 as pb;
 use overlay_proto::v1::overlay_client::OverlayClient;
 use tonic::transport::Channel;
 
-use overlayctl::cli::{Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, HostCmd, ModeArg, NetworkCmd};
+use overlay_proto::tls::{Role, Tls};
+use overlayctl::certs;
+use overlayctl::cli::{
+    CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, Format, HostCmd, ModeArg, NetworkCmd,
+};
 
 /// An error for the user: one line, exit code 1.
 struct Failure(String);
@@ -66,13 +70,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    let out = cli.output;
+    if let Command::Certs(cmd) = cli.command {
+        return certs(out, cmd);
+    }
+    let tls = cli.tls.load().map_err(|e| Failure(e.to_string()))?;
     let controllers = Controllers::new(
         std::slice::from_ref(&cli.controller),
         Duration::from_secs(2),
         Duration::from_secs(30),
     )
-    .map_err(|e| Failure(e.to_string()))?;
-    let out = cli.output;
+    .map_err(|e| Failure(e.to_string()))?
+    .with_tls(tls.as_ref().map(Tls::client_config));
     match cli.command {
         Command::Cluster(ClusterCmd::Status) => {
             let resp = call(&controllers, |mut c| async move {
@@ -254,6 +263,40 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
             .await?;
             output::endpoints(out, &resp.endpoints);
+        }
+        Command::Certs(cmd) => certs(out, cmd)?,
+    }
+    Ok(())
+}
+
+/// `overlayctl certs ...`: local files only.
+fn certs(out: Format, cmd: CertsCmd) -> Result<(), Failure> {
+    let fail = |e: certs::CertError| Failure(e.to_string());
+    match cmd {
+        CertsCmd::Ca { dir, days } => {
+            let pair = certs::new_ca(days).map_err(fail)?;
+            let (cert, key) = (dir.join(certs::CA_CERT), dir.join(certs::CA_KEY));
+            certs::write(&pair, &cert, &key, false).map_err(fail)?;
+            output::cert_written(out, "ca", "overlay cluster CA", &cert, &key);
+        }
+        CertsCmd::Issue {
+            role,
+            name,
+            san,
+            dir,
+            days,
+            force,
+        } => {
+            let role = Role::from(role);
+            let ca = certs::read_ca(&dir).map_err(fail)?;
+            let pair = certs::issue(&ca, role, &name, &san, days).map_err(fail)?;
+            let (cert, key) = certs::paths(&dir, role, &name);
+            certs::write(&pair, &cert, &key, force).map_err(fail)?;
+            output::cert_written(out, role.label(), &name, &cert, &key);
+        }
+        CertsCmd::Show { file } => {
+            let shown = certs::show(&file).map_err(fail)?;
+            output::cert_shown(out, &shown);
         }
     }
     Ok(())

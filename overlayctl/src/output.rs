@@ -3,9 +3,11 @@
 //! The JSON shape is overlayctl's own (modes and states as words, addresses as strings), not
 //! the protobuf encoding, so scripts do not depend on enum numbers.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use overlay_proto::v1 as pb;
+use overlayctl::certs::Shown;
 use overlayctl::cli::Format;
 use serde_json::{Value, json};
 
@@ -563,4 +565,42 @@ pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
         println!("{h}: agent did not report");
     }
     failing
+}
+
+pub fn cert_written(f: Format, role: &str, name: &str, cert: &Path, key: &Path) {
+    if f == Format::Json {
+        return print_json(&json!({
+            "role": role,
+            "name": name,
+            "cert": cert.display().to_string(),
+            "key": key.display().to_string(),
+        }));
+    }
+    println!("wrote {} and {} ({role} {name:?})", cert.display(), key.display());
+}
+
+pub fn cert_shown(f: Format, s: &Shown) {
+    let (role, name) = match &s.identity {
+        Some(id) => (id.role.label().to_string(), id.name.clone()),
+        None => ("-".to_string(), "-".to_string()),
+    };
+    if f == Format::Json {
+        return print_json(&json!({
+            "role": s.identity.as_ref().map(|i| i.role.label()),
+            "name": s.identity.as_ref().map(|i| i.name.clone()),
+            "subject": s.subject,
+            "issuer": s.issuer,
+            "sans": s.sans,
+            "not_after": s.not_after,
+        }));
+    }
+    let rows = vec![
+        vec!["role".to_string(), role],
+        vec!["name".to_string(), name],
+        vec!["subject".to_string(), s.subject.clone()],
+        vec!["issuer".to_string(), s.issuer.clone()],
+        vec!["addresses".to_string(), or_dash(&s.sans.join(", "))],
+        vec!["expires".to_string(), s.not_after.clone()],
+    ];
+    table(&["FIELD", "VALUE"], rows);
 }
