@@ -8,20 +8,31 @@ use overlay_proto::v1::overlay_client::OverlayClient;
 use serde_json::Value;
 
 pub async fn register(c: &Controllers, name: &str, ip: &str) -> pb::Host {
+    try_register(c, name, ip)
+        .await
+        .expect("register")
+        .host
+        .expect("host")
+}
+
+/// Registers host `name` as its agent would, returning the controller's answer.
+pub async fn try_register(
+    c: &Controllers,
+    name: &str,
+    ip: &str,
+) -> Result<pb::RegisterResponse, tonic::Status> {
     let req = pb::RegisterRequest {
         host_name: name.into(),
         underlay_ip: ip.into(),
         underlay_iface: "eth0".into(),
         underlay_mtu: 1500,
     };
-    let resp = c
-        .call(|ch| {
-            let req = req.clone();
-            async move { AgentClient::new(ch).register(req).await }
-        })
-        .await
-        .expect("register");
-    resp.into_inner().host.expect("host")
+    c.call(|ch| {
+        let req = req.clone();
+        async move { AgentClient::new(ch).register(req).await }
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 pub async fn create_network(c: &Controllers, name: &str, subnet: &str, host_prefix: u32) -> pb::Network {

@@ -11,7 +11,9 @@ use overlay_proto::connect::Controllers;
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::overlay_client::OverlayClient;
 use tokio::time::Instant;
+use tonic::transport::ClientTlsConfig;
 
+use crate::pki::CertFiles;
 use crate::process::Daemon;
 use crate::{LabError, Result, bins};
 
@@ -23,6 +25,8 @@ pub struct Replica {
     pub netns: Option<String>,
     log: PathBuf,
     daemon: Option<Daemon>,
+    /// Environment of this replica alone (its TLS files), after the cluster-wide one.
+    env: Vec<(String, String)>,
 }
 
 impl Replica {
@@ -41,6 +45,8 @@ pub struct ControllerCluster {
     peers: String,
     request_timeout: String,
     env: Vec<(String, String)>,
+    /// What [`client`](Self::client) presents to the replicas when they run mutual TLS.
+    client_tls: Option<ClientTlsConfig>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -87,6 +93,7 @@ impl ControllerCluster {
                 netns,
                 log: dir.join(format!("controller-{}.log", i + 1)),
                 daemon: None,
+                env: Vec::new(),
             })
             .collect();
         Ok(Self {
@@ -95,6 +102,7 @@ impl ControllerCluster {
             peers,
             request_timeout: "3s".into(),
             env: Vec::new(),
+            client_tls: None,
             _dir: None,
         })
     }
@@ -107,6 +115,17 @@ impl ControllerCluster {
     /// An environment variable for replicas started from now on (e.g. OVERLAY_METRICS_LISTEN).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Mutual TLS for replica `id` from its next start: its own certificate files.
+    pub fn set_replica_tls(&mut self, id: u64, files: &CertFiles) -> Result<()> {
+        self.replica(id)?.env = files.env();
+        Ok(())
+    }
+
+    /// The TLS identity [`client`](Self::client) and [`wait_leader`](Self::wait_leader) use.
+    pub fn set_client_tls(&mut self, tls: Option<ClientTlsConfig>) {
+        self.client_tls = tls;
     }
 
     pub fn start_all(&mut self) -> Result<()> {
@@ -164,7 +183,8 @@ impl ControllerCluster {
                 "RUST_LOG",
                 std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
-            .envs(env);
+            .envs(env)
+            .envs(r.env.clone());
         r.daemon = Some(Daemon::spawn(&format!("controller-{id}"), cmd, &r.log)?);
         Ok(())
     }
@@ -208,12 +228,12 @@ impl ControllerCluster {
 
     /// A fail-over client over every replica.
     pub fn client(&self) -> Result<Controllers> {
-        client(&self.addrs())
+        Ok(client(&self.addrs())?.with_tls(self.client_tls.clone()))
     }
 
     /// A client bound to replica `id` alone.
     pub fn client_of(&self, id: u64) -> Result<Controllers> {
-        client(&[self.addr(id)])
+        Ok(client(&[self.addr(id)])?.with_tls(self.client_tls.clone()))
     }
 
     /// Waits until replica `via` reports a leader, and returns its id.

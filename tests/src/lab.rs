@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::controllers::ControllerCluster;
 use crate::netns::{self, Namespaces, exec, exec_any, stdout};
+use crate::pki::{CertFiles, Pki};
 use crate::process::Daemon;
 use crate::{LabError, Result, bins};
 
@@ -65,6 +66,10 @@ pub struct Lab {
     pub hosts: Vec<SimHost>,
     pub controllers: ControllerCluster,
     pub workloads: Vec<String>,
+    /// The lab's CA when it runs mutual TLS ([`Lab::start_secure`]).
+    pub pki: Option<Pki>,
+    /// overlayctl's identity in a TLS lab (an admin certificate).
+    admin: Option<CertFiles>,
     resync_secs: u64,
     namespaces: Namespaces,
     dir: tempfile::TempDir,
@@ -72,6 +77,17 @@ pub struct Lab {
 
 impl Lab {
     pub fn start(cfg: LabConfig) -> Result<Self> {
+        Self::launch(cfg, false)
+    }
+
+    /// [`Lab::start`] with mutual TLS everywhere: a CA made with `overlayctl certs`, one
+    /// controller certificate per replica, one agent certificate per host (issued when its
+    /// agent first starts) and an admin certificate for [`Lab::ctl`].
+    pub fn start_secure(cfg: LabConfig) -> Result<Self> {
+        Self::launch(cfg, true)
+    }
+
+    fn launch(cfg: LabConfig, tls: bool) -> Result<Self> {
         let prefix = netns::unique_prefix(cfg.tag);
         let dir = tempfile::Builder::new()
             .prefix(&format!("overlay-lab-{prefix}-"))
@@ -101,7 +117,20 @@ impl Lab {
         for i in 1..=cfg.hosts {
             hosts.push(Self::make_host(&mut namespaces, &prefix, &ul, dir.path(), i)?);
         }
-        let mut controllers = ControllerCluster::new(controller_addrs, dir.path())?;
+        let mut controllers = ControllerCluster::new(controller_addrs.clone(), dir.path())?;
+        let (mut pki, mut admin) = (None, None);
+        if tls {
+            let ca = Pki::create(&dir.path().join("pki"))?;
+            for (j, (addr, _)) in controller_addrs.iter().enumerate() {
+                let ip = addr.split(':').next().unwrap_or_default();
+                let files = ca.issue("controller", &format!("c{}", j + 1), &[ip])?;
+                controllers.set_replica_tls(j as u64 + 1, &files)?;
+            }
+            let files = ca.issue("admin", "lab-admin", &[])?;
+            controllers.set_client_tls(Some(files.load()?.client_config()));
+            admin = Some(files);
+            pki = Some(ca);
+        }
         controllers.start_all()?;
         let lab = Self {
             prefix,
@@ -109,6 +138,8 @@ impl Lab {
             hosts,
             controllers,
             workloads: Vec::new(),
+            pki,
+            admin,
             resync_secs: cfg.resync_secs,
             namespaces,
             dir,
@@ -191,6 +222,10 @@ impl Lab {
         let bin = bins::bin("overlay-agent")?;
         let controllers = self.controller_list();
         let resync = self.resync_secs.to_string();
+        let tls_env = match &self.pki {
+            Some(pki) => pki.issue("agent", &self.hosts[host].name, &[])?.env(),
+            None => Vec::new(),
+        };
         let h = &mut self.hosts[host];
         if h.agent_running() {
             return Ok(());
@@ -213,6 +248,7 @@ impl Lab {
                 "RUST_LOG",
                 std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(tls_env)
             .envs(env.iter().copied());
         h.agent = Some(Daemon::spawn(&format!("agent-{}", h.name), cmd, &h.log)?);
         Ok(())
@@ -253,7 +289,9 @@ impl Lab {
     pub fn ctl(&self, args: &[&str]) -> Result<Output> {
         let bin = bins::bin("overlayctl")?;
         let controllers = self.controller_list();
+        let tls_args = self.admin.as_ref().map(CertFiles::args).unwrap_or_default();
         let mut all: Vec<&str> = vec!["--controller", &controllers];
+        all.extend(tls_args.iter().map(String::as_str));
         all.extend_from_slice(args);
         exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
     }

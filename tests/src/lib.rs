@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod tcp;
 
