@@ -118,6 +118,16 @@ impl Controllers {
         }
     }
 
+    /// A plaintext request that reached a TLS server fails as an HTTP/2 protocol error
+    /// (the server answered with TLS bytes): add what the operator probably forgot.
+    fn explain(&self, status: tonic::Status) -> tonic::Status {
+        let untagged = status.metadata().get(SERVER_ERROR_KEY).is_none();
+        if self.tls.is_none() && untagged && status.message().contains("h2 protocol error") {
+            return tonic::Status::new(status.code(), format!("{}{TLS_HINT}", status.message()));
+        }
+        status
+    }
+
     /// Runs `call` against one replica after another until one answers. Returns the last
     /// transport error, worded for a person, when none does.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
@@ -148,14 +158,14 @@ impl Controllers {
                 }
                 Err(status) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Err(status);
+                    return Err(self.explain(status));
                 }
             }
         }
         // A plaintext client talking to a TLS server sees its connection dropped with no
         // more than "transport error": say what is probably missing.
         let hint = if self.tls.is_none() && failures.iter().any(|f| f.ends_with("transport error")) {
-            "; if the controllers run mutual TLS, give --tls-ca, --tls-cert and --tls-key"
+            TLS_HINT
         } else {
             ""
         };
@@ -165,6 +175,8 @@ impl Controllers {
         )))
     }
 }
+
+const TLS_HINT: &str = "; if the controllers run mutual TLS, give --tls-ca, --tls-cert and --tls-key";
 
 /// A status the server did not produce itself: the connection or the call's transport failed.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {

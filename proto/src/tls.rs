@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// How long a server waits for a client to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a certificate's holder is, and so what it may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -233,6 +236,9 @@ impl Tls {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            // Without a bound, a client that connects and never finishes its handshake holds
+            // a task and a socket forever.
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// Client side: trust only our CA, and present our certificate.

@@ -133,6 +133,8 @@ async fn mtls_cluster_authenticates_every_caller() {
     let rogue_admin = rogue.issue("admin", "mallory", &[]).expect("rogue admin");
     cluster.set_client_tls(Some(admin.load().expect("admin").client_config()));
     cluster.start_all().expect("start");
+    // A client that connects and never says hello must not hold the server's socket forever.
+    let silent = tokio::spawn(silent_client(cluster.addr(1)));
 
     // Raft over mutual TLS: every replica sees the same leader; a write through a follower is
     // forwarded (replica to replica, controller certificates) and visible everywhere.
@@ -344,10 +346,34 @@ async fn mtls_cluster_authenticates_every_caller() {
     names.sort();
     assert_eq!(names, vec!["blue", "green", "while-away"]);
     println!("replica {victim} with its own certificate again: caught up in {caught_up:?}");
+    let held = silent.await.expect("silent client");
+    println!("silent TCP client (no ClientHello) disconnected by the server after {held:?}");
+    assert!(
+        held < Duration::from_secs(20),
+        "server held a silent connection {held:?}"
+    );
     println!(
         "security: {} calls refused, 0 accepted that should not be; state unchanged",
         refused.0
     );
+}
+
+/// Connects, sends nothing, and returns how long the server kept the connection open.
+async fn silent_client(addr: String) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < ELECTION => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    };
+    let connected = Instant::now();
+    let mut buf = [0u8; 64];
+    // EOF or reset, whichever the server does; bounded so a regression fails instead of hanging.
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await;
+    connected.elapsed()
 }
 
 fn spawn_agent_in(lab: &Lab, host: usize, files: &CertFiles, name: &str) -> Output {
