@@ -119,3 +119,37 @@ fn watch_events_never_panic_the_agent_side() {
         Ok(())
     });
 }
+
+/// Certificates are outside input twice: the controller reads every client's role and name
+/// from its certificate, and `overlayctl certs show` reads any file it is given.
+#[test]
+fn certificates_are_decoded_without_panics() {
+    use overlay_proto::tls::PeerIdentity;
+    use overlayctl::certs;
+    let ca = certs::new_ca(30).expect("CA");
+    let mut real = Vec::new();
+    for role in overlay_proto::tls::Role::ALL {
+        let pair = certs::issue(&ca, role, "h1", &["192.0.2.10".to_string()], 30).expect("cert");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes()).expect("pem");
+        real.push(pem.contents);
+    }
+    run_for(
+        "certificates, mutated real ones (peer identity)",
+        mutations(real, 8),
+        |der| {
+            if let Ok(id) = PeerIdentity::from_der(&der) {
+                // Whatever is accepted names someone.
+                prop_assert!(!id.name.is_empty());
+            }
+            Ok(())
+        },
+    );
+    run_for(
+        "certificates, random bytes (peer identity)",
+        prop::collection::vec(any::<u8>(), 0..512),
+        |der| {
+            let _ = PeerIdentity::from_der(&der);
+            Ok(())
+        },
+    );
+}
