@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The docker-compose multi-VM demo, end to end: build the binaries and the image, bring up
-# 3 controllers and 3 "VMs", create a vxlan network, attach each VM's workload, print the
+# 3 controllers and 3 "VMs" on mutual TLS (certificates made with `overlayctl certs`), create a vxlan network, attach each VM's workload, print the
 # cross-VM ping matrix, tear everything down. Exits non-zero when any pair fails.
 #
 # Needs a running Docker engine (Debian: docker.io + docker-compose; start dockerd) and, for
@@ -45,12 +45,25 @@ done
 cp "$here/Dockerfile" "$build/Dockerfile"
 docker build -q -t overlay-demo:latest "$build" >/dev/null
 
+echo "== making the cluster CA and certificates (overlayctl certs)"
+pki="$build/pki"
+certs() { "$target/overlayctl" certs "$@" --dir "$pki" >/dev/null; }
+certs ca
+for i in 1 2 3; do certs issue --role controller --name "ctl$i" --san "198.51.100.1$((i - 1))"; done
+for vm in vm1 vm2 vm3; do certs issue --role agent --name "$vm"; done
+certs issue --role admin --name demo-admin
+
 cleanup() { echo "== tearing down"; "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 echo "== starting 3 controllers and 3 VMs"
 "${compose[@]}" up -d >/dev/null
-ctl() { "${compose[@]}" exec -T vm1 overlayctl --controller 198.51.100.10:7400,198.51.100.11:7400,198.51.100.12:7400 "$@"; }
+# overlayctl runs inside vm1 with the admin certificate (vm1's own agent certificate may
+# only act for vm1).
+ctl() {
+  "${compose[@]}" exec -T vm1 overlayctl --controller 198.51.100.10:7400,198.51.100.11:7400,198.51.100.12:7400 \
+    --tls-cert /etc/overlay/pki/admin-demo-admin.pem --tls-key /etc/overlay/pki/admin-demo-admin-key.pem "$@"
+}
 
 deadline=$((SECONDS + 90))
 until ctl host ls -o json 2>/dev/null | grep -c '"state": "up"' | grep -q '^3$'; do
@@ -94,3 +107,16 @@ if [ "$failed" -ne 0 ]; then
   exit 1
 fi
 echo "== all 6 cross-VM pairs reachable"
+
+echo "== mutual TLS: what must be refused"
+ctls=198.51.100.10:7400,198.51.100.11:7400,198.51.100.12:7400
+# vm1's own (agent) certificate: agents do not manage networks.
+if "${compose[@]}" exec -T vm1 overlayctl --controller "$ctls" network create rogue --mode vxlan --subnet 10.99.0.0/16; then
+  die "vm1's agent certificate created a network"
+fi
+# No certificate at all: plaintext.
+if "${compose[@]}" exec -T vm1 env -u OVERLAY_TLS_CA -u OVERLAY_TLS_CERT -u OVERLAY_TLS_KEY overlayctl --controller "$ctls" network ls; then
+  die "a plaintext client was served"
+fi
+ctl network ls | grep -q rogue && die "a refused create left a network behind"
+echo "== agent certificate and plaintext refused"
