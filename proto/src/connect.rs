@@ -202,3 +202,19 @@ fn describe_transport(e: &tonic::transport::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_tls_nothing_is_dialled_in_plaintext() -> Result<(), ConnectError> {
+        let given = ["ctl1:7400".to_string(), "http://192.0.2.11:7400".to_string()];
+        let t = Duration::from_secs(1);
+        let plain = Controllers::new(&given, t, t)?;
+        assert_eq!(plain.addrs(), ["http://ctl1:7400", "http://192.0.2.11:7400"]);
+        let tls = Controllers::new(&given, t, t)?.with_tls(Some(ClientTlsConfig::new()));
+        assert_eq!(tls.addrs(), ["https://ctl1:7400", "https://192.0.2.11:7400"]);
+        Ok(())
+    }
+}
