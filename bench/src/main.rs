@@ -9,6 +9,7 @@ mod p3_convergence;
 mod p4_writes;
 mod p5_fanout;
 mod p6_programming;
+mod p7_tls;
 mod peers;
 mod report;
 mod stats;
@@ -82,6 +83,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// P7: the cost of mutual TLS (new connections, write throughput) vs plaintext.
+    P7 {
+        #[arg(long, default_value_t = 200)]
+        connects: usize,
+        #[arg(long, default_value_t = 5000)]
+        ops: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Re-render docs/benchmarks.md from the saved results.
     Report,
 }
@@ -109,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             report::save(&p4_writes::run(if quick { 1000 } else { 5000 }, 64, 3)?)?;
             report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
             report::save(&p6_programming::run(1000, rounds)?)?;
+            report::save(&p7_tls::run(200, if quick { 1000 } else { 5000 }, 64, 3)?)?;
         }
         Cmd::P1 { attaches } => {
             peers::ensure()?;
@@ -133,6 +146,12 @@ fn main() -> anyhow::Result<()> {
             changes,
         } => report::save(&p5_fanout::run(agents, endpoints, changes)?)?,
         Cmd::P6 { hosts, rounds } => report::save(&p6_programming::run(hosts, rounds)?)?,
+        Cmd::P7 {
+            connects,
+            ops,
+            clients,
+            runs,
+        } => report::save(&p7_tls::run(connects, ops, clients, runs)?)?,
         Cmd::Report => {}
     }
     report::write_docs(&repo_root(), &common::machine())?;

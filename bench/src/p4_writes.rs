@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use overlay_lab::controllers::{ControllerCluster, free_port};
 use overlay_lab::process::Daemon;
+use overlay_proto::connect::Controllers;
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::overlay_client::OverlayClient;
 
@@ -25,9 +26,9 @@ pub mod etcdpb {
 }
 
 /// One run: throughput (ops/s) and per-operation latencies (ms).
-struct Run {
-    per_s: f64,
-    latencies_ms: Vec<f64>,
+pub(crate) struct Run {
+    pub per_s: f64,
+    pub latencies_ms: Vec<f64>,
 }
 
 pub fn run(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Measure> {
@@ -134,6 +135,18 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
             .map(|a| client(a))
             .collect::<anyhow::Result<_>>()?,
     );
+    allocation_runs(per_replica, HOSTS, ops, clients, runs).await
+}
+
+/// `runs` timed runs of `ops` endpoint allocations (no agent wait) in network `bench`, spread
+/// over hosts `r0001`..`r{hosts}` and over the replicas of `per_replica` in turn.
+pub(crate) async fn allocation_runs(
+    per_replica: Arc<Vec<Controllers>>,
+    hosts: usize,
+    ops: usize,
+    clients: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<Run>> {
     let mut out = Vec::new();
     for run in 0..runs {
         out.push(
@@ -143,7 +156,7 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
                     let c = &per_replica[i % per_replica.len()];
                     let req = pb::AttachEndpointRequest {
                         network: "bench".into(),
-                        host: format!("r{:04}", i % HOSTS + 1),
+                        host: format!("r{:04}", i % hosts + 1),
                         netns: format!("run{run}-{i}"),
                         no_wait: true,
                         ..Default::default()
