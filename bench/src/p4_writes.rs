@@ -135,20 +135,20 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
             .map(|a| client(a))
             .collect::<anyhow::Result<_>>()?,
     );
-    allocation_runs(per_replica, HOSTS, ops, clients, runs).await
+    allocation_runs(per_replica, HOSTS, ops, clients, 0..runs).await
 }
 
-/// `runs` timed runs of `ops` endpoint allocations (no agent wait) in network `bench`, spread
+/// One timed run per number in `runs` (which names its endpoints) of `ops` endpoint allocations (no agent wait) in network `bench`, spread
 /// over hosts `r0001`..`r{hosts}` and over the replicas of `per_replica` in turn.
 pub(crate) async fn allocation_runs(
     per_replica: Arc<Vec<Controllers>>,
     hosts: usize,
     ops: usize,
     clients: usize,
-    runs: usize,
+    runs: std::ops::Range<usize>,
 ) -> anyhow::Result<Vec<Run>> {
     let mut out = Vec::new();
-    for run in 0..runs {
+    for run in runs {
         out.push(
             timed_run(ops, clients, |i| {
                 let per_replica = per_replica.clone();
