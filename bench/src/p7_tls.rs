@@ -14,6 +14,7 @@ use overlay_proto::v1 as pb;
 use overlay_proto::v1::overlay_client::OverlayClient;
 use tonic::transport::ClientTlsConfig;
 
+use crate::common::rss_and_cpu;
 use crate::p4_writes::{Run, allocation_runs};
 use crate::report::{Measure, Ratio, Row};
 use crate::stats::Summary;
@@ -22,6 +23,8 @@ use crate::stats::Summary;
 struct Side {
     connect_ms: Vec<f64>,
     runs: Vec<Run>,
+    /// CPU time of the three replicas together per allocation, one value per run (µs).
+    cpu_us_per_op: Vec<f64>,
 }
 
 pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::Result<Measure> {
@@ -40,9 +43,12 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
             for (prepared, side) in turns {
                 side.connect_ms
                     .extend(prepared.connects(connects.div_ceil(runs.max(1))).await?);
+                let cpu_before = prepared.cpu_s();
                 side.runs.extend(
                     allocation_runs(prepared.per_replica.clone(), 1, ops, clients, round..round + 1).await?,
                 );
+                side.cpu_us_per_op
+                    .push((prepared.cpu_s() - cpu_before) * 1e6 / ops as f64);
             }
         }
         anyhow::Ok((plain, tls))
@@ -57,13 +63,16 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
                 .collect::<Vec<_>>(),
         )
     };
+    let cpu = |s: &Side| Summary::of(&s.cpu_us_per_op);
     let (tls_tp, plain_tp) = (throughput(&tls), throughput(&plain));
     println!(
-        "P7: connect+call {:.2} ms (TLS) vs {:.2} ms; writes {:.0}/s (TLS) vs {:.0}/s",
+        "P7: connect+call {:.2} ms (TLS) vs {:.2} ms; writes {:.0}/s (TLS) vs {:.0}/s; replica CPU per write {:.0} µs (TLS) vs {:.0} µs",
         connect(&tls).median,
         connect(&plain).median,
         tls_tp.median,
-        plain_tp.median
+        plain_tp.median,
+        cpu(&tls).median,
+        cpu(&plain).median
     );
     let mut rows = Vec::new();
     for (name, s) in [("mutual TLS", &tls), ("plaintext", &plain)] {
@@ -85,6 +94,12 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
             unit: "ms".into(),
             summary: latency(s),
         });
+        rows.push(Row {
+            subject: format!("overlay, {name}"),
+            metric: "CPU of the 3 replicas per allocation".into(),
+            unit: "µs".into(),
+            summary: cpu(s),
+        });
     }
     Ok(Measure {
         id: "P7".into(),
@@ -95,6 +110,13 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
                 what: "new connection + first call".into(),
                 ours: connect(&tls).median,
                 peer: connect(&plain).median,
+                peer_name: "plaintext".into(),
+                higher_is_better: false,
+            },
+            Ratio {
+                what: "replica CPU per write".into(),
+                ours: cpu(&tls).median,
+                peer: cpu(&plain).median,
                 peer_name: "plaintext".into(),
                 higher_is_better: false,
             },
@@ -178,6 +200,15 @@ impl Prepared {
             per_replica,
             _dir: dir,
         })
+    }
+
+    /// CPU seconds the three replica processes have used so far.
+    fn cpu_s(&self) -> f64 {
+        (1..=3)
+            .filter_map(|id| self.cluster.pid(id))
+            .filter_map(rss_and_cpu)
+            .map(|(_, cpu)| cpu)
+            .sum()
     }
 
     /// What every overlayctl invocation pays: `n` times a new connection and one call (ms).
