@@ -203,7 +203,11 @@ impl Controller {
         let overlay = OverlayServer::new(OverlayApi::new(node.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let metrics = Arc::new(ControllerMetrics::new());
+        let mut metrics = ControllerMetrics::new();
+        if let Some(tls) = &self.tls {
+            tls.register_expiry(&mut metrics.registry);
+        }
+        let metrics = Arc::new(metrics);
         let agent_api = AgentApi::new(node.clone(), metrics.watch_subscribers.clone());
         if let Some(listener) = self.metrics_listener {
             let (metrics, node, seen) = (metrics.clone(), node.clone(), node.agents.clone());

@@ -125,7 +125,11 @@ pub async fn run(
         .with_tls(config.tls.as_ref().map(Tls::client_config)),
     );
 
-    let metrics = Arc::new(AgentMetrics::new());
+    let mut metrics = AgentMetrics::new();
+    if let Some(tls) = &config.tls {
+        tls.register_expiry(&mut metrics.registry);
+    }
+    let metrics = Arc::new(metrics);
     if let Some(addr) = config.metrics_listen {
         let listener = overlay_proto::metrics_http::bind(addr)
             .await

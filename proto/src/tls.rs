@@ -76,6 +76,8 @@ pub enum TlsError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{what}: {reason}")]
     BadCertificate { what: String, reason: String },
+    #[error("{path} is not valid now: {why}")]
+    NotValidNow { path: PathBuf, why: String },
     #[error("this {component} needs a {expected} certificate, but {path} is for {found}")]
     WrongRole {
         component: &'static str,
@@ -179,6 +181,7 @@ impl TlsArgs {
             reason: format!("no PEM certificate: {e}"),
         })?;
         let identity = PeerIdentity::from_pem(&cert_pem, cert)?;
+        let not_after = validity_end(&cert_pem, cert)?;
         if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
             return Err(TlsError::BadCertificate {
                 what: key.display().to_string(),
@@ -191,8 +194,49 @@ impl TlsArgs {
             key_pem,
             cert_path: cert.clone(),
             identity,
+            not_after,
         }))
     }
+}
+
+/// The end of a PEM certificate's validity (Unix seconds); refuses one that is not valid now,
+/// which would otherwise fail every handshake with a less direct message.
+fn validity_end(pem: &[u8], path: &Path) -> Result<i64, TlsError> {
+    let not_valid = |why: String| TlsError::NotValidNow {
+        path: path.to_path_buf(),
+        why,
+    };
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| not_valid(format!("no PEM certificate: {e}")))?;
+    let cert = block
+        .parse_x509()
+        .map_err(|e| not_valid(format!("not X.509: {e}")))?;
+    let validity = cert.validity();
+    let now = unix_now();
+    if now < validity.not_before.timestamp() {
+        return Err(not_valid(format!(
+            "valid only from {} (is this machine's clock right?)",
+            validity.not_before
+        )));
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(not_valid(format!(
+            "expired {}; issue a new one with `overlayctl certs issue --force`",
+            validity.not_after
+        )));
+    }
+    let days_left = (validity.not_after.timestamp() - now) / 86400;
+    if days_left < 30 {
+        tracing::warn!(cert = %path.display(), days_left, "TLS certificate expires soon; reissue it");
+    }
+    Ok(validity.not_after.timestamp())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A component's loaded TLS material and the identity its own certificate gives it.
@@ -203,6 +247,8 @@ pub struct Tls {
     key_pem: Vec<u8>,
     cert_path: PathBuf,
     pub identity: PeerIdentity,
+    /// When our certificate expires (Unix seconds).
+    pub not_after: i64,
 }
 
 impl fmt::Debug for Tls {
@@ -216,6 +262,18 @@ impl fmt::Debug for Tls {
 }
 
 impl Tls {
+    /// Exposes the certificate's expiry as `<prefix>_tls_certificate_expiry_timestamp_seconds`
+    /// (alert on `... - time() < 30 * 86400`).
+    pub fn register_expiry(&self, registry: &mut prometheus_client::registry::Registry) {
+        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        gauge.set(self.not_after);
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When this component's TLS certificate expires (Unix time)",
+            gauge,
+        );
+    }
+
     /// Refuses to start a component with another role's certificate (an agent with an admin
     /// certificate would be refused by the controller on every call, far from the cause).
     pub fn require_role(&self, component: &'static str, expected: Role) -> Result<(), TlsError> {
@@ -294,6 +352,27 @@ mod tests {
         for der in refused {
             assert!(PeerIdentity::from_der(&der).is_err());
         }
+    }
+
+    #[test]
+    fn certificates_outside_their_validity_are_refused_at_start() {
+        let key = KeyPair::generate().expect("key");
+        let pem_for = |from: (i32, u8), to: (i32, u8)| {
+            let mut params = CertificateParams::default();
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, 1);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, 1);
+            params.self_signed(&key).expect("cert").pem()
+        };
+        let path = Path::new("c.pem");
+        let expired = validity_end(pem_for((2000, 1), (2001, 1)).as_bytes(), path);
+        assert!(matches!(&expired, Err(TlsError::NotValidNow { why, .. }) if why.contains("expired")));
+        let future = validity_end(pem_for((2100, 1), (2101, 1)).as_bytes(), path);
+        assert!(matches!(&future, Err(TlsError::NotValidNow { why, .. }) if why.contains("clock")));
+        let current = validity_end(pem_for((2000, 1), (4000, 1)).as_bytes(), path);
+        assert_eq!(
+            current.ok(),
+            Some(rcgen::date_time_ymd(4000, 1, 1).unix_timestamp())
+        );
     }
 
     #[test]
