@@ -482,6 +482,31 @@ impl Lab {
     }
 
     /// Interface index of `ifname` on host `host` (from `ip -j link`).
+    /// `GET http://ADDR/metrics` from the underlay namespace; the body.
+    pub fn scrape(&self, addr: &str) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = addr.to_string();
+        netns::block_on_in(&self.ul, move || async move {
+            let mut s = tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(crate::io(format!("connect {addr}")))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: overlay\r\n\r\n")
+                .await
+                .map_err(crate::io("metrics request"))?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .await
+                .map_err(crate::io("metrics response"))?;
+            if !(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200")) {
+                return Err(LabError::Setup(format!("GET {addr}/metrics: {out}")));
+            }
+            Ok(out
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default())
+        })?
+    }
+
     pub fn ifindex(&self, host: usize, ifname: &str) -> Result<u64> {
         let text = self.on_host(host, "ip", &["-j", "link", "show", ifname])?;
         let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Setup(e.to_string()))?;
@@ -519,6 +544,14 @@ impl Drop for Lab {
 }
 
 /// A ping running in the background from a workload, for "no loss while X happens" checks.
+/// The value of the first Prometheus sample whose name and labels start with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub struct PingFlow {
     child: std::process::Child,
 }

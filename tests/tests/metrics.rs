@@ -3,37 +3,7 @@
 
 use std::time::Duration;
 
-use overlay_lab::lab::{Lab, LabConfig};
-use overlay_lab::netns::block_on_in;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET /metrics` from the underlay namespace; the body.
-fn scrape(lab: &Lab, addr: String) -> String {
-    block_on_in(&lab.ul, move || async move {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: overlay\r\n\r\n")
-            .await
-            .expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("response");
-        assert!(
-            out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
-            "{out}"
-        );
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
-    })
-    .expect("scrape")
-}
-
-/// The value of the sample whose name and labels start with `prefix` (one line).
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use overlay_lab::lab::{Lab, LabConfig, metric as sample};
 
 #[test]
 fn controller_and_agents_expose_metrics() {
@@ -77,12 +47,12 @@ fn controller_and_agents_expose_metrics() {
     // Agents report their applied revision with the next heartbeat (every 5 s).
     let mut c = String::new();
     let settled = Lab::wait_until(Duration::from_secs(20), || {
-        c = scrape(&lab, controller.clone());
+        c = lab.scrape(&controller).expect("scrape");
         sample(&c, "overlay_agent_revision_lag{host=\"h1\"}") == Some(0.0)
             && sample(&c, "overlay_agent_revision_lag{host=\"h2\"}") == Some(0.0)
     });
     assert!(settled.is_some(), "agents did not catch up in the metrics:\n{c}");
-    let a = scrape(&lab, agent);
+    let a = lab.scrape(&agent).expect("scrape");
 
     let expect = [
         (&c, "overlay_raft_is_leader ", 1.0),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use overlay_lab::bins;
 use overlay_lab::controllers::{ControllerCluster, client, free_port};
-use overlay_lab::lab::{Lab, LabConfig};
+use overlay_lab::lab::{Lab, LabConfig, metric};
 use overlay_lab::pki::{CertFiles, Pki};
 use overlay_proto::connect::Controllers;
 use overlay_proto::raft::RaftPayload;
@@ -410,6 +410,13 @@ fn agents_run_on_mutual_tls() {
         resync_secs: 10,
     })
     .expect("lab");
+    // Metrics on, to see the certificates' expiry exported.
+    lab.controllers.stop(1).expect("stop");
+    lab.controllers.set_env("OVERLAY_METRICS_LISTEN", "0.0.0.0:9400");
+    lab.controllers.start(1).expect("start");
+    lab.wait_leader(Duration::from_secs(30)).expect("leader");
+    lab.start_agent_with_env(0, &[("OVERLAY_METRICS_LISTEN", "0.0.0.0:9401")])
+        .expect("agent h1");
     lab.start_agents().expect("agents");
     let up = Lab::wait_until(Duration::from_secs(30), || {
         lab.ctl_json(&["host", "ls"])
@@ -449,6 +456,35 @@ fn agents_run_on_mutual_tls() {
         "TLS lab: 2 agents up, 6 endpoints attached (overlayctl with TLS, p50 {:?}), w0 -> {ip1} pings",
         p50(attach_times)
     );
+
+    // Certificates are issued for 365 days; both daemons say when theirs ends.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let controller_ip = lab.controllers.addr(1).replace(":7400", ":9400");
+    let agent_ip = format!("{}:9401", lab.hosts[0].ip);
+    for (who, addr, name) in [
+        (
+            "controller",
+            controller_ip,
+            "overlay_tls_certificate_expiry_timestamp_seconds",
+        ),
+        (
+            "agent h1",
+            agent_ip,
+            "overlay_agent_tls_certificate_expiry_timestamp_seconds",
+        ),
+    ] {
+        let text = lab.scrape(&addr).expect("scrape");
+        let expiry = metric(&text, name).unwrap_or_else(|| panic!("{who}: no {name}\n{text}"));
+        let days = (expiry - now) / 86400.0;
+        assert!(
+            (days - 365.0).abs() < 2.0,
+            "{who}: {name} = {expiry} ({days:.1} days)"
+        );
+        println!("{who}: {name} = {expiry:.0} (in {days:.1} days)");
+    }
 
     // Host h2's machine holding h1's certificate: the agent refuses to start, saying why.
     let pki = lab.pki.clone().expect("pki");
