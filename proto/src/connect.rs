@@ -74,14 +74,14 @@ impl Controllers {
         })
     }
 
-    /// Speaks mutual TLS to every replica. Addresses given without a scheme, or with
-    /// `http://`, are reached over `https://`: with TLS configured nothing goes in plaintext.
+    /// Speaks mutual TLS to every replica. Every address is reached over `https://`,
+    /// whatever scheme it was given with (tonic only does TLS for exactly `https`, so a
+    /// `HTTP://` left alone would go in plaintext): with TLS configured nothing does.
     pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
         if tls.is_some() {
             for addr in &mut self.addrs {
-                if let Some(rest) = addr.strip_prefix("http://") {
-                    *addr = format!("https://{rest}");
-                }
+                let rest = addr.split_once("://").map_or(addr.as_str(), |(_, rest)| rest);
+                *addr = format!("https://{rest}");
             }
         }
         self.tls = tls;
@@ -209,12 +209,23 @@ mod tests {
 
     #[test]
     fn with_tls_nothing_is_dialled_in_plaintext() -> Result<(), ConnectError> {
-        let given = ["ctl1:7400".to_string(), "http://192.0.2.11:7400".to_string()];
+        let given = [
+            "ctl1:7400".to_string(),
+            "http://192.0.2.11:7400".to_string(),
+            "HTTP://192.0.2.12:7400".to_string(),
+        ];
         let t = Duration::from_secs(1);
         let plain = Controllers::new(&given, t, t)?;
-        assert_eq!(plain.addrs(), ["http://ctl1:7400", "http://192.0.2.11:7400"]);
+        assert_eq!(plain.addrs()[..2], ["http://ctl1:7400", "http://192.0.2.11:7400"]);
         let tls = Controllers::new(&given, t, t)?.with_tls(Some(ClientTlsConfig::new()));
-        assert_eq!(tls.addrs(), ["https://ctl1:7400", "https://192.0.2.11:7400"]);
+        assert_eq!(
+            tls.addrs(),
+            [
+                "https://ctl1:7400",
+                "https://192.0.2.11:7400",
+                "https://192.0.2.12:7400"
+            ]
+        );
         Ok(())
     }
 }
