@@ -103,14 +103,22 @@ impl PeerIdentity {
             0 => Err(bad(format!("subject has no {field}"))),
             _ => Err(bad(format!("subject has {} {field} values", values.len()))),
         };
+        // Every value counts: one in an encoding we cannot read must not vanish from the
+        // "exactly one" check below.
         let names: Vec<&str> = subject
             .iter_common_name()
-            .filter_map(|a| a.as_str().ok())
-            .collect();
+            .map(|a| {
+                a.as_str()
+                    .map_err(|e| bad(format!("unreadable common name: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         let units: Vec<&str> = subject
             .iter_organizational_unit()
-            .filter_map(|a| a.as_str().ok())
-            .collect();
+            .map(|a| {
+                a.as_str()
+                    .map_err(|e| bad(format!("unreadable organizational unit: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
         let name = single(names, "common name (CN)")?;
         let unit = single(units, "organizational unit (OU, the role)")?;
         let role = Role::from_label(&unit).ok_or_else(|| {
@@ -352,6 +360,24 @@ mod tests {
         for der in refused {
             assert!(PeerIdentity::from_der(&der).is_err());
         }
+    }
+
+    #[test]
+    fn a_second_role_in_an_unreadable_encoding_is_not_overlooked() {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "h1");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "agent");
+        let teletex =
+            rcgen::DnValue::TeletexString(rcgen::string::TeletexString::try_from("admin").expect("teletex"));
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 11]), teletex);
+        let key = KeyPair::generate().expect("key");
+        let der = params.self_signed(&key).expect("cert").der().to_vec();
+        assert!(PeerIdentity::from_der(&der).is_err());
     }
 
     #[test]
