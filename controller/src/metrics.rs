@@ -298,7 +298,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        // Unknown paths share one label: a caller must not be able to grow the label set.
+        let path = req.uri().path();
+        let method = if crate::auth::access(path).is_some() {
+            path.to_string()
+        } else {
+            "unknown".to_string()
+        };
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);

@@ -23,8 +23,12 @@ use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::storage::{self, OpenError};
 use crate::raft::{LogStore, NodeId, Raft, StateMachineStore, raft_config};
 
-/// Largest gRPC message accepted: snapshots and big desired states travel whole.
+/// Largest gRPC message: snapshots and big desired states travel whole, so replicas accept
+/// (Raft) and send (all services) messages this large.
 const MAX_MESSAGE: usize = 256 << 20;
+/// Largest request of an agent or a user: a status report of thousands of endpoints fits; a
+/// client cannot make a replica buffer 256 MiB.
+const MAX_REQUEST: usize = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -201,7 +205,7 @@ impl Controller {
     ) -> Result<(), ServerError> {
         let node = self.node.clone();
         let overlay = OverlayServer::new(OverlayApi::new(node.clone()))
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut metrics = ControllerMetrics::new();
         if let Some(tls) = &self.tls {
@@ -222,7 +226,7 @@ impl Controller {
             });
         }
         let agent = AgentServer::new(agent_api)
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(MAX_MESSAGE);
         let raft = RaftServer::new(RaftApi::new(node.clone(), self.initialized_at_start))
             .max_decoding_message_size(MAX_MESSAGE)

@@ -86,6 +86,20 @@ async fn publish_models(view: crate::raft::StateView, models: watch::Sender<Arc<
     }
 }
 
+/// Results in one probe report: one per peer host and packet size.
+const MAX_PROBE_RESULTS: usize = 16_384;
+/// What an agent may say about one endpoint or one drift line: enough for any kernel error,
+/// not enough to bloat the replicated log or the replica's memory.
+const MAX_REPORT_TEXT: usize = 1024;
+const MAX_DRIFT_LINES: usize = 1000;
+
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_REPORT_TEXT) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 #[tonic::async_trait]
 impl Agent for AgentApi {
     async fn register(
@@ -233,6 +247,19 @@ impl Agent for AgentApi {
     async fn report_probe(&self, req: Request<pb::ProbeReport>) -> Result<Response<pb::ProbeAck>, Status> {
         require_host(&req, &req.get_ref().host)?;
         let report = req.into_inner();
+        // An agent measures from its own host only, and a report is one row of the matrix.
+        if let Some(r) = report.results.iter().find(|r| r.from != report.host) {
+            return Err(invalid(format!(
+                "probe report of host {:?} carries a result from {:?}",
+                report.host, r.from
+            )));
+        }
+        if report.results.len() > MAX_PROBE_RESULTS {
+            return Err(invalid(format!(
+                "probe report with {} results (at most {MAX_PROBE_RESULTS})",
+                report.results.len()
+            )));
+        }
         tracing::info!(host = %report.host, id = %report.id, results = report.results.len(), "probe report");
         self.node.probes.record(report);
         Ok(Response::new(pb::ProbeAck {}))
@@ -249,7 +276,7 @@ impl Agent for AgentApi {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let entry = seen.entry(req.host_name.clone()).or_default();
             if req.audited_ms >= entry.audited_ms {
-                entry.drift = req.drift.clone();
+                entry.drift = req.drift.iter().take(MAX_DRIFT_LINES).map(|l| clip(l)).collect();
                 entry.audited_ms = req.audited_ms;
             }
         }
@@ -263,7 +290,7 @@ impl Agent for AgentApi {
                 .filter_map(|r| {
                     let status = match pb::EndpointReport::try_from(r.report) {
                         Ok(pb::EndpointReport::Ready) => EndpointStatus::Ready,
-                        Ok(pb::EndpointReport::Failed) => EndpointStatus::Failed(r.message.clone()),
+                        Ok(pb::EndpointReport::Failed) => EndpointStatus::Failed(clip(&r.message)),
                         _ => return None,
                     };
                     let ep = s.endpoints.get(&r.id)?;
