@@ -181,8 +181,10 @@ pub fn read_ca(dir: &Path) -> Result<Pair, CertError> {
     })
 }
 
-/// Writes `pair` to `cert`/`key`; the key only readable by its owner. Refuses to replace
-/// existing files unless `force`.
+/// Writes `pair` to `cert`/`key`; the key only readable by its owner. Both are written to
+/// temporary files first and then put in place, so a failure never leaves a new key beside an
+/// old certificate. Without `force`, an existing file is never replaced (not even one created
+/// while this runs: the final step is a hard link, which refuses to replace).
 pub fn write(pair: &Pair, cert: &Path, key: &Path, force: bool) -> Result<(), CertError> {
     if !force {
         for path in [cert, key] {
@@ -197,17 +199,32 @@ pub fn write(pair: &Pair, cert: &Path, key: &Path, force: bool) -> Result<(), Ce
             source,
         })?;
     }
-    write_file(key, &pair.key_pem, 0o600)?;
-    write_file(cert, &pair.cert_pem, 0o644)
+    let staged = [
+        (stage(key, &pair.key_pem, 0o600)?, key),
+        (stage(cert, &pair.cert_pem, 0o644)?, cert),
+    ];
+    let mut result = Ok(());
+    for (tmp, path) in &staged {
+        if result.is_ok() {
+            result = place(tmp, path, force);
+        }
+    }
+    for (tmp, _) in &staged {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }
 
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
+/// `path` + `.tmp`, written fresh with `mode` (set at creation: never readable by others).
+fn stage(path: &Path, text: &str, mode: u32) -> Result<PathBuf, CertError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let err = |source| CertError::Write {
-        path: path.to_path_buf(),
+        path: tmp.clone(),
         source,
     };
-    // Remove first: an existing file would keep its old (maybe wider) mode.
-    match std::fs::remove_file(path) {
+    match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
@@ -216,9 +233,26 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
+        .open(&tmp)
         .map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)
+    file.write_all(text.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    Ok(tmp)
+}
+
+fn place(tmp: &Path, path: &Path, force: bool) -> Result<(), CertError> {
+    let placed = if force {
+        std::fs::rename(tmp, path)
+    } else {
+        std::fs::hard_link(tmp, path)
+    };
+    placed.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => CertError::Exists(path.to_path_buf()),
+        _ => CertError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// What a certificate file says: who it names, what it is valid for, and until when.
