@@ -239,6 +239,29 @@ async fn mtls_cluster_authenticates_every_caller() {
         })
         .await;
     refused.check("agent h1 Heartbeat h2", heartbeat_other, Code::PermissionDenied);
+    // A probe report is its sender's row of the matrix only.
+    let forged_row = agent_c
+        .call(|ch| async move {
+            AgentClient::new(ch)
+                .report_probe(pb::ProbeReport {
+                    id: "p1".into(),
+                    host: "h1".into(),
+                    results: vec![pb::ProbeResult {
+                        from: "h2".into(),
+                        to: "h1".into(),
+                        sent: 3,
+                        received: 3,
+                        ..Default::default()
+                    }],
+                })
+                .await
+        })
+        .await;
+    refused.check(
+        "agent h1 probe results from h2",
+        forged_row,
+        Code::InvalidArgument,
+    );
     // Raft is for replicas: a forged entry or vote is refused before it is even decoded.
     for (who, c) in [("admin", &admin_c), ("agent", &agent_c), ("reader", &reader_c)] {
         let forged = c
