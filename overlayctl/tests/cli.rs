@@ -5,8 +5,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use overlay_lab::controllers::ControllerCluster;
-use overlay_proto::v1 as pb;
-use overlay_proto::v1::agent_client::AgentClient;
 use serde_json::Value;
 
 struct Ctl {
@@ -62,18 +60,7 @@ impl Ctl {
 
 async fn register(addrs: &[String], name: &str, ip: &str) {
     let c = overlay_lab::controllers::client(addrs).unwrap();
-    let req = pb::RegisterRequest {
-        host_name: name.into(),
-        underlay_ip: ip.into(),
-        underlay_iface: "eth0".into(),
-        underlay_mtu: 1500,
-    };
-    c.call(|ch| {
-        let req = req.clone();
-        async move { AgentClient::new(ch).register(req).await }
-    })
-    .await
-    .expect("register");
+    overlay_lab::api::register(&c, name, ip).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

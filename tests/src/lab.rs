@@ -175,24 +175,29 @@ impl Lab {
 
     /// [`Lab::start`], then every host's agent, and waits until all hosts are registered and up.
     pub fn start_with_agents(cfg: LabConfig) -> Result<Self> {
-        let hosts = cfg.hosts;
         let mut lab = Self::start(cfg)?;
         lab.start_agents()?;
-        let up = Self::wait_until(Duration::from_secs(30), || {
-            lab.ctl_json(&["host", "ls"])
+        lab.wait_hosts_up(Duration::from_secs(30))?;
+        Ok(lab)
+    }
+
+    /// Waits until every simulated host is registered and `up` (its agent heartbeats).
+    pub fn wait_hosts_up(&self, within: Duration) -> Result<Duration> {
+        let hosts = self.hosts.len();
+        Self::wait_until(within, || {
+            self.ctl_json(&["host", "ls"])
                 .map(|v| {
                     v.as_array()
                         .is_some_and(|a| a.len() == hosts && a.iter().all(|h| h["state"] == "up"))
                 })
                 .unwrap_or(false)
-        });
-        if up.is_none() {
-            return Err(LabError::Timeout(format!(
-                "agents did not register within 30 s\n{}",
-                lab.logs()
-            )));
-        }
-        Ok(lab)
+        })
+        .ok_or_else(|| {
+            LabError::Timeout(format!(
+                "agents did not register within {within:?}\n{}",
+                self.logs()
+            ))
+        })
     }
 
     /// Adds one more simulated host (not yet running an agent); returns its index.

@@ -103,15 +103,7 @@ fn demo(
         p.push(lab.prefix.clone());
     }
     lab.start_agents()?;
-    let all_up = Lab::wait_until(Duration::from_secs(30), || {
-        lab.ctl_json(&["host", "ls"])
-            .map(|v| {
-                v.as_array()
-                    .is_some_and(|a| a.len() == hosts && a.iter().all(|h| h["state"] == "up"))
-            })
-            .unwrap_or(false)
-    });
-    anyhow::ensure!(all_up.is_some(), "agents did not register:\n{}", lab.logs());
+    lab.wait_hosts_up(Duration::from_secs(30))?;
     print!("{}", lab.ctl_ok(&["cluster", "status"])?);
     println!();
     print!(

@@ -441,15 +441,8 @@ fn agents_run_on_mutual_tls() {
     lab.start_agent_with_env(0, &[("OVERLAY_METRICS_LISTEN", "0.0.0.0:9401")])
         .expect("agent h1");
     lab.start_agents().expect("agents");
-    let up = Lab::wait_until(Duration::from_secs(30), || {
-        lab.ctl_json(&["host", "ls"])
-            .map(|v| {
-                v.as_array()
-                    .is_some_and(|a| a.len() == 2 && a.iter().all(|h| h["state"] == "up"))
-            })
-            .unwrap_or(false)
-    });
-    assert!(up.is_some(), "agents did not come up over TLS\n{}", lab.logs());
+    lab.wait_hosts_up(Duration::from_secs(30))
+        .expect("agents up over TLS");
     lab.ctl_ok(&[
         "network",
         "create",
