@@ -371,11 +371,10 @@ impl Lab {
             .map_err(|_| LabError::Setup(format!("attach printed {out:?}")))
     }
 
-    /// One ICMP echo from namespace `ns` to `ip` (1 s timeout).
+    /// One ICMP echo from namespace `ns` to `ip` (1 s timeout), sent by the agent's own prober
+    /// (see [`netns::echo`]), so the lab needs no `ping` binary.
     pub fn ping(&self, ns: &str, ip: Ipv4Addr) -> bool {
-        exec_any(ns, "ping", &["-c", "1", "-W", "1", &ip.to_string()])
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        netns::echo(ns, ip, 1, Duration::from_secs(1)).is_ok_and(|s| s.received == 1)
     }
 
     /// Polls `cond` every 100 ms until it holds or `within` passes; returns how long it took.

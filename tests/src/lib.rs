@@ -13,6 +13,7 @@ pub mod interrupt;
 pub mod lab;
 pub mod netns;
 pub mod pki;
+pub mod prereq;
 pub mod process;
 pub mod tcp;
 

@@ -89,6 +89,7 @@ fn demo(
     controllers: usize,
     prefixes: &Mutex<Vec<String>>,
 ) -> anyhow::Result<bool> {
+    overlay_lab::prereq::check().map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     println!(
         "building the lab: {hosts} hosts, {controllers} controller replica(s) on an underlay bridge ..."

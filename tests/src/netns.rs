@@ -138,6 +138,37 @@ where
         .map_err(|_| LabError::Setup("namespace worker panicked".into()))?
 }
 
+/// Runs the blocking `work` on a fresh thread that entered namespace `ns` (no runtime): for
+/// raw-socket checks such as [`echo`].
+pub fn blocking_in<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(crate::io(format!("open {path}")))?;
+    std::thread::Builder::new()
+        .name(format!("in-{ns}"))
+        .spawn(move || -> Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| LabError::Setup(format!("setns {path}: {e}")))?;
+            Ok(work())
+        })
+        .map_err(crate::io("spawn"))?
+        .join()
+        .map_err(|_| LabError::Setup("namespace worker panicked".into()))?
+}
+
+/// `count` ICMP echoes (56 bytes, as `ping` sends) from namespace `ns` to `ip`, each waiting up
+/// to `timeout`, with the agent's own raw-socket prober: no `ping` binary needed.
+pub fn echo(
+    ns: &str,
+    ip: std::net::Ipv4Addr,
+    count: u32,
+    timeout: std::time::Duration,
+) -> Result<overlay_agent::probe::EchoStats> {
+    blocking_in(ns, move || {
+        overlay_agent::probe::echo(std::net::Ipv4Addr::UNSPECIFIED, ip, 56, count, timeout)
+    })?
+    .map_err(crate::io(format!("ICMP echo from {ns} to {ip}")))
+}
+
 /// Runs `cmd` to completion from a thread that entered namespace `ns`, so the child starts in
 /// that namespace without `ip netns exec` (whose mount-namespace setup costs milliseconds):
 /// for benchmarks that time the command itself. `stdin` is written to the child's stdin.
