@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure().compile_protos(
-        &["proto/overlay/v1/overlay.proto", "proto/overlay/v1/raft.proto"],
+        &[
+            "proto/overlay/v1/overlay.proto",
+            "proto/overlay/v1/raft.proto",
+            "proto/overlay/local/v1/local.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

@@ -12,7 +12,13 @@ pub mod raft {
     tonic::include_proto!("overlay.raft.v1");
 }
 
+/// The agent's host-local endpoint API (unix socket), for the CNI and Docker plugins.
+pub mod local {
+    tonic::include_proto!("overlay.local.v1");
+}
+
 pub mod connect;
+pub mod local_socket;
 pub mod mac;
 pub mod metrics_http;
 pub mod names;
