@@ -301,6 +301,16 @@ impl Lab {
         exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
     }
 
+    /// Runs overlayctl from the underlay namespace with `--insecure` and no certificate, as a
+    /// plaintext client would; returns the output whatever the status.
+    pub fn ctl_insecure(&self, args: &[&str]) -> Result<Output> {
+        let bin = bins::bin("overlayctl")?;
+        let controllers = self.controller_list();
+        let mut all: Vec<&str> = vec!["--controller", &controllers, "--insecure"];
+        all.extend_from_slice(args);
+        exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
+    }
+
     /// overlayctl that must succeed; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.ctl(args)?;
