@@ -76,6 +76,8 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A lab on plaintext: every process it starts runs with `OVERLAY_INSECURE=true`
+    /// ([`crate::plaintext`]); [`Lab::start_secure`] for mutual TLS.
     pub fn start(cfg: LabConfig) -> Result<Self> {
         Self::launch(cfg, false)
     }
