@@ -503,7 +503,11 @@ mod tests {
     fn plaintext_only_when_asked_for_and_never_with_tls_options() {
         assert!(matches!(TlsArgs::insecure().load(), Ok(None)));
         let refused = TlsArgs::default().load().map(|_| ()).unwrap_err().to_string();
-        for way_out in ["--tls-ca, --tls-cert and --tls-key", "overlayctl certs", "--insecure"] {
+        for way_out in [
+            "--tls-ca, --tls-cert and --tls-key",
+            "overlayctl certs",
+            "--insecure",
+        ] {
             assert!(refused.contains(way_out), "{refused:?} lacks {way_out:?}");
         }
         assert!(refused.starts_with("refusing to run without TLS"), "{refused}");

@@ -88,7 +88,8 @@ impl Pki {
 
     /// The certificates issued so far, as `role name` (the CA excluded), sorted.
     pub fn issued(&self) -> Result<Vec<String>> {
-        let entries = std::fs::read_dir(&self.dir).map_err(crate::io(format!("read {}", self.dir.display())))?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(crate::io(format!("read {}", self.dir.display())))?;
         let mut issued: Vec<String> = entries
             .flatten()
             .filter_map(|e| {

@@ -92,7 +92,10 @@ mod tests {
         assert_eq!(insecure_value(&flag), None);
 
         let mut script = Command::new("sh");
-        script.args(["-c", "overlayctl --tls-ca ca.pem --tls-cert c.pem --tls-key k.pem host ls"]);
+        script.args([
+            "-c",
+            "overlayctl --tls-ca ca.pem --tls-cert c.pem --tls-key k.pem host ls",
+        ]);
         insecure_unless_tls(&mut script);
         assert_eq!(insecure_value(&script), None);
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use overlay_lab::bins;
 use overlay_lab::controllers::{ControllerCluster, client, free_port};
 use overlay_lab::lab::{Lab, LabConfig};
-use overlay_lab::pki::{CertFiles, Pki};
+use overlay_lab::pki::Pki;
 use overlay_lab::plaintext::without_transport_choice;
 use overlay_lab::process::Daemon;
 use overlay_proto::v1 as pb;
@@ -60,12 +60,11 @@ fn refused(out: &Output, component: &str, needle: &str) -> String {
     assert_eq!(out.status.code(), Some(1), "{component}: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{component}: not one line: {stderr}");
     assert!(stderr.starts_with(&format!("{component}: ")), "{stderr}");
-    assert!(stderr.contains(needle), "{component}: {needle:?} not in {stderr:?}");
+    assert!(
+        stderr.contains(needle),
+        "{component}: {needle:?} not in {stderr:?}"
+    );
     stderr
-}
-
-fn tls_args(files: &CertFiles) -> Vec<String> {
-    files.args()
 }
 
 fn nonexistent_tls() -> Vec<String> {
@@ -197,10 +196,16 @@ async fn overlayctl_refuses_to_connect_without_tls_or_insecure() {
     let pki_dir = dir.path().join("pki").display().to_string();
     for args in [
         vec!["certs", "ca", "--dir", &pki_dir],
-        vec!["certs", "issue", "--dir", &pki_dir, "--role", "admin", "--name", "alice"],
+        vec![
+            "certs", "issue", "--dir", &pki_dir, "--role", "admin", "--name", "alice",
+        ],
     ] {
         let out = ctl(&args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let pki = Pki {
         dir: dir.path().join("pki"),
@@ -226,7 +231,7 @@ async fn overlayctl_refuses_to_connect_without_tls_or_insecure() {
         .env("OVERLAY_INSECURE", "no");
     refused(&exits(off), "overlayctl", "refusing to connect without TLS");
     let mut contradictory = vec!["--controller", &addr, "--insecure"];
-    let admin_args = tls_args(&admin);
+    let admin_args = admin.args();
     contradictory.extend(admin_args.iter().map(String::as_str));
     contradictory.extend(["network", "ls"]);
     let both = refused(&ctl(&contradictory), "overlayctl", "contradicts --tls-ca");
@@ -299,9 +304,7 @@ fn agent_in(lab: &Lab, host: usize, state: &Path) -> Command {
 
 /// What an agent may have left in its host's kernel: links beyond lo and eth0, nft tables.
 fn kernel_footprint(lab: &Lab, host: usize) -> (Vec<String>, String) {
-    let links = lab
-        .on_host(host, "ip", &["-o", "link", "show"])
-        .expect("ip link");
+    let links = lab.on_host(host, "ip", &["-o", "link", "show"]).expect("ip link");
     let links = links
         .lines()
         .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
@@ -330,7 +333,10 @@ fn agent_refuses_plaintext_unless_asked() {
     println!("refused  agent --insecure with --tls-*: {line}");
     assert!(!state.exists(), "a refused agent created {}", state.display());
     let (links, tables) = kernel_footprint(&lab, 0);
-    assert!(links.is_empty() && tables.is_empty(), "refused agents left {links:?} {tables:?}");
+    assert!(
+        links.is_empty() && tables.is_empty(),
+        "refused agents left {links:?} {tables:?}"
+    );
     println!("refused agents left no state dir, no links and no nft table on h1");
 
     // An --insecure agent against the TLS controller: it runs, is told what it lacks and is
@@ -362,7 +368,11 @@ fn agent_refuses_plaintext_unless_asked() {
         lab.ctl_json(&["host", "ls"])
             .is_ok_and(|v| v.as_array().is_some_and(|a| a.iter().any(|h| h["state"] == "up")))
     });
-    assert!(up.is_some(), "h2 with its certificate did not register\n{}", lab.logs());
+    assert!(
+        up.is_some(),
+        "h2 with its certificate did not register\n{}",
+        lab.logs()
+    );
 }
 
 #[test]
