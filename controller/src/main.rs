@@ -74,6 +74,11 @@ fn init_logging(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    // Before anything is bound or written: plaintext only when asked for (one line, exit 1).
+    let tls = args.tls.load().unwrap_or_else(|e| {
+        eprintln!("overlay-controller: {e}");
+        std::process::exit(1)
+    });
     let peers = match args.peers.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(p) => parse_peers(p).map_err(anyhow::Error::msg).context("--peers")?,
         None => [(args.node_id, args.listen.to_string())].into_iter().collect(),
@@ -85,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir,
         request_timeout: args.request_timeout,
         metrics_listen: args.metrics_listen,
-        tls: args.tls.load()?,
+        tls,
     };
     let controller = Controller::start(&config).await?;
     let security = match &config.tls {

@@ -18,11 +18,11 @@ use common::*;
 /// `overlayctl -o json ARGS` against `controllers`; (success, stdout JSON or stderr line).
 fn ctl(controllers: &str, args: &[&str]) -> (bool, Value, String) {
     let bin = bins::bin("overlayctl").expect("overlayctl built");
-    let out = std::process::Command::new(bin)
-        .args(["--controller", controllers, "--output", "json"])
-        .args(args)
-        .output()
-        .expect("run overlayctl");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["--controller", controllers, "--output", "json"])
+        .args(args);
+    overlay_lab::plaintext::insecure_unless_tls(&mut cmd);
+    let out = cmd.output().expect("run overlayctl");
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (
         out.status.success(),

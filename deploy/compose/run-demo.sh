@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The docker-compose multi-VM demo, end to end: build the binaries and the image, bring up
-# 3 controllers and 3 "VMs" on mutual TLS (certificates made with `overlayctl certs`), create a vxlan network, attach each VM's workload, print the
-# cross-VM ping matrix, tear everything down. Exits non-zero when any pair fails.
+# 3 controllers and 3 "VMs" on mutual TLS (certificates made with `overlayctl certs`; the
+# binaries refuse plaintext unless given --insecure), create a vxlan network, attach each VM's
+# workload, print the cross-VM ping matrix, check that an agent's certificate and plaintext
+# clients are refused, tear everything down. Exits non-zero when any step fails.
 #
 # Needs a running Docker engine (Debian: docker.io + docker-compose; start dockerd) and, for
 # the image, busybox-static and nftables on this machine. PROFILE=debug skips the release build.
@@ -114,8 +116,13 @@ ctls=198.51.100.10:7400,198.51.100.11:7400,198.51.100.12:7400
 if "${compose[@]}" exec -T vm1 overlayctl --controller "$ctls" network create rogue --mode vxlan --subnet 10.99.0.0/16; then
   die "vm1's agent certificate created a network"
 fi
-# No certificate at all: plaintext.
-if "${compose[@]}" exec -T vm1 env -u OVERLAY_TLS_CA -u OVERLAY_TLS_CERT -u OVERLAY_TLS_KEY overlayctl --controller "$ctls" network ls; then
+# No certificate at all: overlayctl itself refuses to connect without TLS or --insecure ...
+plain=("${compose[@]}" exec -T vm1 env -u OVERLAY_TLS_CA -u OVERLAY_TLS_CERT -u OVERLAY_TLS_KEY overlayctl --controller "$ctls")
+if "${plain[@]}" network ls; then
+  die "overlayctl without certificates or --insecure connected"
+fi
+# ... and with --insecure (plaintext asked for) the replicas refuse it.
+if "${plain[@]}" --insecure network ls; then
   die "a plaintext client was served"
 fi
 ctl network ls | grep -q rogue && die "a refused create left a network behind"

@@ -62,6 +62,11 @@ fn init_logging(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    // Before anything is bound, written or programmed: plaintext only when asked for.
+    let tls = args.tls.load().unwrap_or_else(|e| {
+        eprintln!("overlay-agent: {e}");
+        std::process::exit(1)
+    });
     let config = AgentConfig {
         controllers: vec![args.controller],
         host_name: args.host_name,
@@ -71,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         heartbeat: Duration::from_secs(5),
         metrics_listen: args.metrics_listen,
-        tls: args.tls.load()?,
+        tls,
     };
     run(config, shutdown_signal()).await?;
     Ok(())

@@ -14,7 +14,7 @@ use overlay_proto::v1 as pb;
 use overlay_proto::v1::overlay_client::OverlayClient;
 use tonic::transport::Channel;
 
-use overlay_proto::tls::{Role, Tls};
+use overlay_proto::tls::{Purpose, Role, Tls};
 use overlayctl::certs;
 use overlayctl::cli::{
     CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, Format, HostCmd, ModeArg, NetworkCmd,
@@ -75,7 +75,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Certs(cmd) = cli.command {
         return certs(out, cmd);
     }
-    let tls = cli.tls.load().map_err(|e| Failure(e.to_string()))?;
+    let tls = cli
+        .tls
+        .load_for(Purpose::Connect)
+        .map_err(|e| Failure(e.to_string()))?;
     let controllers = Controllers::new(
         std::slice::from_ref(&cli.controller),
         Duration::from_secs(2),

@@ -13,12 +13,10 @@ struct Ctl {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_overlayctl"))
-            .arg("--controller")
-            .arg(&self.controllers)
-            .args(args)
-            .output()
-            .expect("run overlayctl")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_overlayctl"));
+        cmd.arg("--controller").arg(&self.controllers).args(args);
+        overlay_lab::plaintext::insecure_unless_tls(&mut cmd);
+        cmd.output().expect("run overlayctl")
     }
 
     /// Runs a command that must succeed; returns stdout.

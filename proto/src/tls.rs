@@ -6,8 +6,9 @@
 //! certificate; the controller then reads [`PeerIdentity`] from the verified client
 //! certificate of each connection and decides from it what the caller may do.
 //!
-//! Every binary takes the same three options ([`TlsArgs`]): all three turn mutual TLS on,
-//! none leaves the component on plaintext, anything in between is refused at start.
+//! Every binary takes the same options ([`TlsArgs`]): the three files turn mutual TLS on;
+//! plaintext needs `--insecure`, asked for by name, because a plaintext port makes anyone who
+//! reaches it cluster admin. Neither, both, or only some of the files: refused at start.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,16 @@ impl fmt::Display for PeerIdentity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error(
+        "refusing to {0} without TLS: pass --tls-ca, --tls-cert and --tls-key (make them with \
+         `overlayctl certs`), or --insecure on a trusted lab network"
+    )]
+    NotConfigured(Purpose),
+    #[error(
+        "--insecure (OVERLAY_INSECURE) contradicts {0} (OVERLAY_TLS_*): drop --insecure to run \
+         on mutual TLS, or the TLS options to run on plaintext"
+    )]
+    Contradictory(&'static str),
     #[error("--tls-ca, --tls-cert and --tls-key go together: {0} is missing")]
     Incomplete(&'static str),
     #[error("cannot read {path}: {source}")]
@@ -148,6 +159,24 @@ impl PeerIdentity {
     }
 }
 
+/// What a component is about to do with its [`TlsArgs`]: only changes how a refusal reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A daemon starting (controller, agent).
+    Run,
+    /// A client about to call a controller (overlayctl).
+    Connect,
+}
+
+impl fmt::Display for Purpose {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Purpose::Run => "run",
+            Purpose::Connect => "connect",
+        })
+    }
+}
+
 /// The TLS options every overlay binary takes.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TlsArgs {
@@ -161,13 +190,67 @@ pub struct TlsArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, global = true, env = "OVERLAY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Run on plaintext, without TLS: no peer is authenticated, anyone who reaches a port can
+    /// read and forge everything. Only on a trusted lab network; refused with --tls-*.
+    #[arg(
+        long,
+        global = true,
+        env = "OVERLAY_INSECURE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    pub insecure: bool,
 }
 
 impl TlsArgs {
-    /// Reads the three files; `None` when none is given (plaintext).
+    /// Mutual TLS from these three files (for a client built in code).
+    pub fn files(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            tls_ca: Some(ca),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            insecure: false,
+        }
+    }
+
+    /// Plaintext, asked for (for a client built in code).
+    pub fn insecure() -> Self {
+        Self {
+            insecure: true,
+            ..Self::default()
+        }
+    }
+
+    /// A daemon's TLS at start ([`Purpose::Run`]); see [`load_for`](Self::load_for).
     pub fn load(&self) -> Result<Option<Tls>, TlsError> {
+        self.load_for(Purpose::Run)
+    }
+
+    /// Reads the three files; `None` only when plaintext was asked for with `--insecure`
+    /// (logged as a warning). No option at all, or `--insecure` with any TLS option, is
+    /// refused: both are more likely a mistake in a unit or an environment than a choice.
+    pub fn load_for(&self, purpose: Purpose) -> Result<Option<Tls>, TlsError> {
+        let given = [
+            ("--tls-ca", self.tls_ca.is_some()),
+            ("--tls-cert", self.tls_cert.is_some()),
+            ("--tls-key", self.tls_key.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, set)| set.then_some(name));
+        match (self.insecure, given) {
+            (true, Some(option)) => return Err(TlsError::Contradictory(option)),
+            (true, None) => {
+                tracing::warn!(
+                    "running insecure (--insecure): plaintext, no peer authenticated; anyone \
+                     who reaches this component can read and forge its calls. Only on a trusted \
+                     lab network"
+                );
+                return Ok(None);
+            }
+            (false, None) => return Err(TlsError::NotConfigured(purpose)),
+            (false, Some(_)) => {}
+        }
         let (ca, cert, key) = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-            (None, None, None) => return Ok(None),
             (None, _, _) => return Err(TlsError::Incomplete("--tls-ca")),
             (_, None, _) => return Err(TlsError::Incomplete("--tls-cert")),
             (_, _, None) => return Err(TlsError::Incomplete("--tls-key")),
@@ -403,17 +486,72 @@ mod tests {
 
     #[test]
     fn tls_options_are_all_or_nothing() {
-        assert!(matches!(TlsArgs::default().load(), Ok(None)));
         let partial = TlsArgs {
             tls_ca: Some("/nonexistent/ca.pem".into()),
             ..TlsArgs::default()
         };
         assert!(matches!(partial.load(), Err(TlsError::Incomplete("--tls-cert"))));
-        let missing = TlsArgs {
-            tls_ca: Some("/nonexistent/ca.pem".into()),
-            tls_cert: Some("/nonexistent/c.pem".into()),
-            tls_key: Some("/nonexistent/k.pem".into()),
-        };
+        let missing = TlsArgs::files(
+            "/nonexistent/ca.pem".into(),
+            "/nonexistent/c.pem".into(),
+            "/nonexistent/k.pem".into(),
+        );
         assert!(matches!(missing.load(), Err(TlsError::Read { .. })));
+    }
+
+    #[test]
+    fn plaintext_only_when_asked_for_and_never_with_tls_options() {
+        assert!(matches!(TlsArgs::insecure().load(), Ok(None)));
+        let refused = TlsArgs::default().load().map(|_| ()).unwrap_err().to_string();
+        for way_out in [
+            "--tls-ca, --tls-cert and --tls-key",
+            "overlayctl certs",
+            "--insecure",
+        ] {
+            assert!(refused.contains(way_out), "{refused:?} lacks {way_out:?}");
+        }
+        assert!(refused.starts_with("refusing to run without TLS"), "{refused}");
+        assert!(!refused.contains('\n'), "{refused}");
+        let client = TlsArgs::default().load_for(Purpose::Connect).map(|_| ());
+        assert!(matches!(client, Err(TlsError::NotConfigured(Purpose::Connect))));
+        // Any TLS option with --insecure: the operator wanted one or the other, not a guess.
+        for (i, option) in ["--tls-ca", "--tls-cert", "--tls-key"].into_iter().enumerate() {
+            let mut args = TlsArgs::insecure();
+            let file = Some(PathBuf::from("/nonexistent/x.pem"));
+            match i {
+                0 => args.tls_ca = file,
+                1 => args.tls_cert = file,
+                _ => args.tls_key = file,
+            }
+            let result = args.load().map(|_| ());
+            assert!(
+                matches!(result, Err(TlsError::Contradictory(o)) if o == option),
+                "{option}: {result:?}"
+            );
+        }
+        let mut both = TlsArgs::files(
+            "/nonexistent/ca.pem".into(),
+            "/nonexistent/c.pem".into(),
+            "/nonexistent/k.pem".into(),
+        );
+        both.insecure = true;
+        assert!(matches!(both.load(), Err(TlsError::Contradictory("--tls-ca"))));
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        tls: TlsArgs,
+    }
+
+    #[test]
+    fn insecure_is_a_flag_without_a_value() {
+        use clap::Parser;
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.tls.insecure);
+        assert!(!parse(&["x"]).expect("no option"));
+        assert!(parse(&["x", "--insecure"]).expect("flag"));
+        // Not `--insecure=false` or `--insecure no`: a value would read as the opposite.
+        assert!(parse(&["x", "--insecure=false"]).is_err());
+        assert!(parse(&["x", "--insecure", "no"]).is_err());
     }
 }

@@ -76,6 +76,8 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A lab on plaintext: every process it starts runs with `OVERLAY_INSECURE=true`
+    /// ([`crate::plaintext`]); [`Lab::start_secure`] for mutual TLS.
     pub fn start(cfg: LabConfig) -> Result<Self> {
         Self::launch(cfg, false)
     }
@@ -297,6 +299,16 @@ impl Lab {
         let tls_args = self.admin.as_ref().map(CertFiles::args).unwrap_or_default();
         let mut all: Vec<&str> = vec!["--controller", &controllers];
         all.extend(tls_args.iter().map(String::as_str));
+        all.extend_from_slice(args);
+        exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
+    }
+
+    /// Runs overlayctl from the underlay namespace with `--insecure` and no certificate, as a
+    /// plaintext client would; returns the output whatever the status.
+    pub fn ctl_insecure(&self, args: &[&str]) -> Result<Output> {
+        let bin = bins::bin("overlayctl")?;
+        let controllers = self.controller_list();
+        let mut all: Vec<&str> = vec!["--controller", &controllers, "--insecure"];
         all.extend_from_slice(args);
         exec_any(&self.ul, bin.to_str().unwrap_or("overlayctl"), &all)
     }

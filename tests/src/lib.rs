@@ -4,6 +4,9 @@
 //!
 //! Everything a lab creates is owned by a guard that removes it on drop, also when a test
 //! panics; processes are killed, namespaces deleted.
+//!
+//! Every process started through this crate without TLS settings runs with `--insecure`
+//! (see [`plaintext`]); [`lab::Lab::start_secure`] runs everything on mutual TLS instead.
 
 pub mod api;
 pub mod bins;
@@ -13,6 +16,7 @@ pub mod interrupt;
 pub mod lab;
 pub mod netns;
 pub mod pki;
+pub mod plaintext;
 pub mod prereq;
 pub mod process;
 pub mod tcp;

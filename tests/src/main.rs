@@ -1,5 +1,6 @@
 //! `overlay-lab`: the demo (3 simulated hosts, a vxlan network, 2 workloads per host, an
-//! all-pairs ping matrix, then cleanup) and small helpers the lab runs inside namespaces.
+//! all-pairs ping matrix, then cleanup), all on mutual TLS with certificates made by
+//! `overlayctl certs`, and small helpers the lab runs inside namespaces.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a lab, create a vxlan network, attach workloads, print the ping matrix, clean up.
+    /// Build a lab on mutual TLS, create a vxlan network, attach workloads, print the ping
+    /// matrix, show a plaintext client refused, clean up.
     Demo {
         #[arg(long, default_value_t = 3)]
         hosts: usize,
@@ -92,9 +94,9 @@ fn demo(
     overlay_lab::prereq::check().map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     println!(
-        "building the lab: {hosts} hosts, {controllers} controller replica(s) on an underlay bridge ..."
+        "building the lab: {hosts} hosts, {controllers} controller replica(s) on an underlay bridge, mutual TLS ..."
     );
-    let mut lab = Lab::start(LabConfig {
+    let mut lab = Lab::start_secure(LabConfig {
         hosts,
         controllers,
         tag: "demo",
@@ -105,6 +107,14 @@ fn demo(
     }
     lab.start_agents()?;
     lab.wait_hosts_up(Duration::from_secs(30))?;
+    if let Some(pki) = &lab.pki {
+        let issued = pki.issued()?;
+        println!(
+            "mutual TLS: a CA and {} certificates made with `overlayctl certs` ({})\n",
+            issued.len(),
+            issued.join(", ")
+        );
+    }
     print!("{}", lab.ctl_ok(&["cluster", "status"])?);
     println!();
     print!(
@@ -154,11 +164,22 @@ fn demo(
         }
         println!();
     }
+    println!("\n{ok}/{total} ordered pairs reachable");
+    // The other side of the default: a client without a certificate gets nothing.
+    let plain = lab.ctl_insecure(&["network", "ls"])?;
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    let refusal = stderr.trim().trim_start_matches("overlayctl: ");
+    let refused = !plain.status.success();
+    if refused {
+        println!("plaintext overlayctl (--insecure, no certificate) refused: {refusal}");
+    } else {
+        println!("plaintext overlayctl (--insecure, no certificate) was SERVED: it must not be");
+    }
     println!(
-        "\n{ok}/{total} ordered pairs reachable; lab built, checked and about to be removed in {:.1?}",
+        "lab built, checked and about to be removed in {:.1?}",
         started.elapsed()
     );
     drop(lab);
     println!("cleaned up: namespaces and processes removed");
-    Ok(ok == total)
+    Ok(ok == total && refused)
 }

@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{LabError, Result};
 
-/// Runs a command and fails with its stderr unless it succeeds.
+/// Runs a command and fails with its stderr unless it succeeds (plaintext unless it carries
+/// TLS settings, [`crate::plaintext`]).
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    crate::plaintext::insecure_unless_tls(&mut cmd);
+    let out = cmd
         .output()
         .map_err(crate::io(format!("{program} {}", args.join(" "))))?;
     if !out.status.success() {
@@ -38,10 +41,10 @@ pub fn exec(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
 
 /// Runs `program args` inside `ns` and returns the output whatever the exit status.
 pub fn exec_any(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
-    Command::new("ip")
-        .args(["netns", "exec", ns, program])
-        .args(args)
-        .output()
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]).args(args);
+    crate::plaintext::insecure_unless_tls(&mut cmd);
+    cmd.output()
         .map_err(crate::io(format!("ip netns exec {ns} {program}")))
 }
 
@@ -174,6 +177,7 @@ pub fn echo(
 /// for benchmarks that time the command itself. `stdin` is written to the child's stdin.
 pub fn run_in(ns: &str, mut cmd: std::process::Command, stdin: Vec<u8>) -> Result<Output> {
     use std::io::Write;
+    crate::plaintext::insecure_unless_tls(&mut cmd);
     let path = format!("/run/netns/{ns}");
     let file = std::fs::File::open(&path).map_err(crate::io(format!("open {path}")))?;
     let what = format!("{cmd:?}");

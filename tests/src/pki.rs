@@ -43,12 +43,8 @@ impl CertFiles {
 
     /// Loaded, for an in-process client.
     pub fn load(&self) -> Result<Tls> {
-        let args = TlsArgs {
-            tls_ca: Some(self.ca.clone()),
-            tls_cert: Some(self.cert.clone()),
-            tls_key: Some(self.key.clone()),
-        };
-        args.load()
+        TlsArgs::files(self.ca.clone(), self.cert.clone(), self.key.clone())
+            .load()
             .map_err(|e| LabError::Setup(e.to_string()))?
             .ok_or_else(|| LabError::Setup("no TLS files".into()))
     }
@@ -88,6 +84,25 @@ impl Pki {
         }
         self.overlayctl(&args)?;
         Ok(files)
+    }
+
+    /// The certificates issued so far, as `role name` (the CA excluded), sorted.
+    pub fn issued(&self) -> Result<Vec<String>> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(crate::io(format!("read {}", self.dir.display())))?;
+        let mut issued: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let stem = name.strip_suffix(".pem")?;
+                if stem == "ca" || stem.ends_with("-key") {
+                    return None;
+                }
+                Some(stem.replacen('-', " ", 1))
+            })
+            .collect();
+        issued.sort();
+        Ok(issued)
     }
 
     fn overlayctl(&self, args: &[&str]) -> Result<()> {

@@ -17,8 +17,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    /// Spawns `cmd` with stdout and stderr appended to `log`; plaintext unless `cmd` carries
+    /// TLS settings ([`crate::plaintext`]).
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
+        crate::plaintext::insecure_unless_tls(&mut cmd);
         let out = File::options()
             .create(true)
             .append(true)

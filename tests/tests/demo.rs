@@ -1,12 +1,17 @@
-//! The README's quick start as a newcomer runs it: `overlay-lab demo` on a machine without
-//! `ping`, `tcpdump` or `iperf3` (a fresh Debian has none of them) must still reach every pair,
-//! and on a machine without `nft` it must say what to install before building anything.
+//! `overlay-lab demo`, as the README tells a newcomer to run it (defaults: 3 hosts, 3 replicas,
+//! 2 workloads per host), on a machine as fresh as Debian comes: without `ping`, `tcpdump` or
+//! `iperf3` it still reaches every pair, on mutual TLS with certificates made by `overlayctl
+//! certs`, refuses a plaintext client and leaves nothing behind; without `nft` it says what to
+//! install before building anything.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-/// A `PATH` directory holding links to every program on the current `PATH` except `hidden`.
+use overlay_lab::bins;
+
+/// A `PATH` directory holding links to every program on the current `PATH` except those whose
+/// names start with one of `hidden`.
 fn path_without(hidden: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -32,29 +37,47 @@ fn path_without(hidden: &[&str]) -> tempfile::TempDir {
 }
 
 fn demo(path: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_overlay-lab"))
-        .arg("demo")
-        .env("PATH", path)
-        .output()
-        .expect("run overlay-lab demo")
+    let mut cmd = Command::new(bins::bin("overlay-lab").expect("overlay-lab built"));
+    cmd.arg("demo").env("PATH", path);
+    // As on a fresh machine: no TLS or plaintext setting inherited from the test run.
+    overlay_lab::plaintext::without_transport_choice(&mut cmd);
+    cmd.output().expect("run the demo")
 }
 
 #[test]
-fn demo_needs_no_ping_tcpdump_or_iperf3() {
+fn demo_on_a_fresh_machine_runs_on_mutual_tls_and_cleans_up() {
     let bin = path_without(&["ping", "tcpdump", "iperf3"]);
     assert!(!bin.path().join("ping").exists());
     let out = demo(bin.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
+    assert!(out.status.success(), "demo failed ({}): {stderr}", out.status);
+    for want in [
+        "mutual TLS: a CA and 7 certificates made with `overlayctl certs`",
+        "controller c1",
+        "agent h3",
+        "30/30 ordered pairs reachable",
+        "plaintext overlayctl (--insecure, no certificate) refused: ",
+        "give --tls-ca, --tls-cert and --tls-key",
+        "cleaned up: namespaces and processes removed",
+    ] {
+        assert!(stdout.contains(want), "demo output lacks {want:?}");
+    }
+    // Its namespaces (named in the endpoint table) are gone.
+    let prefix = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("-h1w1"))
+        .expect("a workload namespace in the endpoint table")
+        .to_string();
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left = String::from_utf8_lossy(&left.stdout);
     assert!(
-        out.status.success(),
-        "demo failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("30/30 ordered pairs reachable"),
-        "not every pair reached:\n{stdout}"
+        !left.lines().any(|l| l.starts_with(&format!("{prefix}-"))),
+        "the demo left namespaces {prefix}-*:\n{left}"
     );
 }
 

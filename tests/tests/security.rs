@@ -181,8 +181,8 @@ async fn mtls_cluster_authenticates_every_caller() {
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
     println!("refused  overlayctl network rm as reader: {}", stderr(&out));
     refused.0 += 1;
-    // Without certificates: plaintext against a TLS server.
-    let out = overlayctl(&addr_list, &[], &["network", "ls"]);
+    // Without certificates: plaintext (asked for) against a TLS server.
+    let out = overlayctl(&addr_list, &["--insecure".to_string()], &["network", "ls"]);
     assert!(!out.status.success(), "plaintext overlayctl accepted");
     assert!(
         stderr(&out).contains("--tls-ca"),
