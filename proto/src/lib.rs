@@ -13,6 +13,7 @@ pub mod raft {
 }
 
 pub mod connect;
+pub mod error_line;
 pub mod limits;
 pub mod mac;
 pub mod metrics_http;
