@@ -18,9 +18,7 @@ use crate::ipam;
 use crate::model::{Mode, Network};
 use crate::state::ClusterState;
 
-/// VXLAN over an IPv4 underlay costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) +
-/// inner Ethernet (14).
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use overlay_proto::limits::VXLAN_OVERHEAD;
 
 pub fn bridge_name(network_id: u32) -> String {
     format!("{}{network_id}", overlay_proto::names::BRIDGE_PREFIX)
@@ -448,15 +446,43 @@ fn net_base(n: &Network) -> pb::NetworkState {
     }
 }
 
-/// Every host's place in `n`, reusing `old` entries that did not change.
-fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Members {
-    // The vxlan MTU fits every member's underlay, so a host with a smaller one is no black hole.
-    let vxlan_mtu = n
-        .leases
+/// The smallest underlay MTU of the hosts holding a lease in `n`. A vxlan network's MTU fits
+/// every member's underlay, so a host with a smaller one is no black hole.
+fn smallest_member_underlay(state: &ClusterState, n: &Network) -> Option<u32> {
+    n.leases
         .keys()
         .filter_map(|h| state.hosts.get(h))
         .map(|h| h.underlay_mtu)
-        .min();
+        .min()
+}
+
+/// The MTU of `n`'s devices on a host whose underlay MTU is `underlay`: the fixed one, else
+/// derived (vxlan: the smallest member underlay minus the overhead; nat: the host's own
+/// underlay; macvlan: 0, the parent's).
+fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32 {
+    n.mtu.unwrap_or(match n.mode {
+        Mode::Vxlan => smallest_underlay
+            .unwrap_or(underlay)
+            .saturating_sub(VXLAN_OVERHEAD),
+        Mode::Nat => underlay,
+        Mode::Macvlan => 0,
+    })
+}
+
+/// The MTU `network ls` shows: what the devices get, the same derivation as the desired
+/// state (for a nat network whose members differ, the smallest). `None` while no host holds
+/// a lease, and for a macvlan network that inherits its parent's.
+pub fn effective_mtu(state: &ClusterState, n: &Network) -> Option<u32> {
+    if n.mtu.is_some() || n.mode == Mode::Macvlan {
+        return n.mtu;
+    }
+    let smallest = smallest_member_underlay(state, n)?;
+    Some(device_mtu(n, Some(smallest), smallest))
+}
+
+/// Every host's place in `n`, reusing `old` entries that did not change.
+fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Members {
+    let smallest_underlay = smallest_member_underlay(state, n);
     let old_member = |host: &str| old.and_then(|o| o.members.get(host));
     let mut members = BTreeMap::new();
     match n.mode {
@@ -464,10 +490,7 @@ fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Me
             for (host, lease) in &n.leases {
                 let Some(h) = state.hosts.get(host) else { continue };
                 let subnet = lease.subnet.to_string();
-                let mtu = n.mtu.unwrap_or(match n.mode {
-                    Mode::Vxlan => vxlan_mtu.unwrap_or(h.underlay_mtu).saturating_sub(VXLAN_OVERHEAD),
-                    _ => h.underlay_mtu,
-                });
+                let mtu = device_mtu(n, smallest_underlay, h.underlay_mtu);
                 let peer = (n.mode == Mode::Vxlan).then(|| pb::Peer {
                     host: host.clone(),
                     underlay_ip: h.underlay_ip.to_string(),
@@ -493,7 +516,7 @@ fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Me
                 let member = Member {
                     subnet: n.cidr.to_string(),
                     gateway: gateway.clone(),
-                    mtu: n.mtu.unwrap_or(0),
+                    mtu: device_mtu(n, None, 0),
                     peer: None,
                 };
                 members.insert(host.clone(), reuse(old_member(host), member));

@@ -16,5 +16,6 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod node;
+pub mod preface;
 pub mod raft;
 pub mod server;

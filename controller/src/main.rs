@@ -1,7 +1,9 @@
 //! `overlay-controller`: one replica of the overlay control plane.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,15 +72,39 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Bound on the runtime's own shutdown once serving has ended: a blocking storage task (a
+/// snapshot being written) must not hold the exit up past the graceful stop.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
+
+/// Errors end in one line on stderr and exit code 1. Not `main() -> anyhow::Result`: that
+/// prints the error's `Debug` form, a full backtrace under `RUST_BACKTRACE=1`.
+fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
     // Before anything is bound or written: plaintext only when asked for (one line, exit 1).
     let tls = args.tls.load().unwrap_or_else(|e| {
-        eprintln!("overlay-controller: {e}");
+        let _ = writeln!(std::io::stderr(), "overlay-controller: {e}");
         std::process::exit(1)
     });
+    let outcome = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => {
+            let outcome = runtime.block_on(run(args, tls));
+            runtime.shutdown_timeout(RUNTIME_STOP);
+            outcome
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = overlay_proto::error_line::error_line(e.as_ref());
+            let _ = writeln!(std::io::stderr(), "overlay-controller: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result<()> {
     let peers = match args.peers.as_deref().filter(|p| !p.trim().is_empty()) {
         Some(p) => parse_peers(p).map_err(anyhow::Error::msg).context("--peers")?,
         None => [(args.node_id, args.listen.to_string())].into_iter().collect(),
@@ -95,7 +121,10 @@ async fn main() -> anyhow::Result<()> {
     let controller = Controller::start(&config).await?;
     let security = match &config.tls {
         Some(tls) => format!("mutual TLS as {}", tls.identity),
-        None => "plaintext".to_string(),
+        None => {
+            overlay_proto::tls::warn_insecure();
+            "plaintext".to_string()
+        }
     };
     tracing::info!(node_id = config.node_id, listen = %controller.local_addr()?, %security, "controller serving");
     let node = controller.node.clone();
@@ -107,8 +136,9 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     });
-    controller.serve(shutdown_signal()).await?;
+    let served = controller.serve(shutdown_signal()).await;
     overlay_proto::sd_notify::notify_or_log("STOPPING=1");
+    served?;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -11,6 +11,8 @@ use overlay_proto::raft::raft_server::RaftServer;
 use overlay_proto::tls::{Role, Tls, TlsError};
 use overlay_proto::v1::agent_server::AgentServer;
 use overlay_proto::v1::overlay_server::OverlayServer;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::agent::AgentApi;
@@ -19,6 +21,7 @@ use crate::api::raft::RaftApi;
 use crate::auth::AuthLayer;
 use crate::metrics::{ControllerMetrics, RpcMetricsLayer};
 use crate::node::{Batcher, Node, now_ms};
+use crate::preface::{ProveLayer, Unproven};
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::storage::{self, OpenError};
 use crate::raft::{LogStore, NodeId, Raft, StateMachineStore, raft_config};
@@ -29,6 +32,20 @@ const MAX_MESSAGE: usize = 256 << 20;
 /// Largest request of an agent or a user: a status report of thousands of endpoints fits; a
 /// client cannot make a replica buffer 256 MiB.
 const MAX_REQUEST: usize = 16 << 20;
+
+/// How long a stopping replica lets in-flight calls finish and its Watch streams end (their
+/// agents move to another replica) before it exits anyway: far inside systemd's stop timeout,
+/// and short enough that a rolling restart is not held up by one slow client.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(3);
+
+/// Bound on stopping the Raft core once serving has ended.
+const RAFT_STOP: Duration = Duration::from_secs(2);
+
+/// HTTP/2 keepalive: every connection is pinged this often, and dropped when a ping is not
+/// answered within [`KEEPALIVE_TIMEOUT`], so a peer that vanished (power loss, a cut link)
+/// does not hold its streams and socket until TCP gives up, hours later.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -64,6 +81,19 @@ pub enum ServerError {
     Metrics(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The Raft core stopped by itself, on a storage error (a full or failing disk).
+    ///
+    /// The replica then exits non-zero rather than trying to recover in place: openraft
+    /// cannot restart a stopped core, and after a failed commit redb refuses further writes
+    /// to the open database, so recovering would mean reopening the store and rebuilding every
+    /// service in a process whose state can no longer be trusted; a fresh process does exactly
+    /// that from what is durable on disk. The supervisor (systemd `Restart=on-failure`)
+    /// restarts it with back-off and makes the failure visible; while it is down its agents
+    /// and clients use the other replicas instead of one that refuses every write.
+    #[error(
+        "raft stopped: {0}; exiting so that the supervisor restarts this replica once the data directory is writable again"
+    )]
+    RaftStopped(String),
 }
 
 /// Parses `--peers 1=192.0.2.10:7400,2=192.0.2.11:7400`.
@@ -198,7 +228,9 @@ impl Controller {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then stops Raft.
+    /// Serves until `shutdown` resolves (or the Raft core stops on a storage error), then
+    /// stops within [`GRACEFUL_STOP`]: no new connections, Watch streams ended so their agents
+    /// move to another replica at once, in-flight calls finished; then Raft is stopped.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -212,7 +244,9 @@ impl Controller {
             tls.register_expiry(&mut metrics.registry);
         }
         let metrics = Arc::new(metrics);
-        let agent_api = AgentApi::new(node.clone(), metrics.watch_subscribers.clone());
+        let (stopping_tx, stopping) = watch::channel(false);
+        let agent_api = AgentApi::new(node.clone(), metrics.watch_subscribers.clone())
+            .ending_streams_on(stopping.clone());
         if let Some(listener) = self.metrics_listener {
             let (metrics, node, seen) = (metrics.clone(), node.clone(), node.agents.clone());
             let render: overlay_proto::metrics_http::Render = Arc::new(move || {
@@ -234,28 +268,82 @@ impl Controller {
         // Nagle off on every accepted socket: small replies (a forwarded write's answer, an
         // AppendEntries ack) otherwise wait for the peer's delayed ACK, ~40 ms each. The builder's
         // `tcp_nodelay` only applies to listeners tonic binds itself, not to this one.
+        let tls = self.tls.is_some();
+        let unproven = Unproven::default();
+        let guard = unproven.clone();
         let incoming = TcpIncoming::from(self.listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(30)));
-        let mut builder = tonic::transport::Server::builder();
+            .with_keepalive(Some(Duration::from_secs(30)))
+            .map(move |accepted| accepted.map(|stream| guard.guard(stream, tls)));
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(tls.server_config())?;
         }
-        let result = builder
+        let mut stop_serving = stopping.clone();
+        let serving = builder
+            .layer(ProveLayer(unproven))
             // Metrics outside auth: refused calls are counted as PERMISSION_DENIED.
             .layer(RpcMetricsLayer(metrics))
-            .layer(AuthLayer {
-                tls: self.tls.is_some(),
-            })
+            .layer(AuthLayer { tls })
             .add_service(overlay)
             .add_service(agent)
             .add_service(raft)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        if let Err(e) = node.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_serving.wait_for(|stop| *stop).await;
+            });
+        tokio::pin!(serving);
+        let stopped_raft = tokio::select! {
+            result = &mut serving => {
+                stop_raft(&node).await;
+                return result.map_err(ServerError::from);
+            }
+            _ = shutdown => None,
+            cause = raft_stopped(&node) => Some(cause),
+        };
+        match &stopped_raft {
+            None => tracing::info!("stopping: ending Watch streams, finishing calls in flight"),
+            Some(cause) => tracing::error!(%cause, "raft stopped on its own; stopping the replica"),
         }
-        result.map_err(ServerError::from)
+        let _ = stopping_tx.send(true);
+        let result = match tokio::time::timeout(GRACEFUL_STOP, &mut serving).await {
+            Ok(result) => result.map_err(ServerError::from),
+            Err(_) => {
+                tracing::warn!("connections still open {GRACEFUL_STOP:?} after the stop began; closing them");
+                Ok(())
+            }
+        };
+        stop_raft(&node).await;
+        match stopped_raft {
+            Some(cause) => Err(ServerError::RaftStopped(cause)),
+            None => result,
+        }
+    }
+}
+
+/// Stops the Raft core, within [`RAFT_STOP`].
+async fn stop_raft(node: &Node) {
+    match tokio::time::timeout(RAFT_STOP, node.raft.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+        Err(_) => tracing::warn!("raft did not stop within {RAFT_STOP:?}"),
+    }
+}
+
+/// Resolves, with the cause, when the Raft core stops by itself: a storage error. A stop we
+/// asked for (`Fatal::Stopped`) never resolves it.
+async fn raft_stopped(node: &Node) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state
+            && !matches!(fatal, openraft::error::Fatal::Stopped)
+        {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
+use overlay_proto::limits;
 use serde::{Deserialize, Serialize};
 
 use crate::ipam;
@@ -542,10 +543,8 @@ impl ClusterState {
                 other_cidr: other.cidr.to_string(),
             });
         }
-        if let Some(mtu) = spec.mtu
-            && !(576..=9000).contains(&mtu)
-        {
-            return Err(invalid("MTU", mtu, "must be between 576 and 9000"));
+        if let Some(mtu) = spec.mtu {
+            limits::mtu(mtu).map_err(|why| invalid("MTU", mtu, why))?;
         }
         let host_prefix = match spec.mode {
             Mode::Vxlan | Mode::Nat => {
@@ -706,10 +705,8 @@ impl ClusterState {
             };
             return Err(invalid("option", "--nat-egress", why));
         }
-        if let Some(MtuSetting::Fixed(m)) = mtu
-            && !(576..=9000).contains(&m)
-        {
-            return Err(invalid("MTU", m, "must be between 576 and 9000"));
+        if let Some(MtuSetting::Fixed(m)) = mtu {
+            limits::mtu(m).map_err(|why| invalid("MTU", m, why))?;
         }
         let network = self.networks.get_mut(name).expect("checked above");
         if let Some(nat) = nat_egress {
@@ -761,13 +758,7 @@ impl ClusterState {
         if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
             return Err(invalid("underlay IP", underlay_ip, "must be a unicast address"));
         }
-        if !(1280..=65535).contains(&underlay_mtu) {
-            return Err(invalid(
-                "underlay MTU",
-                underlay_mtu,
-                "must be between 1280 and 65535",
-            ));
-        }
+        limits::underlay_mtu(underlay_mtu).map_err(|why| invalid("underlay MTU", underlay_mtu, why))?;
         if let Some(other) = self
             .hosts
             .values()

@@ -1,7 +1,9 @@
 //! `overlay-agent`: the node agent of overlay, one per host.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -58,15 +60,40 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Bound on the runtime's own shutdown after the agent stopped: a blocking task (a namespace
+/// being programmed) must not hold a SIGTERM up; the kernel state it leaves is reconciled at
+/// the next start.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
+
+/// Errors end in one line on stderr and exit code 1. Not `main() -> anyhow::Result`: that
+/// prints the error's `Debug` form, a full backtrace under `RUST_BACKTRACE=1`.
+fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(&args.log_format);
     // Before anything is bound, written or programmed: plaintext only when asked for.
     let tls = args.tls.load().unwrap_or_else(|e| {
-        eprintln!("overlay-agent: {e}");
+        let _ = writeln!(std::io::stderr(), "overlay-agent: {e}");
         std::process::exit(1)
     });
+    let outcome = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => {
+            let outcome = runtime.block_on(agent(args, tls));
+            runtime.shutdown_timeout(RUNTIME_STOP);
+            outcome
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = overlay_proto::error_line::error_line(e.as_ref());
+            let _ = writeln!(std::io::stderr(), "overlay-agent: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result<()> {
     let config = AgentConfig {
         controllers: vec![args.controller],
         host_name: args.host_name,

@@ -116,6 +116,9 @@ pub async fn run(
     let nl = Netlink::connect()?;
     let underlay = discover_underlay(&nl, &config.underlay_iface, config.underlay_ip).await?;
     tracing::info!(host = %config.host_name, iface = %underlay.iface, ip = %underlay.ip, mtu = underlay.mtu, "agent starting");
+    if config.tls.is_none() {
+        overlay_proto::tls::warn_insecure();
+    }
     let controllers = Arc::new(
         Controllers::new(
             &config.controllers,
@@ -195,13 +198,20 @@ async fn session_loop(
     applied: Arc<AtomicU64>,
     metrics: Arc<AgentMetrics>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    const FIRST_RETRY: Duration = Duration::from_millis(200);
+    let mut backoff = FIRST_RETRY;
     loop {
+        let started = tokio::time::Instant::now();
         let outcome = session(&controllers, &config, &underlay, &spec_tx, &applied, &metrics).await;
         metrics.set_connected(false);
         match outcome {
             Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
             Err(status) => tracing::warn!(error = %status.message(), "controller session failed; retrying"),
+        }
+        // A session that lasted was a working one whose replica went away (stopped, say): try
+        // the next replica at once, not after the back-off of failures long past.
+        if started.elapsed() >= Duration::from_secs(10) {
+            backoff = FIRST_RETRY;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -276,8 +276,8 @@ fn network(
     let subnet = net("subnet", &n.subnet)?;
     let gateway = ipv4("gateway", &n.gateway)?;
     let inherit_mtu = mode == Mode::Macvlan && n.mtu == 0;
-    if !inherit_mtu && !(576..=65535).contains(&n.mtu) {
-        return Err(format!("invalid MTU {}", n.mtu));
+    if !inherit_mtu {
+        overlay_proto::limits::mtu(n.mtu).map_err(|why| format!("invalid MTU {}: {why}", n.mtu))?;
     }
     let (bridge, macvlan) = match mode {
         Mode::Vxlan | Mode::Nat => {

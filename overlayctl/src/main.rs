@@ -5,6 +5,7 @@
 
 mod output;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,16 +18,33 @@ use tonic::transport::Channel;
 use overlay_proto::tls::{Purpose, Role, Tls};
 use overlayctl::certs;
 use overlayctl::cli::{
-    CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, Format, HostCmd, ModeArg, NetworkCmd,
+    CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, HostCmd, ModeArg, NetworkCmd,
 };
 
-/// An error for the user: one line, exit code 1.
-struct Failure(String);
+/// Why a command failed: exit code 1 and one line on stderr.
+enum Failure {
+    /// The cause, for the user.
+    Message(String),
+    /// The answer could not be written (a full disk; a closed pipe never gets here, see
+    /// [`output::ReaderGone`]).
+    Output(std::io::Error),
+}
 
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
-        Failure(s.message().lines().next().unwrap_or("request failed").to_string())
+        Failure::Message(s.message().lines().next().unwrap_or("request failed").to_string())
     }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Output(e)
+    }
+}
+
+/// One line on stderr. Not `eprintln!`, which panics when stderr itself cannot be written.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "overlayctl: {line}");
 }
 
 fn main() -> ExitCode {
@@ -37,17 +55,26 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("overlayctl: cannot start: {e}");
+            say(&format!("cannot start: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(msg)) => {
-            eprintln!("overlayctl: {msg}");
-            ExitCode::FAILURE
-        }
+    let mut out = output::Out::stdout(cli.output);
+    let outcome = runtime.block_on(run(cli, &mut out));
+    // What was written goes out before any error line, and a full disk is noticed even when
+    // everything else succeeded.
+    let flushed = out.finish();
+    let failure = match (outcome, flushed) {
+        (Err(Failure::Message(msg)), _) => Failure::Message(msg),
+        (Err(Failure::Output(e)), _) | (Ok(()), Err(e)) => Failure::Output(e),
+        (Ok(()), Ok(())) => return ExitCode::SUCCESS,
+    };
+    match failure {
+        Failure::Message(msg) => say(&msg),
+        Failure::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+        Failure::Output(e) => say(&format!("cannot write output: {e}")),
     }
+    ExitCode::FAILURE
 }
 
 /// Help and version print as usual; a usage error becomes one line and exit 1.
@@ -65,12 +92,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
         .collect();
     let line = text.join(" ");
-    eprintln!("overlayctl: {} (see --help)", line.trim_start_matches("error: "));
+    say(&format!("{} (see --help)", line.trim_start_matches("error: ")));
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let out = cli.output;
+async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
     // Local commands first: making certificates must not need the TLS files they make.
     if let Command::Certs(cmd) = cli.command {
         return certs(out, cmd);
@@ -78,13 +104,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let tls = cli
         .tls
         .load_for(Purpose::Connect)
-        .map_err(|e| Failure(e.to_string()))?;
+        .map_err(|e| Failure::Message(e.to_string()))?;
     let controllers = Controllers::new(
         std::slice::from_ref(&cli.controller),
         Duration::from_secs(2),
         Duration::from_secs(30),
     )
-    .map_err(|e| Failure(e.to_string()))?
+    .map_err(|e| Failure::Message(e.to_string()))?
     .with_tls(tls.as_ref().map(Tls::client_config));
     match cli.command {
         Command::Cluster(ClusterCmd::Status) => {
@@ -92,7 +118,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 c.cluster_status(pb::ClusterStatusRequest {}).await
             })
             .await?;
-            output::cluster_status(out, &resp);
+            output::cluster_status(out, &resp)?;
         }
         Command::Probe { network, count } => {
             let resp = call(&controllers, |mut c| {
@@ -103,9 +129,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.probe(req).await }
             })
             .await?;
-            let failing = output::probe(out, &resp);
+            let failing = output::probe(out, &resp)?;
             if !failing.is_empty() {
-                return Err(Failure(format!(
+                return Err(Failure::Message(format!(
                     "probe found {} failing path(s): {}",
                     failing.len(),
                     failing.join("; ")
@@ -117,9 +143,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 c.doctor(pb::DoctorRequest {}).await
             })
             .await?;
-            let problems = output::doctor(out, &resp);
+            let problems = output::doctor(out, &resp)?;
             if !problems.is_empty() {
-                return Err(Failure(format!(
+                return Err(Failure::Message(format!(
                     "doctor found {} problem(s): {}",
                     problems.len(),
                     problems.join("; ")
@@ -135,21 +161,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.add_member(req).await }
             })
             .await?;
-            output::cluster_status(out, &resp);
+            output::cluster_status(out, &resp)?;
         }
         Command::Cluster(ClusterCmd::RemoveMember { id }) => {
             let resp = call(&controllers, |mut c| async move {
                 c.remove_member(pb::RemoveMemberRequest { id }).await
             })
             .await?;
-            output::cluster_status(out, &resp);
+            output::cluster_status(out, &resp)?;
         }
         Command::Host(HostCmd::Ls) => {
             let resp = call(&controllers, |mut c| async move {
                 c.list_hosts(pb::ListHostsRequest {}).await
             })
             .await?;
-            output::hosts(out, &resp.hosts);
+            output::hosts(out, &resp.hosts)?;
         }
         Command::Host(HostCmd::Inspect { name }) => {
             let resp = call(&controllers, |mut c| {
@@ -157,7 +183,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.inspect_host(pb::HostRef { name }).await }
             })
             .await?;
-            output::host(out, &resp);
+            output::host(out, &resp)?;
         }
         Command::Host(HostCmd::Rm { name }) => {
             let resp = call(&controllers, |mut c| {
@@ -165,7 +191,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.remove_host(pb::HostRef { name }).await }
             })
             .await?;
-            output::host_removed(out, &name, &resp);
+            output::host_removed(out, &name, &resp)?;
         }
         Command::Network(NetworkCmd::Create(args)) => {
             let req = create_request(args)?;
@@ -174,14 +200,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.create_network(req).await }
             })
             .await?;
-            output::network_created(out, &resp);
+            output::network_created(out, &resp)?;
         }
         Command::Network(NetworkCmd::Ls) => {
             let resp = call(&controllers, |mut c| async move {
                 c.list_networks(pb::ListNetworksRequest {}).await
             })
             .await?;
-            output::networks(out, &resp.networks);
+            output::networks(out, &resp.networks)?;
         }
         Command::Network(NetworkCmd::Inspect { name }) => {
             let resp = call(&controllers, |mut c| {
@@ -189,7 +215,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.inspect_network(pb::NetworkRef { name }).await }
             })
             .await?;
-            output::network_detail(out, &resp);
+            output::network_detail(out, &resp)?;
         }
         Command::Network(NetworkCmd::Update {
             name,
@@ -197,7 +223,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             mtu,
         }) => {
             if nat_egress.is_none() && mtu.is_none() {
-                return Err(Failure(
+                return Err(Failure::Message(
                     "nothing to change: give --nat-egress and/or --mtu".into(),
                 ));
             }
@@ -211,7 +237,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.update_network(req).await }
             })
             .await?;
-            output::network_updated(out, &resp);
+            output::network_updated(out, &resp)?;
         }
         Command::Network(NetworkCmd::Rm { name, force }) => {
             let resp = call(&controllers, |mut c| {
@@ -219,7 +245,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.delete_network(pb::DeleteNetworkRequest { name, force }).await }
             })
             .await?;
-            output::network_removed(out, &name, &resp);
+            output::network_removed(out, &name, &resp)?;
         }
         Command::Endpoint(EndpointCmd::Attach {
             network,
@@ -245,7 +271,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.attach_endpoint(request).await }
             })
             .await?;
-            output::endpoint_attached(out, &resp);
+            output::endpoint_attached(out, &resp)?;
         }
         Command::Endpoint(EndpointCmd::Detach { network, host, netns }) => {
             let req = pb::DetachEndpointRequest { network, host, netns };
@@ -254,7 +280,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.detach_endpoint(req).await }
             })
             .await?;
-            output::endpoint_detached(out, &resp);
+            output::endpoint_detached(out, &resp)?;
         }
         Command::Endpoint(EndpointCmd::Ls { network, host }) => {
             let req = pb::ListEndpointsRequest {
@@ -266,7 +292,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 async move { c.list_endpoints(req).await }
             })
             .await?;
-            output::endpoints(out, &resp.endpoints);
+            output::endpoints(out, &resp.endpoints)?;
         }
         Command::Certs(_) => unreachable!("certs commands returned before any controller was dialled"),
     }
@@ -274,14 +300,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// `overlayctl certs ...`: local files only.
-fn certs(out: Format, cmd: CertsCmd) -> Result<(), Failure> {
-    let fail = |e: certs::CertError| Failure(e.to_string());
+fn certs(out: &mut output::Out, cmd: CertsCmd) -> Result<(), Failure> {
+    let fail = |e: certs::CertError| Failure::Message(e.to_string());
     match cmd {
         CertsCmd::Ca { dir, days } => {
             let pair = certs::new_ca(days).map_err(fail)?;
             let (cert, key) = (dir.join(certs::CA_CERT), dir.join(certs::CA_KEY));
             certs::write(&pair, &cert, &key, false).map_err(fail)?;
-            output::cert_written(out, "ca", "overlay cluster CA", &cert, &key);
+            output::cert_written(out, "ca", "overlay cluster CA", &cert, &key)?;
         }
         CertsCmd::Issue {
             role,
@@ -296,11 +322,11 @@ fn certs(out: Format, cmd: CertsCmd) -> Result<(), Failure> {
             let pair = certs::issue(&ca, role, &name, &san, days).map_err(fail)?;
             let (cert, key) = certs::paths(&dir, role, &name);
             certs::write(&pair, &cert, &key, force).map_err(fail)?;
-            output::cert_written(out, role.label(), &name, &cert, &key);
+            output::cert_written(out, role.label(), &name, &cert, &key)?;
         }
         CertsCmd::Show { file } => {
             let shown = certs::show(&file).map_err(fail)?;
-            output::cert_shown(out, &shown);
+            output::cert_shown(out, &shown)?;
         }
     }
     Ok(())
@@ -317,6 +343,12 @@ where
 }
 
 fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
+    if is_ipv6_cidr(&a.subnet) {
+        return Err(Failure::Message(format!(
+            "IPv6 is not supported yet: --subnet {:?} is IPv6; give an IPv4 CIDR such as 10.1.0.0/16",
+            a.subnet.trim()
+        )));
+    }
     let mode = match a.mode {
         ModeArg::Vxlan => pb::NetworkMode::Vxlan,
         ModeArg::Macvlan => pb::NetworkMode::Macvlan,
@@ -325,7 +357,7 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
     let macvlan_given =
         a.parent.is_some() || a.gateway.is_some() || a.ip_range.is_some() || a.macvlan_mode.is_some();
     if macvlan_given && !matches!(a.mode, ModeArg::Macvlan) {
-        return Err(Failure(
+        return Err(Failure::Message(
             "--parent, --gateway, --ip-range and --macvlan-mode apply to --mode macvlan only".into(),
         ));
     }
@@ -344,4 +376,11 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
             mode: a.macvlan_mode.unwrap_or_default(),
         }),
     })
+}
+
+/// `fd00::/64` and the like: said to be unsupported here rather than sent to be called
+/// malformed IPv4.
+fn is_ipv6_cidr(text: &str) -> bool {
+    let addr = text.trim().split('/').next().unwrap_or_default();
+    addr.parse::<std::net::Ipv6Addr>().is_ok()
 }

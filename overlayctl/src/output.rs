@@ -2,7 +2,11 @@
 //!
 //! The JSON shape is overlayctl's own (modes and states as words, addresses as strings), not
 //! the protobuf encoding, so scripts do not depend on enum numbers.
+//!
+//! Everything goes through [`Out`], never `print!`: a write that fails comes back as an
+//! `io::Error` for `main` to report in one line, instead of the panic `println!` makes of it.
 
+use std::io::{self, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,36 +15,118 @@ use overlayctl::certs::Shown;
 use overlayctl::cli::Format;
 use serde_json::{Value, json};
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+/// Where answers go, and in which format.
+pub struct Out {
+    format: Format,
+    w: Box<dyn Write>,
 }
 
-/// Prints rows under a header with columns padded to the widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+impl Out {
+    /// Standard output, buffered; a reader that goes away early ends the output quietly
+    /// (see [`ReaderGone`]).
+    pub fn stdout(format: Format) -> Self {
+        Self::new(format, io::BufWriter::new(ReaderGone::new(io::stdout())))
+    }
+
+    pub fn new(format: Format, w: impl Write + 'static) -> Self {
+        Self {
+            format,
+            w: Box::new(w),
+        }
+    }
+
+    fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    fn print_json(&mut self, v: &Value) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+        writeln!(self.w, "{text}")
+    }
+
+    /// Writes out what is still buffered: a full disk shows up here at the latest.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// A writer for which a reader that closed its end (`overlayctl network ls | head -1`) is
+/// not an error: like any Unix filter, overlayctl stops writing and says nothing, and the
+/// command still exits with its own outcome (a failing `doctor | head -1` still exits 1).
+/// Every other error (a full disk, an I/O error) is returned as it is.
+pub struct ReaderGone<W> {
+    inner: W,
+    gone: bool,
+}
+
+impl<W> ReaderGone<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, gone: false }
+    }
+}
+
+impl<W: Write> Write for ReaderGone<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.gone {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.gone {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.gone = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Writes rows under a header with columns padded to the widest cell.
+fn table(out: &mut Out, header: &[&str], rows: Vec<Vec<String>>) -> io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
+    let line = |out: &mut Out, cells: Vec<String>| {
+        let mut text = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
-                out.push_str(cell);
+                text.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}   "));
+                text.push_str(&format!("{cell:<w$}   "));
             }
         }
-        println!("{}", out.trim_end());
+        writeln!(out, "{}", text.trim_end())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    line(out, header.iter().map(|h| h.to_string()).collect())?;
     for row in rows {
-        line(row);
+        line(out, row)?;
     }
+    Ok(())
 }
 
 fn mode(n: &pb::Network) -> &'static str {
@@ -77,14 +163,14 @@ fn ago(unix_ms: i64) -> String {
 
 // ---------------------------------------------------------------- cluster
 
-pub fn cluster_status(f: Format, s: &pb::ClusterStatusResponse) {
-    if f == Format::Json {
+pub fn cluster_status(out: &mut Out, s: &pb::ClusterStatusResponse) -> io::Result<()> {
+    if out.json() {
         let members: Vec<Value> = s
             .members
             .iter()
             .map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "healthy": m.healthy, "matched_index": m.matched_index}))
             .collect();
-        return print_json(&json!({
+        return out.print_json(&json!({
             "health": s.health, "leader": (s.leader_id != 0).then_some(s.leader_id), "term": s.term,
             "commit_index": s.commit_index, "applied_index": s.applied_index, "revision": s.revision,
             "served_by": s.served_by, "members": members,
@@ -95,10 +181,11 @@ pub fn cluster_status(f: Format, s: &pb::ClusterStatusResponse) {
     } else {
         s.leader_id.to_string()
     };
-    println!(
+    writeln!(
+        out,
         "health: {}   leader: {}   term: {}   commit index: {}   applied: {}   revision: {}",
         s.health, leader, s.term, s.commit_index, s.applied_index, s.revision
-    );
+    )?;
     let rows = s
         .members
         .iter()
@@ -112,7 +199,8 @@ pub fn cluster_status(f: Format, s: &pb::ClusterStatusResponse) {
             ]
         })
         .collect();
-    table(&["ID", "ADDRESS", "ROLE", "HEALTHY", "MATCHED"], rows);
+    table(out, &["ID", "ADDRESS", "ROLE", "HEALTHY", "MATCHED"], rows)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- hosts
@@ -131,9 +219,9 @@ fn host_json(h: &pb::Host) -> Value {
     })
 }
 
-pub fn hosts(f: Format, hosts: &[pb::Host]) {
-    if f == Format::Json {
-        return print_json(&Value::Array(hosts.iter().map(host_json).collect()));
+pub fn hosts(out: &mut Out, hosts: &[pb::Host]) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&Value::Array(hosts.iter().map(host_json).collect()));
     }
     let rows = hosts
         .iter()
@@ -149,48 +237,55 @@ pub fn hosts(f: Format, hosts: &[pb::Host]) {
         })
         .collect();
     table(
+        out,
         &["NAME", "STATE", "UNDERLAY", "VTEP MAC", "ENDPOINTS", "LAST SEEN"],
         rows,
-    );
+    )?;
+    Ok(())
 }
 
-pub fn host(f: Format, h: &pb::Host) {
-    if f == Format::Json {
-        return print_json(&host_json(h));
+pub fn host(out: &mut Out, h: &pb::Host) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&host_json(h));
     }
-    println!("name:        {}", h.name);
-    println!(
+    writeln!(out, "name:        {}", h.name)?;
+    writeln!(
+        out,
         "state:       {} (last seen {})",
         h.state,
         ago(h.last_seen_unix_ms)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "underlay:    {} on {} (MTU {})",
         h.underlay_ip, h.underlay_iface, h.underlay_mtu
-    );
-    println!("vtep mac:    {}", h.vtep_mac);
-    println!("endpoints:   {}", h.endpoint_count);
+    )?;
+    writeln!(out, "vtep mac:    {}", h.vtep_mac)?;
+    writeln!(out, "endpoints:   {}", h.endpoint_count)?;
     if !h.leases.is_empty() {
-        println!();
+        writeln!(out)?;
         let rows = h
             .leases
             .iter()
             .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
             .collect();
-        table(&["NETWORK", "SUBNET", "GATEWAY"], rows);
+        table(out, &["NETWORK", "SUBNET", "GATEWAY"], rows)?;
     }
+    Ok(())
 }
 
-pub fn host_removed(f: Format, name: &str, r: &pb::RemoveHostResponse) {
-    if f == Format::Json {
-        return print_json(
+pub fn host_removed(out: &mut Out, name: &str, r: &pb::RemoveHostResponse) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(
             &json!({"removed": name, "released_leases": r.released_leases, "removed_endpoints": r.removed_endpoints, "revision": r.revision}),
         );
     }
-    println!(
+    writeln!(
+        out,
         "removed host {name} ({} lease(s) released, {} endpoint(s) removed)",
         r.released_leases, r.removed_endpoints
-    );
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- networks
@@ -199,7 +294,9 @@ fn network_json(n: &pb::Network) -> Value {
     let mut v = json!({
         "name": n.name, "id": n.id, "mode": mode(n), "subnet": n.subnet,
         "host_prefix": n.host_prefix, "vni": (n.vni != 0).then_some(n.vni),
-        "mtu": (n.mtu != 0).then_some(n.mtu), "nat_egress": n.nat_egress,
+        "mtu": (n.mtu != 0).then_some(n.mtu),
+        "effective_mtu": (n.effective_mtu != 0).then_some(n.effective_mtu),
+        "mtu_mode": if n.mtu == 0 { "auto" } else { "fixed" }, "nat_egress": n.nat_egress,
         "endpoints": n.endpoint_count, "leases": n.lease_count, "capacity": n.capacity,
         "created_unix_ms": n.created_unix_ms,
     });
@@ -210,13 +307,23 @@ fn network_json(n: &pb::Network) -> Value {
     v
 }
 
+/// The MTU the network's devices get, and where it comes from: `1450 (auto)`, `1400 (fixed)`.
+fn mtu_cell(n: &pb::Network) -> String {
+    match (n.mtu, n.effective_mtu) {
+        (0, 0) if mode(n) == "macvlan" => "auto (the parent's)".into(),
+        (0, 0) => "auto (no host yet)".into(),
+        (0, m) => format!("{m} (auto)"),
+        (m, _) => format!("{m} (fixed)"),
+    }
+}
+
 fn vni_cell(n: &pb::Network) -> String {
     if n.vni == 0 { "-".into() } else { n.vni.to_string() }
 }
 
-pub fn networks(f: Format, networks: &[pb::Network]) {
-    if f == Format::Json {
-        return print_json(&Value::Array(networks.iter().map(network_json).collect()));
+pub fn networks(out: &mut Out, networks: &[pb::Network]) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&Value::Array(networks.iter().map(network_json).collect()));
     }
     let rows = networks
         .iter()
@@ -226,51 +333,52 @@ pub fn networks(f: Format, networks: &[pb::Network]) {
                 mode(n).into(),
                 n.subnet.clone(),
                 vni_cell(n),
-                if n.mtu == 0 {
-                    "auto".into()
-                } else {
-                    n.mtu.to_string()
-                },
+                mtu_cell(n),
                 if n.nat_egress { "yes" } else { "no" }.into(),
                 n.endpoint_count.to_string(),
             ]
         })
         .collect();
     table(
+        out,
         &["NAME", "MODE", "SUBNET", "VNI", "MTU", "NAT", "ENDPOINTS"],
         rows,
-    );
+    )?;
+    Ok(())
 }
 
-pub fn network_created(f: Format, n: &pb::Network) {
-    if f == Format::Json {
-        return print_json(&network_json(n));
+pub fn network_created(out: &mut Out, n: &pb::Network) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&network_json(n));
     }
     match mode(n) {
-        "vxlan" => println!("created network {} (vxlan, {}, VNI {})", n.name, n.subnet, n.vni),
-        m => println!("created network {} ({m}, {})", n.name, n.subnet),
-    }
+        "vxlan" => writeln!(
+            out,
+            "created network {} (vxlan, {}, VNI {})",
+            n.name, n.subnet, n.vni
+        ),
+        m => writeln!(out, "created network {} ({m}, {})", n.name, n.subnet),
+    }?;
+    Ok(())
 }
 
-pub fn network_updated(f: Format, n: &pb::Network) {
-    if f == Format::Json {
-        return print_json(&network_json(n));
+pub fn network_updated(out: &mut Out, n: &pb::Network) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&network_json(n));
     }
-    let mtu = if n.mtu == 0 {
-        "auto".to_string()
-    } else {
-        n.mtu.to_string()
-    };
-    println!(
+    let mtu = mtu_cell(n);
+    writeln!(
+        out,
         "updated network {} (nat egress {}, mtu {mtu})",
         n.name,
         if n.nat_egress { "on" } else { "off" }
-    );
+    )?;
+    Ok(())
 }
 
-pub fn network_detail(f: Format, d: &pb::NetworkDetail) {
-    let Some(n) = &d.network else { return };
-    if f == Format::Json {
+pub fn network_detail(out: &mut Out, d: &pb::NetworkDetail) -> io::Result<()> {
+    let Some(n) = &d.network else { return Ok(()) };
+    if out.json() {
         let mut v = network_json(n);
         v["host_leases"] = Value::Array(
             d.leases
@@ -280,63 +388,59 @@ pub fn network_detail(f: Format, d: &pb::NetworkDetail) {
         );
         v["endpoint_list"] = Value::Array(d.endpoints.iter().map(endpoint_json).collect());
         v["revision"] = json!(d.revision);
-        return print_json(&v);
+        return out.print_json(&v);
     }
-    println!("name:        {} (id {})", n.name, n.id);
-    println!("mode:        {}", mode(n));
-    println!("subnet:      {}", n.subnet);
+    writeln!(out, "name:        {} (id {})", n.name, n.id)?;
+    writeln!(out, "mode:        {}", mode(n))?;
+    writeln!(out, "subnet:      {}", n.subnet)?;
     match mode(n) {
         "macvlan" => {
             if let Some(m) = &n.macvlan {
-                println!("parent:      {} ({} mode)", m.parent, or_dash(&m.mode));
-                println!("gateway:     {}", m.gateway);
-                println!("ip range:    {}", m.ip_range);
+                writeln!(out, "parent:      {} ({} mode)", m.parent, or_dash(&m.mode))?;
+                writeln!(out, "gateway:     {}", m.gateway)?;
+                writeln!(out, "ip range:    {}", m.ip_range)?;
             }
         }
-        _ => println!("host prefix: /{}", n.host_prefix),
+        _ => writeln!(out, "host prefix: /{}", n.host_prefix)?,
     }
     if n.vni != 0 {
-        println!("vni:         {}", n.vni);
+        writeln!(out, "vni:         {}", n.vni)?;
     }
-    println!(
-        "mtu:         {}",
-        if n.mtu == 0 {
-            "auto".into()
-        } else {
-            n.mtu.to_string()
-        }
-    );
-    println!("nat egress:  {}", if n.nat_egress { "yes" } else { "no" });
-    println!("endpoints:   {} (capacity {})", n.endpoint_count, n.capacity);
+    writeln!(out, "mtu:         {}", mtu_cell(n))?;
+    writeln!(out, "nat egress:  {}", if n.nat_egress { "yes" } else { "no" })?;
+    writeln!(out, "endpoints:   {} (capacity {})", n.endpoint_count, n.capacity)?;
     if !d.leases.is_empty() {
-        println!();
+        writeln!(out)?;
         let rows = d
             .leases
             .iter()
             .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
             .collect();
-        table(&["HOST", "SUBNET", "GATEWAY"], rows);
+        table(out, &["HOST", "SUBNET", "GATEWAY"], rows)?;
     }
     if !d.endpoints.is_empty() {
-        println!();
-        endpoint_table(&d.endpoints);
+        writeln!(out)?;
+        endpoint_table(out, &d.endpoints)?;
     }
+    Ok(())
 }
 
-pub fn network_removed(f: Format, name: &str, r: &pb::DeleteNetworkResponse) {
-    if f == Format::Json {
-        return print_json(
+pub fn network_removed(out: &mut Out, name: &str, r: &pb::DeleteNetworkResponse) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(
             &json!({"removed": name, "removed_endpoints": r.removed_endpoints, "revision": r.revision}),
         );
     }
     if r.removed_endpoints > 0 {
-        println!(
+        writeln!(
+            out,
             "removed network {name} and its {} endpoint(s)",
             r.removed_endpoints
-        );
+        )?;
     } else {
-        println!("removed network {name}");
+        writeln!(out, "removed network {name}")?;
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- endpoints
@@ -350,7 +454,7 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
     })
 }
 
-fn endpoint_table(eps: &[pb::Endpoint]) {
+fn endpoint_table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
     let rows = eps
         .iter()
         .map(|e| {
@@ -371,41 +475,46 @@ fn endpoint_table(eps: &[pb::Endpoint]) {
         })
         .collect();
     table(
+        out,
         &["NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "STATE"],
         rows,
-    );
+    )?;
+    Ok(())
 }
 
-pub fn endpoints(f: Format, eps: &[pb::Endpoint]) {
-    if f == Format::Json {
-        return print_json(&Value::Array(eps.iter().map(endpoint_json).collect()));
+pub fn endpoints(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&Value::Array(eps.iter().map(endpoint_json).collect()));
     }
-    endpoint_table(eps);
+    endpoint_table(out, eps)
 }
 
-pub fn endpoint_attached(f: Format, e: &pb::Endpoint) {
-    if f == Format::Json {
-        return print_json(&endpoint_json(e));
+pub fn endpoint_attached(out: &mut Out, e: &pb::Endpoint) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&endpoint_json(e));
     }
-    println!("{}", e.address.split('/').next().unwrap_or_default());
+    writeln!(out, "{}", e.address.split('/').next().unwrap_or_default())?;
+    Ok(())
 }
 
-pub fn endpoint_detached(f: Format, r: &pb::DetachEndpointResponse) {
-    let Some(e) = &r.endpoint else { return };
-    if f == Format::Json {
-        return print_json(&endpoint_json(e));
+pub fn endpoint_detached(out: &mut Out, r: &pb::DetachEndpointResponse) -> io::Result<()> {
+    let Some(e) = &r.endpoint else { return Ok(()) };
+    if out.json() {
+        return out.print_json(&endpoint_json(e));
     }
-    println!(
+    writeln!(
+        out,
         "detached {} from {} on {} (released {})",
         e.netns, e.network, e.host, e.address
-    );
+    )?;
+    Ok(())
 }
 
 /// An agent silent for longer than this (three heartbeats) is reported.
 const HEARTBEAT_STALE_MS: i64 = 15_000;
 
 /// Prints the doctor's findings; returns one line per problem (empty: all healthy).
-pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
+pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> {
     let mut problems = Vec::new();
     let age = |ms: i64| (ms > 0).then(|| (d.now_ms - ms).max(0));
     for h in &d.hosts {
@@ -439,7 +548,7 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
             "controller replica {r} did not answer; its agents may be missing"
         ));
     }
-    if f == Format::Json {
+    if out.json() {
         let hosts: Vec<Value> = d
             .hosts
             .iter()
@@ -453,8 +562,8 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
                 })
             })
             .collect();
-        print_json(&json!({"healthy": problems.is_empty(), "hosts": hosts, "problems": problems}));
-        return problems;
+        out.print_json(&json!({"healthy": problems.is_empty(), "hosts": hosts, "problems": problems}))?;
+        return Ok(problems);
     }
     let rows = d
         .hosts
@@ -477,24 +586,25 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
         })
         .collect();
     table(
+        out,
         &["HOST", "CONNECTED", "HEARTBEAT", "APPLIED", "LAG", "DRIFT"],
         rows,
-    );
+    )?;
     for h in d.hosts.iter().filter(|h| !h.drift.is_empty()) {
         let found = age(h.audited_ms)
             .map(|a| format!(" (found {}s ago)", a / 1000))
             .unwrap_or_default();
-        println!("\n{}{found}:", h.host);
+        writeln!(out, "\n{}{found}:", h.host)?;
         for item in &h.drift {
-            println!("  {item}");
+            writeln!(out, "  {item}")?;
         }
     }
-    problems
+    Ok(problems)
 }
 
 /// Prints the probe matrices (one per packet size: rows send, columns answer); returns one
 /// line per failing path.
-pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
+pub fn probe(out: &mut Out, m: &pb::ProbeMatrix) -> io::Result<Vec<String>> {
     let mut failing: Vec<String> = m
         .results
         .iter()
@@ -509,7 +619,7 @@ pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
         })
         .collect();
     failing.extend(m.silent.iter().map(|h| format!("{h}: agent did not report")));
-    if f == Format::Json {
+    if out.json() {
         let results: Vec<Value> = m
             .results
             .iter()
@@ -518,17 +628,17 @@ pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
                        "received": r.received, "rtt_us": r.rtt_us, "error": r.error})
             })
             .collect();
-        print_json(
+        out.print_json(
             &json!({"network": m.network, "hosts": m.hosts, "results": results,
                            "silent": m.silent, "ok": failing.is_empty(), "failing": failing}),
-        );
-        return failing;
+        )?;
+        return Ok(failing);
     }
     let mut sizes: Vec<u32> = m.results.iter().map(|r| r.size).collect();
     sizes.sort();
     sizes.dedup();
     for size in sizes {
-        println!("{} bytes (rows ping columns):", size);
+        writeln!(out, "{} bytes (rows ping columns):", size)?;
         let mut header = vec!["FROM \\ TO"];
         header.extend(m.hosts.iter().map(String::as_str));
         let rows = m
@@ -558,34 +668,40 @@ pub fn probe(f: Format, m: &pb::ProbeMatrix) -> Vec<String> {
                 row
             })
             .collect();
-        table(&header, rows);
-        println!();
+        table(out, &header, rows)?;
+        writeln!(out)?;
     }
     for h in &m.silent {
-        println!("{h}: agent did not report");
+        writeln!(out, "{h}: agent did not report")?;
     }
-    failing
+    Ok(failing)
 }
 
-pub fn cert_written(f: Format, role: &str, name: &str, cert: &Path, key: &Path) {
-    if f == Format::Json {
-        return print_json(&json!({
+pub fn cert_written(out: &mut Out, role: &str, name: &str, cert: &Path, key: &Path) -> io::Result<()> {
+    if out.json() {
+        return out.print_json(&json!({
             "role": role,
             "name": name,
             "cert": cert.display().to_string(),
             "key": key.display().to_string(),
         }));
     }
-    println!("wrote {} and {} ({role} {name:?})", cert.display(), key.display());
+    writeln!(
+        out,
+        "wrote {} and {} ({role} {name:?})",
+        cert.display(),
+        key.display()
+    )?;
+    Ok(())
 }
 
-pub fn cert_shown(f: Format, s: &Shown) {
+pub fn cert_shown(out: &mut Out, s: &Shown) -> io::Result<()> {
     let (role, name) = match &s.identity {
         Some(id) => (id.role.label().to_string(), id.name.clone()),
         None => ("-".to_string(), "-".to_string()),
     };
-    if f == Format::Json {
-        return print_json(&json!({
+    if out.json() {
+        return out.print_json(&json!({
             "role": s.identity.as_ref().map(|i| i.role.label()),
             "name": s.identity.as_ref().map(|i| i.name.clone()),
             "subject": s.subject,
@@ -602,5 +718,34 @@ pub fn cert_shown(f: Format, s: &Shown) {
         vec!["addresses".to_string(), or_dash(&s.sans.join(", "))],
         vec!["expires".to_string(), s.not_after.clone()],
     ];
-    table(&["FIELD", "VALUE"], rows);
+    table(out, &["FIELD", "VALUE"], rows)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails every write with `kind`.
+    struct Failing(io::ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(self.0.into())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_is_quiet_and_other_errors_come_back() {
+        let mut gone = Out::new(Format::Table, ReaderGone::new(Failing(io::ErrorKind::BrokenPipe)));
+        hosts(&mut gone, &[pb::Host::default()]).expect("a closed pipe is no error");
+        gone.finish().expect("nor at the end");
+
+        let mut full = Out::new(Format::Json, ReaderGone::new(Failing(io::ErrorKind::StorageFull)));
+        let err = hosts(&mut full, &[]).expect_err("a full disk is an error");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+    }
 }

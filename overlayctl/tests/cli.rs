@@ -268,7 +268,10 @@ async fn every_command_in_both_formats_and_every_error() {
         "--mtu",
         "1300",
     ]);
-    assert_eq!(out.trim(), "updated network red (nat egress off, mtu 1300)");
+    assert_eq!(
+        out.trim(),
+        "updated network red (nat egress off, mtu 1300 (fixed))"
+    );
     let red = ctl.json(&["network", "update", "red", "--mtu", "0"]);
     assert_eq!(
         (red["nat_egress"].as_bool(), red["mtu"].as_u64()),

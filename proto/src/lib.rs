@@ -18,6 +18,8 @@ pub mod local {
 }
 
 pub mod connect;
+pub mod error_line;
+pub mod limits;
 pub mod local_socket;
 pub mod mac;
 pub mod metrics_http;

@@ -15,6 +15,15 @@ use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// Logs that a daemon runs on plaintext. Called once the daemon has started, so that a
+/// configuration error stays the one line on stderr.
+pub fn warn_insecure() {
+    tracing::warn!(
+        "running insecure (--insecure): plaintext, no peer authenticated; anyone who reaches \
+         this component can read and forge its calls. Only on a trusted lab network"
+    );
+}
+
 /// How long a server waits for a client to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -226,8 +235,8 @@ impl TlsArgs {
         self.load_for(Purpose::Run)
     }
 
-    /// Reads the three files; `None` only when plaintext was asked for with `--insecure`
-    /// (logged as a warning). No option at all, or `--insecure` with any TLS option, is
+    /// Reads the three files; `None` only when plaintext was asked for with `--insecure` (the
+    /// daemon says so with [`warn_insecure`] once it has started). No option at all, or `--insecure` with any TLS option, is
     /// refused: both are more likely a mistake in a unit or an environment than a choice.
     pub fn load_for(&self, purpose: Purpose) -> Result<Option<Tls>, TlsError> {
         let given = [
@@ -239,14 +248,7 @@ impl TlsArgs {
         .find_map(|(name, set)| set.then_some(name));
         match (self.insecure, given) {
             (true, Some(option)) => return Err(TlsError::Contradictory(option)),
-            (true, None) => {
-                tracing::warn!(
-                    "running insecure (--insecure): plaintext, no peer authenticated; anyone \
-                     who reaches this component can read and forge its calls. Only on a trusted \
-                     lab network"
-                );
-                return Ok(None);
-            }
+            (true, None) => return Ok(None),
             (false, None) => return Err(TlsError::NotConfigured(purpose)),
             (false, Some(_)) => {}
         }

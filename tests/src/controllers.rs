@@ -4,7 +4,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use overlay_proto::connect::Controllers;
@@ -27,6 +27,8 @@ pub struct Replica {
     daemon: Option<Daemon>,
     /// Environment of this replica alone (its TLS files), after the cluster-wide one.
     env: Vec<(String, String)>,
+    /// A command the replica is started through (e.g. `nsenter -t PID -m --`), if any.
+    wrapper: Vec<String>,
 }
 
 impl Replica {
@@ -94,6 +96,7 @@ impl ControllerCluster {
                 log: dir.join(format!("controller-{}.log", i + 1)),
                 daemon: None,
                 env: Vec::new(),
+                wrapper: Vec::new(),
             })
             .collect();
         Ok(Self {
@@ -126,6 +129,13 @@ impl ControllerCluster {
     /// The TLS identity [`client`](Self::client) and [`wait_leader`](Self::wait_leader) use.
     pub fn set_client_tls(&mut self, tls: Option<ClientTlsConfig>) {
         self.client_tls = tls;
+    }
+
+    /// Starts replica `id` through `wrapper` from its next start (e.g. `nsenter -t PID -m --`
+    /// to run it in another mount namespace); empty = directly.
+    pub fn set_replica_wrapper(&mut self, id: u64, wrapper: &[&str]) -> Result<()> {
+        self.replica(id)?.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        Ok(())
     }
 
     pub fn start_all(&mut self) -> Result<()> {
@@ -161,13 +171,18 @@ impl ControllerCluster {
         if r.is_running() {
             return Ok(());
         }
-        let mut cmd = match &r.netns {
-            Some(ns) => {
+        let mut cmd = match (&r.netns, r.wrapper.split_first()) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
+                c.args(["netns", "exec", ns]).args(&r.wrapper).arg(&bin);
                 c
             }
-            None => Command::new(&bin),
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            (None, None) => Command::new(&bin),
         };
         cmd.arg("--node-id")
             .arg(r.id.to_string())
@@ -203,6 +218,23 @@ impl ControllerCluster {
             d.stop(Duration::from_secs(5));
         }
         Ok(())
+    }
+
+    /// SIGTERM replica `id` and wait up to `within`: its exit status and how long the exit
+    /// took, or `None` if it had to be SIGKILLed.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> Result<Option<(ExitStatus, Duration)>> {
+        Ok(self.replica(id)?.daemon.take().and_then(|d| d.terminate(within)))
+    }
+
+    /// Waits up to `within` for replica `id` to exit by itself; its exit status, or `None`
+    /// if it still runs (or never ran).
+    pub fn wait_exit(&mut self, id: u64, within: Duration) -> Result<Option<ExitStatus>> {
+        let r = self.replica(id)?;
+        let status = r.daemon.as_mut().and_then(|d| d.wait_exit(within));
+        if status.is_some() {
+            r.daemon = None;
+        }
+        Ok(status)
     }
 
     /// Process id of replica `id` while it runs.

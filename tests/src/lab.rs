@@ -282,6 +282,16 @@ impl Lab {
         }
     }
 
+    /// SIGTERM the agent of `host` and wait up to `within`: its exit status and how long the
+    /// exit took, or `None` if it had to be SIGKILLed.
+    pub fn terminate_agent(
+        &mut self,
+        host: usize,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        self.hosts[host].agent.take().and_then(|a| a.terminate(within))
+    }
+
     pub fn agent_log_path(&self, host: usize) -> &std::path::Path {
         &self.hosts[host].log
     }

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -67,6 +67,30 @@ impl Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `within`: the exit status and how long the exit took, or
+    /// `None` (and a SIGKILL) if it was still running then.
+    pub fn terminate(mut self, within: Duration) -> Option<(ExitStatus, Duration)> {
+        let start = Instant::now();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let status = self.wait_exit(within);
+        status.map(|s| (s, start.elapsed()))
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its status, or `None` if it
+    /// still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The last `lines` lines of the log, for failure reports.

@@ -31,6 +31,8 @@ pub struct AgentApi {
     watchers: Arc<AtomicI64>,
     /// The desired-state model of the latest revision, shared by every Watch stream.
     models: watch::Sender<Arc<Model>>,
+    /// Turns true when the replica stops: every Watch stream then ends.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Rebuilds of the model are at least this far apart; revisions arriving meanwhile share one.
@@ -51,7 +53,15 @@ impl AgentApi {
             node,
             watchers,
             models,
+            stopping: watch::channel(false).1,
         }
+    }
+
+    /// Ends every Watch stream once `stopping` turns true, with `UNAVAILABLE`, so that each
+    /// agent moves to another replica at once instead of holding this one's shutdown up.
+    pub fn ending_streams_on(mut self, stopping: watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     fn remember(&self, host: &str, applied_revision: u64) {
@@ -195,6 +205,7 @@ impl Agent for AgentApi {
             host: host.clone(),
         };
         let mut probe_orders = self.node.probes.subscribe();
+        let mut stopping = self.stopping.clone();
         let seen = self.seen.clone();
         let record_sent = move |host: &str, revision: u64| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,6 +223,11 @@ impl Agent for AgentApi {
                 tokio::select! {
                     changed = models.changed() => if changed.is_err() { break },
                     _ = tx.closed() => break,
+                    () = stopped(&mut stopping) => {
+                        // Not waited for: a stream whose agent does not read just ends.
+                        let _ = tx.try_send(Err(status(Code::Unavailable, "controller replica is stopping; reconnect to another replica")));
+                        break;
+                    }
                     order = probe_orders.recv() => {
                         // Orders for other hosts, or a lagging receiver, are no concern here.
                         if let Ok(o) = order && o.host == host && let Some(order) = o.order {
@@ -311,6 +327,13 @@ impl Agent for AgentApi {
         Ok(Response::new(pb::ReportStatusResponse {
             revision: self.node.view.revision(),
         }))
+    }
+}
+
+/// Resolves once `stopping` is true; never when nobody can set it any more.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -34,6 +34,7 @@ pub fn network(state: &ClusterState, n: &Network) -> pb::Network {
         lease_count: n.leases.len() as u32,
         capacity: ClusterState::capacity(n),
         created_unix_ms: n.created_ms,
+        effective_mtu: crate::desired::effective_mtu(state, n).unwrap_or(0),
     }
 }
 
@@ -96,5 +97,101 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         gateway: e.gateway.to_string(),
         state: state as i32,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NetworkSpec;
+    use crate::state::{Command, MtuSetting, Reply, Response};
+
+    fn register(s: &mut ClusterState, name: &str, ip: &str, underlay_mtu: u32) {
+        s.apply(Command::RegisterHost {
+            name: name.into(),
+            underlay_ip: ip.parse().unwrap(),
+            underlay_iface: "eth0".into(),
+            underlay_mtu,
+            now_ms: 0,
+        })
+        .result
+        .unwrap();
+    }
+
+    fn create(s: &mut ClusterState, name: &str, mode: Mode, cidr: &str, mtu: Option<u32>) -> Reply {
+        s.apply(Command::CreateNetwork {
+            spec: NetworkSpec {
+                name: name.into(),
+                mode,
+                cidr: cidr.parse().unwrap(),
+                host_prefix: None,
+                vni: None,
+                mtu,
+                nat_egress: false,
+                macvlan: None,
+            },
+            now_ms: 0,
+        })
+    }
+
+    /// What `network ls` shows is what every member's desired state carries, and a fixed MTU
+    /// equal to the derived one is accepted (issue 13: `--mtu 9166` on a 9216 underlay).
+    #[test]
+    fn effective_mtu_is_the_one_the_agents_get() {
+        let mut s = ClusterState::default();
+        create(&mut s, "early", Mode::Vxlan, "10.9.0.0/16", None)
+            .result
+            .unwrap();
+        let early = &s.networks["early"];
+        assert_eq!(network(&s, early).effective_mtu, 0, "no member yet: not known");
+
+        register(&mut s, "h1", "192.0.2.21", 9216);
+        register(&mut s, "h2", "192.0.2.22", 9216);
+        create(&mut s, "jumbo", Mode::Vxlan, "10.1.0.0/16", None)
+            .result
+            .unwrap();
+        create(&mut s, "local", Mode::Nat, "10.2.0.0/16", None)
+            .result
+            .unwrap();
+        let shown = |s: &ClusterState, name: &str| network(s, &s.networks[name]).effective_mtu;
+        let agents_get = |s: &ClusterState, name: &str| -> Vec<u32> {
+            ["h1", "h2"]
+                .iter()
+                .map(|h| {
+                    let d = crate::desired::for_host(s, h).unwrap();
+                    let net = d.networks.iter().find(|n| n.name == name).unwrap();
+                    net.mtu
+                })
+                .collect()
+        };
+        assert_eq!(shown(&s, "jumbo"), 9166);
+        assert_eq!(agents_get(&s, "jumbo"), [9166, 9166]);
+        assert_eq!(
+            (shown(&s, "local"), agents_get(&s, "local")),
+            (9216, vec![9216, 9216])
+        );
+        assert_eq!(shown(&s, "early"), 9166, "a lease came with the hosts");
+
+        // A smaller member lowers the vxlan MTU everywhere.
+        register(&mut s, "h3", "192.0.2.23", 1500);
+        assert_eq!(shown(&s, "jumbo"), 1450);
+
+        // The derived value is accepted as a fixed one, both at create and at update.
+        let fixed = create(&mut s, "fixed", Mode::Vxlan, "10.3.0.0/16", Some(9166));
+        assert!(
+            matches!(fixed.result, Ok(Response::Network(_))),
+            "{:?}",
+            fixed.result
+        );
+        assert_eq!(shown(&s, "fixed"), 9166);
+        let updated = s.apply(Command::UpdateNetwork {
+            name: "jumbo".into(),
+            nat_egress: None,
+            mtu: Some(MtuSetting::Fixed(9166)),
+        });
+        assert!(updated.result.is_ok(), "{:?}", updated.result);
+        let too_big = create(&mut s, "huge", Mode::Vxlan, "10.4.0.0/16", Some(65536));
+        let err = too_big.result.unwrap_err().to_string();
+        assert!(err.contains("between 576 and 65535"), "{err}");
     }
 }

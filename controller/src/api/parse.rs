@@ -15,6 +15,9 @@ pub fn cidr(what: &str, text: &str) -> Result<Ipv4Network, Status> {
     if text.is_empty() {
         return Err(invalid(format!("{what} is required (e.g. 10.1.0.0/16)")));
     }
+    if text.parse::<ipnetwork::Ipv6Network>().is_ok() {
+        return Err(ipv6_unsupported(what, text));
+    }
     if !text.contains('/') {
         return Err(invalid(format!(
             "malformed CIDR {text:?} for {what}: missing /prefix-length"
@@ -25,9 +28,20 @@ pub fn cidr(what: &str, text: &str) -> Result<Ipv4Network, Status> {
 }
 
 pub fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, Status> {
-    text.trim()
-        .parse::<Ipv4Addr>()
+    let text = text.trim();
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(ipv6_unsupported(what, text));
+    }
+    text.parse::<Ipv4Addr>()
         .map_err(|_| invalid(format!("malformed IPv4 address {text:?} for {what}")))
+}
+
+/// An IPv6 address or network where only IPv4 works today: say so, rather than calling it
+/// malformed IPv4.
+fn ipv6_unsupported(what: &str, text: &str) -> Status {
+    invalid(format!(
+        "IPv6 is not supported yet: {text:?} for {what} is IPv6; give an IPv4 address or CIDR"
+    ))
 }
 
 pub fn mode(raw: i32) -> Result<Mode, Status> {
@@ -106,6 +120,28 @@ mod tests {
             assert!(err.message().contains("subnet"), "{}", err.message());
         }
         assert_eq!(cidr("subnet", "10.1.0.0/16").unwrap().prefix(), 16);
+    }
+
+    #[test]
+    fn ipv6_is_named_as_not_supported_yet() {
+        for v6 in ["fd00::/64", "2001:db8::/48", " fe80::/10 "] {
+            let err = cidr("subnet", v6).unwrap_err();
+            assert!(
+                err.message().starts_with("IPv6 is not supported yet"),
+                "{}",
+                err.message()
+            );
+            assert!(err.message().contains("subnet"), "{}", err.message());
+        }
+        let err = ipv4("gateway", "fd00::1").unwrap_err();
+        assert!(
+            err.message().starts_with("IPv6 is not supported yet"),
+            "{}",
+            err.message()
+        );
+        // Garbage with a colon is still just malformed.
+        let err = cidr("subnet", "10.1:0.0/16").unwrap_err();
+        assert!(err.message().starts_with("malformed CIDR"), "{}", err.message());
     }
 }
 
