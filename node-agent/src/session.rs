@@ -3,11 +3,12 @@
 //! status back. A controller outage leaves the datapath as it is; the agent keeps
 //! reconciling toward the last state it knew and re-syncs as soon as a replica answers.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use overlay_proto::connect::Controllers;
 use overlay_proto::tls::{Role, Tls, TlsError};
@@ -16,6 +17,8 @@ use overlay_proto::v1::agent_client::AgentClient;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::events::{self, Changes, EventsOptions, KernelEvents};
+use crate::firewall;
 use crate::metrics::AgentMetrics;
 use crate::netlink::Netlink;
 use crate::reconcile::{EndpointStatuses, PassReport, Reconciler, Underlay};
@@ -150,11 +153,27 @@ pub async fn run(
     let config = Arc::new(config);
     let applied = Arc::new(AtomicU64::new(0));
 
+    // Opened here, on the agent's own thread: the sockets listen in the host namespace.
+    let events = match KernelEvents::start(
+        &nl,
+        spec_rx.clone(),
+        Some(metrics.clone()),
+        EventsOptions::default(),
+    )
+    .await
+    {
+        Ok(events) => Some(events),
+        Err(e) => {
+            tracing::warn!(error = %e, "no kernel notifications: drift is repaired by the periodic pass only");
+            None
+        }
+    };
     let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir));
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
             spec_rx,
+            events,
             config.resync,
             config.heartbeat,
             PassOutputs {
@@ -428,96 +447,263 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long drift that a repair fixed stays in the status report, as `repaired: <item>`: a
+/// repair takes milliseconds, and `doctor` must still show what the agent saw.
+pub const REPAIRED_HOLD: Duration = Duration::from_secs(10);
+/// Least time between two passes triggered by kernel events: bounds what a kernel (or another
+/// program) that keeps re-creating the same drift can cost.
+const EVENT_PASS_GAP: Duration = Duration::from_millis(50);
+
+/// The reconcile loop's state between passes.
+struct Converger {
+    reconciler: Reconciler,
+    out: PassOutputs,
+    checked_deep: bool,
+    ready: bool,
+    /// The desired state the last pass converged to: the only one a repair works toward (a
+    /// newer one gets a regular pass).
+    converged: Option<Arc<HostSpec>>,
+    /// What the last repair could not fix; events that show nothing else do not retry it
+    /// (the periodic pass does).
+    unresolved: BTreeSet<String>,
+    /// Drift repairs fixed, and when.
+    repaired: Vec<(Instant, String)>,
+    /// Overlay's nftables tables as listed right after the agent last wrote them (`None`:
+    /// unknown), to tell a change behind its back from its own rebuild.
+    firewall_baseline: Option<String>,
+    last_event_pass: Option<Instant>,
+}
+
+impl Converger {
+    /// Publishes the current drift, with what was repaired lately.
+    fn publish(&mut self, mut items: Vec<String>) {
+        self.repaired.retain(|(at, _)| at.elapsed() < REPAIRED_HOLD);
+        for (_, item) in &self.repaired {
+            let line = format!("repaired: {item}");
+            if !items.contains(item) && !items.contains(&line) {
+                items.push(line);
+            }
+        }
+        self.out.drift_tx.send_replace(Drift {
+            found_ms: now_ms(),
+            items,
+        });
+    }
+
+    /// Look, do not touch (the heartbeat-paced audit): drift stays visible to `doctor`.
+    async fn audit(&mut self, spec: &HostSpec) {
+        match self.reconciler.audit(spec).await {
+            Ok(drift) => {
+                if !drift.is_empty() {
+                    tracing::warn!(items = drift.len(), first = %drift[0], "kernel drifted from the desired state");
+                }
+                self.publish(drift);
+            }
+            Err(e) => tracing::warn!(error = %e, "audit failed"),
+        }
+    }
+
+    /// One pass toward `spec`; the report is published (status, metrics), the drift is left
+    /// to the caller.
+    async fn pass(&mut self, spec: &Arc<HostSpec>, deep: bool) -> Option<Arc<PassReport>> {
+        let report = match self.reconciler.pass(spec, deep).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile pass failed");
+                return None;
+            }
+        };
+        self.out.metrics.observe_pass(&report);
+        self.converged = Some(spec.clone());
+        self.checked_deep |= deep;
+        if report.errors.is_empty() {
+            self.out.applied.store(report.revision, Ordering::Relaxed);
+        }
+        let took_us = report.took.as_micros() as u64;
+        if report.changes > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                revision = report.revision,
+                changes = report.changes,
+                errors = report.errors.len(),
+                deep,
+                took_us,
+                "reconciled"
+            );
+        } else {
+            tracing::debug!(
+                revision = report.revision,
+                deep,
+                took_us,
+                "reconcile pass: nothing to do"
+            );
+        }
+        for e in &report.errors {
+            tracing::warn!(error = %e, "reconcile");
+        }
+        if report.firewall_rebuilt {
+            self.firewall_baseline = events::nft::fingerprint(firewall::TABLE).await.ok();
+        }
+        if !self.ready {
+            // systemd's READY: registered (or working offline) and the kernel converged once.
+            self.ready = true;
+            overlay_proto::sd_notify::notify_or_log(&format!(
+                "READY=1\nSTATUS=converged to revision {}",
+                report.revision
+            ));
+        }
+        let report = Arc::new(report);
+        self.out.report_tx.send_replace(Some(report.clone()));
+        Some(report)
+    }
+
+    /// A pass that is not a repair (new desired state, periodic): what it could not fix is the
+    /// drift that remains.
+    async fn regular_pass(&mut self, spec: &Arc<HostSpec>, deep: bool) {
+        if let Some(report) = self.pass(spec, deep).await {
+            self.unresolved.clear();
+            self.publish(report.errors.clone());
+        }
+    }
+
+    /// Kernel notifications said overlay's objects changed: audit (one dump), and if that
+    /// shows drift, repair it with a pass and audit again to know what is left. Passes that
+    /// change nothing raise no notifications, so the agent's own repairs end here.
+    async fn repair(&mut self, spec: &Arc<HostSpec>, changes: Changes) {
+        let started = Instant::now();
+        let mut firewall_changed = false;
+        if changes.contains(Changes::NFT) {
+            let now = events::nft::fingerprint(firewall::TABLE).await;
+            if now.is_err() || now.ok() != self.firewall_baseline {
+                firewall_changed = true;
+                self.reconciler.forget_firewall();
+            } else if changes == Changes::NFT {
+                // Only the agent's own rebuild (or something put back as it was).
+                return;
+            }
+        }
+        self.out.metrics.observe_event_audit();
+        let mut found = match self.reconciler.audit(spec).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit after a kernel change failed");
+                return;
+            }
+        };
+        let table_item = format!("nftables table {} changed", firewall::TABLE);
+        if firewall_changed {
+            found.push(table_item.clone());
+        }
+        if found.is_empty() {
+            self.unresolved.clear();
+            self.publish(found);
+            return;
+        }
+        if !firewall_changed && found.iter().all(|f| self.unresolved.contains(f)) {
+            self.publish(found);
+            return;
+        }
+        if let Some(wait) = self
+            .last_event_pass
+            .and_then(|last| EVENT_PASS_GAP.checked_sub(last.elapsed()))
+        {
+            tokio::time::sleep(wait).await;
+        }
+        self.last_event_pass = Some(Instant::now());
+        self.out.metrics.observe_event_pass();
+        let Some(report) = self.pass(spec, false).await else {
+            self.publish(found);
+            return;
+        };
+        let mut left = match self.reconciler.audit(spec).await {
+            Ok(left) => left,
+            Err(_) => found.clone(),
+        };
+        if firewall_changed && !report.firewall_rebuilt {
+            left.push(table_item);
+        }
+        let now = Instant::now();
+        let fixed: Vec<&String> = found.iter().filter(|f| !left.contains(f)).collect();
+        tracing::info!(
+            %changes,
+            repaired = fixed.len(),
+            left = left.len(),
+            first = %found[0],
+            took_ms = started.elapsed().as_millis() as u64,
+            "drift repaired"
+        );
+        self.repaired.extend(fixed.into_iter().map(|f| (now, f.clone())));
+        self.unresolved = left.iter().cloned().collect();
+        left.extend(
+            report
+                .errors
+                .iter()
+                .filter(|e| !left.contains(e))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        self.publish(left);
+    }
+}
+
+async fn next_event(events: &mut Option<KernelEvents>) -> Changes {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn reconcile_loop(
-    mut reconciler: Reconciler,
+    reconciler: Reconciler,
     mut spec_rx: watch::Receiver<Option<Arc<HostSpec>>>,
+    mut events: Option<KernelEvents>,
     resync: Duration,
     audit_every: Duration,
     out: PassOutputs,
 ) {
-    let PassOutputs {
-        report_tx,
-        drift_tx,
-        applied,
-        metrics,
-    } = out;
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut audit_timer = tokio::time::interval(audit_every);
     audit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut checked_deep = false;
-    let mut ready = false;
+    let mut c = Converger {
+        reconciler,
+        out,
+        checked_deep: false,
+        ready: false,
+        converged: None,
+        unresolved: BTreeSet::new(),
+        repaired: Vec::new(),
+        firewall_baseline: None,
+        last_event_pass: None,
+    };
     loop {
-        let mut deep = !checked_deep;
+        let mut deep = !c.checked_deep;
         let mut audit_only = false;
+        let mut kicked = None;
         tokio::select! {
             changed = spec_rx.changed() => if changed.is_err() { return },
             _ = timer.tick() => deep = true,
             _ = audit_timer.tick() => audit_only = true,
+            changes = next_event(&mut events) => kicked = Some(changes),
+        }
+        if let Some(changes) = kicked {
+            let current = spec_rx.borrow().clone();
+            match (current, c.converged.clone()) {
+                // Repairs converge to the state already programmed; a newer one gets a pass.
+                (Some(now), Some(done)) if Arc::ptr_eq(&now, &done) => {
+                    c.repair(&done, changes).await;
+                    continue;
+                }
+                (None, _) => continue,
+                _ => {}
+            }
         }
         let Some(spec) = spec_rx.borrow_and_update().clone() else {
             continue;
         };
         if audit_only {
-            // Look, do not touch: drift stays visible to `doctor` until the next pass repairs it.
-            match reconciler.audit(&spec).await {
-                Ok(drift) => {
-                    if !drift.is_empty() {
-                        tracing::warn!(items = drift.len(), first = %drift[0], "kernel drifted from the desired state");
-                    }
-                    drift_tx.send_replace(Drift {
-                        found_ms: now_ms(),
-                        items: drift,
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "audit failed"),
-            }
-            continue;
-        }
-        match reconciler.pass(&spec, deep).await {
-            Ok(report) => {
-                metrics.observe_pass(&report);
-                // What a pass could not fix is the drift that remains.
-                drift_tx.send_replace(Drift {
-                    found_ms: now_ms(),
-                    items: report.errors.clone(),
-                });
-                checked_deep |= deep;
-                if report.errors.is_empty() {
-                    applied.store(report.revision, Ordering::Relaxed);
-                }
-                let took_us = report.took.as_micros() as u64;
-                if report.changes > 0 || !report.errors.is_empty() {
-                    tracing::info!(
-                        revision = report.revision,
-                        changes = report.changes,
-                        errors = report.errors.len(),
-                        deep,
-                        took_us,
-                        "reconciled"
-                    );
-                } else {
-                    tracing::debug!(
-                        revision = report.revision,
-                        deep,
-                        took_us,
-                        "reconcile pass: nothing to do"
-                    );
-                }
-                for e in &report.errors {
-                    tracing::warn!(error = %e, "reconcile");
-                }
-                if !ready {
-                    // systemd's READY: registered (or working offline) and the kernel converged once.
-                    ready = true;
-                    overlay_proto::sd_notify::notify_or_log(&format!(
-                        "READY=1\nSTATUS=converged to revision {}",
-                        report.revision
-                    ));
-                }
-                report_tx.send_replace(Some(Arc::new(report)));
-            }
-            Err(e) => tracing::error!(error = %e, "reconcile pass failed"),
+            c.audit(&spec).await;
+        } else {
+            c.regular_pass(&spec, deep).await;
         }
     }
 }
