@@ -247,6 +247,15 @@ impl KernelEvents {
         })
     }
 
+    /// What was raised so far, without waiting (for a pass about to run anyway).
+    pub fn take(&mut self) -> Changes {
+        let changes = Changes(self.shared.pending.swap(0, Ordering::AcqRel));
+        if changes.contains(Changes::OVERFLOW) {
+            self.last_overflow = Some(Instant::now());
+        }
+        changes
+    }
+
     /// Waits for the next change that concerns overlay, lets the burst gather for the debounce
     /// time and returns everything raised meanwhile. Cancel-safe: what is not returned stays
     /// pending for the next call.
@@ -263,14 +272,10 @@ impl KernelEvents {
             {
                 tokio::time::sleep(wait).await;
             }
-            let changes = Changes(self.shared.pending.swap(0, Ordering::AcqRel));
-            if changes.is_empty() {
-                continue;
+            let changes = self.take();
+            if !changes.is_empty() {
+                return changes;
             }
-            if changes.contains(Changes::OVERFLOW) {
-                self.last_overflow = Some(Instant::now());
-            }
-            return changes;
         }
     }
 }
@@ -352,14 +357,20 @@ async fn read_route(
         }
         let mut changes = Changes::default();
         let (mut relevant, mut ignored) = (0u64, 0u64);
-        for msg in messages(datagram) {
-            let found = match msg.map(NetlinkMessage::<RouteNetlinkMessage>::deserialize) {
-                Ok(Ok(NetlinkMessage {
-                    payload: NetlinkPayload::InnerMessage(m),
-                    ..
-                })) => filter.classify(&m),
-                // Not decodable: the periodic pass is the net for whatever it was.
-                _ => Changes::default(),
+        for msg in messages(datagram).flatten() {
+            let header_only = NetlinkBuffer::new_checked(msg)
+                .ok()
+                .and_then(|b| filter.classify_header(b.message_type(), b.payload()));
+            let found = match header_only {
+                Some(found) => found,
+                None => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg) {
+                    Ok(NetlinkMessage {
+                        payload: NetlinkPayload::InnerMessage(m),
+                        ..
+                    }) => filter.classify(&m),
+                    // Not decodable: the periodic pass is the net for whatever it was.
+                    _ => Changes::default(),
+                },
             };
             if found.is_empty() {
                 ignored += 1;

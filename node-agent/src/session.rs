@@ -556,20 +556,10 @@ impl Converger {
         Some(report)
     }
 
-    /// A pass that is not a repair (new desired state, periodic): what it could not fix is the
-    /// drift that remains.
-    async fn regular_pass(&mut self, spec: &Arc<HostSpec>, deep: bool) {
-        if let Some(report) = self.pass(spec, deep).await {
-            self.unresolved.clear();
-            self.publish(report.errors.clone());
-        }
-    }
-
-    /// Kernel notifications said overlay's objects changed: audit (one dump), and if that
-    /// shows drift, repair it with a pass and audit again to know what is left. Passes that
-    /// change nothing raise no notifications, so the agent's own repairs end here.
-    async fn repair(&mut self, spec: &Arc<HostSpec>, changes: Changes) {
-        let started = Instant::now();
+    /// What kernel notifications showed: drift against the desired state last programmed
+    /// (`None`: nothing to look at, or only the agent's own firewall rebuild).
+    async fn look(&mut self, changes: Changes) -> Option<Seen> {
+        let spec = self.converged.clone()?;
         let mut firewall_changed = false;
         if changes.contains(Changes::NFT) {
             let now = events::nft::fingerprint(firewall::TABLE).await;
@@ -578,28 +568,44 @@ impl Converger {
                 self.reconciler.forget_firewall();
             } else if changes == Changes::NFT {
                 // Only the agent's own rebuild (or something put back as it was).
-                return;
+                return None;
             }
         }
         self.out.metrics.observe_event_audit();
-        let mut found = match self.reconciler.audit(spec).await {
+        let mut found = match self.reconciler.audit(&spec).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "audit after a kernel change failed");
-                return;
+                return None;
             }
         };
-        let table_item = format!("nftables table {} changed", firewall::TABLE);
         if firewall_changed {
-            found.push(table_item.clone());
+            found.push(firewall_item());
         }
-        if found.is_empty() {
+        Some(Seen {
+            changes,
+            found,
+            firewall_changed,
+        })
+    }
+
+    /// Kernel notifications said overlay's objects changed: look (one dump), and if that
+    /// shows drift, repair it with a pass. Passes that change nothing raise no notifications,
+    /// so the agent's own repairs end here.
+    async fn repair(&mut self, changes: Changes) {
+        let Some(spec) = self.converged.clone() else {
+            return;
+        };
+        let Some(seen) = self.look(changes).await else {
+            return;
+        };
+        if seen.found.is_empty() {
             self.unresolved.clear();
-            self.publish(found);
+            self.publish(seen.found);
             return;
         }
-        if !firewall_changed && found.iter().all(|f| self.unresolved.contains(f)) {
-            self.publish(found);
+        if !seen.firewall_changed && seen.found.iter().all(|f| self.unresolved.contains(f)) {
+            self.publish(seen.found);
             return;
         }
         if let Some(wait) = self
@@ -610,39 +616,62 @@ impl Converger {
         }
         self.last_event_pass = Some(Instant::now());
         self.out.metrics.observe_event_pass();
-        let Some(report) = self.pass(spec, false).await else {
-            self.publish(found);
+        self.converge(&spec, false, Some(seen)).await;
+    }
+
+    /// A pass toward `spec`. With `seen` (drift notifications showed beforehand), audits
+    /// again afterwards and records what the pass repaired; otherwise what the pass could not
+    /// fix is the drift that remains.
+    async fn converge(&mut self, spec: &Arc<HostSpec>, deep: bool, seen: Option<Seen>) {
+        let started = Instant::now();
+        let Some(report) = self.pass(spec, deep).await else {
+            if let Some(seen) = seen {
+                self.publish(seen.found);
+            }
+            return;
+        };
+        let Some(seen) = seen.filter(|s| !s.found.is_empty()) else {
+            self.unresolved.clear();
+            self.publish(report.errors.clone());
             return;
         };
         let mut left = match self.reconciler.audit(spec).await {
             Ok(left) => left,
-            Err(_) => found.clone(),
+            Err(_) => seen.found.clone(),
         };
-        if firewall_changed && !report.firewall_rebuilt {
-            left.push(table_item);
+        if seen.firewall_changed && !report.firewall_rebuilt {
+            left.push(firewall_item());
         }
         let now = Instant::now();
-        let fixed: Vec<&String> = found.iter().filter(|f| !left.contains(f)).collect();
+        let fixed: Vec<&String> = seen.found.iter().filter(|f| !left.contains(f)).collect();
         tracing::info!(
-            %changes,
+            changes = %seen.changes,
             repaired = fixed.len(),
             left = left.len(),
-            first = %found[0],
+            first = %seen.found[0],
             took_ms = started.elapsed().as_millis() as u64,
             "drift repaired"
         );
         self.repaired.extend(fixed.into_iter().map(|f| (now, f.clone())));
         self.unresolved = left.iter().cloned().collect();
-        left.extend(
-            report
-                .errors
-                .iter()
-                .filter(|e| !left.contains(e))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        for e in report.errors.iter() {
+            if !left.contains(e) {
+                left.push(e.clone());
+            }
+        }
         self.publish(left);
     }
+}
+
+/// Drift the agent saw through kernel notifications, before the pass that repairs it.
+struct Seen {
+    changes: Changes,
+    found: Vec<String>,
+    firewall_changed: bool,
+}
+
+fn firewall_item() -> String {
+    format!("nftables table {} changed", firewall::TABLE)
 }
 
 async fn next_event(events: &mut Option<KernelEvents>) -> Changes {
@@ -687,10 +716,10 @@ async fn reconcile_loop(
         }
         if let Some(changes) = kicked {
             let current = spec_rx.borrow().clone();
-            match (current, c.converged.clone()) {
+            match (current, &c.converged) {
                 // Repairs converge to the state already programmed; a newer one gets a pass.
-                (Some(now), Some(done)) if Arc::ptr_eq(&now, &done) => {
-                    c.repair(&done, changes).await;
+                (Some(now), Some(done)) if Arc::ptr_eq(&now, done) => {
+                    c.repair(changes).await;
                     continue;
                 }
                 (None, _) => continue,
@@ -702,9 +731,17 @@ async fn reconcile_loop(
         };
         if audit_only {
             c.audit(&spec).await;
-        } else {
-            c.regular_pass(&spec, deep).await;
+            continue;
         }
+        // Drift notified but not looked at yet would be repaired by this pass unseen: look
+        // first (against what was programmed), so `doctor` still hears of it.
+        let pending =
+            kicked.unwrap_or_default() | events.as_mut().map(KernelEvents::take).unwrap_or_default();
+        let seen = match pending.is_empty() {
+            true => None,
+            false => c.look(pending).await,
+        };
+        c.converge(&spec, deep, seen).await;
     }
 }
 

@@ -233,3 +233,70 @@ fn an_overflowing_socket_is_reported_and_survived() {
         expect(&mut events, Changes::ROUTE, "route after the overflow").await;
     });
 }
+
+/// Port ids of this namespace's rtnetlink sockets subscribed to exactly the agent's groups
+/// (link, neighbour, IPv4 address, IPv4 route: 0x55), from /proc/thread-self/net/netlink.
+fn agent_route_ports() -> Vec<u32> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/netlink").expect("netlink table");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"0") && f.get(3) == Some(&"00000055"))
+                .then(|| f.get(2).and_then(|p| p.parse().ok()))
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn forged_notifications_from_a_process_are_ignored() {
+    use rtnetlink::packet_core::{Emitable, NetlinkHeader, NetlinkMessage};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+    use rtnetlink::sys::protocols::NETLINK_ROUTE;
+    use rtnetlink::sys::{Socket, SocketAddr};
+
+    in_fresh_netns("kfg", || async {
+        host();
+        let (mut events, _spec) = start(EventsOptions::default()).await;
+        let ports = agent_route_ports();
+        assert_eq!(ports.len(), 1, "the agent's socket is listed: {ports:?}");
+        // Any process of the namespace may send unicast to a netlink port: a "route deleted"
+        // that looks like overlay's own (protocol 79), sent straight to the agent's socket.
+        let mut route = RouteMessage::default();
+        route.header.address_family = rtnetlink::packet_route::AddressFamily::Inet;
+        route.header.destination_prefix_length = 24;
+        route.header.protocol = RouteProtocol::from(79);
+        route.header.table = 254;
+        route
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                "10.9.2.0".parse().unwrap(),
+            )));
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            RouteNetlinkMessage::DelRoute(route).into(),
+        );
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        let mut forger = Socket::new(NETLINK_ROUTE).expect("socket");
+        forger.bind_auto().expect("bind");
+        for _ in 0..100 {
+            forger
+                .send_to(&bytes, &SocketAddr::new(ports[0], 0), 0)
+                .expect("the kernel delivers it");
+        }
+        expect_quiet(&mut events, "forged notifications").await;
+        // The socket still hears the kernel.
+        ip("route add 10.9.2.0/24 via 10.9.2.0 dev ovx-1 onlink proto 79");
+        expect(
+            &mut events,
+            Changes::ROUTE,
+            "a real route change after the forgeries",
+        )
+        .await;
+    });
+}

@@ -17,12 +17,18 @@ use ipnetwork::Ipv4Network;
 use overlay_proto::names;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::AddressHeader;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourHeader};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 
 use super::Changes;
 use crate::kernel::{Link, OWNED_ALIAS, ROUTE_PROTOCOL};
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
 
 /// What overlay does with a device, as far as notifications go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,19 +89,45 @@ impl RouteFilter {
             RouteNetlinkMessage::NewLink(m) => self.link(m, false),
             RouteNetlinkMessage::DelLink(m) => self.link(m, true),
             RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m) => {
-                if m.header.family == AddressFamily::Inet && self.devices.contains_key(&m.header.index) {
-                    Changes::ADDRESS
-                } else {
-                    Changes::default()
-                }
+                self.address(m.header.family, m.header.index)
             }
-            RouteNetlinkMessage::NewNeighbour(m) | RouteNetlinkMessage::DelNeighbour(m) => self.neighbour(m),
+            RouteNetlinkMessage::NewNeighbour(m) | RouteNetlinkMessage::DelNeighbour(m) => {
+                self.neighbour(&m.header)
+            }
             RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m) => self.route(m),
             _ => Changes::default(),
         }
     }
 
+    /// Decides from the fixed header alone where that is enough: addresses and neighbours
+    /// (ARP and FDB), what workloads can make churn at line rate, skip the full decode.
+    /// `None`: the message needs [`RouteFilter::classify`].
+    pub fn classify_header(&self, message_type: u16, payload: &[u8]) -> Option<Changes> {
+        match message_type {
+            RTM_NEWADDR | RTM_DELADDR => AddressHeader::parse(payload)
+                .ok()
+                .map(|h| self.address(h.family, h.index)),
+            RTM_NEWNEIGH | RTM_DELNEIGH => NeighbourHeader::parse(payload).ok().map(|h| self.neighbour(&h)),
+            _ => None,
+        }
+    }
+
+    fn address(&self, family: AddressFamily, index: u32) -> Changes {
+        if family == AddressFamily::Inet && self.devices.contains_key(&index) {
+            Changes::ADDRESS
+        } else {
+            Changes::default()
+        }
+    }
+
     fn link(&mut self, m: &LinkMessage, deleted: bool) -> Changes {
+        // Per-family views of a device are not device changes: IPv6 settings (addrconf's
+        // AF_INET6 RTM_NEWLINK) and bridge-port state (AF_BRIDGE: STP state, learning flags;
+        // enslaving and releasing come as AF_UNSPEC messages too). Bridge-port messages carry
+        // no alias either, so they must not change what a device is known as.
+        if m.header.interface_family != AddressFamily::Unspec {
+            return Changes::default();
+        }
         let index = m.header.index;
         let mut name = None;
         let mut alias = None;
@@ -108,15 +140,6 @@ impl RouteFilter {
         }
         let now = name.and_then(|n| role(n, alias));
         let known = self.devices.get(&index).copied();
-        // Bridge-port messages (family AF_BRIDGE) describe a port, not the device: they carry
-        // no alias, so they must not change what the device is known as.
-        if m.header.interface_family == AddressFamily::Bridge {
-            return if known.is_some() || now.is_some() {
-                Changes::LINK
-            } else {
-                Changes::default()
-            };
-        }
         if deleted {
             self.devices.remove(&index);
         } else {
@@ -137,13 +160,13 @@ impl RouteFilter {
         }
     }
 
-    fn neighbour(&self, m: &NeighbourMessage) -> Changes {
-        if self.devices.get(&m.header.ifindex) != Some(&Role::Vxlan) {
+    fn neighbour(&self, h: &NeighbourHeader) -> Changes {
+        if self.devices.get(&h.ifindex) != Some(&Role::Vxlan) {
             return Changes::default();
         }
-        match m.header.family {
+        match h.family {
             AddressFamily::Inet => Changes::NEIGHBOUR,
-            AddressFamily::Bridge if !m.header.flags.contains(NeighbourFlags::Controller) => Changes::FDB,
+            AddressFamily::Bridge if !h.flags.contains(NeighbourFlags::Controller) => Changes::FDB,
             _ => Changes::default(),
         }
     }
@@ -183,8 +206,9 @@ impl RouteFilter {
 
 #[cfg(test)]
 mod tests {
+    use rtnetlink::packet_core::{Emitable, NetlinkHeader, NetlinkMessage};
     use rtnetlink::packet_route::address::AddressMessage;
-    use rtnetlink::packet_route::neighbour::NeighbourState;
+    use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
     use rtnetlink::packet_route::route::RouteProtocol;
 
     use super::*;
@@ -284,10 +308,11 @@ mod tests {
             ))),
             Changes::LINK
         );
-        // Its bridge-port messages carry no alias and do not make it a stranger.
+        // Its bridge-port messages (port state) are not device changes and carry no alias:
+        // they do not make it a stranger either.
         let mut port = link_msg(22, "eth0.7", None);
         port.header.interface_family = AddressFamily::Bridge;
-        assert_eq!(f.classify(&RouteNetlinkMessage::NewLink(port)), Changes::LINK);
+        assert!(f.classify(&RouteNetlinkMessage::NewLink(port)).is_empty());
         assert_eq!(f.devices(), 4);
         // Renamed away from overlay's prefixes: that change counts, later ones do not.
         assert_eq!(
@@ -350,6 +375,48 @@ mod tests {
             f.classify(&neigh(AddressFamily::Inet, 2, NeighbourFlags::empty()))
                 .is_empty()
         );
+    }
+
+    /// The header-only verdict agrees with the full decode, message by message.
+    #[test]
+    fn header_fast_path_agrees_with_the_full_decode() {
+        let mut f = filter();
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet;
+        let mut cases = Vec::new();
+        for index in [2, 5, 6, 9, 44] {
+            addr.header.index = index;
+            cases.push(RouteNetlinkMessage::NewAddress(addr.clone()));
+            for family in [AddressFamily::Inet, AddressFamily::Bridge, AddressFamily::Inet6] {
+                for flags in [NeighbourFlags::Own, NeighbourFlags::Controller] {
+                    cases.push(neigh(family, index, flags));
+                }
+            }
+        }
+        for msg in cases {
+            let mut nl = NetlinkMessage::new(NetlinkHeader::default(), msg.clone().into());
+            nl.finalize();
+            let mut bytes = vec![0; nl.buffer_len()];
+            nl.emit(&mut bytes);
+            let fast = f.classify_header(nl.header.message_type, &bytes[16..]);
+            assert_eq!(fast, Some(f.classify(&msg)), "{msg:?}");
+        }
+        // Links and routes need their attributes.
+        assert_eq!(f.classify_header(16, &[0; 16]), None);
+        assert_eq!(f.classify_header(24, &[0; 12]), None);
+        // A header too short to read is left to the full decode (which refuses it too).
+        assert_eq!(f.classify_header(RTM_NEWNEIGH, &[0; 3]), None);
+    }
+
+    #[test]
+    fn per_family_device_views_are_not_link_changes() {
+        let mut f = filter();
+        for family in [AddressFamily::Inet6, AddressFamily::Bridge] {
+            let mut m = link_msg(6, "ovx-1", None);
+            m.header.interface_family = family;
+            assert!(f.classify(&RouteNetlinkMessage::NewLink(m)).is_empty());
+        }
+        assert_eq!(f.devices(), 3, "and the device is still known");
     }
 
     #[test]
