@@ -295,8 +295,8 @@ fn messages(datagram: &[u8]) -> impl Iterator<Item = Result<&[u8], ()>> {
     })
 }
 
-/// Reads one socket until it fails for good; `on_datagram` gets every datagram the kernel
-/// sent (anything else on the socket is ignored), `on_overflow` every lost batch.
+/// Reads one socket for as long as the agent runs; `on_datagram` gets every datagram the
+/// kernel sent (anything else on the socket is dropped), `on_overflow` every lost batch.
 async fn read_loop(
     socket: TokioSocket,
     what: &'static str,
@@ -308,8 +308,8 @@ async fn read_loop(
     loop {
         buf.clear();
         match socket.recv_from(&mut buf).await {
-            // Only the kernel (port 0) speaks on these groups; a process that could send
-            // here is root in this namespace already, but it gets no say in the agent.
+            // Only the kernel (port 0) is heard: any process of the namespace can unicast to
+            // this port, and what it says about routes or tables is worth nothing.
             Ok(from) if from.port_number() == 0 => {
                 failures = 0;
                 on_datagram(&buf);
@@ -319,8 +319,8 @@ async fn read_loop(
             Err(e) => {
                 failures += 1;
                 tracing::warn!(socket = what, error = %e, failures, "reading kernel notifications failed");
-                // Keep the ENOBUFS path for overflows; anything else: wait, and count it as an
-                // overflow so nothing that happened meanwhile is missed.
+                // Unexpected: back off, and count it as an overflow so whatever happened
+                // meanwhile gets one look.
                 on_overflow();
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
             }

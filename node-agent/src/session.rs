@@ -1,6 +1,6 @@
 //! The agent's life: register the host, keep a Watch stream open to any controller replica,
-//! reconcile on every new desired state and periodically, heartbeat, and report endpoint
-//! status back. A controller outage leaves the datapath as it is; the agent keeps
+//! reconcile on every new desired state, on kernel notifications of drift (see
+//! [`crate::events`]) and periodically, heartbeat, and report endpoint status back. A controller outage leaves the datapath as it is; the agent keeps
 //! reconciling toward the last state it knew and re-syncs as soon as a replica answers.
 
 use std::collections::BTreeSet;
@@ -466,8 +466,7 @@ struct Converger {
     /// What the last repair could not fix; events that show nothing else do not retry it
     /// (the periodic pass does).
     unresolved: BTreeSet<String>,
-    /// Drift repairs fixed, and when.
-    repaired: Vec<(Instant, String)>,
+    repaired: Repaired,
     /// Overlay's nftables tables as listed right after the agent last wrote them (`None`:
     /// unknown), to tell a change behind its back from its own rebuild.
     firewall_baseline: Option<String>,
@@ -476,14 +475,8 @@ struct Converger {
 
 impl Converger {
     /// Publishes the current drift, with what was repaired lately.
-    fn publish(&mut self, mut items: Vec<String>) {
-        self.repaired.retain(|(at, _)| at.elapsed() < REPAIRED_HOLD);
-        for (_, item) in &self.repaired {
-            let line = format!("repaired: {item}");
-            if !items.contains(item) && !items.contains(&line) {
-                items.push(line);
-            }
-        }
+    fn publish(&mut self, items: Vec<String>) {
+        let items = self.repaired.report(items, Instant::now());
         self.out.drift_tx.send_replace(Drift {
             found_ms: now_ms(),
             items,
@@ -642,7 +635,6 @@ impl Converger {
         if seen.firewall_changed && !report.firewall_rebuilt {
             left.push(firewall_item());
         }
-        let now = Instant::now();
         let fixed: Vec<&String> = seen.found.iter().filter(|f| !left.contains(f)).collect();
         tracing::info!(
             changes = %seen.changes,
@@ -652,7 +644,7 @@ impl Converger {
             took_ms = started.elapsed().as_millis() as u64,
             "drift repaired"
         );
-        self.repaired.extend(fixed.into_iter().map(|f| (now, f.clone())));
+        self.repaired.record(&fixed, Instant::now());
         self.unresolved = left.iter().cloned().collect();
         for e in report.errors.iter() {
             if !left.contains(e) {
@@ -660,6 +652,34 @@ impl Converger {
             }
         }
         self.publish(left);
+    }
+}
+
+/// Drift that repairs fixed, each kept for [`REPAIRED_HOLD`] after its latest repair.
+#[derive(Default)]
+struct Repaired {
+    items: Vec<(Instant, String)>,
+}
+
+impl Repaired {
+    /// One entry per item: bounded by the items, not by how often they are repaired.
+    fn record(&mut self, fixed: &[&String], now: Instant) {
+        self.items.retain(|(_, item)| !fixed.contains(&item));
+        self.items.extend(fixed.iter().map(|f| (now, f.to_string())));
+    }
+
+    /// The drift to report: `current`, then `repaired: <item>` for each recent repair that
+    /// is not drifted again.
+    fn report(&mut self, mut current: Vec<String>, now: Instant) -> Vec<String> {
+        self.items
+            .retain(|(at, _)| now.saturating_duration_since(*at) < REPAIRED_HOLD);
+        for (_, item) in &self.items {
+            let line = format!("repaired: {item}");
+            if !current.contains(item) && !current.contains(&line) {
+                current.push(line);
+            }
+        }
+        current
     }
 }
 
@@ -700,7 +720,7 @@ async fn reconcile_loop(
         ready: false,
         converged: None,
         unresolved: BTreeSet::new(),
-        repaired: Vec::new(),
+        repaired: Repaired::default(),
         firewall_baseline: None,
         last_event_pass: None,
     };
@@ -804,5 +824,43 @@ async fn report_loop(
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repaired_drift_is_reported_for_a_while_once_per_item() {
+        let (route, fdb) = ("missing route 10.1.2.0/24".to_string(), "missing fdb".to_string());
+        let mut r = Repaired::default();
+        let t0 = Instant::now();
+        r.record(&[&route, &fdb], t0);
+        r.record(&[&route], t0 + Duration::from_secs(5));
+        assert_eq!(r.items.len(), 2, "one entry per item");
+        assert_eq!(
+            r.report(
+                vec!["endpoint 3: no namespace".into()],
+                t0 + Duration::from_secs(1)
+            ),
+            vec![
+                "endpoint 3: no namespace".to_string(),
+                format!("repaired: {fdb}"),
+                format!("repaired: {route}"),
+            ]
+        );
+        // Drifted again: reported as current drift only.
+        assert_eq!(
+            r.report(vec![route.clone()], t0 + Duration::from_secs(2)),
+            vec![route.clone(), format!("repaired: {fdb}")]
+        );
+        // The fdb repair is older than the hold; the route's latest repair is not.
+        assert_eq!(
+            r.report(vec![], t0 + REPAIRED_HOLD + Duration::from_secs(1)),
+            vec![format!("repaired: {route}")]
+        );
+        assert!(r.report(vec![], t0 + REPAIRED_HOLD * 2).is_empty());
+        assert!(r.items.is_empty());
     }
 }
