@@ -1,7 +1,8 @@
 //! The agent's life: register the host, keep a Watch stream open to any controller replica,
 //! reconcile on every new desired state, on kernel notifications of drift (see
-//! [`crate::events`]) and periodically, heartbeat, and report endpoint status back. A controller outage leaves the datapath as it is; the agent keeps
-//! reconciling toward the last state it knew and re-syncs as soon as a replica answers.
+//! [`crate::events`]) and periodically, heartbeat, and report endpoint status back. A
+//! controller outage leaves the datapath as it is; the agent keeps reconciling toward the
+//! last state it knew and re-syncs as soon as a replica answers.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
