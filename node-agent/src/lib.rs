@@ -4,10 +4,12 @@
 //! Pure parts, tested without root: [`spec`] (parsing and validating the desired state),
 //! [`kernel`] (a snapshot of kernel state), [`plan`] (the diff). I/O: [`netlink`] (dumps and
 //! changes over rtnetlink), [`netns`] (running netlink inside a workload namespace),
-//! [`reconcile`] (one convergence pass), [`session`] (the controller connection).
+//! [`reconcile`] (one convergence pass), [`events`] (kernel notifications that trigger repairs),
+//! [`session`] (the controller connection and the reconcile loop).
 
 pub mod audit;
 pub mod endpoint;
+pub mod events;
 pub mod firewall;
 pub mod kernel;
 pub mod metrics;

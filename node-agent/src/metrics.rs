@@ -1,6 +1,6 @@
 //! Prometheus metrics of an agent (`--metrics-listen`): reconcile passes and what they changed
 //! in the kernel, errors, the desired revision received and the one applied, the controller
-//! session.
+//! session, and the kernel notifications that trigger repairs (see [`crate::events`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +17,12 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// relevant (concerns overlay) | ignored
+    pub verdict: &'static str,
+}
+
 pub struct AgentMetrics {
     pub registry: Registry,
     reconcile_seconds: Histogram,
@@ -27,6 +33,10 @@ pub struct AgentMetrics {
     connected: Gauge,
     endpoints: Gauge,
     endpoints_failed: Gauge,
+    kernel_events: Family<VerdictLabel, Counter>,
+    event_overflows: Counter,
+    event_audits: Counter,
+    event_passes: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -50,6 +60,10 @@ impl AgentMetrics {
             connected: Gauge::default(),
             endpoints: Gauge::default(),
             endpoints_failed: Gauge::default(),
+            kernel_events: Family::default(),
+            event_overflows: Counter::default(),
+            event_audits: Counter::default(),
+            event_passes: Counter::default(),
         };
         registry.register(
             "reconcile_duration_seconds",
@@ -87,6 +101,26 @@ impl AgentMetrics {
             "Endpoints of this host that could not be wired",
             m.endpoints_failed.clone(),
         );
+        registry.register(
+            "kernel_events",
+            "Kernel change notifications received (rtnetlink and nftables), by whether they concerned overlay",
+            m.kernel_events.clone(),
+        );
+        registry.register(
+            "kernel_event_overflows",
+            "Times a notification socket overflowed (ENOBUFS) and notifications were lost",
+            m.event_overflows.clone(),
+        );
+        registry.register(
+            "event_audits",
+            "Audits run because kernel notifications said overlay's objects changed",
+            m.event_audits.clone(),
+        );
+        registry.register(
+            "event_passes",
+            "Reconcile passes run because kernel notifications showed drift (repairs)",
+            m.event_passes.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -109,6 +143,28 @@ impl AgentMetrics {
         self.endpoints.set(r.endpoints.len() as i64);
         self.endpoints_failed
             .set(r.endpoints.values().filter(|s| s.is_err()).count() as i64);
+    }
+
+    pub fn observe_kernel_events(&self, relevant: u64, ignored: u64) {
+        for (verdict, n) in [("relevant", relevant), ("ignored", ignored)] {
+            if n > 0 {
+                self.kernel_events
+                    .get_or_create(&VerdictLabel { verdict })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    pub fn observe_event_overflow(&self) {
+        self.event_overflows.inc();
+    }
+
+    pub fn observe_event_audit(&self) {
+        self.event_audits.inc();
+    }
+
+    pub fn observe_event_pass(&self) {
+        self.event_passes.inc();
     }
 
     pub fn set_desired(&self, revision: u64) {

@@ -53,6 +53,8 @@ pub struct PassReport {
     pub errors: Vec<String>,
     pub endpoints: EndpointStatuses,
     pub took: Duration,
+    /// The pass wrote overlay's nftables table (so the kernel's copy is now the agent's own).
+    pub firewall_rebuilt: bool,
 }
 
 pub struct Reconciler {
@@ -112,6 +114,12 @@ impl Reconciler {
         std::fs::write(&tmp, bytes)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| format!("save {}: {e}", path.display()))
+    }
+
+    /// Makes the next pass rebuild the firewall table even though it believes the table is in
+    /// place: the table was changed behind the agent's back (see [`crate::events`]).
+    pub fn forget_firewall(&mut self) {
+        self.firewall = None;
     }
 
     /// Where the kernel differs from `spec`, without changing anything (see [`crate::audit`]).
@@ -255,6 +263,7 @@ impl Reconciler {
                 Ok(Ok(())) => {
                     tracing::info!(networks = wanted.networks.len(), "firewall table rebuilt");
                     self.firewall = Some(wanted);
+                    report.firewall_rebuilt = true;
                     report.changes += 1;
                     report.objects.updated += 1;
                 }

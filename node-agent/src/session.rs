@@ -1,13 +1,15 @@
 //! The agent's life: register the host, keep a Watch stream open to any controller replica,
-//! reconcile on every new desired state and periodically, heartbeat, and report endpoint
-//! status back. A controller outage leaves the datapath as it is; the agent keeps
-//! reconciling toward the last state it knew and re-syncs as soon as a replica answers.
+//! reconcile on every new desired state, on kernel notifications of drift (see
+//! [`crate::events`]) and periodically, heartbeat, and report endpoint status back. A
+//! controller outage leaves the datapath as it is; the agent keeps reconciling toward the
+//! last state it knew and re-syncs as soon as a replica answers.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use overlay_proto::connect::Controllers;
 use overlay_proto::tls::{Role, Tls, TlsError};
@@ -16,6 +18,8 @@ use overlay_proto::v1::agent_client::AgentClient;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::events::{self, Changes, EventsOptions, KernelEvents};
+use crate::firewall;
 use crate::metrics::AgentMetrics;
 use crate::netlink::Netlink;
 use crate::reconcile::{EndpointStatuses, PassReport, Reconciler, Underlay};
@@ -153,11 +157,27 @@ pub async fn run(
     let config = Arc::new(config);
     let applied = Arc::new(AtomicU64::new(0));
 
+    // Opened here, on the agent's own thread: the sockets listen in the host namespace.
+    let events = match KernelEvents::start(
+        &nl,
+        spec_rx.clone(),
+        Some(metrics.clone()),
+        EventsOptions::default(),
+    )
+    .await
+    {
+        Ok(events) => Some(events),
+        Err(e) => {
+            tracing::warn!(error = %e, "no kernel notifications: drift is repaired by the periodic pass only");
+            None
+        }
+    };
     let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir));
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
             spec_rx,
+            events,
             config.resync,
             config.heartbeat,
             PassOutputs {
@@ -438,97 +458,321 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long drift that a repair fixed stays in the status report, as `repaired: <item>`: a
+/// repair takes milliseconds, and `doctor` must still show what the agent saw.
+pub const REPAIRED_HOLD: Duration = Duration::from_secs(10);
+/// Least time between two passes triggered by kernel events: bounds what a kernel (or another
+/// program) that keeps re-creating the same drift can cost.
+const EVENT_PASS_GAP: Duration = Duration::from_millis(50);
+
+/// The reconcile loop's state between passes.
+struct Converger {
+    reconciler: Reconciler,
+    out: PassOutputs,
+    checked_deep: bool,
+    ready: bool,
+    /// The desired state the last pass converged to: the only one a repair works toward (a
+    /// newer one gets a regular pass).
+    converged: Option<Arc<HostSpec>>,
+    /// What the last repair could not fix; events that show nothing else do not retry it
+    /// (the periodic pass does).
+    unresolved: BTreeSet<String>,
+    repaired: Repaired,
+    /// Overlay's nftables tables as listed right after the agent last wrote them (`None`:
+    /// unknown), to tell a change behind its back from its own rebuild.
+    firewall_baseline: Option<String>,
+    last_event_pass: Option<Instant>,
+}
+
+impl Converger {
+    /// Publishes the current drift, with what was repaired lately.
+    fn publish(&mut self, items: Vec<String>) {
+        let items = self.repaired.report(items, Instant::now());
+        self.out.drift_tx.send_replace(Drift {
+            found_ms: now_ms(),
+            items,
+        });
+    }
+
+    /// Look, do not touch (the heartbeat-paced audit): drift stays visible to `doctor`.
+    async fn audit(&mut self, spec: &HostSpec) {
+        match self.reconciler.audit(spec).await {
+            Ok(drift) => {
+                if !drift.is_empty() {
+                    tracing::warn!(items = drift.len(), first = %drift[0], "kernel drifted from the desired state");
+                }
+                self.publish(drift);
+            }
+            Err(e) => tracing::warn!(error = %e, "audit failed"),
+        }
+    }
+
+    /// One pass toward `spec`; the report is published (status, metrics), the drift is left
+    /// to the caller.
+    async fn pass(&mut self, spec: &Arc<HostSpec>, deep: bool) -> Option<Arc<PassReport>> {
+        let report = match self.reconciler.pass(spec, deep).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile pass failed");
+                return None;
+            }
+        };
+        self.out.metrics.observe_pass(&report);
+        self.converged = Some(spec.clone());
+        self.checked_deep |= deep;
+        if report.errors.is_empty() {
+            self.out.applied.store(report.revision, Ordering::Relaxed);
+        }
+        let took_us = report.took.as_micros() as u64;
+        if report.changes > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                revision = report.revision,
+                changes = report.changes,
+                errors = report.errors.len(),
+                deep,
+                took_us,
+                "reconciled"
+            );
+        } else {
+            tracing::debug!(
+                revision = report.revision,
+                deep,
+                took_us,
+                "reconcile pass: nothing to do"
+            );
+        }
+        for e in &report.errors {
+            tracing::warn!(error = %e, "reconcile");
+        }
+        if report.firewall_rebuilt {
+            self.firewall_baseline = events::nft::fingerprint(firewall::TABLE).await.ok();
+        }
+        if !self.ready {
+            // systemd's READY: registered (or working offline) and the kernel converged once.
+            self.ready = true;
+            overlay_proto::sd_notify::notify_or_log(&format!(
+                "READY=1\nSTATUS=converged to revision {}",
+                report.revision
+            ));
+        }
+        let report = Arc::new(report);
+        self.out.report_tx.send_replace(Some(report.clone()));
+        Some(report)
+    }
+
+    /// What kernel notifications showed: drift against the desired state last programmed
+    /// (`None`: nothing to look at, or only the agent's own firewall rebuild).
+    async fn look(&mut self, changes: Changes) -> Option<Seen> {
+        let spec = self.converged.clone()?;
+        let mut firewall_changed = false;
+        if changes.contains(Changes::NFT) {
+            let now = events::nft::fingerprint(firewall::TABLE).await;
+            if now.is_err() || now.ok() != self.firewall_baseline {
+                firewall_changed = true;
+                self.reconciler.forget_firewall();
+            } else if changes == Changes::NFT {
+                // Only the agent's own rebuild (or something put back as it was).
+                return None;
+            }
+        }
+        self.out.metrics.observe_event_audit();
+        let mut found = match self.reconciler.audit(&spec).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit after a kernel change failed");
+                return None;
+            }
+        };
+        if firewall_changed {
+            found.push(firewall_item());
+        }
+        Some(Seen {
+            changes,
+            found,
+            firewall_changed,
+        })
+    }
+
+    /// Kernel notifications said overlay's objects changed: look (one dump), and if that
+    /// shows drift, repair it with a pass. Passes that change nothing raise no notifications,
+    /// so the agent's own repairs end here.
+    async fn repair(&mut self, changes: Changes) {
+        let Some(spec) = self.converged.clone() else {
+            return;
+        };
+        let Some(seen) = self.look(changes).await else {
+            return;
+        };
+        if seen.found.is_empty() {
+            self.unresolved.clear();
+            self.publish(seen.found);
+            return;
+        }
+        if !seen.firewall_changed && seen.found.iter().all(|f| self.unresolved.contains(f)) {
+            self.publish(seen.found);
+            return;
+        }
+        if let Some(wait) = self
+            .last_event_pass
+            .and_then(|last| EVENT_PASS_GAP.checked_sub(last.elapsed()))
+        {
+            tokio::time::sleep(wait).await;
+        }
+        self.last_event_pass = Some(Instant::now());
+        self.out.metrics.observe_event_pass();
+        self.converge(&spec, false, Some(seen)).await;
+    }
+
+    /// A pass toward `spec`. With `seen` (drift notifications showed beforehand), audits
+    /// again afterwards and records what the pass repaired; otherwise what the pass could not
+    /// fix is the drift that remains.
+    async fn converge(&mut self, spec: &Arc<HostSpec>, deep: bool, seen: Option<Seen>) {
+        let started = Instant::now();
+        let Some(report) = self.pass(spec, deep).await else {
+            if let Some(seen) = seen {
+                self.publish(seen.found);
+            }
+            return;
+        };
+        let Some(seen) = seen.filter(|s| !s.found.is_empty()) else {
+            self.unresolved.clear();
+            self.publish(report.errors.clone());
+            return;
+        };
+        let mut left = match self.reconciler.audit(spec).await {
+            Ok(left) => left,
+            Err(_) => seen.found.clone(),
+        };
+        if seen.firewall_changed && !report.firewall_rebuilt {
+            left.push(firewall_item());
+        }
+        let fixed: Vec<&String> = seen.found.iter().filter(|f| !left.contains(f)).collect();
+        tracing::info!(
+            changes = %seen.changes,
+            repaired = fixed.len(),
+            left = left.len(),
+            first = %seen.found[0],
+            took_ms = started.elapsed().as_millis() as u64,
+            "drift repaired"
+        );
+        self.repaired.record(&fixed, Instant::now());
+        self.unresolved = left.iter().cloned().collect();
+        for e in report.errors.iter() {
+            if !left.contains(e) {
+                left.push(e.clone());
+            }
+        }
+        self.publish(left);
+    }
+}
+
+/// Drift that repairs fixed, each kept for [`REPAIRED_HOLD`] after its latest repair.
+#[derive(Default)]
+struct Repaired {
+    items: Vec<(Instant, String)>,
+}
+
+impl Repaired {
+    /// One entry per item: bounded by the items, not by how often they are repaired.
+    fn record(&mut self, fixed: &[&String], now: Instant) {
+        self.items.retain(|(_, item)| !fixed.contains(&item));
+        self.items.extend(fixed.iter().map(|f| (now, f.to_string())));
+    }
+
+    /// The drift to report: `current`, then `repaired: <item>` for each recent repair that
+    /// is not drifted again.
+    fn report(&mut self, mut current: Vec<String>, now: Instant) -> Vec<String> {
+        self.items
+            .retain(|(at, _)| now.saturating_duration_since(*at) < REPAIRED_HOLD);
+        for (_, item) in &self.items {
+            let line = format!("repaired: {item}");
+            if !current.contains(item) && !current.contains(&line) {
+                current.push(line);
+            }
+        }
+        current
+    }
+}
+
+/// Drift the agent saw through kernel notifications, before the pass that repairs it.
+struct Seen {
+    changes: Changes,
+    found: Vec<String>,
+    firewall_changed: bool,
+}
+
+fn firewall_item() -> String {
+    format!("nftables table {} changed", firewall::TABLE)
+}
+
+async fn next_event(events: &mut Option<KernelEvents>) -> Changes {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn reconcile_loop(
-    mut reconciler: Reconciler,
+    reconciler: Reconciler,
     mut spec_rx: watch::Receiver<Option<Arc<HostSpec>>>,
+    mut events: Option<KernelEvents>,
     resync: Duration,
     audit_every: Duration,
     out: PassOutputs,
 ) {
-    let PassOutputs {
-        report_tx,
-        drift_tx,
-        applied,
-        metrics,
-    } = out;
     let mut timer = tokio::time::interval(resync);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut audit_timer = tokio::time::interval(audit_every);
     audit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut checked_deep = false;
-    let mut ready = false;
+    let mut c = Converger {
+        reconciler,
+        out,
+        checked_deep: false,
+        ready: false,
+        converged: None,
+        unresolved: BTreeSet::new(),
+        repaired: Repaired::default(),
+        firewall_baseline: None,
+        last_event_pass: None,
+    };
     loop {
-        let mut deep = !checked_deep;
+        let mut deep = !c.checked_deep;
         let mut audit_only = false;
+        let mut kicked = None;
         tokio::select! {
             changed = spec_rx.changed() => if changed.is_err() { return },
             _ = timer.tick() => deep = true,
             _ = audit_timer.tick() => audit_only = true,
+            changes = next_event(&mut events) => kicked = Some(changes),
+        }
+        if let Some(changes) = kicked {
+            let current = spec_rx.borrow().clone();
+            match (current, &c.converged) {
+                // Repairs converge to the state already programmed; a newer one gets a pass.
+                (Some(now), Some(done)) if Arc::ptr_eq(&now, done) => {
+                    c.repair(changes).await;
+                    continue;
+                }
+                (None, _) => continue,
+                _ => {}
+            }
         }
         let Some(spec) = spec_rx.borrow_and_update().clone() else {
             continue;
         };
         if audit_only {
-            // Look, do not touch: drift stays visible to `doctor` until the next pass repairs it.
-            match reconciler.audit(&spec).await {
-                Ok(drift) => {
-                    if !drift.is_empty() {
-                        tracing::warn!(items = drift.len(), first = %drift[0], "kernel drifted from the desired state");
-                    }
-                    drift_tx.send_replace(Drift {
-                        found_ms: now_ms(),
-                        items: drift,
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "audit failed"),
-            }
+            c.audit(&spec).await;
             continue;
         }
-        match reconciler.pass(&spec, deep).await {
-            Ok(report) => {
-                metrics.observe_pass(&report);
-                // What a pass could not fix is the drift that remains.
-                drift_tx.send_replace(Drift {
-                    found_ms: now_ms(),
-                    items: report.errors.clone(),
-                });
-                checked_deep |= deep;
-                if report.errors.is_empty() {
-                    applied.store(report.revision, Ordering::Relaxed);
-                }
-                let took_us = report.took.as_micros() as u64;
-                if report.changes > 0 || !report.errors.is_empty() {
-                    tracing::info!(
-                        revision = report.revision,
-                        changes = report.changes,
-                        errors = report.errors.len(),
-                        deep,
-                        took_us,
-                        "reconciled"
-                    );
-                } else {
-                    tracing::debug!(
-                        revision = report.revision,
-                        deep,
-                        took_us,
-                        "reconcile pass: nothing to do"
-                    );
-                }
-                for e in &report.errors {
-                    tracing::warn!(error = %e, "reconcile");
-                }
-                if !ready {
-                    // systemd's READY: registered (or working offline) and the kernel converged once.
-                    ready = true;
-                    overlay_proto::sd_notify::notify_or_log(&format!(
-                        "READY=1\nSTATUS=converged to revision {}",
-                        report.revision
-                    ));
-                }
-                report_tx.send_replace(Some(Arc::new(report)));
-            }
-            Err(e) => tracing::error!(error = %e, "reconcile pass failed"),
-        }
+        // Drift notified but not looked at yet would be repaired by this pass unseen: look
+        // first (against what was programmed), so `doctor` still hears of it.
+        let pending =
+            kicked.unwrap_or_default() | events.as_mut().map(KernelEvents::take).unwrap_or_default();
+        let seen = match pending.is_empty() {
+            true => None,
+            false => c.look(pending).await,
+        };
+        c.converge(&spec, deep, seen).await;
     }
 }
 
@@ -591,5 +835,43 @@ async fn report_loop(
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repaired_drift_is_reported_for_a_while_once_per_item() {
+        let (route, fdb) = ("missing route 10.1.2.0/24".to_string(), "missing fdb".to_string());
+        let mut r = Repaired::default();
+        let t0 = Instant::now();
+        r.record(&[&route, &fdb], t0);
+        r.record(&[&route], t0 + Duration::from_secs(5));
+        assert_eq!(r.items.len(), 2, "one entry per item");
+        assert_eq!(
+            r.report(
+                vec!["endpoint 3: no namespace".into()],
+                t0 + Duration::from_secs(1)
+            ),
+            vec![
+                "endpoint 3: no namespace".to_string(),
+                format!("repaired: {fdb}"),
+                format!("repaired: {route}"),
+            ]
+        );
+        // Drifted again: reported as current drift only.
+        assert_eq!(
+            r.report(vec![route.clone()], t0 + Duration::from_secs(2)),
+            vec![route.clone(), format!("repaired: {fdb}")]
+        );
+        // The fdb repair is older than the hold; the route's latest repair is not.
+        assert_eq!(
+            r.report(vec![], t0 + REPAIRED_HOLD + Duration::from_secs(1)),
+            vec![format!("repaired: {route}")]
+        );
+        assert!(r.report(vec![], t0 + REPAIRED_HOLD * 2).is_empty());
+        assert!(r.items.is_empty());
     }
 }

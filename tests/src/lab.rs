@@ -292,6 +292,11 @@ impl Lab {
         self.hosts[host].agent.take().and_then(|a| a.terminate(within))
     }
 
+    /// Process id of the agent of `host`, while one runs (`ip netns exec` execs it in place).
+    pub fn agent_pid(&self, host: usize) -> Option<u32> {
+        self.hosts[host].agent.as_ref().map(Daemon::pid)
+    }
+
     pub fn agent_log_path(&self, host: usize) -> &std::path::Path {
         &self.hosts[host].log
     }
@@ -623,6 +628,13 @@ impl PingFlow {
             .spawn()
             .map_err(crate::io("spawn ping"))?;
         Ok(Self { child })
+    }
+
+    /// Ends the flow now (SIGINT: ping prints its summary) and parses it.
+    pub fn stop(self) -> Result<PingStats> {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        self.wait()
     }
 
     /// Waits for the flow to end and parses `N packets transmitted, M received`.
