@@ -299,8 +299,11 @@ async fn damaged_store_is_detected_not_served() {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let log = log.get(seen..).unwrap_or(&log);
         if outcome == "refused" {
-            // anyhow's report: "Error: <cause>" (a backtrace may follow when RUST_BACKTRACE is set).
-            let error = log.lines().find(|l| l.starts_with("Error: ")).unwrap_or_default();
+            // The one line a failed start prints: "overlay-controller: <cause>".
+            let error = log
+                .lines()
+                .find(|l| l.starts_with("overlay-controller: "))
+                .unwrap_or_default();
             assert!(
                 error.contains("raft.redb"),
                 "{what}: exited without a clear error naming the store\n{log}"
