@@ -347,6 +347,7 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
         "address": e.address, "ip": e.address.split('/').next().unwrap_or_default(),
         "mac": e.mac, "gateway": e.gateway, "state": ep_state(e),
         "message": (!e.message.is_empty()).then_some(&e.message),
+        "default_route": e.default_route,
     })
 }
 
@@ -366,12 +367,15 @@ fn endpoint_table(eps: &[pb::Endpoint]) {
                 e.ifname.clone(),
                 e.address.clone(),
                 e.mac.clone(),
+                if e.default_route { "default" } else { "network" }.to_string(),
                 state,
             ]
         })
         .collect();
     table(
-        &["NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "STATE"],
+        &[
+            "NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "ROUTE", "STATE",
+        ],
         rows,
     );
 }
@@ -439,6 +443,12 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
             "controller replica {r} did not answer; its agents may be missing"
         ));
     }
+    for e in &d.gone_endpoints {
+        problems.push(format!(
+            "{}: endpoint {} of {} ({}) is gone: {}; its agent releases it after its grace period",
+            e.host, e.address, e.network, e.netns, e.message
+        ));
+    }
     if f == Format::Json {
         let hosts: Vec<Value> = d
             .hosts
@@ -453,7 +463,11 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
                 })
             })
             .collect();
-        print_json(&json!({"healthy": problems.is_empty(), "hosts": hosts, "problems": problems}));
+        let gone: Vec<Value> = d.gone_endpoints.iter().map(endpoint_json).collect();
+        print_json(&json!({
+            "healthy": problems.is_empty(), "hosts": hosts, "gone_endpoints": gone,
+            "problems": problems,
+        }));
         return problems;
     }
     let rows = d
@@ -480,6 +494,15 @@ pub fn doctor(f: Format, d: &pb::DoctorResponse) -> Vec<String> {
         &["HOST", "CONNECTED", "HEARTBEAT", "APPLIED", "LAG", "DRIFT"],
         rows,
     );
+    if !d.gone_endpoints.is_empty() {
+        println!("\ngone endpoints (released by their agent after its grace period):");
+        for e in &d.gone_endpoints {
+            println!(
+                "  {} {} {} ({}): {}",
+                e.host, e.network, e.address, e.netns, e.message
+            );
+        }
+    }
     for h in d.hosts.iter().filter(|h| !h.drift.is_empty()) {
         let found = age(h.audited_ms)
             .map(|a| format!(" (found {}s ago)", a / 1000))
