@@ -280,6 +280,11 @@ impl Lab {
         }
     }
 
+    /// The pid of `host`'s agent process, while it runs.
+    pub fn agent_pid(&self, host: usize) -> Option<u32> {
+        self.hosts[host].agent.as_ref().map(Daemon::pid)
+    }
+
     pub fn agent_log_path(&self, host: usize) -> &std::path::Path {
         &self.hosts[host].log
     }
@@ -347,6 +352,14 @@ impl Lab {
         let ns = format!("{}-{name}", self.prefix);
         self.namespaces.add(&ns)?;
         self.workloads.push(ns.clone());
+        Ok(ns)
+    }
+
+    /// Names the namespace of process `pid` `<prefix>-<name>` under /run/netns (`ip netns
+    /// attach`); removed with the lab. Returns the name.
+    pub fn name_namespace_of(&mut self, name: &str, pid: u32) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.namespaces.attach(&ns, pid)?;
         Ok(ns)
     }
 
