@@ -536,7 +536,7 @@ fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
         mac: e.mac.to_string(),
         gateway: e.gateway.to_string(),
         host_ifname: host_ifname(e.id),
-        default_route: e.default_route,
+        default_route: Some(e.default_route),
     }
 }
 
@@ -552,7 +552,7 @@ fn endpoint_list<'a>(
     let mut list: Vec<Arc<pb::LocalEndpoint>> = eps
         .into_iter()
         .map(|e| match old.get(&e.id) {
-            Some(known) if known.default_route == e.default_route => Arc::clone(known),
+            Some(known) if known.default_route == Some(e.default_route) => Arc::clone(known),
             _ => Arc::new(local_endpoint(e)),
         })
         .collect();

@@ -494,6 +494,23 @@ mod tests {
             refused(NetnsRef::Path(dir.join("missing"))),
             format!("namespace {} not found", dir.join("missing").display())
         );
+        // A namespace, but not a network one (bind-mounted like `ip netns` does).
+        let uts = dir.join("uts");
+        std::fs::write(&uts, b"").expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg("/proc/self/ns/uts")
+            .arg(&uts)
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            let msg = refused(NetnsRef::Path(uts.clone()));
+            let _ = std::process::Command::new("umount").arg(&uts).status();
+            assert!(
+                msg.contains("is a uts namespace, not a network namespace"),
+                "{msg}"
+            );
+        }
         let link = dir.join("link");
         std::os::unix::fs::symlink("/etc/passwd", &link).expect("symlink");
         assert!(refused(NetnsRef::Path(link)).contains("symbolic link"));

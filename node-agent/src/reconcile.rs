@@ -171,6 +171,13 @@ impl Reconciler {
             .map(|l| l.index)
             .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
         let mut drift = crate::audit::drift(spec, &kernel, underlay_index, &self.macvlans);
+        // A gone endpoint is reported as gone, not also as missing on every audit.
+        let gone: Vec<String> = spec
+            .endpoints()
+            .filter(|e| self.gone.contains_key(&e.id))
+            .map(|e| format!("missing endpoint {} ", e.address))
+            .collect();
+        drift.retain(|line| !gone.iter().any(|g| line.starts_with(g.as_str())));
         let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
         self.audits += 1;
         if !wanted.networks.is_empty() && self.audits % FIREWALL_AUDIT_EVERY == 1 {

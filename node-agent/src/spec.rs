@@ -361,7 +361,7 @@ fn network(
                 peer_ifname: format!("{}{:x}", names::PEER_PREFIX, e.id),
                 attachment,
                 cidr,
-                default_route: e.default_route,
+                default_route: e.default_route.unwrap_or(true),
             })
         })();
         match parsed {
@@ -424,7 +424,7 @@ mod tests {
                     mac: "0a:58:0a:01:00:02".into(),
                     gateway: "10.1.0.1".into(),
                     host_ifname: "ovv-1a".into(),
-                    default_route: true,
+                    default_route: Some(true),
                 }],
             }],
         }
@@ -463,6 +463,19 @@ mod tests {
         );
         assert!(spec.networks[0].endpoints.is_empty() && spec.networks[0].peers.is_empty());
         assert_eq!(spec.rejected.len(), 3, "{:?}", spec.rejected);
+    }
+
+    #[test]
+    fn route_roles_and_what_an_older_controller_means() {
+        let mut d = sample();
+        d.networks[0].endpoints[0].default_route = Some(false);
+        let ep = &HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap()).networks[0].endpoints[0];
+        assert!(!ep.default_route);
+        assert_eq!(ep.cidr.to_string(), "10.1.0.0/16");
+        // A controller that does not know the field: every endpoint routes by default, as then.
+        d.networks[0].endpoints[0].default_route = None;
+        let ep = &HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap()).networks[0].endpoints[0];
+        assert!(ep.default_route);
     }
 
     #[test]

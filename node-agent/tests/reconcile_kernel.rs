@@ -45,7 +45,7 @@ fn desired(workload_ns: &str, peers: &[(&str, &str, &str, &str)]) -> pb::HostDes
                 mac: "0a:58:0a:01:00:02".into(),
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-7".into(),
-                default_route: true,
+                default_route: Some(true),
             }],
             ..Default::default()
         }],

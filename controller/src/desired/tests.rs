@@ -334,7 +334,7 @@ proptest! {
                 // And the agent sees one default route per namespace.
                 let mut per_ns: BTreeMap<&str, usize> = BTreeMap::new();
                 for e in state.networks.iter().flat_map(|n| n.endpoints.iter()) {
-                    *per_ns.entry(e.netns.as_str()).or_default() += usize::from(e.default_route);
+                    *per_ns.entry(e.netns.as_str()).or_default() += usize::from(e.default_route == Some(true));
                 }
                 prop_assert!(per_ns.values().all(|n| *n == 1), "{:?}", per_ns);
             }

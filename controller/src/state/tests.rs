@@ -987,7 +987,11 @@ fn a_moved_default_route_reaches_the_agent_as_an_endpoint_change() {
     let flags: Vec<(String, bool)> = full
         .networks
         .iter()
-        .flat_map(|n| n.endpoints.iter().map(move |e| (n.name.clone(), e.default_route)))
+        .flat_map(|n| {
+            n.endpoints
+                .iter()
+                .map(move |e| (n.name.clone(), e.default_route == Some(true)))
+        })
         .collect();
     assert_eq!(flags, [("blue".to_string(), false), ("red".to_string(), true)]);
     let Some(overlay_proto::v1::WatchEvent {
@@ -1004,7 +1008,7 @@ fn a_moved_default_route_reaches_the_agent_as_an_endpoint_change() {
         .expect("blue's endpoint list changed");
     assert_eq!(blue_change.upsert.len(), 1);
     assert_eq!(blue_change.upsert[0].id, blue.id);
-    assert!(!blue_change.upsert[0].default_route);
+    assert_eq!(blue_change.upsert[0].default_route, Some(false));
 }
 
 #[test]

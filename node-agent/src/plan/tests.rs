@@ -46,7 +46,7 @@ fn spec() -> HostSpec {
                 mac: "0a:58:0a:01:00:02".into(),
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-1a".into(),
-                default_route: true,
+                default_route: Some(true),
             }],
             ..Default::default()
         }],
@@ -365,7 +365,7 @@ fn macvlan_spec(parent: &str) -> HostSpec {
                 mac: "0a:58:c6:33:64:82".into(),
                 gateway: "198.51.100.1".into(),
                 host_ifname: "ovv-9".into(),
-                default_route: true,
+                default_route: Some(true),
             }],
             ..Default::default()
         }],
