@@ -53,8 +53,9 @@ struct Member {
 type Members = BTreeMap<String, Arc<Member>>;
 /// (network, host) → endpoint ids that appeared (`true`) or went away, in order.
 type Patches<'a> = BTreeMap<(&'a str, &'a str), Vec<(u64, bool)>>;
-/// Host → its endpoints in a network, by id. Endpoints never change once created (status is
-/// not part of the desired state), so each keeps its `Arc` for its whole life.
+/// Host → its endpoints in a network, by id. What an agent programs of an endpoint changes only
+/// when the namespace's default route moves to or from it (status is not part of the desired
+/// state), so each keeps its `Arc` until then.
 type EndpointLists = BTreeMap<String, Arc<Vec<Arc<pb::LocalEndpoint>>>>;
 
 /// One network at one revision.
@@ -558,11 +559,12 @@ fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
         mac: e.mac.to_string(),
         gateway: e.gateway.to_string(),
         host_ifname: host_ifname(e.id),
+        default_route: Some(e.default_route),
     }
 }
 
-/// A host's endpoints in a network, by id, reusing the entries of `old` (by id: endpoints
-/// are immutable once created), so only new ones are formatted.
+/// A host's endpoints in a network, by id, reusing the entries of `old` (by id, unless the
+/// default route moved), so only new or changed ones are formatted.
 fn endpoint_list<'a>(
     eps: impl IntoIterator<Item = &'a crate::model::Endpoint>,
     old: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>,
@@ -573,8 +575,8 @@ fn endpoint_list<'a>(
     let mut list: Vec<Arc<pb::LocalEndpoint>> = eps
         .into_iter()
         .map(|e| match old.get(&e.id) {
-            Some(known) => Arc::clone(known),
-            None => Arc::new(local_endpoint(e)),
+            Some(known) if known.default_route == Some(e.default_route) => Arc::clone(known),
+            _ => Arc::new(local_endpoint(e)),
         })
         .collect();
     list.sort_by_key(|e| e.id);

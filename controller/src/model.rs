@@ -137,6 +137,9 @@ pub enum EndpointStatus {
     Pending,
     Ready,
     Failed(String),
+    /// Its namespace is gone or was replaced (why); the agent no longer wires it and releases
+    /// it after its grace period.
+    Gone(String),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -152,4 +155,9 @@ pub struct Endpoint {
     pub mac: MacAddr,
     pub status: EndpointStatus,
     pub created_ms: i64,
+    /// Its gateway is the namespace's default route. Exactly one endpoint of each namespace
+    /// (host, netns) holds it, decided in `apply`: absent from records written before it
+    /// existed, and then given to the oldest one when a snapshot is loaded.
+    #[serde(default)]
+    pub default_route: bool,
 }

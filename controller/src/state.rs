@@ -65,11 +65,21 @@ pub enum Command {
         ifname: String,
         ip: Option<Ipv4Addr>,
         now_ms: i64,
+        /// Take the namespace's default route from whichever endpoint has it (`--default-route`).
+        /// Entries written before this existed read as `false`.
+        #[serde(default)]
+        default_route: bool,
     },
     DetachEndpoint {
         network: String,
         host: String,
         netns: String,
+    },
+    /// An agent gives up an endpoint of its own host that it has reported gone (its namespace
+    /// vanished or was replaced, and stayed so for the agent's grace period).
+    ReleaseEndpoint {
+        host: String,
+        id: u64,
     },
     /// An agent's report on the endpoints of its host; only changes are logged.
     ReportEndpoints {
@@ -202,6 +212,12 @@ pub enum StateError {
     },
     #[error("macvlan passthru network {network:?} already has its one endpoint on host {host:?}")]
     PassthruTaken { network: String, host: String },
+    #[error("no endpoint with id {0}")]
+    UnknownEndpointId(u64),
+    #[error("permission denied: endpoint {id} belongs to host {owner:?}, not {host:?}")]
+    EndpointOfOtherHost { id: u64, host: String, owner: String },
+    #[error("endpoint {id} is {state}, not gone: an agent releases only endpoints it has reported gone")]
+    EndpointNotGone { id: u64, state: String },
 }
 
 /// Coarse kind of a [`StateError`], for mapping onto gRPC codes and exit messages.
@@ -212,6 +228,7 @@ pub enum ErrorKind {
     NotFound,
     FailedPrecondition,
     ResourceExhausted,
+    PermissionDenied,
 }
 
 impl StateError {
@@ -225,8 +242,13 @@ impl StateError {
             | AddressInUse { .. }
             | EndpointExists { .. }
             | IfnameInUse { .. } => ErrorKind::AlreadyExists,
-            UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } => ErrorKind::NotFound,
-            NetworkHasEndpoints { .. } | PassthruTaken { .. } => ErrorKind::FailedPrecondition,
+            UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } | UnknownEndpointId(_) => {
+                ErrorKind::NotFound
+            }
+            NetworkHasEndpoints { .. } | PassthruTaken { .. } | EndpointNotGone { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            EndpointOfOtherHost { .. } => ErrorKind::PermissionDenied,
             VniExhausted | SubnetPoolExhausted { .. } | AddressPoolExhausted { .. } => {
                 ErrorKind::ResourceExhausted
             }
@@ -324,6 +346,16 @@ enum Touch {
     },
 }
 
+/// The fields of [`Command::AttachEndpoint`] that describe the endpoint.
+struct Attach {
+    network: String,
+    host: String,
+    netns: String,
+    ifname: String,
+    ip: Option<Ipv4Addr>,
+    default_route: bool,
+}
+
 impl PartialEq for ClusterState {
     fn eq(&self, other: &Self) -> bool {
         self.revision == other.revision
@@ -362,6 +394,31 @@ impl ClusterState {
                 .insert(ep.ip, ep.id);
             self.by_key
                 .insert((ep.network.clone(), ep.host.clone(), ep.netns.clone()), ep.id);
+        }
+        self.give_unheld_default_routes();
+    }
+
+    /// A namespace whose endpoints were recorded before default routes were (a snapshot of an
+    /// older version) gets it on its oldest endpoint: what `apply` would have decided, so every
+    /// replica ends up with the same records whatever it started from.
+    fn give_unheld_default_routes(&mut self) {
+        let mut groups: BTreeMap<(&str, &str), (u64, bool)> = BTreeMap::new();
+        for ep in self.endpoints.values() {
+            let g = groups
+                .entry((ep.host.as_str(), ep.netns.as_str()))
+                .or_insert((ep.id, false));
+            g.0 = g.0.min(ep.id);
+            g.1 |= ep.default_route;
+        }
+        let oldest: Vec<u64> = groups
+            .into_values()
+            .filter(|(_, held)| !held)
+            .map(|(id, _)| id)
+            .collect();
+        for id in oldest {
+            if let Some(ep) = self.endpoints.get_mut(&id) {
+                ep.default_route = true;
+            }
         }
     }
 
@@ -421,12 +478,24 @@ impl ClusterState {
                 ifname,
                 ip,
                 now_ms,
+                default_route,
             } => self
-                .attach(network, host, netns, ifname, ip, now_ms)
+                .attach(
+                    Attach {
+                        network,
+                        host,
+                        netns,
+                        ifname,
+                        ip,
+                        default_route,
+                    },
+                    now_ms,
+                )
                 .map(Response::Endpoint),
             Command::DetachEndpoint { network, host, netns } => self
                 .detach(&network, &host, &netns)
                 .map(Response::EndpointDetached),
+            Command::ReleaseEndpoint { host, id } => self.release(&host, id).map(Response::EndpointDetached),
             Command::ReportEndpoints { host, statuses } => Ok(Response::StatusRecorded {
                 changed: self.report_endpoints(&host, statuses),
             }),
@@ -461,6 +530,17 @@ impl ClusterState {
                         .is_some_and(|n| n.leases.contains_key(host)),
                 }
             }
+            Command::ReleaseEndpoint { id, .. } => match self.endpoints.get(id) {
+                Some(ep) => Touch::Endpoints {
+                    network: ep.network.clone(),
+                    host: ep.host.clone(),
+                    had_lease: self
+                        .networks
+                        .get(&ep.network)
+                        .is_some_and(|n| n.leases.contains_key(&ep.host)),
+                },
+                None => Touch::Nothing,
+            },
             Command::Heartbeat { .. } | Command::ReportEndpoints { .. } | Command::Batch(_) => Touch::Nothing,
         }
     }
@@ -836,15 +916,15 @@ impl ClusterState {
 
     // ------------------------------------------------------------------ endpoints
 
-    fn attach(
-        &mut self,
-        network_name: String,
-        host_name: String,
-        netns: String,
-        ifname: String,
-        requested: Option<Ipv4Addr>,
-        now_ms: i64,
-    ) -> Result<Endpoint, StateError> {
+    fn attach(&mut self, request: Attach, now_ms: i64) -> Result<Endpoint, StateError> {
+        let Attach {
+            network: network_name,
+            host: host_name,
+            netns,
+            ifname,
+            ip: requested,
+            default_route: wants_default,
+        } = request;
         validate_netns(&netns)?;
         validate_ifname("interface name", &ifname)?;
         let network = self
@@ -964,6 +1044,15 @@ impl ClusterState {
         };
 
         // All checks passed: mutate.
+        // One default route per namespace: the first endpoint's, unless this one asks for it.
+        let holder = self
+            .namespace_endpoints(&host_name, &netns)
+            .into_iter()
+            .find(|id| self.endpoints.get(id).is_some_and(|e| e.default_route));
+        let default_route = wants_default || holder.is_none();
+        if wants_default && let Some(old) = holder {
+            self.set_default_route(old, false);
+        }
         let network = self.networks.get_mut(&network_name).expect("checked above");
         match network.mode {
             Mode::Vxlan | Mode::Nat => {
@@ -988,6 +1077,7 @@ impl ClusterState {
             mac: ipam::mac_from_ip(ip),
             status: EndpointStatus::Pending,
             created_ms: now_ms,
+            default_route,
         };
         self.addresses
             .entry(network_name)
@@ -1050,7 +1140,73 @@ impl ClusterState {
             .remove(&(ep.network.clone(), ep.host.clone(), ep.netns.clone()));
         self.by_ifname
             .remove(&(ep.host.clone(), ep.netns.clone(), ep.ifname.clone()));
+        if ep.default_route
+            && let Some(oldest) = self.namespace_endpoints(&ep.host, &ep.netns).into_iter().min()
+        {
+            // The namespace keeps a default route: the oldest remaining endpoint takes it over.
+            self.set_default_route(oldest, true);
+        }
         Some(ep)
+    }
+
+    /// Ids of the endpoints in namespace `netns` of `host`, whatever their network.
+    fn namespace_endpoints(&self, host: &str, netns: &str) -> Vec<u64> {
+        let start = (host.to_string(), netns.to_string(), String::new());
+        self.by_ifname
+            .range(start..)
+            .take_while(|((h, n, _), _)| h == host && n == netns)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Gives or takes away an existing endpoint's default route. Its record changes, so it is
+    /// logged as leaving and arriving again: Watch readers that patch their endpoint lists from
+    /// the log then pick up the new record (see [`ChangeMarks`]).
+    fn set_default_route(&mut self, id: u64, on: bool) {
+        let Some(ep) = self.endpoints.get_mut(&id) else {
+            return;
+        };
+        if ep.default_route == on {
+            return;
+        }
+        ep.default_route = on;
+        let (network, host) = (ep.network.clone(), ep.host.clone());
+        let revision = self.revision + 1;
+        for added in [false, true] {
+            self.marks.log_endpoint(EndpointEvent {
+                revision,
+                network: network.clone(),
+                host: host.clone(),
+                id,
+                added,
+            });
+        }
+        self.marks.endpoints.insert((network, host), revision);
+    }
+
+    /// An agent releases an endpoint of its own host that it reported gone.
+    fn release(&mut self, host: &str, id: u64) -> Result<Endpoint, StateError> {
+        let ep = self.endpoints.get(&id).ok_or(StateError::UnknownEndpointId(id))?;
+        if ep.host != host {
+            return Err(StateError::EndpointOfOtherHost {
+                id,
+                host: host.to_string(),
+                owner: ep.host.clone(),
+            });
+        }
+        let state = match &ep.status {
+            EndpointStatus::Gone(_) => None,
+            EndpointStatus::Pending => Some("pending"),
+            EndpointStatus::Ready => Some("ready"),
+            EndpointStatus::Failed(_) => Some("failed"),
+        };
+        if let Some(state) = state {
+            return Err(StateError::EndpointNotGone {
+                id,
+                state: state.to_string(),
+            });
+        }
+        self.forget_endpoint(id).ok_or(StateError::UnknownEndpointId(id))
     }
 
     fn report_endpoints(&mut self, host: &str, statuses: Vec<(u64, EndpointStatus)>) -> u32 {

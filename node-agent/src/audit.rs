@@ -53,27 +53,35 @@ pub fn drift(
         EntryOp::DelRoute { route } => format!("extra route {}", route.dst),
     }));
     out.extend(
-        plan::endpoints(spec, kernel, false, macvlans)
-            .iter()
-            .filter_map(|op| match op {
-                EndpointOp::Wire { spec, .. } => Some(format!(
-                    "missing endpoint {} ({} in {})",
-                    spec.address, spec.ifname, spec.netns
-                )),
-                EndpointOp::FixHostSide { spec, .. } => Some(format!(
-                    "endpoint {} host side detached, down or wrong mtu",
-                    spec.address
-                )),
-                EndpointOp::RemoveMacvlan { record } => Some(format!(
-                    "extra macvlan endpoint {} in {}",
-                    record.id, record.netns
-                )),
-                EndpointOp::Blocked { device, reason, .. } => {
-                    Some(format!("endpoint blocked: {device}: {reason}"))
-                }
-                // Checked inside the namespace only by deep passes.
-                EndpointOp::Verify { .. } | EndpointOp::VerifyMacvlan { .. } => None,
-            }),
+        plan::endpoints(
+            spec,
+            kernel,
+            false,
+            plan::Known {
+                macvlans,
+                routes: &BTreeMap::new(),
+            },
+        )
+        .iter()
+        .filter_map(|op| match op {
+            EndpointOp::Wire { spec, .. } => Some(format!(
+                "missing endpoint {} ({} in {})",
+                spec.address, spec.ifname, spec.netns
+            )),
+            EndpointOp::FixHostSide { spec, .. } => Some(format!(
+                "endpoint {} host side detached, down or wrong mtu",
+                spec.address
+            )),
+            EndpointOp::RemoveMacvlan { record } => Some(format!(
+                "extra macvlan endpoint {} in {}",
+                record.id, record.netns
+            )),
+            EndpointOp::Blocked { device, reason, .. } => {
+                Some(format!("endpoint blocked: {device}: {reason}"))
+            }
+            // Checked inside the namespace only by deep passes.
+            EndpointOp::Verify { .. } | EndpointOp::VerifyMacvlan { .. } => None,
+        }),
     );
     out
 }

@@ -4,8 +4,14 @@
 //!   moves into the workload's namespace.
 //! - macvlan: a sub-interface of the parent NIC, moved whole into the namespace.
 //!
-//! Either way the workload side is renamed, given its MAC, MTU and address, and a default
-//! route via the gateway. A failed attempt leaves nothing behind.
+//! Either way the workload side is renamed, given its MAC, MTU and address, and routes via
+//! the gateway: the default route if the endpoint holds its namespace's, else a route to its
+//! network's CIDR. A failed attempt leaves nothing behind.
+//!
+//! Every function here works on a namespace already opened and checked ([`netns::open`]) and
+//! pinned by the caller: `expect_cookie` refuses a namespace that replaced the pinned one.
+//! Inside it, the agent touches only its own interface and routes via its own gateway on it:
+//! a route it did not create is never replaced.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -13,12 +19,39 @@ use std::os::fd::AsRawFd;
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::link::MacVlanMode;
+use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkMacVlan, LinkUnspec, RouteMessageBuilder};
 
-use crate::kernel::MacvlanRecord;
+use crate::kernel::{MacvlanRecord, ROUTE_PROTOCOL, Route};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::netns;
-use crate::spec::{Attachment, EndpointSpec, MacvlanMode, NetnsRef};
+use crate::netns::{Namespace, NetnsError};
+use crate::spec::{Attachment, EndpointSpec, MacvlanMode};
+
+/// Why an endpoint operation did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The namespace is gone, or is not the one the endpoint was wired into: nothing to retry.
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<NetnsError> for EndpointError {
+    fn from(e: NetnsError) -> Self {
+        if e.is_gone() {
+            EndpointError::Gone(e.to_string())
+        } else {
+            EndpointError::Failed(e.to_string())
+        }
+    }
+}
+
+impl From<String> for EndpointError {
+    fn from(e: String) -> Self {
+        EndpointError::Failed(e)
+    }
+}
 
 /// What the workload side must look like.
 #[derive(Clone, Debug)]
@@ -32,6 +65,10 @@ struct WorkloadSide {
     mtu: Option<u32>,
     address: Ipv4Network,
     gateway: Ipv4Addr,
+    /// Holds the namespace's default route.
+    default_route: bool,
+    /// The network's CIDR, routed via the gateway when the default route is not ours.
+    cidr: Ipv4Network,
 }
 
 impl WorkloadSide {
@@ -43,6 +80,8 @@ impl WorkloadSide {
             mtu: (ep.mtu != 0).then_some(ep.mtu),
             address: ep.address,
             gateway: ep.gateway,
+            default_route: ep.default_route,
+            cidr: ep.cidr,
         }
     }
 }
@@ -75,32 +114,33 @@ async fn clear_stranded(nl: &Netlink, ep: &EndpointSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates a veth endpoint from scratch. `stale` devices (a broken earlier attempt) go first.
+/// Creates a veth endpoint from scratch in `ns`. `stale` devices (a broken earlier attempt)
+/// go first. Returns the namespace cookie seen inside.
 pub async fn wire(
     nl: &Netlink,
     ep: &EndpointSpec,
+    ns: &Namespace,
+    expect_cookie: Option<u64>,
     stale: &[(String, u32)],
     bridge_index: u32,
-) -> Result<(), String> {
+) -> Result<Option<u64>, EndpointError> {
     let (bridge, host_ifname) = veth_names(ep)?;
-    // Open the namespace first: a missing namespace must fail before anything is created.
-    let path = ep.netns.path();
-    let ns = netns::open(&path).map_err(|e| e.to_string())?;
     for (name, index) in stale {
         nl.delete_link(name, *index).await.map_err(nl_err)?;
     }
     clear_stranded(nl, ep).await?;
-    nl.create_veth_into(host_ifname, &ep.peer_ifname, ep.mtu, &ns)
+    nl.create_veth_into(host_ifname, &ep.peer_ifname, ep.mtu, ns.file())
         .await
         .map_err(nl_err)?;
     let result = async {
-        configure_inside(ep, ns).await?;
+        let cookie = configure_inside(ep, ns, expect_cookie).await?;
         let host = nl
             .link_by_name(host_ifname)
             .await
             .map_err(nl_err)?
             .ok_or_else(|| format!("veth end {host_ifname} vanished"))?;
-        attach_host_side(nl, ep, host.index, bridge_index).await
+        attach_host_side(nl, ep, host.index, bridge_index).await?;
+        Ok(cookie)
     }
     .await;
     if result.is_err()
@@ -113,16 +153,15 @@ pub async fn wire(
     result
 }
 
-/// Configures `ep.peer_ifname`, already inside the namespace open at `ns`, as the workload's
-/// interface.
-async fn configure_inside(ep: &EndpointSpec, ns: std::fs::File) -> Result<(), String> {
+/// Configures `ep.peer_ifname`, already inside `ns`, as the workload's interface.
+async fn configure_inside(
+    ep: &EndpointSpec,
+    ns: &Namespace,
+    expect_cookie: Option<u64>,
+) -> Result<Option<u64>, EndpointError> {
     let side = WorkloadSide::of(ep, Some(ep.peer_ifname.clone()));
-    netns::run_in(ns, ep.netns.path().display().to_string(), move |nl| {
-        configure(nl, side)
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    let entered = ns.run(expect_cookie, move |nl| configure(nl, side)).await?;
+    Ok(entered.cookie)
 }
 
 /// Puts a veth's host end on the bridge with the network's MTU and brings it up.
@@ -144,14 +183,16 @@ pub async fn attach_host_side(
     .map_err(nl_err)
 }
 
-/// Checks the workload side and repairs what differs (address, MAC, MTU, default route).
-pub async fn verify(ep: &EndpointSpec) -> Result<Checked, String> {
-    let path = ep.netns.path();
-    let ns = netns::open(&path).map_err(|e| e.to_string())?;
+/// Checks the workload side in `ns` and repairs what differs (address, MAC, MTU, routes).
+/// Returns what it found and the namespace cookie seen inside.
+pub async fn verify(
+    ep: &EndpointSpec,
+    ns: &Namespace,
+    expect_cookie: Option<u64>,
+) -> Result<(Checked, Option<u64>), EndpointError> {
     let side = WorkloadSide::of(ep, None);
-    netns::run_in(ns, path.display().to_string(), move |nl| configure(nl, side))
-        .await
-        .map_err(|e| e.to_string())
+    let entered = ns.run(expect_cookie, move |nl| configure(nl, side)).await?;
+    Ok((entered.value, entered.cookie))
 }
 
 fn macvlan_mode(mode: MacvlanMode) -> MacVlanMode {
@@ -163,16 +204,18 @@ fn macvlan_mode(mode: MacvlanMode) -> MacVlanMode {
     }
 }
 
-/// Creates a macvlan endpoint on `parent_index` and moves it into the workload namespace.
+/// Creates a macvlan endpoint on `parent_index` inside `ns`. Returns its record and the
+/// namespace cookie seen inside.
 pub async fn wire_macvlan(
     nl: &Netlink,
     ep: &EndpointSpec,
+    ns: &Namespace,
+    expect_cookie: Option<u64>,
     parent_index: u32,
-) -> Result<MacvlanRecord, String> {
+) -> Result<(MacvlanRecord, Option<u64>), EndpointError> {
     let Attachment::Macvlan { mode, .. } = &ep.attachment else {
-        return Err("not a macvlan endpoint".into());
+        return Err(EndpointError::Failed("not a macvlan endpoint".into()));
     };
-    let ns = netns::open(&ep.netns.path()).map_err(|e| e.to_string())?;
     clear_stranded(nl, ep).await?;
     let mut msg =
         LinkMacVlan::new(&ep.peer_ifname, parent_index, macvlan_mode(*mode)).address(ep.mac.0.to_vec());
@@ -183,40 +226,38 @@ pub async fn wire_macvlan(
     // `configure` deletes it there.
     nl.handle()
         .link()
-        .add(msg.setns_by_fd(ns.as_raw_fd()).build())
+        .add(msg.setns_by_fd(ns.file().as_raw_fd()).build())
         .execute()
         .await
         .map_err(|e| format!("create macvlan {}: {e}", ep.peer_ifname))?;
-    configure_inside(ep, ns).await?;
-    Ok(MacvlanRecord {
+    let cookie = configure_inside(ep, ns, expect_cookie).await?;
+    let record = MacvlanRecord {
         id: ep.id,
         netns: ep.netns.as_text(),
         ifname: ep.ifname.clone(),
         mac: ep.mac,
-    })
+    };
+    Ok((record, cookie))
 }
 
-/// Deletes a detached macvlan endpoint inside its namespace: only the interface with the
-/// recorded name and MAC, so a device the workload made itself is never touched. A namespace
-/// that is gone took the interface with it.
-pub async fn remove_macvlan(record: &MacvlanRecord) -> Result<(), String> {
-    let netns = NetnsRef::parse(&record.netns)?;
-    let path = netns.path();
-    let ns = match netns::open(&path) {
-        Ok(ns) => ns,
-        Err(netns::NetnsError::NotFound(_)) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
-    };
+/// Deletes a detached macvlan endpoint inside `ns` (the namespace it was wired into): only
+/// the interface with the recorded name and MAC, so a device the workload made itself is
+/// never touched.
+pub async fn remove_macvlan(
+    record: &MacvlanRecord,
+    ns: &Namespace,
+    expect_cookie: Option<u64>,
+) -> Result<(), EndpointError> {
     let (ifname, mac) = (record.ifname.clone(), record.mac);
-    netns::run_in(ns, path.display().to_string(), move |nl| async move {
+    ns.run(expect_cookie, move |nl| async move {
         let links = nl.links().await.map_err(nl_err)?;
         if let Some(l) = links.iter().find(|l| l.name == ifname && l.mac == Some(mac)) {
             nl.delete_link(&l.name, l.index).await.map_err(nl_err)?;
         }
         Ok(())
     })
-    .await
-    .map_err(|e| e.to_string())
+    .await?;
+    Ok(())
 }
 
 /// Runs inside the workload namespace. When the interface is arriving and anything fails, it
@@ -322,26 +363,138 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
             .map_err(|e| format!("add address {}: {e}", w.address))?;
         repairs += 1;
     }
-    let has_default = nl
-        .routes()
-        .await
-        .map_err(nl_err)?
-        .iter()
-        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(w.gateway) && r.oif == Some(index));
-    if !has_default {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(w.gateway)
-            .output_interface(index)
-            .build();
-        nl.handle()
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| format!("add default route via {}: {e}", w.gateway))?;
-        repairs += 1;
-    }
+    repairs += sync_routes(nl, w, index).await?;
     Ok(Checked::Fine(repairs))
+}
+
+/// What the endpoint must route via its gateway, given the namespace's routes: the default
+/// route if it holds it and nobody else's is there, otherwise its network's CIDR (unless its
+/// own address already covers it, as on a macvlan LAN). Pure, for the tests.
+fn wanted_routes(w: &WorkloadSide, index: u32, routes: &[Route]) -> (bool, Option<Ipv4Network>) {
+    let ours = |r: &Route| r.gateway == Some(w.gateway) && r.oif == Some(index);
+    let foreign_default = routes.iter().any(|r| r.dst.prefix() == 0 && !ours(r));
+    let default = w.default_route && !foreign_default;
+    let covered = w.address.prefix() <= w.cidr.prefix();
+    let cidr = (!default && !covered).then_some(w.cidr);
+    (default, cidr)
+}
+
+/// Brings the routes via the endpoint's gateway on its interface to what [`wanted_routes`]
+/// says. Routes through anything else are someone else's and never touched.
+async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize, String> {
+    let routes = nl.routes().await.map_err(nl_err)?;
+    let (want_default, want_cidr) = wanted_routes(w, index, &routes);
+    let default_dst = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid");
+    let ours = |r: &&Route| r.gateway == Some(w.gateway) && r.oif == Some(index);
+    let mut repairs = 0;
+    for (dst, wanted) in [(default_dst, want_default), (w.cidr, want_cidr.is_some())] {
+        let have = routes.iter().filter(ours).find(|r| r.dst == dst);
+        match (have, wanted) {
+            (None, true) => {
+                if let Some(other) = routes.iter().find(|r| r.dst == dst) {
+                    return Err(format!(
+                        "the namespace already routes {dst} via {} (not overlay's); not replacing it",
+                        other
+                            .gateway
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| "a device".into())
+                    ));
+                }
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix())
+                    .gateway(w.gateway)
+                    .output_interface(index)
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                    .build();
+                // Exclusive: never replaces a route that appeared meanwhile.
+                nl.handle()
+                    .route()
+                    .add(route)
+                    .execute()
+                    .await
+                    .map_err(|e| format!("add route {dst} via {}: {e}", w.gateway))?;
+                if dst == w.cidr && w.default_route {
+                    tracing::warn!(ifname = %w.ifname, %dst, "the namespace has a default route overlay did not make; routing only the network via the gateway");
+                }
+                repairs += 1;
+            }
+            (Some(r), false) => {
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix())
+                    .gateway(w.gateway)
+                    .output_interface(index)
+                    .protocol(RouteProtocol::from(r.protocol))
+                    .build();
+                let deleted =
+                    nl.handle()
+                        .route()
+                        .del(route)
+                        .execute()
+                        .await
+                        .map_err(|source| NetlinkError::Op {
+                            op: format!("delete route {dst} via {}", w.gateway),
+                            source,
+                        });
+                match deleted {
+                    Ok(()) => repairs += 1,
+                    Err(e) if crate::netlink::is_gone(&e) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(repairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(default_route: bool, address: &str, cidr: &str) -> WorkloadSide {
+        WorkloadSide {
+            ifname: "eth0".into(),
+            arriving_as: None,
+            mac: "0a:58:0a:01:00:02".parse().unwrap(),
+            mtu: None,
+            address: address.parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            default_route,
+            cidr: cidr.parse().unwrap(),
+        }
+    }
+
+    fn route(dst: &str, gw: &str, oif: u32) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(oif),
+            protocol: 4,
+            onlink: false,
+        }
+    }
+
+    #[test]
+    fn one_default_route_the_rest_route_their_network() {
+        let holder = side(true, "10.1.0.2/24", "10.1.0.0/16");
+        assert_eq!(wanted_routes(&holder, 5, &[]), (true, None));
+        // Its own default route (any protocol) is kept.
+        let own = [route("0.0.0.0/0", "10.1.0.1", 5)];
+        assert_eq!(wanted_routes(&holder, 5, &own), (true, None));
+        // Someone else's default route is left alone: route the network instead.
+        let foreign = [route("0.0.0.0/0", "192.168.7.1", 9)];
+        assert_eq!(
+            wanted_routes(&holder, 5, &foreign),
+            (false, Some("10.1.0.0/16".parse().unwrap()))
+        );
+        let other = side(false, "10.1.0.2/24", "10.1.0.0/16");
+        assert_eq!(
+            wanted_routes(&other, 5, &own),
+            (false, Some("10.1.0.0/16".parse().unwrap())),
+            "an endpoint without the role gives its default route up"
+        );
+        // A LAN address already covers its network: no route needed.
+        let lan = side(false, "198.51.100.7/24", "198.51.100.0/24");
+        assert_eq!(wanted_routes(&lan, 5, &[]), (false, None));
+    }
 }

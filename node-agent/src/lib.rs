@@ -3,7 +3,8 @@
 //!
 //! Pure parts, tested without root: [`spec`] (parsing and validating the desired state),
 //! [`kernel`] (a snapshot of kernel state), [`plan`] (the diff). I/O: [`netlink`] (dumps and
-//! changes over rtnetlink), [`netns`] (running netlink inside a workload namespace),
+//! changes over rtnetlink), [`netns`] (finding and entering a workload namespace safely),
+//! [`pins`] (which namespace each endpoint belongs to),
 //! [`reconcile`] (one convergence pass), [`events`] (kernel notifications that trigger repairs),
 //! [`session`] (the controller connection and the reconcile loop).
 
@@ -15,6 +16,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod pins;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;

@@ -35,6 +35,11 @@ struct Args {
     /// Seconds between full reconciles (endpoints checked inside their namespaces).
     #[arg(long, env = "OVERLAY_RESYNC_SECS", default_value_t = 30)]
     resync_secs: u64,
+    /// How long an endpoint whose namespace is gone (a container removed without a detach, a
+    /// pid reused, a name re-created) keeps its address before the agent releases it: 30s,
+    /// 2m, 500ms, or plain seconds.
+    #[arg(long, env = "OVERLAY_GONE_ENDPOINT_GRACE", default_value = "30s", value_parser = parse_duration)]
+    gone_endpoint_grace: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -104,9 +109,31 @@ async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Resu
         heartbeat: Duration::from_secs(5),
         metrics_listen: args.metrics_listen,
         tls,
+        gone_endpoint_grace: args.gone_endpoint_grace,
     };
     run(config, shutdown_signal()).await?;
     Ok(())
+}
+
+/// A duration as people write it: `30s`, `2m`, `1h`, `500ms`, or plain seconds (`45`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 2m, 500ms)"))?;
+    let per_unit_ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+    };
+    n.checked_mul(per_unit_ms)
+        .filter(|ms| *ms <= 7 * 24 * 3_600_000)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long (at most a week)"))
 }
 
 async fn shutdown_signal() {
@@ -118,5 +145,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "3d", "1.5s", "99999999999999999999s", "200h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

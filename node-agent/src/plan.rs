@@ -401,18 +401,42 @@ fn sync_addresses(ops: &mut Vec<EntryOp>, index: u32, have: &BTreeSet<Ipv4Networ
     }
 }
 
+/// What the agent remembers of its endpoints beside the host-side dump.
+#[derive(Clone, Copy, Debug)]
+pub struct Known<'a> {
+    /// Macvlan endpoints it put into namespaces: nothing of them stays in the host namespace,
+    /// so these stand in for the host-side dump.
+    pub macvlans: &'a BTreeMap<u64, MacvlanRecord>,
+    /// Endpoint id → whether its namespace side was last configured as the namespace's
+    /// default route. When the controller moves the default route, the endpoints it moved
+    /// from and to are checked again without waiting for a deep pass.
+    pub routes: &'a BTreeMap<u64, bool>,
+}
+
 /// Endpoint work. `deep` also verifies endpoints whose host end looks right (inside the
 /// namespace), which costs a thread and a netlink socket per endpoint: done at start and
-/// periodically, not on every change. Macvlan endpoints leave nothing in the host namespace,
-/// so `macvlans` (what this agent put into namespaces) stands in for the host-side dump.
-pub fn endpoints(
-    spec: &HostSpec,
-    kernel: &Kernel,
-    deep: bool,
-    macvlans: &BTreeMap<u64, MacvlanRecord>,
-) -> Vec<EndpointOp> {
-    let mut ops = Vec::new();
-    for ep in spec.endpoints() {
+/// periodically, not on every change.
+///
+/// Order matters inside a namespace on several networks: detached macvlans go first, then
+/// endpoints without the default route, then those with it, so the endpoint giving up the
+/// default route has removed it by the time the one taking it over looks.
+pub fn endpoints(spec: &HostSpec, kernel: &Kernel, deep: bool, known: Known<'_>) -> Vec<EndpointOp> {
+    let Known { macvlans, routes } = known;
+    let desired: BTreeSet<u64> = spec.endpoints().map(|e| e.id).collect();
+    let mut ops: Vec<EndpointOp> = macvlans
+        .values()
+        .filter(|r| !desired.contains(&r.id))
+        .map(|record| EndpointOp::RemoveMacvlan {
+            record: record.clone(),
+        })
+        .collect();
+    let ordered = spec
+        .endpoints()
+        .filter(|e| !e.default_route)
+        .chain(spec.endpoints().filter(|e| e.default_route));
+    for ep in ordered {
+        // The routes inside the namespace are not what the endpoint's role now asks for.
+        let role_changed = routes.get(&ep.id) != Some(&ep.default_route);
         match &ep.attachment {
             Attachment::Veth { bridge, host_ifname } => {
                 let Some(bridge) = kernel.link(bridge) else {
@@ -438,7 +462,7 @@ pub fn endpoints(
                                 stale,
                                 bridge_index,
                             });
-                        } else if deep {
+                        } else if deep || role_changed {
                             ops.push(EndpointOp::Verify {
                                 spec: ep.clone(),
                                 stale,
@@ -467,7 +491,7 @@ pub fn endpoints(
                     let known = macvlans
                         .get(&ep.id)
                         .is_some_and(|r| r.netns == ep.netns.as_text() && r.ifname == ep.ifname);
-                    if deep || !known {
+                    if deep || !known || role_changed {
                         ops.push(EndpointOp::VerifyMacvlan {
                             spec: ep.clone(),
                             parent_index: p.index,
@@ -476,12 +500,6 @@ pub fn endpoints(
                 }
             },
         }
-    }
-    let desired: BTreeSet<u64> = spec.endpoints().map(|e| e.id).collect();
-    for record in macvlans.values().filter(|r| !desired.contains(&r.id)) {
-        ops.push(EndpointOp::RemoveMacvlan {
-            record: record.clone(),
-        });
     }
     ops
 }

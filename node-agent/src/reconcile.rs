@@ -2,6 +2,12 @@
 //! the firewall and sysctls. Level-triggered: it only looks at the desired state and the
 //! kernel, never at what the previous pass did, so a missed update or a change made behind
 //! the agent's back is repaired by the next pass.
+//!
+//! What it does remember is about endpoints: which namespace each was first wired into
+//! ([`Pins`]), and which ones lost it. An endpoint whose namespace is gone (not found, or
+//! another namespace in its place) is not wired anywhere; each pass only looks (cheaply,
+//! without entering anything) whether the same namespace came back. After the grace period
+//! it is listed in [`PassReport::expired`], for the session to release it.
 
 use std::collections::BTreeMap;
 
@@ -9,12 +15,17 @@ use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::{self, Checked};
+use crate::endpoint::{self, Checked, EndpointError};
 use crate::firewall::{self, FirewallSpec};
 use crate::kernel::MacvlanRecord;
 use crate::netlink::{Netlink, NetlinkError};
+use crate::netns::{self, Namespace};
+use crate::pins::{Pins, Verdict};
 use crate::plan::{self, EndpointOp, EntryOp, LinkOp};
-use crate::spec::{EndpointSpec, HostSpec};
+use crate::spec::{EndpointSpec, HostSpec, NetnsRef};
+
+/// How long an endpoint whose namespace is gone keeps its address, by default.
+pub const DEFAULT_GONE_GRACE: Duration = Duration::from_secs(30);
 
 /// Netlink requests for entries kept in flight at once.
 const ENTRIES_IN_FLIGHT: usize = 128;
@@ -52,6 +63,10 @@ pub struct PassReport {
     pub objects: ObjectCounts,
     pub errors: Vec<String>,
     pub endpoints: EndpointStatuses,
+    /// Endpoints (also in `endpoints`, as errors) whose namespace is gone: why.
+    pub gone: BTreeMap<u64, String>,
+    /// Gone endpoints past the grace period: to be released.
+    pub expired: Vec<u64>,
     pub took: Duration,
     /// The pass wrote overlay's nftables table (so the kernel's copy is now the agent's own).
     pub firewall_rebuilt: bool,
@@ -68,6 +83,19 @@ pub struct Reconciler {
     /// Audits done; the nftables check (a process spawn) runs on every
     /// [`FIREWALL_AUDIT_EVERY`]th only, to keep 50 idle agents on a small machine quiet.
     audits: u64,
+    /// The namespace each endpoint was first wired into, mirrored to the state directory.
+    pins: Pins,
+    /// Endpoints whose namespace is gone: since when, and why.
+    gone: BTreeMap<u64, Gone>,
+    gone_grace: Duration,
+    /// Endpoint id → whether its namespace side was last configured holding the default route.
+    routes: BTreeMap<u64, bool>,
+}
+
+#[derive(Clone, Debug)]
+struct Gone {
+    since: Instant,
+    reason: String,
 }
 
 /// One audit in this many also checks the nftables table.
@@ -101,7 +129,28 @@ impl Reconciler {
             macvlans,
             records_path,
             audits: 0,
+            pins: Pins::load(state_dir),
+            gone: BTreeMap::new(),
+            gone_grace: DEFAULT_GONE_GRACE,
+            routes: BTreeMap::new(),
         }
+    }
+
+    /// How long an endpoint whose namespace is gone is kept before it is listed for release.
+    pub fn with_gone_grace(mut self, grace: Duration) -> Self {
+        self.gone_grace = grace;
+        self
+    }
+
+    /// When the next gone endpoint reaches the end of its grace period, if any does: a pass
+    /// then lists it for release.
+    pub fn next_gone_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.gone
+            .values()
+            .map(|g| g.since + self.gone_grace)
+            .filter(|at| *at > now)
+            .min()
     }
 
     fn save_records(&self) -> Result<(), String> {
@@ -130,6 +179,13 @@ impl Reconciler {
             .map(|l| l.index)
             .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
         let mut drift = crate::audit::drift(spec, &kernel, underlay_index, &self.macvlans);
+        // A gone endpoint is reported as gone, not also as missing on every audit.
+        let gone: Vec<String> = spec
+            .endpoints()
+            .filter(|e| self.gone.contains_key(&e.id))
+            .map(|e| format!("missing endpoint {} ", e.address))
+            .collect();
+        drift.retain(|line| !gone.iter().any(|g| line.starts_with(g.as_str())));
         let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
         self.audits += 1;
         if !wanted.networks.is_empty() && self.audits % FIREWALL_AUDIT_EVERY == 1 {
@@ -221,7 +277,12 @@ impl Reconciler {
         }
 
         let records_before = self.macvlans.clone();
-        for op in plan::endpoints(spec, &kernel, deep, &records_before) {
+        let routes_before = self.routes.clone();
+        let known = plan::Known {
+            macvlans: &records_before,
+            routes: &routes_before,
+        };
+        for op in plan::endpoints(spec, &kernel, deep, known) {
             let op = match op {
                 EndpointOp::Blocked { id, device, reason } => match failed.get(&device) {
                     Some(err) => EndpointOp::Blocked {
@@ -234,7 +295,7 @@ impl Reconciler {
                 other => other,
             };
             if let Some((id, result)) = self.endpoint(op, &mut report).await {
-                report.endpoints.insert(id, result);
+                self.outcome(id, result, &mut report);
             }
         }
         if self.macvlans != records_before
@@ -242,10 +303,22 @@ impl Reconciler {
         {
             report.errors.push(e);
         }
-        // Endpoints that needed no work are fine.
+        // Endpoints that needed no work are fine, unless their namespace is known to be gone.
         for ep in spec.endpoints() {
-            report.endpoints.entry(ep.id).or_insert(Ok(()));
+            if report.endpoints.contains_key(&ep.id) {
+                continue;
+            }
+            match self.gone.get(&ep.id) {
+                Some(g) => {
+                    report.endpoints.insert(ep.id, Err(g.reason.clone()));
+                    report.gone.insert(ep.id, g.reason.clone());
+                }
+                None => {
+                    report.endpoints.insert(ep.id, Ok(()));
+                }
+            }
         }
+        self.forget_undesired(spec, &mut report);
         for (what, why) in &spec.rejected {
             report.errors.push(format!("{what}: {why}"));
         }
@@ -275,22 +348,23 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Carries out one endpoint operation; returns the endpoint's status if it concerns a
+    /// Carries out one endpoint operation; returns the endpoint's outcome if it concerns a
     /// desired endpoint.
     async fn endpoint(
         &mut self,
         op: EndpointOp,
         report: &mut PassReport,
-    ) -> Option<(u64, Result<(), String>)> {
+    ) -> Option<(u64, Result<(), EndpointError>)> {
         match op {
             EndpointOp::Wire {
                 spec,
                 stale,
                 bridge_index,
             } => {
-                let started = Instant::now();
-                let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                log_wired(&spec, &result, report, started);
+                let result = match self.namespace_of(spec.id, &spec.netns) {
+                    Ok((ns, cookie)) => self.wire(&spec, &ns, cookie, &stale, bridge_index, report).await,
+                    Err(e) => Err(e),
+                };
                 Some((spec.id, result))
             }
             EndpointOp::FixHostSide { spec, index, master } => {
@@ -299,67 +373,216 @@ impl Reconciler {
                     report.changes += 1;
                     report.objects.updated += 1;
                 }
-                Some((spec.id, result))
+                Some((spec.id, result.map_err(EndpointError::Failed)))
             }
             EndpointOp::Verify {
                 spec,
                 stale,
                 bridge_index,
-            } => match endpoint::verify(&spec).await {
-                Ok(Checked::Fine(n)) => {
-                    log_repairs(&spec, n, report);
-                    Some((spec.id, Ok(())))
-                }
-                Ok(Checked::Missing) => {
-                    // The workload end is gone from the namespace: rebuild the pair.
-                    let started = Instant::now();
-                    let result = endpoint::wire(&self.nl, &spec, &stale, bridge_index).await;
-                    log_wired(&spec, &result, report, started);
-                    Some((spec.id, result))
-                }
-                Err(e) => Some((spec.id, Err(e))),
-            },
-            EndpointOp::VerifyMacvlan { spec, parent_index } => {
-                let checked = if self.macvlans.contains_key(&spec.id) {
-                    endpoint::verify(&spec).await
-                } else {
-                    Ok(Checked::Missing)
+            } => {
+                let result = match self.namespace_of(spec.id, &spec.netns) {
+                    Ok((ns, cookie)) => match endpoint::verify(&spec, &ns, cookie).await {
+                        Ok((Checked::Fine(n), seen)) => {
+                            log_repairs(&spec, n, report);
+                            self.configured(&spec, seen);
+                            Ok(())
+                        }
+                        // The workload end is gone from the namespace: rebuild the pair.
+                        Ok((Checked::Missing, seen)) => {
+                            self.pins.saw_cookie(spec.id, seen);
+                            self.wire(&spec, &ns, cookie.or(seen), &stale, bridge_index, report)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
                 };
-                match checked {
-                    Ok(Checked::Fine(n)) => {
+                Some((spec.id, result))
+            }
+            EndpointOp::VerifyMacvlan { spec, parent_index } => {
+                let (ns, cookie) = match self.namespace_of(spec.id, &spec.netns) {
+                    Ok(found) => found,
+                    Err(e) => return Some((spec.id, Err(e))),
+                };
+                let checked = if self.macvlans.contains_key(&spec.id) {
+                    endpoint::verify(&spec, &ns, cookie).await
+                } else {
+                    Ok((Checked::Missing, None))
+                };
+                let result = match checked {
+                    Ok((Checked::Fine(n), seen)) => {
                         log_repairs(&spec, n, report);
-                        Some((spec.id, Ok(())))
+                        self.configured(&spec, seen);
+                        Ok(())
                     }
-                    Ok(Checked::Missing) => {
+                    Ok((Checked::Missing, _)) => {
                         let started = Instant::now();
-                        let result = endpoint::wire_macvlan(&self.nl, &spec, parent_index).await;
-                        let status = result.map(|record| {
+                        let result = endpoint::wire_macvlan(&self.nl, &spec, &ns, cookie, parent_index).await;
+                        let status = result.map(|(record, seen)| {
                             self.macvlans.insert(record.id, record);
+                            self.configured(&spec, seen);
                         });
                         log_wired(&spec, &status, report, started);
-                        Some((spec.id, status))
+                        status
                     }
-                    Err(e) => Some((spec.id, Err(e))),
-                }
+                    Err(e) => Err(e),
+                };
+                Some((spec.id, result))
             }
             EndpointOp::RemoveMacvlan { record } => {
-                match endpoint::remove_macvlan(&record).await {
-                    Ok(()) => {
-                        report.changes += 1;
-                        report.objects.deleted += 1;
-                        tracing::info!(id = record.id, netns = %record.netns, "macvlan endpoint removed");
+                match self.remove_macvlan(&record).await {
+                    Ok(removed) => {
+                        if removed {
+                            report.changes += 1;
+                            report.objects.deleted += 1;
+                            tracing::info!(id = record.id, netns = %record.netns, "macvlan endpoint removed");
+                        } else {
+                            tracing::info!(id = record.id, netns = %record.netns, "macvlan endpoint went with its namespace");
+                        }
                         self.macvlans.remove(&record.id);
                     }
                     Err(e) => tracing::warn!(id = record.id, error = %e, "cannot remove macvlan endpoint"),
                 }
                 None
             }
-            EndpointOp::Blocked { id, reason, .. } => Some((id, Err(reason))),
+            EndpointOp::Blocked { id, reason, .. } => Some((id, Err(EndpointError::Failed(reason)))),
+        }
+    }
+
+    /// Wires a veth endpoint into `ns`, already opened and checked against its pin.
+    async fn wire(
+        &mut self,
+        spec: &EndpointSpec,
+        ns: &Namespace,
+        cookie: Option<u64>,
+        stale: &[(String, u32)],
+        bridge_index: u32,
+        report: &mut PassReport,
+    ) -> Result<(), EndpointError> {
+        let started = Instant::now();
+        let result = endpoint::wire(&self.nl, spec, ns, cookie, stale, bridge_index)
+            .await
+            .map(|seen| self.configured(spec, seen));
+        log_wired(spec, &result, report, started);
+        result
+    }
+
+    /// Notes what a successful wiring or check of `spec` found inside its namespace.
+    fn configured(&mut self, spec: &EndpointSpec, cookie: Option<u64>) {
+        self.pins.saw_cookie(spec.id, cookie);
+        self.routes.insert(spec.id, spec.default_route);
+    }
+
+    /// Opens endpoint `id`'s namespace and holds it against the endpoint's pin: the first
+    /// namespace found is pinned; after that, anything else found at the reference means the
+    /// endpoint's namespace is gone. Returns the namespace and the cookie to expect inside.
+    fn namespace_of(&mut self, id: u64, netns: &NetnsRef) -> Result<(Namespace, Option<u64>), EndpointError> {
+        let text = netns.as_text();
+        let ns = match netns::open(netns) {
+            Ok(ns) => ns,
+            // Whatever stands there now, it is not what the endpoint was wired into.
+            Err(e) if !e.is_gone() && self.pins.is_pinned(id, &text) => {
+                return Err(EndpointError::Gone(format!(
+                    "{e}; it is not the namespace the endpoint was wired into"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match self.pins.check(id, &text, ns.id()) {
+            Verdict::New => {
+                self.pins.pin(id, &text, ns.id());
+                Ok((ns, None))
+            }
+            Verdict::Same { cookie } => Ok((ns, cookie)),
+            Verdict::Replaced(why) => Err(EndpointError::Gone(format!(
+                "{} ({why})",
+                netns::NetnsError::Replaced(netns.to_string())
+            ))),
+        }
+    }
+
+    /// Removes a detached macvlan endpoint from the namespace it was wired into. `Ok(false)`:
+    /// that namespace is gone (the interface went with it) or is not the one found now, so
+    /// there is nothing this agent may delete.
+    async fn remove_macvlan(&mut self, record: &MacvlanRecord) -> Result<bool, EndpointError> {
+        let Ok(netns) = NetnsRef::parse(&record.netns) else {
+            return Ok(false);
+        };
+        let ns = match netns::open(&netns) {
+            Ok(ns) => ns,
+            Err(_) => return Ok(false),
+        };
+        let cookie = match self.pins.check(record.id, &record.netns, ns.id()) {
+            Verdict::Same { cookie } => cookie,
+            // Records from before pins existed: the namespace found is the one it was moved to.
+            Verdict::New => None,
+            Verdict::Replaced(_) => return Ok(false),
+        };
+        match endpoint::remove_macvlan(record, &ns, cookie).await {
+            Ok(()) => Ok(true),
+            Err(EndpointError::Gone(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Files one endpoint's outcome in the report and tracks gone namespaces.
+    fn outcome(&mut self, id: u64, result: Result<(), EndpointError>, report: &mut PassReport) {
+        match result {
+            Ok(()) => {
+                if self.gone.remove(&id).is_some() {
+                    tracing::info!(id, "endpoint's namespace is back; wired again");
+                }
+                report.endpoints.insert(id, Ok(()));
+            }
+            Err(EndpointError::Gone(reason)) => {
+                let grace = self.gone_grace;
+                let gone = self.gone.entry(id).or_insert_with(|| {
+                    tracing::warn!(id, %reason, grace_secs = grace.as_secs_f64(), "endpoint's namespace is gone; not wired again, released after the grace period");
+                    Gone {
+                        since: Instant::now(),
+                        reason: reason.clone(),
+                    }
+                });
+                gone.reason.clone_from(&reason);
+                report.endpoints.insert(id, Err(reason.clone()));
+                report.gone.insert(id, reason);
+            }
+            Err(EndpointError::Failed(reason)) => {
+                // The namespace is there (it was opened and matched): not gone.
+                self.gone.remove(&id);
+                report.endpoints.insert(id, Err(reason));
+            }
+        }
+    }
+
+    /// Drops what the agent remembers of endpoints no longer desired, lists the gone ones
+    /// past their grace period, and saves the pins.
+    fn forget_undesired(&mut self, spec: &HostSpec, report: &mut PassReport) {
+        let desired: std::collections::BTreeSet<u64> = spec.endpoints().map(|e| e.id).collect();
+        self.gone.retain(|id, _| desired.contains(id));
+        self.routes.retain(|id, _| desired.contains(id));
+        let macvlans = &self.macvlans;
+        // A detached macvlan keeps its pin until it has been removed from its namespace.
+        self.pins
+            .retain(|id| desired.contains(&id) || macvlans.contains_key(&id));
+        report.expired = self
+            .gone
+            .iter()
+            .filter(|(_, g)| g.since.elapsed() >= self.gone_grace)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Err(e) = self.pins.save() {
+            report.errors.push(e);
         }
     }
 }
 
-fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, report: &mut PassReport, started: Instant) {
+fn log_wired(
+    spec: &EndpointSpec,
+    result: &Result<(), EndpointError>,
+    report: &mut PassReport,
+    started: Instant,
+) {
     match result {
         Ok(()) => {
             report.changes += 1;
@@ -367,6 +590,8 @@ fn log_wired(spec: &EndpointSpec, result: &Result<(), String>, report: &mut Pass
             let took_us = started.elapsed().as_micros() as u64;
             tracing::info!(id = spec.id, netns = %spec.netns, address = %spec.address, took_us, "endpoint wired");
         }
+        // Reported once, when first found (see `Reconciler::outcome`).
+        Err(EndpointError::Gone(_)) => {}
         Err(e) => tracing::warn!(id = spec.id, netns = %spec.netns, error = %e, "endpoint not wired"),
     }
 }

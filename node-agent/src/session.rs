@@ -4,7 +4,7 @@
 //! controller outage leaves the datapath as it is; the agent keeps reconciling toward the
 //! last state it knew and re-syncs as soon as a replica answers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Mutual TLS toward the controllers with this host's agent certificate; `None` = plaintext.
     pub tls: Option<Tls>,
+    /// How long an endpoint whose namespace is gone keeps its address before the agent
+    /// releases it.
+    pub gone_endpoint_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +175,8 @@ pub async fn run(
             None
         }
     };
-    let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir));
+    let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir))
+        .with_gone_grace(config.gone_endpoint_grace);
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
@@ -186,6 +190,11 @@ pub async fn run(
                 applied: applied.clone(),
                 metrics: metrics.clone(),
             },
+        )),
+        tokio::spawn(release_loop(
+            controllers.clone(),
+            config.clone(),
+            report_rx.clone(),
         )),
         tokio::spawn(report_loop(
             controllers.clone(),
@@ -739,11 +748,20 @@ async fn reconcile_loop(
         let mut deep = !c.checked_deep;
         let mut audit_only = false;
         let mut kicked = None;
+        // A gone endpoint reaching the end of its grace period needs a pass to be released.
+        let gone_deadline = c.reconciler.next_gone_deadline();
+        let gone_due = async {
+            match gone_deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = spec_rx.changed() => if changed.is_err() { return },
             _ = timer.tick() => deep = true,
             _ = audit_timer.tick() => audit_only = true,
             changes = next_event(&mut events) => kicked = Some(changes),
+            _ = gone_due => {},
         }
         if let Some(changes) = kicked {
             let current = spec_rx.borrow().clone();
@@ -783,7 +801,8 @@ async fn report_loop(
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
     mut drift_rx: watch::Receiver<Drift>,
 ) {
-    let mut last_sent: Option<(u64, EndpointStatuses, Vec<String>)> = None;
+    type Sent = (u64, EndpointStatuses, BTreeMap<u64, String>, Vec<String>);
+    let mut last_sent: Option<Sent> = None;
     let mut retry = false;
     loop {
         let next = async {
@@ -802,7 +821,12 @@ async fn report_loop(
             continue;
         };
         let drift = drift_rx.borrow_and_update().clone();
-        let current = (report.revision, report.endpoints.clone(), drift.items.clone());
+        let current = (
+            report.revision,
+            report.endpoints.clone(),
+            report.gone.clone(),
+            drift.items.clone(),
+        );
         if last_sent.as_ref() == Some(&current) {
             continue;
         }
@@ -816,6 +840,7 @@ async fn report_loop(
                     id: *id,
                     report: match r {
                         Ok(()) => pb::EndpointReport::Ready as i32,
+                        Err(_) if report.gone.contains_key(id) => pb::EndpointReport::Gone as i32,
                         Err(_) => pb::EndpointReport::Failed as i32,
                     },
                     message: r.as_ref().err().cloned().unwrap_or_default(),
@@ -834,6 +859,57 @@ async fn report_loop(
         match sent {
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
+        }
+    }
+}
+
+/// Releases the endpoints whose namespace has been gone for longer than the grace period, as
+/// the passes list them: the controller frees their addresses (the Agent `ReleaseEndpoint`
+/// call, which only this host may make for its endpoints). A failed release is tried again
+/// with the next pass that still lists the endpoint.
+async fn release_loop(
+    controllers: Arc<Controllers>,
+    config: Arc<AgentConfig>,
+    mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
+) {
+    // Released, as far as this agent knows, until the desired state drops them.
+    let mut released: BTreeSet<u64> = BTreeSet::new();
+    while report_rx.changed().await.is_ok() {
+        let Some(report) = report_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        released.retain(|id| report.endpoints.contains_key(id));
+        let due: Vec<u64> = report
+            .expired
+            .iter()
+            .copied()
+            .filter(|id| !released.contains(id))
+            .collect();
+        for id in due {
+            let req = pb::ReleaseEndpointRequest {
+                host_name: config.host_name.clone(),
+                id,
+            };
+            let sent = controllers
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { AgentClient::new(ch).release_endpoint(req).await }
+                })
+                .await;
+            match sent {
+                Ok(resp) => {
+                    let ep = resp.into_inner().endpoint.unwrap_or_default();
+                    tracing::info!(id, netns = %ep.netns, address = %ep.address, "gone endpoint released");
+                    released.insert(id);
+                }
+                // Detached meanwhile, or released by an earlier attempt whose answer was lost.
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    released.insert(id);
+                }
+                Err(status) => {
+                    tracing::warn!(id, error = %status.message(), "cannot release gone endpoint; will retry")
+                }
+            }
         }
     }
 }

@@ -180,6 +180,12 @@ pub struct EndpointSpec {
     /// Name of the workload end while it is still in the host namespace.
     pub peer_ifname: String,
     pub attachment: Attachment,
+    /// The whole network, e.g. 10.1.0.0/16: routed via the gateway when this endpoint does
+    /// not hold its namespace's default route.
+    pub cidr: Ipv4Network,
+    /// This endpoint's gateway is its namespace's default route (one per namespace, decided
+    /// by the controller).
+    pub default_route: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,6 +360,8 @@ fn network(
                 mtu: n.mtu,
                 peer_ifname: format!("{}{:x}", names::PEER_PREFIX, e.id),
                 attachment,
+                cidr,
+                default_route: e.default_route.unwrap_or(true),
             })
         })();
         match parsed {
@@ -416,6 +424,7 @@ mod tests {
                     mac: "0a:58:0a:01:00:02".into(),
                     gateway: "10.1.0.1".into(),
                     host_ifname: "ovv-1a".into(),
+                    default_route: Some(true),
                 }],
             }],
         }
@@ -454,6 +463,19 @@ mod tests {
         );
         assert!(spec.networks[0].endpoints.is_empty() && spec.networks[0].peers.is_empty());
         assert_eq!(spec.rejected.len(), 3, "{:?}", spec.rejected);
+    }
+
+    #[test]
+    fn route_roles_and_what_an_older_controller_means() {
+        let mut d = sample();
+        d.networks[0].endpoints[0].default_route = Some(false);
+        let ep = &HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap()).networks[0].endpoints[0];
+        assert!(!ep.default_route);
+        assert_eq!(ep.cidr.to_string(), "10.1.0.0/16");
+        // A controller that does not know the field: every endpoint routes by default, as then.
+        d.networks[0].endpoints[0].default_route = None;
+        let ep = &HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap()).networks[0].endpoints[0];
+        assert!(ep.default_route);
     }
 
     #[test]

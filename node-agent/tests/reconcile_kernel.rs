@@ -7,7 +7,7 @@ use std::time::Duration;
 use overlay_agent::netlink::Netlink;
 use overlay_agent::netns;
 use overlay_agent::reconcile::{PassReport, Reconciler, Underlay};
-use overlay_agent::spec::HostSpec;
+use overlay_agent::spec::{HostSpec, NetnsRef};
 use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
 use overlay_proto::v1 as pb;
 
@@ -45,6 +45,7 @@ fn desired(workload_ns: &str, peers: &[(&str, &str, &str, &str)]) -> pb::HostDes
                 mac: "0a:58:0a:01:00:02".into(),
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-7".into(),
+                default_route: Some(true),
             }],
             ..Default::default()
         }],
@@ -65,7 +66,9 @@ enum Step {
 /// Runs the steps inside `host_ns` on one reconciler (like the agent's own loop); returns the
 /// report of every pass.
 fn run(host_ns: &str, steps: Vec<Step>) -> Vec<PassReport> {
-    let file = netns::open(&std::path::PathBuf::from(format!("/run/netns/{host_ns}"))).expect("host ns");
+    let file = netns::open(&NetnsRef::Named(host_ns.to_string()))
+        .expect("host ns")
+        .into_file();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -233,7 +233,8 @@ pub enum EndpointCmd {
         /// Host the namespace lives on.
         #[arg(long)]
         host: String,
-        /// Namespace: a name under /run/netns, an absolute path, or a pid.
+        /// Namespace: a name under /run/netns, an absolute path to a namespace file (not a
+        /// symbolic link), or a workload's pid.
         #[arg(long)]
         netns: String,
         /// Interface name inside the namespace.
@@ -248,6 +249,11 @@ pub enum EndpointCmd {
         /// Only allocate; do not wait for the agent.
         #[arg(long)]
         no_wait: bool,
+        /// Make this network the namespace's default route (taken from the endpoint that has
+        /// it). Without it, a namespace's first network is its default route and every other
+        /// one is routed by its CIDR.
+        #[arg(long)]
+        default_route: bool,
     },
     /// Detach a namespace from a network; its address is released.
     Detach {

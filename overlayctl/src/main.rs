@@ -255,6 +255,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
             ip,
             wait,
             no_wait,
+            default_route,
         }) => {
             let req = pb::AttachEndpointRequest {
                 network,
@@ -264,6 +265,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
                 ip: ip.unwrap_or_default(),
                 wait_ms: wait.saturating_mul(1000),
                 no_wait,
+                default_route,
             };
             let resp = call(&controllers, |mut c| {
                 let mut request = tonic::Request::new(req.clone());

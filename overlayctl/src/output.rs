@@ -451,6 +451,7 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
         "address": e.address, "ip": e.address.split('/').next().unwrap_or_default(),
         "mac": e.mac, "gateway": e.gateway, "state": ep_state(e),
         "message": (!e.message.is_empty()).then_some(&e.message),
+        "default_route": e.default_route,
     })
 }
 
@@ -470,13 +471,16 @@ fn endpoint_table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
                 e.ifname.clone(),
                 e.address.clone(),
                 e.mac.clone(),
+                if e.default_route { "default" } else { "network" }.to_string(),
                 state,
             ]
         })
         .collect();
     table(
         out,
-        &["NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "STATE"],
+        &[
+            "NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "ROUTE", "STATE",
+        ],
         rows,
     )?;
     Ok(())
@@ -548,6 +552,12 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
             "controller replica {r} did not answer; its agents may be missing"
         ));
     }
+    for e in &d.gone_endpoints {
+        problems.push(format!(
+            "{}: endpoint {} of {} ({}) is gone: {}; its agent releases it after its grace period",
+            e.host, e.address, e.network, e.netns, e.message
+        ));
+    }
     if out.json() {
         let hosts: Vec<Value> = d
             .hosts
@@ -562,7 +572,11 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
                 })
             })
             .collect();
-        out.print_json(&json!({"healthy": problems.is_empty(), "hosts": hosts, "problems": problems}))?;
+        let gone: Vec<Value> = d.gone_endpoints.iter().map(endpoint_json).collect();
+        out.print_json(&json!({
+            "healthy": problems.is_empty(), "hosts": hosts, "gone_endpoints": gone,
+            "problems": problems,
+        }))?;
         return Ok(problems);
     }
     let rows = d
@@ -590,6 +604,19 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
         &["HOST", "CONNECTED", "HEARTBEAT", "APPLIED", "LAG", "DRIFT"],
         rows,
     )?;
+    if !d.gone_endpoints.is_empty() {
+        writeln!(
+            out,
+            "\ngone endpoints (released by their agent after its grace period):"
+        )?;
+        for e in &d.gone_endpoints {
+            writeln!(
+                out,
+                "  {} {} {} ({}): {}",
+                e.host, e.network, e.address, e.netns, e.message
+            )?;
+        }
+    }
     for h in d.hosts.iter().filter(|h| !h.drift.is_empty()) {
         let found = age(h.audited_ms)
             .map(|a| format!(" (found {}s ago)", a / 1000))

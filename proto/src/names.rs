@@ -34,6 +34,7 @@ impl EndpointState {
             EndpointState::Pending => "pending",
             EndpointState::Ready => "ready",
             EndpointState::Failed => "failed",
+            EndpointState::Gone => "gone",
             EndpointState::Unspecified => "unspecified",
         }
     }

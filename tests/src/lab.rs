@@ -377,6 +377,14 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Names the namespace of process `pid` `<prefix>-<name>` under /run/netns (`ip netns
+    /// attach`); removed with the lab. Returns the name.
+    pub fn name_namespace_of(&mut self, name: &str, pid: u32) -> Result<String> {
+        let ns = format!("{}-{name}", self.prefix);
+        self.namespaces.attach(&ns, pid)?;
+        Ok(ns)
+    }
+
     pub fn remove_workload(&mut self, ns: &str) -> Result<()> {
         self.workloads.retain(|w| w != ns);
         self.namespaces.remove(ns)

@@ -84,6 +84,14 @@ impl Namespaces {
         ip(&["netns", "del", name]).map(|_| ())
     }
 
+    /// `ip netns attach name pid`: a name under /run/netns for the namespace of `pid` (a bind
+    /// mount of it, deleted on drop like the others).
+    pub fn attach(&mut self, name: &str, pid: u32) -> Result<()> {
+        ip(&["netns", "attach", name, &pid.to_string()])?;
+        self.names.push(name.to_string());
+        Ok(())
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }

@@ -482,12 +482,13 @@ fn endpoint_detach_missing_and_vanished_namespaces() {
         "{leftovers}"
     );
 
-    // The workload's namespace disappears: the endpoint is reported failed, the agent lives on.
+    // The workload's namespace disappears: the endpoint is reported gone (and released after
+    // the agent's grace period, see tests/endpoints.rs), the agent lives on.
     lab.remove_workload(&ns).unwrap();
     let reported = Lab::wait_until(Duration::from_secs(20), || {
         lab.ctl_json(&["endpoint", "ls", "--host", "h1"])
             .map(|v| {
-                v[0]["state"] == "failed" && v[0]["message"].as_str().is_some_and(|m| m.contains("not found"))
+                v[0]["state"] == "gone" && v[0]["message"].as_str().is_some_and(|m| m.contains("not found"))
             })
             .unwrap_or(false)
     });

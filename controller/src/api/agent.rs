@@ -307,6 +307,7 @@ impl Agent for AgentApi {
                     let status = match pb::EndpointReport::try_from(r.report) {
                         Ok(pb::EndpointReport::Ready) => EndpointStatus::Ready,
                         Ok(pb::EndpointReport::Failed) => EndpointStatus::Failed(clip(&r.message)),
+                        Ok(pb::EndpointReport::Gone) => EndpointStatus::Gone(clip(&r.message)),
                         _ => return None,
                     };
                     let ep = s.endpoints.get(&r.id)?;
@@ -326,6 +327,36 @@ impl Agent for AgentApi {
         }
         Ok(Response::new(pb::ReportStatusResponse {
             revision: self.node.view.revision(),
+        }))
+    }
+
+    /// Frees an endpoint whose namespace is gone. Only the endpoint's own host may: the caller's
+    /// certificate must name `host_name` (here), and the state machine checks that the endpoint
+    /// is that host's and was reported gone (in `apply`, so a race with a report or a detach
+    /// is decided in log order).
+    async fn release_endpoint(
+        &self,
+        req: Request<pb::ReleaseEndpointRequest>,
+    ) -> Result<Response<pb::ReleaseEndpointResponse>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
+        let req = req.into_inner();
+        if req.host_name.is_empty() {
+            return Err(invalid("host name is required"));
+        }
+        let reply = self
+            .node
+            .write(Command::ReleaseEndpoint {
+                host: req.host_name.clone(),
+                id: req.id,
+            })
+            .await?;
+        let Done::EndpointDetached(ep) = reply.result? else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        tracing::info!(host = %ep.host, id = ep.id, network = %ep.network, netns = %ep.netns, address = %ep.ip, "gone endpoint released by its agent");
+        Ok(Response::new(pb::ReleaseEndpointResponse {
+            endpoint: Some(convert::endpoint(&ep)),
+            revision: reply.revision,
         }))
     }
 }

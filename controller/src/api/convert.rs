@@ -85,6 +85,7 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         EndpointStatus::Pending => (pb::EndpointState::Pending, String::new()),
         EndpointStatus::Ready => (pb::EndpointState::Ready, String::new()),
         EndpointStatus::Failed(m) => (pb::EndpointState::Failed, m.clone()),
+        EndpointStatus::Gone(m) => (pb::EndpointState::Gone, m.clone()),
     };
     pb::Endpoint {
         id: e.id,
@@ -97,6 +98,7 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         gateway: e.gateway.to_string(),
         state: state as i32,
         message,
+        default_route: e.default_route,
     }
 }
 

@@ -35,6 +35,7 @@ impl From<StateError> for Status {
             ErrorKind::NotFound => Code::NotFound,
             ErrorKind::FailedPrecondition => Code::FailedPrecondition,
             ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
         };
         status(code, e.to_string())
     }

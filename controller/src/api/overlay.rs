@@ -70,7 +70,7 @@ impl OverlayApi {
                         .read(|s| s.endpoints.get(&ep.id).map(convert::endpoint));
                     return Ok(done.unwrap_or(ep));
                 }
-                Some(EndpointStatus::Failed(reason)) => {
+                Some(EndpointStatus::Failed(reason) | EndpointStatus::Gone(reason)) => {
                     self.roll_back(&ep).await;
                     return Err(status(
                         Code::FailedPrecondition,
@@ -144,7 +144,15 @@ fn require(what: &str, value: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
     async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorResponse>, Status> {
-        let hosts: Vec<String> = self.node.view.read(|s| s.hosts.keys().cloned().collect());
+        let (hosts, gone_endpoints): (Vec<String>, Vec<pb::Endpoint>) = self.node.view.read(|s| {
+            let gone = s
+                .endpoints
+                .values()
+                .filter(|e| matches!(e.status, EndpointStatus::Gone(_)))
+                .map(convert::endpoint)
+                .collect();
+            (s.hosts.keys().cloned().collect(), gone)
+        });
         let (seen, unreachable) = self.node.agents_everywhere().await;
         let hosts = hosts
             .into_iter()
@@ -165,6 +173,7 @@ impl Overlay for OverlayApi {
             hosts,
             now_ms: now_ms(),
             unreachable_replicas: unreachable,
+            gone_endpoints,
         }))
     }
 
@@ -520,6 +529,7 @@ impl Overlay for OverlayApi {
         require("network", &req.network)?;
         require("host", &req.host)?;
         require("namespace", &req.netns)?;
+        parse::netns_reference(&req.netns)?;
         let ip = if req.ip.is_empty() {
             None
         } else {
@@ -540,6 +550,7 @@ impl Overlay for OverlayApi {
             },
             ip,
             now_ms: now_ms(),
+            default_route: req.default_route,
         };
         let (done, revision) = self.write(cmd).await?;
         let Done::Endpoint(ep) = done else {

@@ -44,6 +44,45 @@ fn ipv6_unsupported(what: &str, text: &str) -> Status {
     ))
 }
 
+/// The largest pid Linux can hand out (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: u64 = 4_194_304;
+
+/// What the controller can tell about an endpoint's namespace reference before any agent looks:
+/// a pid is a real workload's (never 0, never init), and a path is not one of /proc's
+/// namespace links, which agents never follow. The agent checks the namespace itself.
+pub fn netns_reference(text: &str) -> Result<(), Status> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let pid = text.parse::<u64>().unwrap_or(u64::MAX);
+        return match pid {
+            0 => Err(invalid("namespace pid 0 is not a process")),
+            1 => Err(invalid(
+                "namespace pid 1 is the host's init: its namespace is the host's own; give the workload's pid",
+            )),
+            p if p > PID_MAX_LIMIT => Err(invalid(format!(
+                "namespace pid {text} is beyond the largest pid Linux hands out ({PID_MAX_LIMIT})"
+            ))),
+            p if text.starts_with('0') => Err(invalid(format!(
+                "namespace pid {text:?} has a leading zero; write it as {p}"
+            ))),
+            _ => Ok(()),
+        };
+    }
+    if text == "/proc" || text.starts_with("/proc/") {
+        let pid = text
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.strip_suffix("/ns/net"))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let hint = match pid {
+            Some(p) => format!("give the pid instead (--netns {p})"),
+            None => "give the workload's pid instead".to_string(),
+        };
+        return Err(invalid(format!(
+            "namespace {text} is under /proc, whose namespace files are links the agent does not follow; {hint}"
+        )));
+    }
+    Ok(())
+}
+
 pub fn mode(raw: i32) -> Result<Mode, Status> {
     match pb::NetworkMode::try_from(raw) {
         Ok(pb::NetworkMode::Vxlan) => Ok(Mode::Vxlan),
@@ -142,6 +181,35 @@ mod tests {
         // Garbage with a colon is still just malformed.
         let err = cidr("subnet", "10.1:0.0/16").unwrap_err();
         assert!(err.message().starts_with("malformed CIDR"), "{}", err.message());
+    }
+
+    #[test]
+    fn namespace_references_refused_up_front() {
+        for (bad, says) in [
+            ("0", "not a process"),
+            ("1", "host's init"),
+            ("007", "write it as 7"),
+            ("99999999999999999999", "beyond the largest pid"),
+            ("4194305", "beyond the largest pid"),
+            ("/proc/1/ns/net", "--netns 1"),
+            ("/proc/self/ns/net", "workload's pid"),
+            ("/proc/1234/task/1234/ns/net", "workload's pid"),
+            ("/proc", "under /proc"),
+        ] {
+            let err = netns_reference(bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(err.message().contains(says), "{bad:?}: {}", err.message());
+        }
+        for ok in [
+            "1234",
+            "2",
+            "w1",
+            "/run/netns/w1",
+            "/var/run/docker/netns/abc",
+            "/procfs/x",
+        ] {
+            assert!(netns_reference(ok).is_ok(), "{ok:?}");
+        }
     }
 }
 

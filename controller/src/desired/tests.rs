@@ -41,6 +41,7 @@ fn setup() -> ClusterState {
             ifname: "eth0".into(),
             ip: None,
             now_ms: 0,
+            default_route: false,
         })
         .result
         .unwrap();
@@ -90,6 +91,7 @@ fn a_new_peer_is_a_small_delta_and_unrelated_changes_are_none() {
         ifname: "eth0".into(),
         ip: None,
         now_ms: 0,
+        default_route: false,
     })
     .result
     .unwrap();
@@ -194,6 +196,147 @@ proptest! {
                         prop_assert_eq!(&*state, &expect, "host {} after {:?}", h, op);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A namespace on several networks, its default route moving with every attach
+/// `--default-route`, detach and release: each host following the stream still holds exactly
+/// the state computed from scratch (the flag is part of what the agent programs).
+#[derive(Clone, Debug)]
+enum NsOp {
+    Attach {
+        net: u8,
+        host: u8,
+        ns: u8,
+        default_route: bool,
+    },
+    Detach {
+        net: u8,
+        host: u8,
+        ns: u8,
+    },
+    /// The host's agent reports the endpoint gone, then releases it.
+    Release {
+        host: u8,
+        id: u8,
+    },
+}
+
+fn ns_op() -> impl Strategy<Value = NsOp> {
+    prop_oneof![
+        (0u8..3, 0u8..2, 0u8..3, any::<bool>()).prop_map(|(net, host, ns, default_route)| NsOp::Attach {
+            net,
+            host,
+            ns,
+            default_route
+        }),
+        (0u8..3, 0u8..2, 0u8..3).prop_map(|(net, host, ns)| NsOp::Detach { net, host, ns }),
+        (0u8..2, 0u8..30).prop_map(|(host, id)| NsOp::Release { host, id }),
+    ]
+}
+
+fn ns_commands(op: &NsOp) -> Vec<Command> {
+    match *op {
+        NsOp::Attach {
+            net,
+            host,
+            ns,
+            default_route,
+        } => vec![Command::AttachEndpoint {
+            network: format!("n{net}"),
+            host: format!("h{host}"),
+            netns: format!("w{ns}"),
+            ifname: format!("eth{net}"),
+            ip: None,
+            now_ms: 1,
+            default_route,
+        }],
+        NsOp::Detach { net, host, ns } => vec![Command::DetachEndpoint {
+            network: format!("n{net}"),
+            host: format!("h{host}"),
+            netns: format!("w{ns}"),
+        }],
+        NsOp::Release { host, id } => vec![
+            Command::ReportEndpoints {
+                host: format!("h{host}"),
+                statuses: vec![(u64::from(id), crate::model::EndpointStatus::Gone("gone".into()))],
+            },
+            Command::ReleaseEndpoint {
+                host: format!("h{host}"),
+                id: u64::from(id),
+            },
+        ],
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn moving_default_routes_reach_every_follower(
+        ops in proptest::collection::vec(ns_op(), 1..60),
+        batch in 1usize..4,
+    ) {
+        let mut s = ClusterState::default();
+        for h in 0..2 {
+            s.apply(Command::RegisterHost {
+                name: format!("h{h}"),
+                underlay_ip: format!("192.0.2.{}", 20 + h).parse().unwrap(),
+                underlay_iface: "eth0".into(),
+                underlay_mtu: 1500,
+                now_ms: 0,
+            });
+        }
+        for n in 0..3 {
+            s.apply(Command::CreateNetwork {
+                spec: NetworkSpec {
+                    name: format!("n{n}"),
+                    mode: Mode::Vxlan,
+                    cidr: format!("10.{n}.0.0/16").parse().unwrap(),
+                    host_prefix: None,
+                    vni: None,
+                    mtu: None,
+                    nat_egress: false,
+                    macvlan: None,
+                },
+                now_ms: 0,
+            });
+        }
+        let mut model = Arc::new(Model::build(&s, None));
+        let mut followers: Vec<(Arc<Model>, pb::HostDesiredState)> = (0..2)
+            .map(|h| {
+                let mut state = pb::HostDesiredState::default();
+                overlay_proto::watch::apply(&mut state, model.full_event(&format!("h{h}")).unwrap()).unwrap();
+                (model.clone(), state)
+            })
+            .collect();
+        // Several commands per model build, as when writes arrive faster than it rebuilds.
+        for chunk in ops.chunks(batch) {
+            for op in chunk {
+                for cmd in ns_commands(op) {
+                    s.apply(cmd);
+                }
+            }
+            model = Arc::new(Model::build(&s, Some(&model)));
+            for (h, (seen, state)) in followers.iter_mut().enumerate() {
+                let host = format!("h{h}");
+                if let Some(event) = model.delta(seen, &host) {
+                    overlay_proto::watch::apply(state, event).unwrap();
+                    *seen = model.clone();
+                }
+                let scratch = Model::build(&s, None).full(&host).unwrap();
+                let mut expect = model.full(&host).unwrap();
+                prop_assert_eq!(&expect, &scratch, "incremental model of {} after {:?}", host, chunk);
+                expect.revision = state.revision;
+                prop_assert_eq!(&*state, &expect, "host {} after {:?}", host, chunk);
+                // And the agent sees one default route per namespace.
+                let mut per_ns: BTreeMap<&str, usize> = BTreeMap::new();
+                for e in state.networks.iter().flat_map(|n| n.endpoints.iter()) {
+                    *per_ns.entry(e.netns.as_str()).or_default() += usize::from(e.default_route == Some(true));
+                }
+                prop_assert!(per_ns.values().all(|n| *n == 1), "{:?}", per_ns);
             }
         }
     }

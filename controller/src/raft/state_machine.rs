@@ -349,6 +349,7 @@ mod fuzz {
                 ifname: "eth0".into(),
                 ip: None,
                 now_ms: 2,
+                default_route: false,
             });
         }
         let payload = SnapshotPayloadRef {

@@ -49,6 +49,7 @@ fn attach(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Resul
             ifname: "eth0".into(),
             ip: None,
             now_ms: 1,
+            default_route: false,
         })
         .result?
     {
@@ -124,6 +125,7 @@ fn endpoints_skip_network_gateway_and_broadcast_and_are_released() {
             ifname: "eth0".into(),
             ip: None,
             now_ms: 1,
+            default_route: false,
         },
         |e| matches!(e, StateError::AddressPoolExhausted { .. }),
     );
@@ -253,6 +255,7 @@ fn subnet_pool_exhaustion_is_reported_at_attach() {
             ifname: "eth0".into(),
             ip: None,
             now_ms: 1,
+            default_route: false,
         },
         |e| matches!(e, StateError::SubnetPoolExhausted { capacity: 4, .. }),
     );
@@ -275,6 +278,7 @@ fn unknown_names_and_duplicates_are_refused() {
         ifname: ifname.into(),
         ip: None,
         now_ms: 1,
+        default_route: false,
     };
     assert_refused(&mut s, att("nope", "h1", "w2", "eth0"), |e| {
         matches!(e, StateError::UnknownNetwork(_))
@@ -305,6 +309,7 @@ fn unknown_names_and_duplicates_are_refused() {
         ifname: "eth0".into(),
         ip: Some(ip.parse().unwrap()),
         now_ms: 1,
+        default_route: false,
     };
     let taken = s.endpoint_by_key("blue", "h1", "w1").unwrap().ip.to_string();
     assert_refused(&mut s, ip(&taken), |e| {
@@ -576,6 +581,7 @@ fn every_command_survives_the_log_encoding() {
             ifname: "eth0".into(),
             ip: Some("10.1.0.9".parse().unwrap()),
             now_ms: 3,
+            default_route: false,
         },
         Command::AttachEndpoint {
             network: "blue".into(),
@@ -584,17 +590,32 @@ fn every_command_survives_the_log_encoding() {
             ifname: "eth0".into(),
             ip: None,
             now_ms: 3,
+            default_route: false,
         },
         Command::DetachEndpoint {
             network: "blue".into(),
             host: "h1".into(),
             netns: "w1".into(),
         },
+        Command::AttachEndpoint {
+            network: "red".into(),
+            host: "h1".into(),
+            netns: "w1".into(),
+            ifname: "eth1".into(),
+            ip: None,
+            now_ms: 3,
+            default_route: true,
+        },
+        Command::ReleaseEndpoint {
+            host: "h1".into(),
+            id: 7,
+        },
         Command::ReportEndpoints {
             host: "h1".into(),
             statuses: vec![
                 (1, EndpointStatus::Ready),
                 (2, EndpointStatus::Failed("gone".into())),
+                (3, EndpointStatus::Gone("namespace w1 is gone (not found)".into())),
             ],
         },
         Command::Batch(vec![
@@ -623,7 +644,13 @@ pub(crate) enum Op {
     Create(u8, u8, Option<u8>),
     Delete(u8, bool),
     Attach(u8, u8, u8),
+    /// Attach with `--default-route`.
+    AttachDefault(u8, u8, u8),
     Detach(u8, u8, u8),
+    /// The agent of host .0 reports endpoint id .1 gone.
+    Gone(u8, u8),
+    /// The agent of host .0 releases endpoint id .1.
+    Release(u8, u8),
 }
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
@@ -634,7 +661,10 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         (0u8..4, 0u8..6, proptest::option::of(26u8..29)).prop_map(|(n, c, p)| Op::Create(n, c, p)),
         (0u8..4, any::<bool>()).prop_map(|(n, f)| Op::Delete(n, f)),
         (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Attach(n, h, w)),
+        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::AttachDefault(n, h, w)),
         (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Detach(n, h, w)),
+        (0u8..6, 0u8..40).prop_map(|(h, id)| Op::Gone(h, id)),
+        (0u8..6, 0u8..40).prop_map(|(h, id)| Op::Release(h, id)),
     ]
 }
 
@@ -677,13 +707,22 @@ pub(crate) fn to_command(op: &Op) -> Command {
             name: format!("n{n}"),
             force,
         },
-        Op::Attach(n, h, w) => Command::AttachEndpoint {
+        Op::Attach(n, h, w) | Op::AttachDefault(n, h, w) => Command::AttachEndpoint {
             network: format!("n{n}"),
             host: format!("h{h}"),
             netns: format!("w{w}"),
             ifname: format!("e{n}"),
             ip: None,
             now_ms: 1,
+            default_route: matches!(op, Op::AttachDefault(..)),
+        },
+        Op::Gone(h, id) => Command::ReportEndpoints {
+            host: format!("h{h}"),
+            statuses: vec![(u64::from(id), EndpointStatus::Gone("namespace gone".into()))],
+        },
+        Op::Release(h, id) => Command::ReleaseEndpoint {
+            host: format!("h{h}"),
+            id: u64::from(id),
         },
         Op::Detach(n, h, w) => Command::DetachEndpoint {
             network: format!("n{n}"),
@@ -730,6 +769,14 @@ fn check_invariants(s: &ClusterState) {
             );
             subnets.push(lease.subnet);
         }
+    }
+    // Every namespace with endpoints has exactly one default route.
+    let mut holders: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for ep in s.endpoints.values() {
+        *holders.entry((&ep.host, &ep.netns)).or_default() += usize::from(ep.default_route);
+    }
+    for ((host, netns), n) in holders {
+        assert_eq!(n, 1, "namespace {netns} on {host} has {n} default routes");
     }
     // Derived indices agree with the records (no leak: every index entry is a live endpoint).
     let indexed: usize = s.addresses.values().map(|a| a.len()).sum();
@@ -815,4 +862,222 @@ proptest! {
         let exhausted = matches!(attach(&mut s, "blue", "h1", "one-more"), Err(StateError::AddressPoolExhausted { .. }));
         prop_assert!(exhausted, "the 62nd endpoint must exhaust the /26");
     }
+}
+
+// ---------------------------------------------------------------- default routes, gone endpoints
+
+fn attach_to(
+    s: &mut ClusterState,
+    network: &str,
+    netns: &str,
+    ifname: &str,
+    default_route: bool,
+) -> Result<Endpoint, StateError> {
+    match s
+        .apply(Command::AttachEndpoint {
+            network: network.into(),
+            host: "h1".into(),
+            netns: netns.into(),
+            ifname: ifname.into(),
+            ip: None,
+            now_ms: 1,
+            default_route,
+        })
+        .result?
+    {
+        Response::Endpoint(e) => Ok(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn default_of(s: &ClusterState, netns: &str) -> Vec<String> {
+    s.endpoints
+        .values()
+        .filter(|e| e.host == "h1" && e.netns == netns && e.default_route)
+        .map(|e| e.network.clone())
+        .collect()
+}
+
+fn three_networks() -> ClusterState {
+    let mut s = two_hosts();
+    for (name, cidr) in [
+        ("blue", "10.1.0.0/16"),
+        ("red", "10.2.0.0/16"),
+        ("green", "10.3.0.0/16"),
+    ] {
+        create(&mut s, vxlan(name, cidr)).unwrap();
+    }
+    s
+}
+
+#[test]
+fn the_first_endpoint_of_a_namespace_holds_its_default_route() {
+    let mut s = three_networks();
+    assert!(
+        attach_to(&mut s, "blue", "w", "eth0", false)
+            .unwrap()
+            .default_route
+    );
+    assert!(
+        !attach_to(&mut s, "red", "w", "eth1", false)
+            .unwrap()
+            .default_route
+    );
+    // Another namespace has its own.
+    assert!(
+        attach_to(&mut s, "red", "v", "eth0", false)
+            .unwrap()
+            .default_route
+    );
+    assert_eq!(default_of(&s, "w"), ["blue"]);
+    // --default-route takes it over; the previous holder is changed in the same command.
+    let rev = s.revision;
+    assert!(
+        attach_to(&mut s, "green", "w", "eth2", true)
+            .unwrap()
+            .default_route
+    );
+    assert_eq!(s.revision, rev + 1);
+    assert_eq!(default_of(&s, "w"), ["green"]);
+    assert_eq!(default_of(&s, "v"), ["red"], "other namespaces keep theirs");
+}
+
+#[test]
+fn the_oldest_endpoint_takes_over_when_the_holder_goes() {
+    let mut s = three_networks();
+    attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
+    attach_to(&mut s, "red", "w", "eth1", false).unwrap();
+    attach_to(&mut s, "green", "w", "eth2", true).unwrap();
+    let detach = |s: &mut ClusterState, network: &str| {
+        s.apply(Command::DetachEndpoint {
+            network: network.into(),
+            host: "h1".into(),
+            netns: "w".into(),
+        })
+        .result
+        .unwrap();
+    };
+    detach(&mut s, "green");
+    assert_eq!(default_of(&s, "w"), ["blue"], "blue is the oldest left");
+    // Removing a non-holder moves nothing.
+    attach_to(&mut s, "green", "w", "eth2", false).unwrap();
+    detach(&mut s, "red");
+    assert_eq!(default_of(&s, "w"), ["blue"]);
+    // A network deleted with --force hands the route over too.
+    s.apply(Command::DeleteNetwork {
+        name: "blue".into(),
+        force: true,
+    })
+    .result
+    .unwrap();
+    assert_eq!(default_of(&s, "w"), ["green"]);
+    detach(&mut s, "green");
+    assert!(default_of(&s, "w").is_empty() && s.endpoints.is_empty());
+}
+
+#[test]
+fn a_moved_default_route_reaches_the_agent_as_an_endpoint_change() {
+    use crate::desired::Model;
+    let mut s = three_networks();
+    let blue = attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
+    let before = Model::build(&s, None);
+    attach_to(&mut s, "red", "w", "eth1", true).unwrap();
+    let after = Model::build(&s, Some(&before));
+    let full = after.full("h1").unwrap();
+    let flags: Vec<(String, bool)> = full
+        .networks
+        .iter()
+        .flat_map(|n| {
+            n.endpoints
+                .iter()
+                .map(move |e| (n.name.clone(), e.default_route == Some(true)))
+        })
+        .collect();
+    assert_eq!(flags, [("blue".to_string(), false), ("red".to_string(), true)]);
+    let Some(overlay_proto::v1::WatchEvent {
+        event: Some(overlay_proto::v1::watch_event::Event::Delta(d)),
+        ..
+    }) = after.delta(&before, "h1")
+    else {
+        panic!("expected a delta")
+    };
+    let blue_change = d
+        .endpoint_changes
+        .iter()
+        .find(|c| c.network == "blue")
+        .expect("blue's endpoint list changed");
+    assert_eq!(blue_change.upsert.len(), 1);
+    assert_eq!(blue_change.upsert[0].id, blue.id);
+    assert_eq!(blue_change.upsert[0].default_route, Some(false));
+}
+
+#[test]
+fn a_snapshot_from_before_default_routes_gives_each_namespace_one() {
+    let mut s = three_networks();
+    attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
+    attach_to(&mut s, "red", "w", "eth1", false).unwrap();
+    attach_to(&mut s, "green", "v", "eth0", false).unwrap();
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    for ep in json["endpoints"].as_object_mut().unwrap().values_mut() {
+        ep.as_object_mut().unwrap().remove("default_route");
+    }
+    let old = ClusterState::from_snapshot_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(
+        old, s,
+        "the oldest endpoint of each namespace holds it, as apply decided"
+    );
+}
+
+#[test]
+fn only_the_host_of_a_gone_endpoint_releases_it() {
+    let mut s = three_networks();
+    let ep = attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
+    let release = |host: &str, id: u64| Command::ReleaseEndpoint {
+        host: host.into(),
+        id,
+    };
+    assert_refused(&mut s, release("h1", 999), |e| {
+        matches!(e, StateError::UnknownEndpointId(999))
+    });
+    assert_refused(&mut s, release("h2", ep.id), |e| {
+        matches!(e, StateError::EndpointOfOtherHost { .. }) && e.kind() == ErrorKind::PermissionDenied
+    });
+    assert_refused(
+        &mut s,
+        release("h1", ep.id),
+        |e| matches!(e, StateError::EndpointNotGone { state, .. } if state == "pending"),
+    );
+    // Another host's report of it is ignored; it stays unreleasable.
+    s.apply(Command::ReportEndpoints {
+        host: "h2".into(),
+        statuses: vec![(ep.id, EndpointStatus::Gone("namespace w is gone".into()))],
+    });
+    assert_refused(&mut s, release("h1", ep.id), |e| {
+        matches!(e, StateError::EndpointNotGone { .. })
+    });
+    s.apply(Command::ReportEndpoints {
+        host: "h1".into(),
+        statuses: vec![(ep.id, EndpointStatus::Gone("namespace w is gone".into()))],
+    });
+    assert_refused(&mut s, release("h2", ep.id), |e| {
+        matches!(e, StateError::EndpointOfOtherHost { .. })
+    });
+    let Ok(Response::EndpointDetached(released)) = s.apply(release("h1", ep.id)).result else {
+        panic!("release refused")
+    };
+    assert_eq!(released.ip, ep.ip);
+    assert!(s.endpoints.is_empty());
+    // The address is free again: the next namespace may ask for it.
+    let again = s
+        .apply(Command::AttachEndpoint {
+            network: "blue".into(),
+            host: "h1".into(),
+            netns: "w2".into(),
+            ifname: "eth0".into(),
+            ip: Some(ep.ip),
+            now_ms: 2,
+            default_route: false,
+        })
+        .result;
+    assert!(again.is_ok(), "{again:?}");
 }

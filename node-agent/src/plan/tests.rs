@@ -46,11 +46,31 @@ fn spec() -> HostSpec {
                 mac: "0a:58:0a:01:00:02".into(),
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-1a".into(),
+                default_route: Some(true),
             }],
             ..Default::default()
         }],
     };
     HostSpec::from_proto(&d, "192.0.2.21".parse().unwrap())
+}
+
+/// Endpoint plans for an agent that configured every endpoint's routes as the spec says.
+fn plan_eps(
+    s: &HostSpec,
+    k: &Kernel,
+    deep: bool,
+    macvlans: &BTreeMap<u64, MacvlanRecord>,
+) -> Vec<EndpointOp> {
+    let routes: BTreeMap<u64, bool> = s.endpoints().map(|e| (e.id, e.default_route)).collect();
+    endpoints(
+        s,
+        k,
+        deep,
+        Known {
+            macvlans,
+            routes: &routes,
+        },
+    )
 }
 
 fn link(index: u32, name: &str, kind: LinkKind, mtu: u32) -> Link {
@@ -152,8 +172,8 @@ fn converged_kernel_plans_nothing() {
     let (s, k) = (spec(), converged());
     assert_eq!(links(&s, &k, UNDERLAY), vec![]);
     assert_eq!(entries(&s, &k), vec![]);
-    assert_eq!(endpoints(&s, &k, false, &BTreeMap::new()), vec![]);
-    let deep = endpoints(&s, &k, true, &BTreeMap::new());
+    assert_eq!(plan_eps(&s, &k, false, &BTreeMap::new()), vec![]);
+    let deep = plan_eps(&s, &k, true, &BTreeMap::new());
     assert!(matches!(deep.as_slice(), [EndpointOp::Verify { .. }]), "{deep:?}");
 }
 
@@ -176,7 +196,7 @@ fn empty_kernel_creates_devices_then_entries() {
     // Until the devices exist, no entry can be planned and endpoints are reported blocked.
     assert_eq!(entries(&s, &k), vec![]);
     assert!(matches!(
-        &endpoints(&s, &k, false, &BTreeMap::new())[..],
+        &plan_eps(&s, &k, false, &BTreeMap::new())[..],
         [EndpointOp::Blocked { id: 26, .. }]
     ));
 
@@ -297,19 +317,19 @@ fn endpoint_repairs() {
     let mut k = converged();
     k.links.remove("ovv-1a");
     assert!(
-        matches!(&endpoints(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.is_empty())
+        matches!(&plan_eps(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.is_empty())
     );
     // Host end present but its peer never moved: remove it and wire again.
     let mut k = converged();
     k.links.get_mut("ovv-1a").unwrap().peer_in_other_netns = false;
     assert!(
-        matches!(&endpoints(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.len() == 1)
+        matches!(&plan_eps(&s, &k, false, &BTreeMap::new())[..], [EndpointOp::Wire { stale, .. }] if stale.len() == 1)
     );
     // Detached from the bridge: fix the host side and check the namespace side.
     let mut k = converged();
     k.links.get_mut("ovv-1a").unwrap().master = None;
     assert!(matches!(
-        &endpoints(&s, &k, false, &BTreeMap::new())[..],
+        &plan_eps(&s, &k, false, &BTreeMap::new())[..],
         [
             EndpointOp::FixHostSide { master: 10, .. },
             EndpointOp::Verify { .. }
@@ -345,6 +365,7 @@ fn macvlan_spec(parent: &str) -> HostSpec {
                 mac: "0a:58:c6:33:64:82".into(),
                 gateway: "198.51.100.1".into(),
                 host_ifname: "ovv-9".into(),
+                default_route: Some(true),
             }],
             ..Default::default()
         }],
@@ -397,7 +418,7 @@ fn macvlan_endpoints_use_records() {
     let k = converged();
     let none = BTreeMap::new();
     assert!(matches!(
-        &endpoints(&s, &k, false, &none)[..],
+        &plan_eps(&s, &k, false, &none)[..],
         [EndpointOp::VerifyMacvlan {
             parent_index: UNDERLAY,
             ..
@@ -411,12 +432,12 @@ fn macvlan_endpoints_use_records() {
     };
     let known: BTreeMap<u64, MacvlanRecord> = [(9, record.clone())].into_iter().collect();
     assert_eq!(
-        endpoints(&s, &k, false, &known),
+        plan_eps(&s, &k, false, &known),
         vec![],
         "a known endpoint needs no work between deep passes"
     );
     assert_eq!(
-        endpoints(&s, &k, true, &known).len(),
+        plan_eps(&s, &k, true, &known).len(),
         1,
         "deep passes check it inside its namespace"
     );
@@ -424,13 +445,108 @@ fn macvlan_endpoints_use_records() {
     let mut gone = s.clone();
     gone.networks[0].endpoints.clear();
     assert_eq!(
-        endpoints(&gone, &k, false, &known),
+        plan_eps(&gone, &k, false, &known),
         vec![EndpointOp::RemoveMacvlan { record }]
     );
     // Parent missing: reported, nothing attempted.
     let s = macvlan_spec("eth7");
     assert!(matches!(
-        &endpoints(&s, &k, false, &none)[..],
+        &plan_eps(&s, &k, false, &none)[..],
         [EndpointOp::Blocked { id: 9, .. }]
     ));
+}
+
+/// One namespace on two networks: blue's endpoint (26) and red's (27, ifname eth1).
+fn two_networks(default_on_red: bool) -> HostSpec {
+    let mut s = spec();
+    let mut red = s.networks[0].clone();
+    red.name = "red".into();
+    red.id = 2;
+    red.cidr = "10.2.0.0/16".parse().unwrap();
+    red.bridge = Some(crate::spec::BridgeSpec {
+        name: "ovb-2".into(),
+        address: "10.2.0.1/24".parse().unwrap(),
+        mtu: 1450,
+    });
+    let mut ep = red.endpoints[0].clone();
+    ep.id = 27;
+    ep.ifname = "eth1".into();
+    ep.cidr = red.cidr;
+    ep.default_route = default_on_red;
+    ep.attachment = Attachment::Veth {
+        bridge: "ovb-2".into(),
+        host_ifname: "ovv-1b".into(),
+    };
+    red.endpoints = vec![ep];
+    s.networks[0].endpoints[0].default_route = !default_on_red;
+    s.networks.push(red);
+    s
+}
+
+fn with_red(mut k: Kernel) -> Kernel {
+    k.links
+        .insert("ovb-2".into(), link(20, "ovb-2", LinkKind::Bridge, 1450));
+    let mut veth = link(21, "ovv-1b", LinkKind::Veth, 1450);
+    veth.master = Some(20);
+    veth.peer_in_other_netns = true;
+    k.links.insert("ovv-1b".into(), veth);
+    k
+}
+
+#[test]
+fn a_moved_default_route_rechecks_both_endpoints_giver_first() {
+    let k = with_red(converged());
+    let before = two_networks(false);
+    let configured: BTreeMap<u64, bool> = before.endpoints().map(|e| (e.id, e.default_route)).collect();
+    let none = BTreeMap::new();
+    let known = Known {
+        macvlans: &none,
+        routes: &configured,
+    };
+    assert_eq!(
+        endpoints(&before, &k, false, known),
+        vec![],
+        "converged: nothing to do"
+    );
+    // The controller gave red's endpoint the default route: both are looked at again, blue's
+    // (which gives it up) first, though blue sorts first anyway; then with red holding it
+    // before, the order flips.
+    let after = two_networks(true);
+    let ids: Vec<u64> = endpoints(&after, &k, false, known)
+        .iter()
+        .map(|op| match op {
+            EndpointOp::Verify { spec, .. } => spec.id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [26, 27]);
+    let configured: BTreeMap<u64, bool> = after.endpoints().map(|e| (e.id, e.default_route)).collect();
+    let known = Known {
+        macvlans: &none,
+        routes: &configured,
+    };
+    let ids: Vec<u64> = endpoints(&before, &k, false, known)
+        .iter()
+        .map(|op| match op {
+            EndpointOp::Verify { spec, .. } => spec.id,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [27, 26], "red gives the route up before blue takes it");
+}
+
+#[test]
+fn endpoints_carry_their_route_role_and_network() {
+    let s = two_networks(true);
+    let eps: Vec<(u64, bool, String)> = s
+        .endpoints()
+        .map(|e| (e.id, e.default_route, e.cidr.to_string()))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            (26, false, "10.1.0.0/16".into()),
+            (27, true, "10.2.0.0/16".into())
+        ]
+    );
 }
