@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod endpoint;
 pub mod firewall;
+pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod netlink;

@@ -13,6 +13,7 @@ pub mod raft {
 }
 
 pub mod connect;
+pub mod instance;
 pub mod mac;
 pub mod metrics_http;
 pub mod names;

@@ -222,6 +222,7 @@ async fn mtls_cluster_authenticates_every_caller() {
             AgentClient::new(ch)
                 .watch(pb::WatchRequest {
                     host_name: "h2".into(),
+                    instance_id: String::new(),
                 })
                 .await
                 .map(|_| ())
@@ -234,6 +235,7 @@ async fn mtls_cluster_authenticates_every_caller() {
                 .heartbeat(pb::HeartbeatRequest {
                     host_name: "h2".into(),
                     applied_revision: 0,
+                    instance_id: String::new(),
                 })
                 .await
         })
@@ -253,6 +255,7 @@ async fn mtls_cluster_authenticates_every_caller() {
                         received: 3,
                         ..Default::default()
                     }],
+                    instance_id: String::new(),
                 })
                 .await
         })
