@@ -177,9 +177,10 @@ impl Agent for AgentApi {
                 why,
             )
         };
-        // Another instance holds the name: while its agent is connected anywhere, refuse at
-        // once (the replicated `last_seen` the state machine goes by is up to
-        // HEARTBEAT_PERSIST_EVERY old).
+        // Another instance holds the name. The state machine goes by the replicated
+        // `last_seen`, which may be HEARTBEAT_PERSIST_EVERY old; the replicas' memory knows
+        // better. While the holder is connected, or was heard (a heartbeat, a report, its
+        // stream ending) within the claim timeout, refuse here.
         let held = self.node.view.read(|s| {
             s.hosts
                 .get(&body.host_name)
@@ -189,15 +190,20 @@ impl Agent for AgentApi {
         if let Some(holder) = held {
             let (seen, _) = self.node.agents_everywhere().await;
             let now = now_ms();
-            let holder_seen = seen.get(&holder.name).cloned().unwrap_or_default();
-            if agent_connected(&holder_seen, holder.last_seen_ms, now) {
-                let why = self.node.view.read(|s| {
-                    s.holder(&body.host_name, &body.instance_id, now, self.claim_timeout_ms())
-                        .err()
-                });
-                if let Some(why) = why {
-                    return Err(refuse(why));
-                }
+            let s = seen.get(&holder.name).cloned().unwrap_or_default();
+            let heard = s
+                .last_heartbeat_ms
+                .max(s.stream_ended_ms)
+                .max(holder.last_seen_ms);
+            let timeout_ms = self.claim_timeout_ms();
+            if agent_connected(&s, holder.last_seen_ms, now) || now - heard < timeout_ms {
+                return Err(refuse(StateError::HostClaimed {
+                    host: holder.name.clone(),
+                    holder: overlay_proto::instance::short(&holder.claimant).to_string(),
+                    underlay_ip: holder.underlay_ip,
+                    silent_ms: if s.streams > 0 { 0 } else { (now - heard).max(0) },
+                    timeout_ms,
+                }));
             }
         }
         let cmd = Command::RegisterHost {
