@@ -246,9 +246,7 @@ fn caller_of<B>(req: &http::Request<B>) -> Result<(PeerIdentity, CertNames), Str
         .and_then(|info| info.peer_certs())
         .ok_or("unauthenticated: no client certificate")?;
     let leaf = certs.first().ok_or("unauthenticated: no client certificate")?;
-    let who = PeerIdentity::from_der(leaf).map_err(|e| format!("unauthenticated: {e}"))?;
-    let names = CertNames::from_der(leaf).map_err(|e| format!("unauthenticated: {e}"))?;
-    Ok((who, names))
+    overlay_proto::tls::peer_of(leaf).map_err(|e| format!("unauthenticated: {e}"))
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for AuthService<S>

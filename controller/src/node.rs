@@ -138,7 +138,7 @@ impl AgentSeen {
         self.refused_claims
             .retain(|c| now_ms - c.last_refused_ms < REFUSED_CLAIM_MEMORY_MS);
         self.refused_claims
-            .sort_by(|a, b| b.last_refused_ms.cmp(&a.last_refused_ms));
+            .sort_by_key(|c| std::cmp::Reverse(c.last_refused_ms));
         self.refused_claims.truncate(MAX_REFUSED_CLAIMS);
     }
 }
@@ -159,6 +159,9 @@ pub type AgentsSeen = Arc<std::sync::Mutex<std::collections::HashMap<String, Age
 
 /// Entries of hosts removed meanwhile tolerated in [`AgentsSeen`] before it is pruned.
 const AGENTS_SEEN_SLACK: usize = 64;
+
+/// Members by id and address.
+pub type Members = Vec<(NodeId, String)>;
 
 /// How long a membership learned from the other replicas (for a Raft caller this replica
 /// does not know yet) is reused: a flood of unknown callers costs one lookup per period.
@@ -290,7 +293,7 @@ pub struct Node {
     /// accepts Raft traffic from (afterwards the membership in the log decides).
     pub configured_peers: BTreeMap<NodeId, String>,
     /// The membership as the other replicas last told it, and when (see [`Node::members_by_peers`]).
-    pub peer_membership: tokio::sync::Mutex<Option<(Instant, Vec<(NodeId, String)>)>>,
+    pub peer_membership: tokio::sync::Mutex<Option<(Instant, Members)>>,
 }
 
 /// The innermost cause of a failed call ("invalid peer certificate: ...", "connection
@@ -601,7 +604,11 @@ impl Node {
             req.set_timeout(Duration::from_secs(2));
             match client.info(req).await {
                 Ok(info) => break info.into_inner(),
-                Err(s) if Instant::now() + RETRY_PAUSE >= deadline => {
+                // A certificate that does not fit will not fit any better in a moment.
+                Err(s)
+                    if Instant::now() + RETRY_PAUSE >= deadline
+                        || deepest_cause(&s).contains("certificate") =>
+                {
                     return Err(unreachable(deepest_cause(&s)));
                 }
                 Err(_) => sleep(RETRY_PAUSE).await,

@@ -163,6 +163,60 @@ impl ProbeHub {
     }
 }
 
+/// One order per host of `network` (each probes all the others' gateways); the hosts in order.
+pub fn orders(
+    state: &ClusterState,
+    network: &str,
+    count: u32,
+    id: &str,
+) -> Result<(Vec<pb::HostProbeOrder>, Vec<String>), String> {
+    let n = state
+        .networks
+        .get(network)
+        .ok_or_else(|| format!("unknown network {network:?}"))?;
+    if !n.mode.uses_leases() {
+        return Err(format!(
+            "network {network:?} is {}: probe works on vxlan and nat networks (hosts' gateways)",
+            n.mode
+        ));
+    }
+    let members: Vec<(String, String)> = n
+        .leases
+        .iter()
+        .map(|(host, lease)| (host.clone(), subnet_gateway(lease.subnet).to_string()))
+        .collect();
+    if members.len() < 2 {
+        return Err(format!(
+            "network {network:?} spans {} host(s): nothing to probe between",
+            members.len()
+        ));
+    }
+    let orders = members
+        .iter()
+        .map(|(host, _)| pb::HostProbeOrder {
+            host: host.clone(),
+            order: Some(pb::ProbeOrder {
+                id: id.to_string(),
+                network: network.to_string(),
+                targets: members
+                    .iter()
+                    .filter(|(h, _)| h != host)
+                    .map(|(h, a)| pb::ProbeTarget {
+                        host: h.clone(),
+                        address: a.clone(),
+                    })
+                    .collect(),
+                count,
+                small_payload: SMALL_PAYLOAD,
+                // The agent fills the network's MTU.
+                big_payload: 0,
+                timeout_ms: ECHO_TIMEOUT_MS,
+            }),
+        })
+        .collect();
+    Ok((orders, members.into_iter().map(|(h, _)| h).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,58 +292,4 @@ mod tests {
         let probes = hub.probes.lock().unwrap_or_else(|p| p.into_inner());
         assert_eq!((probes.by_id.len(), probes.order.len()), (MAX_PROBES, MAX_PROBES));
     }
-}
-
-/// One order per host of `network` (each probes all the others' gateways); the hosts in order.
-pub fn orders(
-    state: &ClusterState,
-    network: &str,
-    count: u32,
-    id: &str,
-) -> Result<(Vec<pb::HostProbeOrder>, Vec<String>), String> {
-    let n = state
-        .networks
-        .get(network)
-        .ok_or_else(|| format!("unknown network {network:?}"))?;
-    if !n.mode.uses_leases() {
-        return Err(format!(
-            "network {network:?} is {}: probe works on vxlan and nat networks (hosts' gateways)",
-            n.mode
-        ));
-    }
-    let members: Vec<(String, String)> = n
-        .leases
-        .iter()
-        .map(|(host, lease)| (host.clone(), subnet_gateway(lease.subnet).to_string()))
-        .collect();
-    if members.len() < 2 {
-        return Err(format!(
-            "network {network:?} spans {} host(s): nothing to probe between",
-            members.len()
-        ));
-    }
-    let orders = members
-        .iter()
-        .map(|(host, _)| pb::HostProbeOrder {
-            host: host.clone(),
-            order: Some(pb::ProbeOrder {
-                id: id.to_string(),
-                network: network.to_string(),
-                targets: members
-                    .iter()
-                    .filter(|(h, _)| h != host)
-                    .map(|(h, a)| pb::ProbeTarget {
-                        host: h.clone(),
-                        address: a.clone(),
-                    })
-                    .collect(),
-                count,
-                small_payload: SMALL_PAYLOAD,
-                // The agent fills the network's MTU.
-                big_payload: 0,
-                timeout_ms: ECHO_TIMEOUT_MS,
-            }),
-        })
-        .collect();
-    Ok((orders, members.into_iter().map(|(h, _)| h).collect()))
 }

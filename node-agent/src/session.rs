@@ -590,7 +590,12 @@ async fn report_loop(
 ) {
     let mut last_sent: Option<(u64, EndpointStatuses, Vec<String>)> = None;
     let mut retry = false;
+    let mut refused = false;
     loop {
+        if refused {
+            // Another agent holds the host name: its refusal will not change for a while.
+            tokio::time::sleep(CLAIM_RETRY_MAX).await;
+        }
         let next = async {
             tokio::select! {
                 r = report_rx.changed() => r.is_ok(),
@@ -637,6 +642,7 @@ async fn report_loop(
             })
             .await;
         retry = sent.is_err();
+        refused = matches!(&sent, Err(s) if s.code() == tonic::Code::FailedPrecondition);
         match sent {
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),

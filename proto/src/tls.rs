@@ -91,12 +91,11 @@ impl PeerIdentity {
     /// Reads role and name from a DER certificate's subject. Only for certificates the TLS
     /// layer has verified against the CA: this checks the subject, not the signature.
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
-        let bad = |reason: String| TlsError::BadCertificate {
-            what: "peer certificate".into(),
-            reason,
-        };
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("not X.509: {e}")))?;
+        Self::of(&parse_der(der)?)
+    }
+
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Self, TlsError> {
+        let bad = bad_peer;
         let subject = cert.subject();
         let single = |mut values: Vec<&str>, field: &str| match values.len() {
             1 => Ok(values.remove(0).to_string()),
@@ -162,13 +161,12 @@ impl CertNames {
     /// Reads the subject alternative names of a DER certificate (none: empty lists). Like
     /// [`PeerIdentity::from_der`], only for certificates TLS has verified.
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
+        Self::of(&parse_der(der)?)
+    }
+
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Self, TlsError> {
         use x509_parser::extensions::GeneralName;
-        let bad = |reason: String| TlsError::BadCertificate {
-            what: "peer certificate".into(),
-            reason,
-        };
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("not X.509: {e}")))?;
+        let bad = bad_peer;
         let mut names = Self::default();
         let Some(san) = cert
             .subject_alternative_name()
@@ -225,6 +223,25 @@ impl fmt::Display for CertNames {
             .collect();
         f.write_str(&all.join(", "))
     }
+}
+
+/// Who a verified peer certificate names, and the names it is valid for, from one parse.
+pub fn peer_of(der: &[u8]) -> Result<(PeerIdentity, CertNames), TlsError> {
+    let cert = parse_der(der)?;
+    Ok((PeerIdentity::of(&cert)?, CertNames::of(&cert)?))
+}
+
+fn bad_peer(reason: String) -> TlsError {
+    TlsError::BadCertificate {
+        what: "peer certificate".into(),
+        reason,
+    }
+}
+
+fn parse_der(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, TlsError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| bad_peer(format!("not X.509: {e}")))
 }
 
 /// The host part of a `host:port` address (`[v6]:port`, a scheme in front tolerated).
