@@ -120,7 +120,6 @@ fn a_copied_agent_certificate_and_forged_agent_input_change_nothing() {
     let pki = lab.pki.clone().expect("pki");
     let addrs = lab.controllers.addrs();
     let h1_ip = lab.hosts[0].ip.to_string();
-    let real_id = lab.hosts[0].instance_id().expect("h1's instance id");
     let mut refused = Refusals::default();
 
     // 1. h1's certificate copied to a third machine, run there as h1.
@@ -170,6 +169,7 @@ fn a_copied_agent_certificate_and_forged_agent_input_change_nothing() {
 
     // 2. Probe reports: 12 reports of 8 MiB each, for a probe nobody ordered (once as a
     //    stranger, then with h1's own instance id), must not grow the replica.
+    let real_id = lab.hosts[0].instance_id().expect("h1's instance id");
     let pid = lab.controllers.pid(1).expect("replica pid");
     let before = rss_mib(pid);
     let big = pb::ProbeReport {

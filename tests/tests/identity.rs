@@ -101,7 +101,6 @@ fn a_second_agent_for_a_host_name_waits_until_the_first_is_silent() {
         "w2 -> w1 before anything happened\n{}",
         lab.logs()
     );
-    let real_id = lab.hosts[0].instance_id().expect("h1's instance id");
     let h1_ip = lab.hosts[0].ip.to_string();
 
     // The impostor: machine h3 runs `overlay-agent --host-name h1`, while h2's workload pings
@@ -119,6 +118,7 @@ fn a_second_agent_for_a_host_name_waits_until_the_first_is_silent() {
         .unwrap_or_default()
         .to_string();
     println!("impostor refused after {refused_in:?}: {line}");
+    let real_id = lab.hosts[0].instance_id().expect("h1's instance id");
     assert!(
         line.contains(&real_id[..8]) && !line.contains(&real_id) && line.contains(&h1_ip),
         "the refusal names the holder by its short id and underlay only: {line}"
