@@ -28,12 +28,14 @@ pub fn validate(id: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// What may be shown of an id: its first [`SHORT_LEN`] characters ("-" for none).
+/// What may be shown of an id: its first [`SHORT_LEN`] characters ("-" for none), whatever
+/// the id holds.
 pub fn short(id: &str) -> &str {
     if id.is_empty() {
         return "-";
     }
-    id.get(..SHORT_LEN).unwrap_or(id)
+    let end = id.char_indices().nth(SHORT_LEN).map_or(id.len(), |(at, _)| at);
+    &id[..end]
 }
 
 #[cfg(test)]
@@ -46,6 +48,8 @@ mod tests {
         assert!(validate(id).is_ok());
         assert_eq!(short(id), "01234567");
         assert_eq!(short(""), "-");
+        assert_eq!(short("ééééééééééé"), "éééééééé");
+        assert_eq!(short("abc"), "abc");
         for bad in [
             "",
             "0123",

@@ -77,8 +77,9 @@ impl AgentApi {
     }
 
     /// The record of `host` if `instance` holds it; otherwise the refusal, remembered for
-    /// `doctor` (`call` and `underlay` say what the caller asked for).
+    /// `doctor` (`call` says what the caller asked for).
     fn holder<T>(&self, req: &Request<T>, host: &str, instance: &str, call: &str) -> Result<Host, Status> {
+        check_instance(instance)?;
         let checked = self.node.view.read(|s| {
             s.holder(host, instance, now_ms(), self.claim_timeout_ms())
                 .cloned()
