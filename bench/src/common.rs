@@ -52,6 +52,7 @@ pub async fn register_fake_hosts(c: &Controllers, n: usize, parallel: usize) -> 
                 underlay_ip: format!("100.{}.{}.{}", 64 + i / 62500, (i / 250) % 250, i % 250 + 1),
                 underlay_iface: "eth0".into(),
                 underlay_mtu: 1500,
+                instance_id: String::new(),
             };
             c.call(|ch| {
                 let req = req.clone();

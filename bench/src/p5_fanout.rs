@@ -149,6 +149,7 @@ async fn drive(
             let Ok(resp) = client
                 .watch(pb::WatchRequest {
                     host_name: format!("r{:04}", i + 1),
+                    instance_id: String::new(),
                 })
                 .await
             else {
@@ -181,6 +182,7 @@ async fn drive(
             underlay_ip: format!("100.127.0.{}", k + 1),
             underlay_iface: "eth0".into(),
             underlay_mtu: 1500,
+            instance_id: String::new(),
         };
         let t = Instant::now();
         let revision = c

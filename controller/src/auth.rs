@@ -15,15 +15,37 @@
 //!
 //! Without TLS every caller is [`Caller::Plaintext`] and everything is allowed: a plaintext
 //! cluster is one whose network is trusted.
+//!
+//! ## What a certificate is bound to
+//!
+//! A certificate's subject alternative names ([`CallerNames`], what `overlayctl certs issue
+//! --san` writes) bind it to addresses:
+//!
+//! - **Controller → member id.** A controller certificate speaks for member X when X's
+//!   address in the Raft membership (host part, as in `--peers` and `cluster add-member`) is
+//!   one of its IP or DNS names: the same names a replica's server certificate must carry for
+//!   the others to dial it at all. Every `Raft` call but `Info` needs the certificate of a
+//!   *current* member ([`member_refusal`]); `AppendEntries`, `Vote` and `InstallSnapshot`,
+//!   which say which member sent them, need that member's. A replica that has not joined a
+//!   cluster yet takes its `--peers` for the membership. `Info` (id, term, leader: nothing
+//!   secret) answers any controller certificate, so a replica can be checked before it is
+//!   added. Replicas that share one address (a single test machine) share one identity: run
+//!   one replica per address where this matters.
+//! - **Agent → underlay address.** An agent registers its host (the CN) with an underlay
+//!   address that is one of its certificate's IP names or the address its connection comes
+//!   from ([`require_underlay`]), so it cannot put another host's address in the peers' FDB
+//!   or lock that host out by taking its address first.
 
+use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use overlay_proto::tls::{PeerIdentity, Role};
+use overlay_proto::tls::{CertNames, PeerIdentity, Role, address_host};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Status};
 
 use crate::api::status;
+use crate::raft::NodeId;
 
 /// The caller of a request, as handlers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +55,11 @@ pub enum Caller {
     /// The verified certificate of a mutual-TLS connection.
     Verified(PeerIdentity),
 }
+
+/// The subject alternative names of a verified caller's certificate (set with
+/// [`Caller::Verified`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallerNames(pub CertNames);
 
 /// What a gRPC method needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +145,80 @@ pub fn require_host<T>(req: &Request<T>, host: &str) -> Result<(), Status> {
     }
 }
 
+/// For `Raft` handlers: why the caller may not make this call, or `None` when it may. It
+/// must hold the certificate of one of `members` (id, address); when the message says it
+/// comes from member `claimed`, that member's. Without TLS, nothing is refused.
+pub fn member_refusal<T>(
+    req: &Request<T>,
+    members: &[(NodeId, String)],
+    claimed: Option<NodeId>,
+) -> Option<String> {
+    let who = match req.extensions().get::<Caller>() {
+        Some(Caller::Plaintext) => return None,
+        Some(Caller::Verified(who)) => who,
+        None => return Some("permission denied: caller unknown".into()),
+    };
+    let default = CallerNames::default();
+    let names = &req.extensions().get::<CallerNames>().unwrap_or(&default).0;
+    let speaks_for: Vec<NodeId> = members
+        .iter()
+        .filter(|(_, addr)| names.contains_host(address_host(addr)))
+        .map(|(id, _)| *id)
+        .collect();
+    match claimed {
+        Some(id) if speaks_for.contains(&id) => None,
+        None if !speaks_for.is_empty() => None,
+        Some(id) if !speaks_for.is_empty() => {
+            let theirs = members
+                .iter()
+                .find(|(m, _)| *m == id)
+                .map(|(_, a)| format!("member {id}'s address is {a}"))
+                .unwrap_or_else(|| format!("{id} is not a member"));
+            Some(format!(
+                "permission denied: {who} may not speak for member {id}: its certificate names {names}, and {theirs}"
+            ))
+        }
+        _ => Some(format!(
+            "permission denied: {who} is not a member of this cluster: no member's address is among its certificate's names ({names}); `overlayctl cluster add-member` makes it one"
+        )),
+    }
+}
+
+/// For `Register`: an agent (mutual TLS) registers an underlay address that is one of its
+/// certificate's IP names or the address it connects from; without TLS anything goes.
+pub fn require_underlay<T>(req: &Request<T>, underlay: Ipv4Addr) -> Result<(), Status> {
+    let who = match req.extensions().get::<Caller>() {
+        Some(Caller::Plaintext) => return Ok(()),
+        Some(Caller::Verified(who)) => who,
+        None => {
+            return Err(status(
+                Code::PermissionDenied,
+                "permission denied: caller unknown",
+            ));
+        }
+    };
+    let default = CallerNames::default();
+    let names = &req.extensions().get::<CallerNames>().unwrap_or(&default).0;
+    let source = req.remote_addr().map(|a| a.ip().to_canonical());
+    if names.contains_host(&underlay.to_string()) || source == Some(underlay.into()) {
+        return Ok(());
+    }
+    let from = source.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    Err(status(
+        Code::PermissionDenied,
+        format!(
+            "permission denied: {who} may not register underlay address {underlay}: it is neither an IP address of its certificate ({names}) nor the address it connects from ({from}); behind NAT, issue its certificate with --san {underlay}"
+        ),
+    ))
+}
+
+/// Where a call came from, for the record of a refusal ("" when unknown).
+pub fn source<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map(|a| a.ip().to_canonical().to_string())
+        .unwrap_or_default()
+}
+
 /// Tower layer in front of every service; `tls` says whether the server runs mutual TLS.
 #[derive(Clone, Copy, Debug)]
 pub struct AuthLayer {
@@ -138,14 +239,14 @@ pub struct AuthService<S> {
 }
 
 /// Who called, from the verified client certificate of the request's connection.
-fn caller_of<B>(req: &http::Request<B>) -> Result<PeerIdentity, String> {
+fn caller_of<B>(req: &http::Request<B>) -> Result<(PeerIdentity, CertNames), String> {
     let certs = req
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.peer_certs())
         .ok_or("unauthenticated: no client certificate")?;
     let leaf = certs.first().ok_or("unauthenticated: no client certificate")?;
-    PeerIdentity::from_der(leaf).map_err(|e| format!("unauthenticated: {e}"))
+    overlay_proto::tls::peer_of(leaf).map_err(|e| format!("unauthenticated: {e}"))
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for AuthService<S>
@@ -170,13 +271,14 @@ where
         }
         let refused = match caller_of(&req) {
             Err(why) => Some(status(Code::Unauthenticated, why)),
-            Ok(who) => match refusal(&who, req.uri().path()) {
+            Ok((who, names)) => match refusal(&who, req.uri().path()) {
                 Some(why) => {
                     tracing::warn!(caller = %who, method = req.uri().path(), "call refused");
                     Some(status(Code::PermissionDenied, why))
                 }
                 None => {
                     req.extensions_mut().insert(Caller::Verified(who));
+                    req.extensions_mut().insert(CallerNames(names));
                     None
                 }
             },
@@ -246,5 +348,66 @@ mod tests {
             require_host(&Request::new(()), "h1").is_err(),
             "no caller, no access"
         );
+    }
+
+    fn with_cert(role: Role, name: &str, ips: &[&str], dns: &[&str]) -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(Caller::Verified(who(role, name)));
+        req.extensions_mut().insert(CallerNames(CertNames {
+            ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            dns: dns.iter().map(|d| d.to_string()).collect(),
+        }));
+        req
+    }
+
+    #[test]
+    fn raft_callers_are_bound_to_member_addresses() {
+        let members = vec![
+            (1, "192.0.2.101:7400".to_string()),
+            (2, "192.0.2.102:7400".to_string()),
+            (3, "ctl3.example:7400".to_string()),
+        ];
+        let c1 = with_cert(Role::Controller, "c1", &["192.0.2.101"], &[]);
+        let c3 = with_cert(Role::Controller, "c3", &[], &["ctl3.example"]);
+        assert_eq!(member_refusal(&c1, &members, None), None);
+        assert_eq!(member_refusal(&c1, &members, Some(1)), None);
+        assert_eq!(member_refusal(&c3, &members, Some(3)), None);
+        // Member 1's certificate claiming to be member 2, or a member that does not exist.
+        let forged = member_refusal(&c1, &members, Some(2)).unwrap_or_default();
+        assert!(
+            forged.contains("may not speak for member 2") && forged.contains("192.0.2.102:7400"),
+            "{forged}"
+        );
+        let ghost = member_refusal(&c1, &members, Some(9)).unwrap_or_default();
+        assert!(ghost.contains("9 is not a member"), "{ghost}");
+        // A controller certificate of the CA that names no member's address.
+        let rogue = with_cert(Role::Controller, "c9", &["192.0.2.199"], &["ctl9.example"]);
+        for claimed in [None, Some(1), Some(9)] {
+            let why = member_refusal(&rogue, &members, claimed).unwrap_or_default();
+            assert!(why.contains("is not a member of this cluster"), "{why}");
+        }
+        let bare = with_cert(Role::Controller, "c1", &[], &[]);
+        assert!(member_refusal(&bare, &members, None).is_some());
+        let mut plain = Request::new(());
+        plain.extensions_mut().insert(Caller::Plaintext);
+        assert_eq!(member_refusal(&plain, &members, Some(9)), None);
+        assert!(member_refusal(&Request::new(()), &members, None).is_some());
+    }
+
+    #[test]
+    fn an_agent_registers_its_own_underlay_only() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let h1 = with_cert(Role::Agent, "h1", &["192.0.2.11"], &[]);
+        assert!(require_underlay(&h1, ip("192.0.2.11")).is_ok());
+        let err = require_underlay(&h1, ip("192.0.2.12")).err();
+        assert_eq!(err.as_ref().map(|s| s.code()), Some(Code::PermissionDenied));
+        let msg = err.map(|s| s.message().to_string()).unwrap_or_default();
+        assert!(msg.contains("192.0.2.12") && msg.contains("--san"), "{msg}");
+        // No IP names and no known source: nothing to match.
+        let bare = with_cert(Role::Agent, "h1", &[], &[]);
+        assert!(require_underlay(&bare, ip("192.0.2.11")).is_err());
+        let mut plain = Request::new(());
+        plain.extensions_mut().insert(Caller::Plaintext);
+        assert!(require_underlay(&plain, ip("192.0.2.12")).is_ok());
     }
 }

@@ -33,6 +33,10 @@ struct Args {
     /// Bound on a write or consistent read (without a quorum requests fail after this long).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// A host name held by one agent is refused to any other (same --host-name on another
+    /// machine, or a copy of its certificate) until the holder has been silent this long.
+    #[arg(long, env = "OVERLAY_HOST_CLAIM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    host_claim_timeout: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -117,6 +121,7 @@ async fn run(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result
         request_timeout: args.request_timeout,
         metrics_listen: args.metrics_listen,
         tls,
+        host_claim_timeout: args.host_claim_timeout,
     };
     let controller = Controller::start(&config).await?;
     let security = match &config.tls {

@@ -130,6 +130,10 @@ pub struct Host {
     pub vtep_mac: MacAddr,
     pub registered_ms: i64,
     pub last_seen_ms: i64,
+    /// Instance id of the agent that holds this host name (see `overlay_proto::instance`);
+    /// "" = none recorded (registered by a client without one: any agent may claim it).
+    #[serde(default)]
+    pub claimant: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

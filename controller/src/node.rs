@@ -68,10 +68,104 @@ pub struct AgentSeen {
     /// Kernel drift the agent last reported, and when it was found.
     pub drift: Vec<String>,
     pub audited_ms: i64,
+    /// When a Watch stream of this agent last ended here (0: never). A heartbeat older than
+    /// that is a goodbye, not a sign of life (see [`agent_connected`]).
+    #[serde(default)]
+    pub stream_ended_ms: i64,
+    /// Other agents refused this host name here, most recent first; at most
+    /// [`MAX_REFUSED_CLAIMS`], none older than [`REFUSED_CLAIM_MEMORY_MS`].
+    #[serde(default)]
+    pub refused_claims: Vec<RefusedClaim>,
 }
 
-/// Host name → what this replica heard from its agent.
+/// An agent that asked to act as a host another agent holds, and was refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedClaim {
+    /// Short form of its instance id (the whole id is never kept outside the host record).
+    pub instance: String,
+    /// The underlay address it asked for ("" for calls that name none).
+    pub underlay_ip: String,
+    /// The address it connected from ("" when unknown).
+    pub source: String,
+    pub refusals: u32,
+    pub last_refused_ms: i64,
+    /// Its latest refused call (Register, Heartbeat, Watch ...).
+    pub call: String,
+}
+
+/// Refused claimants remembered per host: enough to show a conflict, not a place an
+/// impostor cycling through instance ids can fill.
+pub const MAX_REFUSED_CLAIMS: usize = 8;
+/// How long a refused claim stays visible (in `doctor`) after its latest refusal.
+pub const REFUSED_CLAIM_MEMORY_MS: i64 = 10 * 60 * 1000;
+
+impl AgentSeen {
+    /// Counts a refusal of `claim` (merged with an earlier one of the same instance and
+    /// source address), keeping the list bounded and recent.
+    pub fn refuse(&mut self, claim: RefusedClaim) {
+        match self
+            .refused_claims
+            .iter_mut()
+            .find(|c| c.instance == claim.instance && c.source == claim.source)
+        {
+            Some(c) => {
+                c.refusals = c.refusals.saturating_add(claim.refusals.max(1));
+                if claim.last_refused_ms >= c.last_refused_ms {
+                    c.last_refused_ms = claim.last_refused_ms;
+                    c.call = claim.call;
+                    if !claim.underlay_ip.is_empty() {
+                        c.underlay_ip = claim.underlay_ip;
+                    }
+                }
+            }
+            None => self.refused_claims.push(RefusedClaim {
+                refusals: claim.refusals.max(1),
+                ..claim
+            }),
+        }
+        self.tidy_claims(
+            self.refused_claims
+                .iter()
+                .map(|c| c.last_refused_ms)
+                .max()
+                .unwrap_or(0),
+        );
+    }
+
+    /// Most recent first; nothing older than [`REFUSED_CLAIM_MEMORY_MS`] before `now_ms`; at
+    /// most [`MAX_REFUSED_CLAIMS`].
+    pub fn tidy_claims(&mut self, now_ms: i64) {
+        self.refused_claims
+            .retain(|c| now_ms - c.last_refused_ms < REFUSED_CLAIM_MEMORY_MS);
+        self.refused_claims
+            .sort_by_key(|c| std::cmp::Reverse(c.last_refused_ms));
+        self.refused_claims.truncate(MAX_REFUSED_CLAIMS);
+    }
+}
+
+/// Whether a host's agent counts as connected (and so may not simply be removed, or its name
+/// taken over): a Watch stream open on some replica, or a heartbeat within the down timeout
+/// that came after its last stream ended (an agent that stopped cleanly closed its stream
+/// after its last heartbeat). `last_seen_ms` is the replicated one, in case the replica the
+/// agent talks to could not be asked.
+pub fn agent_connected(seen: &AgentSeen, last_seen_ms: i64, now_ms: i64) -> bool {
+    let heard = seen.last_heartbeat_ms.max(last_seen_ms);
+    seen.streams > 0 || (heard > seen.stream_ended_ms && now_ms - heard < crate::state::HOST_DOWN_AFTER_MS)
+}
+
+/// Host name → what this replica heard from its agent. Only registered hosts have an entry
+/// (see [`Node::with_agent`]), so no caller can grow it by naming hosts.
 pub type AgentsSeen = Arc<std::sync::Mutex<std::collections::HashMap<String, AgentSeen>>>;
+
+/// Entries of hosts removed meanwhile tolerated in [`AgentsSeen`] before it is pruned.
+const AGENTS_SEEN_SLACK: usize = 64;
+
+/// Members by id and address.
+pub type Members = Vec<(NodeId, String)>;
+
+/// How long a membership learned from the other replicas (for a Raft caller this replica
+/// does not know yet) is reused: a flood of unknown callers costs one lookup per period.
+const PEER_MEMBERSHIP_TTL: Duration = Duration::from_secs(1);
 
 /// A command waiting for the batcher, with where its outcome goes.
 type Proposal = (Command, oneshot::Sender<Result<Forwarded<Reply>, NodeError>>);
@@ -174,6 +268,9 @@ pub enum MembershipChange {
     Remove { id: NodeId },
 }
 
+/// How long `cluster add-member` waits for the new replica to answer at all.
+const NEW_MEMBER_WAIT: Duration = Duration::from_secs(10);
+
 /// Upper bound for a membership change: a new member first has to catch up. Below
 /// overlayctl's 30 s request timeout, so the CLI gets the reason rather than a timeout.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(25);
@@ -190,6 +287,26 @@ pub struct Node {
     pub committed_index: Arc<AtomicU64>,
     /// Upper bound for a write or a linearizable read, forwarding included.
     pub timeout: Duration,
+    /// A host name held by a silent agent may be claimed by another after this long.
+    pub claim_timeout: Duration,
+    /// `--peers`: the replicas whose certificates a replica that has not joined a cluster yet
+    /// accepts Raft traffic from (afterwards the membership in the log decides).
+    pub configured_peers: BTreeMap<NodeId, String>,
+    /// The membership as the other replicas last told it, and when (see [`Node::members_by_peers`]).
+    pub peer_membership: tokio::sync::Mutex<Option<(Instant, Members)>>,
+}
+
+/// The innermost cause of a failed call ("invalid peer certificate: ...", "connection
+/// refused"), which says more than tonic's "transport error".
+fn deepest_cause(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut msg = status.message().to_string();
+    let mut source = status.source();
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    msg
 }
 
 pub fn now_ms() -> i64 {
@@ -402,6 +519,110 @@ impl Node {
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
+    /// Records something about the agent of `host` (a registered host: the caller checked).
+    /// Entries of hosts that are gone are pruned once there are too many.
+    pub fn with_agent<R>(&self, host: &str, f: impl FnOnce(&mut AgentSeen) -> R) -> R {
+        let mut seen = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains_key(host) && seen.len() >= AGENTS_SEEN_SLACK {
+            let hosts = self.view.read(|s| s.hosts.len());
+            if seen.len() >= hosts + AGENTS_SEEN_SLACK {
+                let known: std::collections::HashSet<String> =
+                    self.view.read(|s| s.hosts.keys().cloned().collect());
+                seen.retain(|h, _| known.contains(h));
+            }
+        }
+        f(seen.entry(host.to_string()).or_default())
+    }
+
+    /// Every member (voter or learner) by id and address, as this replica knows it; before it
+    /// has joined a cluster, its `--peers`.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let members: Vec<(NodeId, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        if members.is_empty() {
+            return self.configured_peers.clone().into_iter().collect();
+        }
+        members
+    }
+
+    /// The newest membership any other member knows: for a Raft caller this replica has not
+    /// heard of (it missed the change that added it). Asked over the members' own verified
+    /// connections; reused for [`PEER_MEMBERSHIP_TTL`].
+    pub async fn members_by_peers(&self) -> Vec<(NodeId, String)> {
+        let mut cached = self.peer_membership.lock().await;
+        if let Some((at, members)) = cached.as_ref()
+            && at.elapsed() < PEER_MEMBERSHIP_TTL
+        {
+            return members.clone();
+        }
+        let asks = self.other_members().into_iter().map(|(_, addr)| async move {
+            let mut client = self.peers.client(&addr).ok()?;
+            let mut req = tonic::Request::new(encode(&()).ok()?);
+            req.set_timeout(Duration::from_secs(1));
+            let reply = client.metrics(req).await.ok()?;
+            decode::<openraft::RaftMetrics<NodeId, BasicNode>>(reply.get_ref()).ok()
+        });
+        let newest = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .max_by_key(|m| m.membership_config.log_id().map(|l| l.index))
+            .map(|m| {
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, n)| (*id, n.addr.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        *cached = Some((Instant::now(), newest));
+        cached.as_ref().map(|(_, m)| m.clone()).unwrap_or_default()
+    }
+
+    /// Before `cluster add-member ID ADDR`: the replica at ADDR must answer as node ID, over
+    /// the cluster's TLS when it runs TLS, which checks that ADDR is among the names of that
+    /// replica's certificate. Otherwise nothing is changed: the admin gets the reason at once,
+    /// instead of a learner that never catches up.
+    pub async fn check_new_member(&self, id: NodeId, addr: &str) -> Result<(), NodeError> {
+        let unreachable = |why: String| {
+            NodeError::Refused(format!(
+                "node {id} at {addr} does not answer ({why}); start overlay-controller there with --node-id {id} first; with TLS its certificate must name {} (--san)",
+                overlay_proto::tls::address_host(addr)
+            ))
+        };
+        let mut client = self.peers.client(addr).map_err(|e| unreachable(e.to_string()))?;
+        // A replica started a moment ago may not listen yet: give it a few seconds.
+        let deadline = Instant::now() + NEW_MEMBER_WAIT;
+        let info = loop {
+            let mut req = tonic::Request::new(overlay_proto::raft::NodeInfoRequest {});
+            req.set_timeout(Duration::from_secs(2));
+            match client.info(req).await {
+                Ok(info) => break info.into_inner(),
+                // A certificate that does not fit will not fit any better in a moment.
+                Err(s)
+                    if Instant::now() + RETRY_PAUSE >= deadline
+                        || deepest_cause(&s).contains("certificate") =>
+                {
+                    return Err(unreachable(deepest_cause(&s)));
+                }
+                Err(_) => sleep(RETRY_PAUSE).await,
+            }
+        };
+        if info.id != id {
+            return Err(NodeError::Refused(format!(
+                "the replica at {addr} is node {}, not {id}; add it under its own --node-id",
+                info.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Every other member (voter or learner): id and address.
     pub fn other_members(&self) -> Vec<(NodeId, String)> {
         let metrics = self.raft.metrics();
@@ -448,9 +669,13 @@ impl Node {
                 e.applied_revision = e.applied_revision.max(s.applied_revision);
                 e.sent_revision = e.sent_revision.max(s.sent_revision);
                 e.streams += s.streams;
+                e.stream_ended_ms = e.stream_ended_ms.max(s.stream_ended_ms);
                 if s.audited_ms > e.audited_ms {
                     e.drift = s.drift;
                     e.audited_ms = s.audited_ms;
+                }
+                for claim in s.refused_claims {
+                    e.refuse(claim);
                 }
             }
         }
@@ -563,5 +788,61 @@ impl Node {
             }
             Err(RaftError::Fatal(f)) => Err(NodeError::Fatal(f.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(instance: &str, source: &str, at: i64) -> RefusedClaim {
+        RefusedClaim {
+            instance: instance.into(),
+            source: source.into(),
+            refusals: 1,
+            last_refused_ms: at,
+            call: "Register".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refused_claims_merge_and_stay_bounded() {
+        let mut seen = AgentSeen::default();
+        for i in 0..100 {
+            seen.refuse(refused("bbbbbbbb", "192.0.2.13", 1_000 + i));
+        }
+        assert_eq!(seen.refused_claims.len(), 1);
+        assert_eq!(seen.refused_claims[0].refusals, 100);
+        // An impostor cycling through instance ids fills a bounded list, newest first.
+        for i in 0..1000 {
+            seen.refuse(refused(&format!("{i:08x}"), "192.0.2.14", 10_000 + i));
+        }
+        assert_eq!(seen.refused_claims.len(), MAX_REFUSED_CLAIMS);
+        assert_eq!(seen.refused_claims[0].instance, format!("{:08x}", 999));
+        seen.tidy_claims(10_999 + REFUSED_CLAIM_MEMORY_MS);
+        assert!(seen.refused_claims.is_empty(), "old refusals are forgotten");
+    }
+
+    #[test]
+    fn an_agent_is_connected_by_stream_or_by_heartbeats_after_its_last_stream() {
+        let now = 100_000;
+        let mut seen = AgentSeen {
+            streams: 1,
+            ..Default::default()
+        };
+        assert!(agent_connected(&seen, 0, now), "an open stream");
+        seen.streams = 0;
+        seen.last_heartbeat_ms = now - 1_000;
+        assert!(agent_connected(&seen, 0, now), "a heartbeat a second ago");
+        seen.stream_ended_ms = now - 500;
+        assert!(!agent_connected(&seen, 0, now), "stopped: its stream ended after");
+        assert!(
+            agent_connected(&seen, now - 100, now),
+            "but heard since (replicated)"
+        );
+        seen.last_heartbeat_ms = now - crate::state::HOST_DOWN_AFTER_MS;
+        seen.stream_ended_ms = 0;
+        assert!(!agent_connected(&seen, 0, now), "silent for the down timeout");
     }
 }

@@ -60,7 +60,13 @@ pub struct ControllerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Mutual TLS for every connection, served and made; `None` = plaintext.
     pub tls: Option<Tls>,
+    /// Another agent may claim a host name once its holder has been silent this long.
+    pub host_claim_timeout: Duration,
 }
+
+/// Shortest `--host-claim-timeout`: a live holder's replicated `last_seen` may be one persist
+/// period plus one heartbeat old, and must never look silent.
+pub const MIN_HOST_CLAIM_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -150,6 +156,13 @@ impl Controller {
         if let Some(tls) = &config.tls {
             tls.require_role("controller", Role::Controller)?;
         }
+        if config.host_claim_timeout < MIN_HOST_CLAIM_TIMEOUT {
+            return Err(ServerError::Config(format!(
+                "--host-claim-timeout {:?} is too short: at least {MIN_HOST_CLAIM_TIMEOUT:?} (a live agent's last_seen is refreshed every {:?})",
+                config.host_claim_timeout,
+                crate::api::agent::HEARTBEAT_PERSIST_EVERY
+            )));
+        }
         let db = storage::open(&config.data_dir)?;
         let log_store = LogStore::new(db.clone());
         let initialized_at_start = log_store
@@ -197,6 +210,9 @@ impl Controller {
             peers,
             committed_index,
             timeout: config.request_timeout,
+            claim_timeout: config.host_claim_timeout,
+            configured_peers: config.peers.clone(),
+            peer_membership: Default::default(),
         });
 
         let lowest = config.peers.keys().next().copied();

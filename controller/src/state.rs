@@ -50,10 +50,20 @@ pub enum Command {
         underlay_iface: String,
         underlay_mtu: u32,
         now_ms: i64,
+        /// The registering agent's instance id ("" = a client without one).
+        #[serde(default)]
+        instance: String,
+        /// Another instance may take the name over once the holder's `last_seen` is this old
+        /// (0 = never by silence). In the command, so every replica decides alike.
+        #[serde(default)]
+        claim_timeout_ms: i64,
     },
     Heartbeat {
         name: String,
         now_ms: i64,
+        /// Only the holder's heartbeats count.
+        #[serde(default)]
+        instance: String,
     },
     RemoveHost {
         name: String,
@@ -218,6 +228,19 @@ pub enum StateError {
     EndpointOfOtherHost { id: u64, host: String, owner: String },
     #[error("endpoint {id} is {state}, not gone: an agent releases only endpoints it has reported gone")]
     EndpointNotGone { id: u64, state: String },
+    #[error(
+        "host {host:?} is held by another agent (instance {holder}, underlay {underlay_ip}, last seen {}s ago); stop that agent, wait until it has been silent for {}s, or remove the host (`overlayctl host rm {host} --force`)",
+        silent_ms / 1000,
+        timeout_ms / 1000
+    )]
+    HostClaimed {
+        host: String,
+        /// Short form of the holder's instance id (never the whole id).
+        holder: String,
+        underlay_ip: Ipv4Addr,
+        silent_ms: i64,
+        timeout_ms: i64,
+    },
 }
 
 /// Coarse kind of a [`StateError`], for mapping onto gRPC codes and exit messages.
@@ -245,9 +268,10 @@ impl StateError {
             UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } | UnknownEndpointId(_) => {
                 ErrorKind::NotFound
             }
-            NetworkHasEndpoints { .. } | PassthruTaken { .. } | EndpointNotGone { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            NetworkHasEndpoints { .. }
+            | PassthruTaken { .. }
+            | EndpointNotGone { .. }
+            | HostClaimed { .. } => ErrorKind::FailedPrecondition,
             EndpointOfOtherHost { .. } => ErrorKind::PermissionDenied,
             VniExhausted | SubnetPoolExhausted { .. } | AddressPoolExhausted { .. } => {
                 ErrorKind::ResourceExhausted
@@ -458,12 +482,28 @@ impl ClusterState {
                 underlay_iface,
                 underlay_mtu,
                 now_ms,
+                instance,
+                claim_timeout_ms,
             } => self
-                .register_host(name, underlay_ip, underlay_iface, underlay_mtu, now_ms)
+                .register_host(
+                    name,
+                    underlay_ip,
+                    underlay_iface,
+                    underlay_mtu,
+                    Claim {
+                        instance,
+                        now_ms,
+                        timeout_ms: claim_timeout_ms,
+                    },
+                )
                 .map(Response::Host),
-            Command::Heartbeat { name, now_ms } => {
-                self.heartbeat(&name, now_ms).map(|()| Response::Heartbeat)
-            }
+            Command::Heartbeat {
+                name,
+                now_ms,
+                instance,
+            } => self
+                .heartbeat(&name, now_ms, &instance)
+                .map(|()| Response::Heartbeat),
             Command::RemoveHost { name } => {
                 self.remove_host(&name)
                     .map(|(removed_endpoints, released_leases)| Response::HostRemoved {
@@ -831,14 +871,20 @@ impl ClusterState {
         underlay_ip: Ipv4Addr,
         underlay_iface: String,
         underlay_mtu: u32,
-        now_ms: i64,
+        claim: Claim,
     ) -> Result<Host, StateError> {
+        let now_ms = claim.now_ms;
         validate_name("host name", &name)?;
         validate_ifname("underlay interface", &underlay_iface)?;
         if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
             return Err(invalid("underlay IP", underlay_ip, "must be a unicast address"));
         }
         limits::underlay_mtu(underlay_mtu).map_err(|why| invalid("underlay MTU", underlay_mtu, why))?;
+        if let Some(existing) = self.hosts.get(&name)
+            && !claim.may_take(existing)
+        {
+            return Err(claimed(existing, now_ms, claim.timeout_ms));
+        }
         if let Some(other) = self
             .hosts
             .values()
@@ -851,12 +897,14 @@ impl ClusterState {
             ));
         }
         let host = match self.hosts.get(&name) {
-            // Re-registration (agent restart, new address): keep the VTEP MAC and the leases.
+            // Re-registration (agent restart, new address, or a replacement machine taking the
+            // name over): keep the VTEP MAC and the leases.
             Some(existing) => Host {
                 underlay_ip,
                 underlay_iface,
                 underlay_mtu,
                 last_seen_ms: now_ms,
+                claimant: claim.instance,
                 ..existing.clone()
             },
             None => {
@@ -869,6 +917,7 @@ impl ClusterState {
                     underlay_mtu,
                     registered_ms: now_ms,
                     last_seen_ms: now_ms,
+                    claimant: claim.instance,
                 }
             }
         };
@@ -885,13 +934,35 @@ impl ClusterState {
         Ok(host)
     }
 
-    fn heartbeat(&mut self, name: &str, now_ms: i64) -> Result<(), StateError> {
+    fn heartbeat(&mut self, name: &str, now_ms: i64, instance: &str) -> Result<(), StateError> {
+        self.holder(name, instance, now_ms, 0)?;
         let host = self
             .hosts
             .get_mut(name)
             .ok_or_else(|| StateError::UnknownHost(name.to_string()))?;
         host.last_seen_ms = host.last_seen_ms.max(now_ms);
         Ok(())
+    }
+
+    /// The record of host `name` if the agent `instance` holds it: what every agent call but
+    /// Register requires (a non-holder may only claim the name, by registering).
+    /// `timeout_ms` only completes the refusal's message.
+    pub fn holder(
+        &self,
+        name: &str,
+        instance: &str,
+        now_ms: i64,
+        timeout_ms: i64,
+    ) -> Result<&Host, StateError> {
+        let host = self
+            .hosts
+            .get(name)
+            .ok_or_else(|| StateError::UnknownHost(name.to_string()))?;
+        if host.claimant.is_empty() || host.claimant == instance {
+            Ok(host)
+        } else {
+            Err(claimed(host, now_ms, timeout_ms))
+        }
     }
 
     fn remove_host(&mut self, name: &str) -> Result<(u32, u32), StateError> {
@@ -1252,6 +1323,33 @@ impl ClusterState {
             }
             _ => ipam::subnet_count(network.cidr, network.host_prefix),
         }
+    }
+}
+
+/// A registration's claim on a host name.
+struct Claim {
+    instance: String,
+    now_ms: i64,
+    timeout_ms: i64,
+}
+
+impl Claim {
+    /// Whether this claim may (re)take `host`: it holds it already, nobody does, or the holder
+    /// has been silent for the timeout. Decided from the command and the state alone.
+    fn may_take(&self, host: &Host) -> bool {
+        host.claimant.is_empty()
+            || host.claimant == self.instance
+            || (self.timeout_ms > 0 && self.now_ms - host.last_seen_ms >= self.timeout_ms)
+    }
+}
+
+fn claimed(host: &Host, now_ms: i64, timeout_ms: i64) -> StateError {
+    StateError::HostClaimed {
+        host: host.name.clone(),
+        holder: overlay_proto::instance::short(&host.claimant).to_string(),
+        underlay_ip: host.underlay_ip,
+        silent_ms: (now_ms - host.last_seen_ms).max(0),
+        timeout_ms,
     }
 }
 

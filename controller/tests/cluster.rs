@@ -329,6 +329,7 @@ async fn watch_streams_initial_state_then_each_change() {
     let mut stream = AgentClient::new(channel)
         .watch(pb::WatchRequest {
             host_name: "h1".into(),
+            instance_id: String::new(),
         })
         .await
         .expect("watch")
@@ -371,7 +372,11 @@ async fn watch_streams_initial_state_then_each_change() {
 
     c.call(|ch| async move {
         OverlayClient::new(ch)
-            .remove_host(pb::HostRef { name: "h2".into() })
+            .remove_host(pb::RemoveHostRequest {
+                name: "h2".into(),
+                // Registered a moment ago by this test, h2 counts as connected.
+                force: true,
+            })
             .await
     })
     .await

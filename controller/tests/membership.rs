@@ -59,6 +59,7 @@ async fn grow_replace_and_shrink_keep_state_and_watchers() {
         AgentClient::new(ch)
             .watch(pb::WatchRequest {
                 host_name: "h1".into(),
+                instance_id: String::new(),
             })
             .await
             .expect("watch")

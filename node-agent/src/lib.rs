@@ -12,6 +12,7 @@ pub mod audit;
 pub mod endpoint;
 pub mod events;
 pub mod firewall;
+pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod netlink;

@@ -3,6 +3,12 @@
 //! [`crate::events`]) and periodically, heartbeat, and report endpoint status back. A
 //! controller outage leaves the datapath as it is; the agent keeps reconciling toward the
 //! last state it knew and re-syncs as soon as a replica answers.
+//!
+//! Every call carries this agent's instance id ([`crate::identity`]). While another instance
+//! holds the host name the controller refuses it; the agent logs the controller's line and
+//! keeps trying (a replacement machine takes over once the old one has been silent long
+//! enough). An agent whose host record stops matching it (its underlay address changed
+//! behind its back) registers again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -61,6 +67,8 @@ pub enum AgentError {
     Connect(#[from] overlay_proto::connect::ConnectError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error(
         "the agent certificate is for host {cert:?} but this agent runs as --host-name {host:?}; the controller only lets an agent act for the host its certificate names"
     )]
@@ -120,9 +128,10 @@ pub async fn run(
     }
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AgentError::StateDir(config.state_dir.display().to_string(), e))?;
+    let instance: Arc<str> = crate::identity::load_or_create(&config.state_dir)?.into();
     let nl = Netlink::connect()?;
     let underlay = discover_underlay(&nl, &config.underlay_iface, config.underlay_ip).await?;
-    tracing::info!(host = %config.host_name, iface = %underlay.iface, ip = %underlay.ip, mtu = underlay.mtu, "agent starting");
+    tracing::info!(host = %config.host_name, iface = %underlay.iface, ip = %underlay.ip, mtu = underlay.mtu, instance = overlay_proto::instance::short(&instance), "agent starting");
     if config.tls.is_none() {
         overlay_proto::tls::warn_insecure();
     }
@@ -194,17 +203,29 @@ pub async fn run(
         tokio::spawn(release_loop(
             controllers.clone(),
             config.clone(),
+            instance.clone(),
             report_rx.clone(),
         )),
         tokio::spawn(report_loop(
             controllers.clone(),
             config.clone(),
+            instance.clone(),
             report_rx,
             drift_rx,
         )),
         tokio::spawn(offline_start(config.clone(), underlay.ip, spec_tx.clone())),
     ];
-    let session = session_loop(controllers, config, underlay, spec_tx, applied, metrics);
+    let session = session_loop(
+        controllers,
+        Identity {
+            config,
+            instance,
+            underlay,
+        },
+        spec_tx,
+        applied,
+        metrics,
+    );
     tokio::select! {
         _ = session => {},
         _ = shutdown => {
@@ -218,11 +239,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Who this agent is: its host name and settings, its instance id and its underlay.
+struct Identity {
+    config: Arc<AgentConfig>,
+    instance: Arc<str>,
+    underlay: Underlay,
+}
+
+/// Longest pause between attempts while another agent holds the host name.
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// Register, then follow the Watch stream; on any failure, start over with the next replica.
 async fn session_loop(
     controllers: Arc<Controllers>,
-    config: Arc<AgentConfig>,
-    underlay: Underlay,
+    me: Identity,
     spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
     applied: Arc<AtomicU64>,
     metrics: Arc<AgentMetrics>,
@@ -231,10 +261,25 @@ async fn session_loop(
     let mut backoff = FIRST_RETRY;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = session(&controllers, &config, &underlay, &spec_tx, &applied, &metrics).await;
+        let outcome = session(&controllers, &me, &spec_tx, &applied, &metrics).await;
         metrics.set_connected(false);
+        let mut most = Duration::from_secs(5);
         match outcome {
             Ok(()) => tracing::warn!("watch stream ended; reconnecting"),
+            // Another instance holds the host name: the controller's line says who, since
+            // when, and the ways out.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                most = CLAIM_RETRY_MAX;
+                tracing::error!(
+                    host = %me.config.host_name,
+                    "the controller refuses this agent the host name (retrying): {}",
+                    status.message()
+                );
+            }
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                tracing::warn!("{}", status.message());
+                backoff = Duration::from_millis(200);
+            }
             Err(status) => tracing::warn!(error = %status.message(), "controller session failed; retrying"),
         }
         // A session that lasted was a working one whose replica went away (stopped, say): try
@@ -243,23 +288,24 @@ async fn session_loop(
             backoff = FIRST_RETRY;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(most);
     }
 }
 
 async fn session(
     controllers: &Arc<Controllers>,
-    config: &AgentConfig,
-    underlay: &Underlay,
+    me: &Identity,
     spec_tx: &watch::Sender<Option<Arc<HostSpec>>>,
     applied: &AtomicU64,
     metrics: &AgentMetrics,
 ) -> Result<(), tonic::Status> {
+    let (config, underlay) = (&me.config, &me.underlay);
     let req = pb::RegisterRequest {
         host_name: config.host_name.clone(),
         underlay_ip: underlay.ip.to_string(),
         underlay_iface: underlay.iface.clone(),
         underlay_mtu: underlay.mtu,
+        instance_id: me.instance.to_string(),
     };
     let host = controllers
         .call(|ch| {
@@ -274,6 +320,7 @@ async fn session(
     );
     let watch_req = pb::WatchRequest {
         host_name: config.host_name.clone(),
+        instance_id: me.instance.to_string(),
     };
     let mut stream = controllers
         .call(|ch| {
@@ -296,13 +343,22 @@ async fn session(
             msg = stream.message() => {
                 let Some(event) = msg? else { return Ok(()) };
                 if let Some(pb::watch_event::Event::Probe(order)) = event.event {
-                    tokio::spawn(run_probe(order, desired.clone(), controllers.clone(), config.host_name.clone()));
+                    let reporter = (config.host_name.clone(), me.instance.clone());
+                    tokio::spawn(run_probe(order, desired.clone(), controllers.clone(), reporter));
                     continue;
                 }
                 let full = matches!(event.event, Some(pb::watch_event::Event::Full(_)));
                 if let Err(e) = overlay_proto::watch::apply(&mut desired, event) {
                     // Never program a state built on the wrong base: start over with a full one.
                     return Err(tonic::Status::data_loss(e.to_string()));
+                }
+                // The cluster must reach this host where it is: a record that says otherwise
+                // (changed behind this agent's back) is put right by registering again.
+                if !desired.underlay_ip.is_empty() && desired.underlay_ip != underlay.ip.to_string() {
+                    return Err(tonic::Status::aborted(format!(
+                        "the controller's record of host {:?} has underlay {}, but this agent is at {}; registering again",
+                        config.host_name, desired.underlay_ip, underlay.ip
+                    )));
                 }
                 let spec = HostSpec::from_proto(&desired, underlay.ip);
                 tracing::debug!(revision = spec.revision, full, networks = spec.networks.len(), "desired state received");
@@ -314,10 +370,12 @@ async fn session(
                 let req = pb::HeartbeatRequest {
                     host_name: config.host_name.clone(),
                     applied_revision: applied.load(Ordering::Relaxed),
+                    instance_id: me.instance.to_string(),
                 };
                 // A failed heartbeat is not fatal: the stream tells us when the replica is gone.
+                // Unless the host is gone, or no longer this agent's: then register again.
                 if let Err(status) = controllers.call(|ch| { let req = req.clone(); async move { AgentClient::new(ch).heartbeat(req).await } }).await {
-                    if status.code() == tonic::Code::NotFound {
+                    if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) {
                         return Err(status);
                     }
                     tracing::debug!(error = %status.message(), "heartbeat failed");
@@ -378,7 +436,7 @@ async fn run_probe(
     order: pb::ProbeOrder,
     desired: pb::HostDesiredState,
     controllers: Arc<Controllers>,
-    host: String,
+    (host, instance): (String, Arc<str>),
 ) {
     let network = desired.networks.iter().find(|n| n.name == order.network);
     let source = network.and_then(|n| n.gateway.parse::<Ipv4Addr>().ok());
@@ -432,6 +490,7 @@ async fn run_probe(
         id: order.id.clone(),
         host: host.clone(),
         results,
+        instance_id: instance.to_string(),
     };
     let sent = controllers
         .call(|ch| {
@@ -798,13 +857,19 @@ async fn reconcile_loop(
 async fn report_loop(
     controllers: Arc<Controllers>,
     config: Arc<AgentConfig>,
+    instance: Arc<str>,
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
     mut drift_rx: watch::Receiver<Drift>,
 ) {
     type Sent = (u64, EndpointStatuses, BTreeMap<u64, String>, Vec<String>);
     let mut last_sent: Option<Sent> = None;
     let mut retry = false;
+    let mut refused = false;
     loop {
+        if refused {
+            // Another agent holds the host name: its refusal will not change for a while.
+            tokio::time::sleep(CLAIM_RETRY_MAX).await;
+        }
         let next = async {
             tokio::select! {
                 r = report_rx.changed() => r.is_ok(),
@@ -848,6 +913,7 @@ async fn report_loop(
                 .collect(),
             drift: drift.items,
             audited_ms: drift.found_ms,
+            instance_id: instance.to_string(),
         };
         let sent = controllers
             .call(|ch| {
@@ -856,6 +922,7 @@ async fn report_loop(
             })
             .await;
         retry = sent.is_err();
+        refused = matches!(&sent, Err(s) if s.code() == tonic::Code::FailedPrecondition);
         match sent {
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
@@ -870,6 +937,7 @@ async fn report_loop(
 async fn release_loop(
     controllers: Arc<Controllers>,
     config: Arc<AgentConfig>,
+    instance: Arc<str>,
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
 ) {
     // Released, as far as this agent knows, until the desired state drops them.
@@ -889,6 +957,7 @@ async fn release_loop(
             let req = pb::ReleaseEndpointRequest {
                 host_name: config.host_name.clone(),
                 id,
+                instance_id: instance.to_string(),
             };
             let sent = controllers
                 .call(|ch| {

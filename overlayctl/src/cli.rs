@@ -152,8 +152,15 @@ pub enum HostCmd {
     /// Show one host with its subnet leases.
     Inspect { name: String },
     /// Remove a host: its leases and endpoints are released and every other host drops its
-    /// tunnel entries. Stop its agent first, or it registers again.
-    Rm { name: String },
+    /// tunnel entries. Refused while its agent is connected (it would register the host
+    /// again): stop the agent first, or give --force.
+    Rm {
+        name: String,
+        /// Remove it although its agent is connected (the agent registers it again unless it
+        /// is stopped).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -185,10 +185,10 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
             .await?;
             output::host(out, &resp)?;
         }
-        Command::Host(HostCmd::Rm { name }) => {
+        Command::Host(HostCmd::Rm { name, force }) => {
             let resp = call(&controllers, |mut c| {
                 let name = name.clone();
-                async move { c.remove_host(pb::HostRef { name }).await }
+                async move { c.remove_host(pb::RemoveHostRequest { name, force }).await }
             })
             .await?;
             output::host_removed(out, &name, &resp)?;

@@ -277,7 +277,7 @@ pub fn host(out: &mut Out, h: &pb::Host) -> io::Result<()> {
 pub fn host_removed(out: &mut Out, name: &str, r: &pb::RemoveHostResponse) -> io::Result<()> {
     if out.json() {
         return out.print_json(
-            &json!({"removed": name, "released_leases": r.released_leases, "removed_endpoints": r.removed_endpoints, "revision": r.revision}),
+            &json!({"removed": name, "released_leases": r.released_leases, "removed_endpoints": r.removed_endpoints, "revision": r.revision, "agent_connected": r.agent_connected}),
         );
     }
     writeln!(
@@ -285,6 +285,12 @@ pub fn host_removed(out: &mut Out, name: &str, r: &pb::RemoveHostResponse) -> io
         "removed host {name} ({} lease(s) released, {} endpoint(s) removed)",
         r.released_leases, r.removed_endpoints
     )?;
+    if r.agent_connected {
+        writeln!(
+            out,
+            "warning: the agent of {name} is still running and will register {name} again unless it is stopped"
+        )?;
+    }
     Ok(())
 }
 
@@ -546,6 +552,15 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
                 h.drift[0]
             ));
         }
+        if let Some(c) = h.refused_claims.first() {
+            problems.push(format!(
+                "{}: held by agent {} but claimed by {} other agent(s), e.g. {}",
+                h.host,
+                h.instance,
+                h.refused_claims.len(),
+                refused_claim(c, d.now_ms)
+            ));
+        }
     }
     for r in &d.unreachable_replicas {
         problems.push(format!(
@@ -563,12 +578,24 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
             .hosts
             .iter()
             .map(|h| {
+                let claims: Vec<Value> = h
+                    .refused_claims
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "instance": c.instance, "underlay_ip": c.underlay_ip, "source": c.source,
+                            "refusals": c.refusals, "last_refused_age_ms": age(c.last_refused_ms),
+                            "call": c.call,
+                        })
+                    })
+                    .collect();
                 json!({
-                    "host": h.host, "connected": h.connected,
+                    "host": h.host, "connected": h.connected, "instance": h.instance,
                     "last_heartbeat_age_ms": age(h.last_heartbeat_ms),
                     "applied_revision": h.applied_revision, "sent_revision": h.sent_revision,
                     "lag": h.sent_revision.saturating_sub(h.applied_revision),
                     "drift": h.drift, "audited_age_ms": age(h.audited_ms),
+                    "refused_claims": claims,
                 })
             })
             .collect();
@@ -585,6 +612,7 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
         .map(|h| {
             vec![
                 h.host.clone(),
+                if h.instance.is_empty() { "-" } else { &h.instance }.to_string(),
                 if h.connected { "yes" } else { "no" }.to_string(),
                 age(h.last_heartbeat_ms)
                     .map(|a| format!("{}s ago", a / 1000))
@@ -601,7 +629,15 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
         .collect();
     table(
         out,
-        &["HOST", "CONNECTED", "HEARTBEAT", "APPLIED", "LAG", "DRIFT"],
+        &[
+            "HOST",
+            "AGENT",
+            "CONNECTED",
+            "HEARTBEAT",
+            "APPLIED",
+            "LAG",
+            "DRIFT",
+        ],
         rows,
     )?;
     if !d.gone_endpoints.is_empty() {
@@ -626,7 +662,34 @@ pub fn doctor(out: &mut Out, d: &pb::DoctorResponse) -> io::Result<Vec<String>> 
             writeln!(out, "  {item}")?;
         }
     }
+    for h in d.hosts.iter().filter(|h| !h.refused_claims.is_empty()) {
+        writeln!(
+            out,
+            "\n{}: held by agent {}; other agents asked for this host name and were refused:",
+            h.host, h.instance
+        )?;
+        for c in &h.refused_claims {
+            writeln!(out, "  {}", refused_claim(c, d.now_ms))?;
+        }
+    }
     Ok(problems)
+}
+
+/// One refused claim, for a person.
+fn refused_claim(c: &pb::RefusedClaim, now_ms: i64) -> String {
+    let from = if c.source.is_empty() { "?" } else { &c.source };
+    let asked = if c.underlay_ip.is_empty() {
+        String::new()
+    } else {
+        format!(" for underlay {}", c.underlay_ip)
+    };
+    format!(
+        "agent {} from {from}{asked}: {} refusal(s), last {}s ago ({})",
+        c.instance,
+        c.refusals,
+        (now_ms - c.last_refused_ms).max(0) / 1000,
+        c.call
+    )
 }
 
 /// Prints the probe matrices (one per packet size: rows send, columns answer); returns one

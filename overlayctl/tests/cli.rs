@@ -505,8 +505,14 @@ async fn every_command_in_both_formats_and_every_error() {
     let out = ctl.json(&["network", "rm", "blue", "--force"]);
     assert_eq!(out["removed_endpoints"], 2);
     ctl.fails(&["network", "rm", "blue"], "unknown network");
-    let out = ctl.ok(&["host", "rm", "h2"]);
+    // h2 registered a moment ago: its "agent" counts as connected and would register again.
+    ctl.fails(&["host", "rm", "h2"], "is connected");
+    let out = ctl.ok(&["host", "rm", "h2", "--force"]);
     assert!(out.contains("removed host h2"), "{out}");
+    assert!(
+        out.contains("will register h2 again unless it is stopped"),
+        "{out}"
+    );
     ctl.fails(&["host", "rm", "h2"], "unknown host");
 
     // fail-over: a dead address first, then a live one

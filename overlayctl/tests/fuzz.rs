@@ -141,6 +141,11 @@ fn certificates_are_decoded_without_panics() {
                 // Whatever is accepted names someone.
                 prop_assert!(!id.name.is_empty());
             }
+            // The names that bind a certificate to a member or an underlay address.
+            if let Ok((_, names)) = overlay_proto::tls::peer_of(&der) {
+                prop_assert!(names.ips.len() + names.dns.len() <= der.len());
+                let _ = names.contains_host("192.0.2.10");
+            }
             Ok(())
         },
     );

@@ -55,6 +55,8 @@ async fn register(c: &Controllers, name: &str, ip: &str, underlay_mtu: u32) {
         underlay_ip: ip.into(),
         underlay_iface: "eth0".into(),
         underlay_mtu,
+        // A client without an agent identity, as tests register hosts.
+        instance_id: String::new(),
     };
     c.call(|ch| {
         let req = req.clone();

@@ -111,12 +111,11 @@ impl PeerIdentity {
     /// Reads role and name from a DER certificate's subject. Only for certificates the TLS
     /// layer has verified against the CA: this checks the subject, not the signature.
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
-        let bad = |reason: String| TlsError::BadCertificate {
-            what: "peer certificate".into(),
-            reason,
-        };
-        let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("not X.509: {e}")))?;
+        Self::of(&parse_der(der)?)
+    }
+
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Self, TlsError> {
+        let bad = bad_peer;
         let subject = cert.subject();
         let single = |mut values: Vec<&str>, field: &str| match values.len() {
             1 => Ok(values.remove(0).to_string()),
@@ -183,6 +182,116 @@ impl fmt::Display for Purpose {
             Purpose::Run => "run",
             Purpose::Connect => "connect",
         })
+    }
+}
+
+/// The names a certificate is valid for: its subject alternative names (what
+/// `overlayctl certs issue --san` writes). A controller certificate's names bind it to a
+/// member's address; an agent's IP names are the underlay addresses it may register.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub ips: Vec<std::net::IpAddr>,
+    /// DNS names, lower case.
+    pub dns: Vec<String>,
+}
+
+impl CertNames {
+    /// Reads the subject alternative names of a DER certificate (none: empty lists). Like
+    /// [`PeerIdentity::from_der`], only for certificates TLS has verified.
+    pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
+        Self::of(&parse_der(der)?)
+    }
+
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Self, TlsError> {
+        use x509_parser::extensions::GeneralName;
+        let bad = bad_peer;
+        let mut names = Self::default();
+        let Some(san) = cert
+            .subject_alternative_name()
+            .map_err(|e| bad(format!("unreadable subject alternative names: {e}")))?
+        else {
+            return Ok(names);
+        };
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => names.dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => names.ips.push(std::net::IpAddr::from(
+                        <[u8; 4]>::try_from(*bytes).unwrap_or_default(),
+                    )),
+                    16 => names.ips.push(std::net::IpAddr::from(
+                        <[u8; 16]>::try_from(*bytes).unwrap_or_default(),
+                    )),
+                    n => return Err(bad(format!("IP address name of {n} bytes"))),
+                },
+                // Other kinds (e-mail, URI ...) name nothing overlay dials.
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether `host` (an IP address, or a DNS name matched as TLS does, with a wildcard
+    /// allowed in the leftmost label) is one of these names.
+    pub fn contains_host(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return self.ips.iter().any(|i| i.to_canonical() == ip.to_canonical());
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.dns.iter().any(|name| match name.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+            None => *name == host,
+        })
+    }
+}
+
+impl fmt::Display for CertNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ips.is_empty() && self.dns.is_empty() {
+            return f.write_str("no subject alternative names");
+        }
+        let all: Vec<String> = self
+            .ips
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.dns.iter().cloned())
+            .collect();
+        f.write_str(&all.join(", "))
+    }
+}
+
+/// Who a verified peer certificate names, and the names it is valid for, from one parse.
+pub fn peer_of(der: &[u8]) -> Result<(PeerIdentity, CertNames), TlsError> {
+    let cert = parse_der(der)?;
+    Ok((PeerIdentity::of(&cert)?, CertNames::of(&cert)?))
+}
+
+fn bad_peer(reason: String) -> TlsError {
+    TlsError::BadCertificate {
+        what: "peer certificate".into(),
+        reason,
+    }
+}
+
+fn parse_der(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, TlsError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| bad_peer(format!("not X.509: {e}")))
+}
+
+/// The host part of a `host:port` address (`[v6]:port`, a scheme in front tolerated).
+pub fn address_host(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = rest.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => rest,
     }
 }
 
@@ -484,6 +593,55 @@ mod tests {
             current.ok(),
             Some(rcgen::date_time_ymd(4000, 1, 1).unix_timestamp())
         );
+    }
+
+    #[test]
+    fn certificate_names_come_from_the_subject_alternative_names() {
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec![
+            "192.0.2.10".to_string(),
+            "Ctl1.Example".to_string(),
+            "*.ctl.example".to_string(),
+            "2001:db8::1".to_string(),
+        ])
+        .expect("params");
+        let der = params.self_signed(&key).expect("cert").der().to_vec();
+        let names = CertNames::from_der(&der).expect("names");
+        assert_eq!(names.ips.len(), 2, "{names}");
+        for host in [
+            "192.0.2.10",
+            "ctl1.example",
+            "CTL1.example.",
+            "c3.ctl.example",
+            "[2001:db8::1]",
+        ] {
+            assert!(names.contains_host(host), "{host} not in {names}");
+        }
+        for host in [
+            "192.0.2.11",
+            "ctl2.example",
+            "a.b.ctl.example",
+            "ctl.example",
+            "",
+            "::ffff:192.0.2.11",
+        ] {
+            assert!(!names.contains_host(host), "{host} in {names}");
+        }
+        let bare = CertificateParams::default().self_signed(&key).expect("cert");
+        assert_eq!(CertNames::from_der(bare.der()).ok(), Some(CertNames::default()));
+    }
+
+    #[test]
+    fn address_hosts() {
+        for (addr, host) in [
+            ("192.0.2.10:7400", "192.0.2.10"),
+            ("https://ctl1.example:7400", "ctl1.example"),
+            ("[2001:db8::1]:7400", "2001:db8::1"),
+            ("ctl1", "ctl1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            assert_eq!(address_host(addr), host, "{addr}");
+        }
     }
 
     #[test]

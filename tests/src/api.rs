@@ -21,11 +21,22 @@ pub async fn try_register(
     name: &str,
     ip: &str,
 ) -> Result<pb::RegisterResponse, tonic::Status> {
+    try_register_as(c, name, ip, "").await
+}
+
+/// [`try_register`] as the agent instance `instance` ("" = a client without an instance id).
+pub async fn try_register_as(
+    c: &Controllers,
+    name: &str,
+    ip: &str,
+    instance: &str,
+) -> Result<pb::RegisterResponse, tonic::Status> {
     let req = pb::RegisterRequest {
         host_name: name.into(),
         underlay_ip: ip.into(),
         underlay_iface: "eth0".into(),
         underlay_mtu: 1500,
+        instance_id: instance.into(),
     };
     c.call(|ch| {
         let req = req.clone();

@@ -55,6 +55,19 @@ impl SimHost {
     pub fn agent_running(&mut self) -> bool {
         self.agent.as_mut().is_some_and(|a| a.is_running())
     }
+
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The instance id the agent made in its state dir (after its first start).
+    pub fn instance_id(&self) -> Result<String> {
+        let path = self.state_dir.join("instance-id");
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(crate::io(format!("read {}", path.display())))
+    }
 }
 
 /// A running lab. Dropping it kills every process and deletes every namespace it made.
@@ -259,6 +272,34 @@ impl Lab {
             .envs(env.iter().copied());
         h.agent = Some(Daemon::spawn(&format!("agent-{}", h.name), cmd, &h.log)?);
         Ok(())
+    }
+
+    /// Starts a second agent on simulated machine `machine` that calls itself `host_name`
+    /// (another host's name, say), with its own state dir and, in a TLS lab, the certificate
+    /// `certs` (a copy of that host's, say). The caller owns the process.
+    pub fn spawn_agent_as(
+        &self,
+        machine: usize,
+        host_name: &str,
+        certs: Option<&CertFiles>,
+    ) -> Result<Daemon> {
+        let bin = bins::bin("overlay-agent")?;
+        let h = &self.hosts[machine];
+        let tag = format!("agent-{host_name}-on-{}", h.name);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns])
+            .arg(&bin)
+            .args(["--controller", &self.controller_list(), "--host-name", host_name])
+            .args(["--underlay-iface", "eth0"])
+            .arg("--state-dir")
+            .arg(self.dir.path().join(&tag))
+            .args(["--resync-secs", &self.resync_secs.to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(certs.map(CertFiles::env).unwrap_or_default());
+        Daemon::spawn(&tag, cmd, &self.dir.path().join(format!("{tag}.log")))
     }
 
     pub fn start_agents(&mut self) -> Result<()> {

@@ -658,6 +658,7 @@ async fn only_its_own_host_releases_a_gone_endpoint() {
         let req = pb::ReleaseEndpointRequest {
             host_name: host.into(),
             id,
+            ..Default::default()
         };
         c.call(|ch| {
             let req = req.clone();

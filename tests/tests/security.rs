@@ -129,7 +129,8 @@ async fn mtls_cluster_authenticates_every_caller() {
     }
     let admin = pki.issue("admin", "alice", &[]).expect("admin cert");
     let reader = pki.issue("reader", "grafana", &[]).expect("reader cert");
-    let agent = pki.issue("agent", "h1", &[]).expect("agent cert");
+    // The underlay address this test's agent registers is one of its certificate's names.
+    let agent = pki.issue("agent", "h1", &["192.0.2.31"]).expect("agent cert");
     let rogue_admin = rogue.issue("admin", "mallory", &[]).expect("rogue admin");
     cluster.set_client_tls(Some(admin.load().expect("admin").client_config()));
     cluster.start_all().expect("start");
@@ -213,6 +214,11 @@ async fn mtls_cluster_authenticates_every_caller() {
     );
     register(&agent_c, "h1").await.expect("agent h1 registers itself");
     refused.check(
+        "agent h1 Register with an underlay address neither in its certificate nor its source",
+        overlay_lab::api::try_register(&agent_c, "h1", "192.0.2.32").await,
+        Code::PermissionDenied,
+    );
+    refused.check(
         "agent h1 Register as h2",
         register(&agent_c, "h2").await,
         Code::PermissionDenied,
@@ -222,6 +228,7 @@ async fn mtls_cluster_authenticates_every_caller() {
             AgentClient::new(ch)
                 .watch(pb::WatchRequest {
                     host_name: "h2".into(),
+                    instance_id: String::new(),
                 })
                 .await
                 .map(|_| ())
@@ -234,6 +241,7 @@ async fn mtls_cluster_authenticates_every_caller() {
                 .heartbeat(pb::HeartbeatRequest {
                     host_name: "h2".into(),
                     applied_revision: 0,
+                    instance_id: String::new(),
                 })
                 .await
         })
@@ -253,6 +261,7 @@ async fn mtls_cluster_authenticates_every_caller() {
                         received: 3,
                         ..Default::default()
                     }],
+                    instance_id: String::new(),
                 })
                 .await
         })

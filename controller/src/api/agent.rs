@@ -3,6 +3,12 @@
 //! Heartbeats are cheap on purpose: a replica remembers them in memory and writes one through
 //! Raft only when the replicated `last_seen` is older than [`HEARTBEAT_PERSIST_EVERY`], so a
 //! thousand agents do not turn into a thousand log entries every few seconds.
+//!
+//! One agent instance holds a host name at a time (`overlay_proto::instance`): every call
+//! carries the caller's instance id, a `Register` from another instance is refused while the
+//! holder is connected or seen within `--host-claim-timeout` (the state machine decides from
+//! the command's clock and timeout), and every other call from a non-holder is refused. Each
+//! refusal is remembered per host ([`crate::node::RefusedClaim`]) for `doctor`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,11 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::{convert, invalid, parse, status};
-use crate::auth::require_host;
+use crate::auth::{self, require_host, require_underlay};
 use crate::desired::Model;
-use crate::model::EndpointStatus;
-use crate::node::{AgentsSeen, Node, now_ms};
-use crate::state::{Command, Response as Done};
+use crate::model::{EndpointStatus, Host};
+use crate::node::{AgentsSeen, Node, RefusedClaim, agent_connected, now_ms};
+use crate::state::{Command, Response as Done, StateError};
 
 /// The replicated `last_seen` of a host is refreshed at most this often.
 pub const HEARTBEAT_PERSIST_EVERY: Duration = Duration::from_secs(10);
@@ -64,16 +70,66 @@ impl AgentApi {
         self
     }
 
+    /// Notes a sign of life of `host`'s agent (a registered host's holder: checked by the caller).
     fn remember(&self, host: &str, applied_revision: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = seen.entry(host.to_string()).or_default();
-        entry.last_heartbeat_ms = now_ms();
-        entry.applied_revision = entry.applied_revision.max(applied_revision);
+        self.node.with_agent(host, |entry| {
+            entry.last_heartbeat_ms = now_ms();
+            entry.applied_revision = entry.applied_revision.max(applied_revision);
+        });
     }
 
     fn unknown_host(host: &str) -> Status {
         status(Code::NotFound, format!("host {host:?} is not registered"))
     }
+
+    fn claim_timeout_ms(&self) -> i64 {
+        self.node.claim_timeout.as_millis() as i64
+    }
+
+    /// The record of `host` if `instance` holds it; otherwise the refusal, remembered for
+    /// `doctor` (`call` says what the caller asked for).
+    fn holder<T>(&self, req: &Request<T>, host: &str, instance: &str, call: &str) -> Result<Host, Status> {
+        check_instance(instance)?;
+        let checked = self.node.view.read(|s| {
+            s.holder(host, instance, now_ms(), self.claim_timeout_ms())
+                .cloned()
+        });
+        checked.map_err(|e| match e {
+            StateError::UnknownHost(_) => Self::unknown_host(host),
+            e => self.refuse_claim(req, host, instance, "", call, e),
+        })
+    }
+
+    /// Records and logs a refused claim on `host`; returns the status for the caller.
+    fn refuse_claim<T>(
+        &self,
+        req: &Request<T>,
+        host: &str,
+        instance: &str,
+        underlay_ip: &str,
+        call: &str,
+        why: StateError,
+    ) -> Status {
+        let claim = RefusedClaim {
+            instance: overlay_proto::instance::short(instance).to_string(),
+            underlay_ip: underlay_ip.to_string(),
+            source: auth::source(req),
+            refusals: 1,
+            last_refused_ms: now_ms(),
+            call: call.to_string(),
+        };
+        tracing::warn!(%host, instance = %claim.instance, source = %claim.source, call, "refused an agent claiming a host held by another: {why}");
+        self.node.with_agent(host, |a| a.refuse(claim));
+        Status::from(why)
+    }
+}
+
+/// An instance id as agents send it ("" allowed: such a caller can only claim a free name).
+fn check_instance(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    overlay_proto::instance::validate(id).map_err(|reason| invalid(format!("invalid instance id: {reason}")))
 }
 
 /// Rebuilds the shared model after every revision change, once for all Watch streams. Parts
@@ -96,8 +152,6 @@ async fn publish_models(view: crate::raft::StateView, models: watch::Sender<Arc<
     }
 }
 
-/// Results in one probe report: one per peer host and packet size.
-const MAX_PROBE_RESULTS: usize = 16_384;
 /// What an agent may say about one endpoint or one drift line: enough for any kernel error,
 /// not enough to bloat the replicated log or the replica's memory.
 const MAX_REPORT_TEXT: usize = 1024;
@@ -117,24 +171,70 @@ impl Agent for AgentApi {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
-        let req = req.into_inner();
-        let underlay_ip = parse::ipv4("underlay IP", &req.underlay_ip)?;
-        if req.host_name.is_empty() {
+        let underlay_ip = parse::ipv4("underlay IP", &req.get_ref().underlay_ip)?;
+        require_underlay(&req, underlay_ip)?;
+        let body = req.get_ref().clone();
+        if body.host_name.is_empty() {
             return Err(invalid("host name is required"));
         }
+        check_instance(&body.instance_id)?;
+        let refuse = |why| {
+            self.refuse_claim(
+                &req,
+                &body.host_name,
+                &body.instance_id,
+                &body.underlay_ip,
+                "Register",
+                why,
+            )
+        };
+        // Another instance holds the name. The state machine goes by the replicated
+        // `last_seen`, which may be HEARTBEAT_PERSIST_EVERY old; the replicas' memory knows
+        // better. While the holder is connected, or was heard (a heartbeat, a report, its
+        // stream ending) within the claim timeout, refuse here.
+        let held = self.node.view.read(|s| {
+            s.hosts
+                .get(&body.host_name)
+                .filter(|h| !h.claimant.is_empty() && h.claimant != body.instance_id)
+                .cloned()
+        });
+        if let Some(holder) = held {
+            let (seen, _) = self.node.agents_everywhere().await;
+            let now = now_ms();
+            let s = seen.get(&holder.name).cloned().unwrap_or_default();
+            let heard = s
+                .last_heartbeat_ms
+                .max(s.stream_ended_ms)
+                .max(holder.last_seen_ms);
+            let timeout_ms = self.claim_timeout_ms();
+            if agent_connected(&s, holder.last_seen_ms, now) || now - heard < timeout_ms {
+                return Err(refuse(StateError::HostClaimed {
+                    host: holder.name.clone(),
+                    holder: overlay_proto::instance::short(&holder.claimant).to_string(),
+                    underlay_ip: holder.underlay_ip,
+                    silent_ms: if s.streams > 0 { 0 } else { (now - heard).max(0) },
+                    timeout_ms,
+                }));
+            }
+        }
         let cmd = Command::RegisterHost {
-            name: req.host_name.clone(),
+            name: body.host_name.clone(),
             underlay_ip,
-            underlay_iface: req.underlay_iface,
-            underlay_mtu: req.underlay_mtu,
+            underlay_iface: body.underlay_iface.clone(),
+            underlay_mtu: body.underlay_mtu,
             now_ms: now_ms(),
+            instance: body.instance_id.clone(),
+            claim_timeout_ms: self.claim_timeout_ms(),
         };
         let reply = self.node.write(cmd).await?;
-        let Done::Host(host) = reply.result? else {
-            return Err(status(Code::Internal, "unexpected reply"));
+        let host = match reply.result {
+            Ok(Done::Host(host)) => host,
+            Err(why @ StateError::HostClaimed { .. }) => return Err(refuse(why)),
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Err(status(Code::Internal, "unexpected reply")),
         };
         self.remember(&host.name, 0);
-        tracing::info!(host = %host.name, underlay = %host.underlay_ip, vtep_mac = %host.vtep_mac, "host registered");
+        tracing::info!(host = %host.name, underlay = %host.underlay_ip, vtep_mac = %host.vtep_mac, instance = overlay_proto::instance::short(&host.claimant), "host registered");
         self.node.applied(reply.revision).await;
         let out = self.node.view.read(|s| convert::host(s, &host, now_ms()));
         Ok(Response::new(pb::RegisterResponse {
@@ -148,14 +248,9 @@ impl Agent for AgentApi {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
+        let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
+        let last_seen = self.holder(&req, host, instance, "Heartbeat")?.last_seen_ms;
         let req = req.into_inner();
-        let last_seen = self
-            .node
-            .view
-            .read(|s| s.hosts.get(&req.host_name).map(|h| h.last_seen_ms));
-        let Some(last_seen) = last_seen else {
-            return Err(Self::unknown_host(&req.host_name));
-        };
         self.remember(&req.host_name, req.applied_revision);
         let now = now_ms();
         if now - last_seen >= HEARTBEAT_PERSIST_EVERY.as_millis() as i64 {
@@ -164,6 +259,7 @@ impl Agent for AgentApi {
                 .write(Command::Heartbeat {
                     name: req.host_name.clone(),
                     now_ms: now,
+                    instance: req.instance_id,
                 })
                 .await?;
             reply.result?;
@@ -177,7 +273,15 @@ impl Agent for AgentApi {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
-        let host = req.into_inner().host_name;
+        let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
+        // (An unknown host is answered below, once the model has caught up.)
+        if self.node.view.read(|s| s.hosts.contains_key(host)) {
+            self.holder(&req, host, instance, "Watch")?;
+        }
+        let pb::WatchRequest {
+            host_name: host,
+            instance_id: instance,
+        } = req.into_inner();
         let mut models = self.models.subscribe();
         // Start from a model that includes every change applied before this call (a host that
         // just registered must find itself in it).
@@ -193,12 +297,7 @@ impl Agent for AgentApi {
         tracing::info!(%host, revision = first.revision, "watch started");
         let watchers = self.watchers.clone();
         watchers.fetch_add(1, Ordering::Relaxed);
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(host.clone())
-            .or_default()
-            .streams += 1;
+        self.node.with_agent(&host, |a| a.streams += 1);
         let guard = OpenStream {
             watchers,
             seen: self.seen.clone(),
@@ -206,6 +305,7 @@ impl Agent for AgentApi {
         };
         let mut probe_orders = self.node.probes.subscribe();
         let mut stopping = self.stopping.clone();
+        let (node, claim_timeout_ms) = (self.node.clone(), self.claim_timeout_ms());
         let seen = self.seen.clone();
         let record_sent = move |host: &str, revision: u64| {
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -247,6 +347,15 @@ impl Agent for AgentApi {
                     let _ = tx.send(Err(Self::unknown_host(&host))).await;
                     break;
                 }
+                // Another instance took the name over (this one was silent too long): its
+                // desired state is no longer this agent's.
+                let lost = node
+                    .view
+                    .read(|s| s.holder(&host, &instance, now_ms(), claim_timeout_ms).err());
+                if let Some(why @ StateError::HostClaimed { .. }) = lost {
+                    let _ = tx.send(Err(Status::from(why))).await;
+                    break;
+                }
                 if let Some(event) = current.delta(&sent, &host) {
                     if tx.send(Ok(event)).await.is_err() {
                         break;
@@ -262,22 +371,24 @@ impl Agent for AgentApi {
 
     async fn report_probe(&self, req: Request<pb::ProbeReport>) -> Result<Response<pb::ProbeAck>, Status> {
         require_host(&req, &req.get_ref().host)?;
+        let (host, instance) = (&req.get_ref().host, &req.get_ref().instance_id);
+        self.holder(&req, host, instance, "ReportProbe")?;
         let report = req.into_inner();
         // An agent measures from its own host only, and a report is one row of the matrix.
         if let Some(r) = report.results.iter().find(|r| r.from != report.host) {
             return Err(invalid(format!(
                 "probe report of host {:?} carries a result from {:?}",
-                report.host, r.from
+                report.host,
+                r.from.chars().take(64).collect::<String>()
             )));
         }
-        if report.results.len() > MAX_PROBE_RESULTS {
-            return Err(invalid(format!(
-                "probe report with {} results (at most {MAX_PROBE_RESULTS})",
-                report.results.len()
-            )));
-        }
-        tracing::info!(host = %report.host, id = %report.id, results = report.results.len(), "probe report");
-        self.node.probes.record(report);
+        let (host, results) = (report.host.clone(), report.results.len());
+        let id: String = report.id.chars().take(64).collect();
+        self.node
+            .probes
+            .record(report)
+            .map_err(|e| status(Code::FailedPrecondition, e.to_string()))?;
+        tracing::info!(%host, %id, results, "probe report");
         Ok(Response::new(pb::ProbeAck {}))
     }
 
@@ -286,15 +397,18 @@ impl Agent for AgentApi {
         req: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
+        // Nothing is recorded for a host that does not exist, or for an agent not holding it.
+        let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
+        self.holder(&req, host, instance, "ReportStatus")?;
         let req = req.into_inner();
         self.remember(&req.host_name, req.applied_revision);
         if req.audited_ms > 0 {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = seen.entry(req.host_name.clone()).or_default();
-            if req.audited_ms >= entry.audited_ms {
-                entry.drift = req.drift.iter().take(MAX_DRIFT_LINES).map(|l| clip(l)).collect();
-                entry.audited_ms = req.audited_ms;
-            }
+            self.node.with_agent(&req.host_name, |entry| {
+                if req.audited_ms >= entry.audited_ms {
+                    entry.drift = req.drift.iter().take(MAX_DRIFT_LINES).map(|l| clip(l)).collect();
+                    entry.audited_ms = req.audited_ms;
+                }
+            });
         }
         let changed = self.node.view.read(|s| {
             if !s.hosts.contains_key(&req.host_name) {
@@ -339,10 +453,9 @@ impl Agent for AgentApi {
         req: Request<pb::ReleaseEndpointRequest>,
     ) -> Result<Response<pb::ReleaseEndpointResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
+        let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
+        self.holder(&req, host, instance, "ReleaseEndpoint")?;
         let req = req.into_inner();
-        if req.host_name.is_empty() {
-            return Err(invalid("host name is required"));
-        }
         let reply = self
             .node
             .write(Command::ReleaseEndpoint {
@@ -381,6 +494,7 @@ impl Drop for OpenStream {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = seen.get_mut(&self.host) {
             s.streams = s.streams.saturating_sub(1);
+            s.stream_ended_ms = now_ms();
         }
     }
 }

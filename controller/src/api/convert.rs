@@ -110,6 +110,8 @@ mod tests {
 
     fn register(s: &mut ClusterState, name: &str, ip: &str, underlay_mtu: u32) {
         s.apply(Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: name.into(),
             underlay_ip: ip.parse().unwrap(),
             underlay_iface: "eth0".into(),

@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::{convert, invalid, parse, status};
 use crate::model::EndpointStatus;
-use crate::node::{MembershipChange, Node, now_ms};
+use crate::node::{MembershipChange, Node, agent_connected, now_ms};
 use crate::raft::NodeId;
 use crate::state::{Command, MtuSetting, Response as Done};
 
@@ -144,20 +144,33 @@ fn require(what: &str, value: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Overlay for OverlayApi {
     async fn doctor(&self, _req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorResponse>, Status> {
-        let (hosts, gone_endpoints): (Vec<String>, Vec<pb::Endpoint>) = self.node.view.read(|s| {
+        let (hosts, gone_endpoints): (Vec<(String, String)>, Vec<pb::Endpoint>) = self.node.view.read(|s| {
             let gone = s
                 .endpoints
                 .values()
                 .filter(|e| matches!(e.status, EndpointStatus::Gone(_)))
                 .map(convert::endpoint)
                 .collect();
-            (s.hosts.keys().cloned().collect(), gone)
+            let hosts = s
+                .hosts
+                .values()
+                .map(|h| {
+                    let instance = match h.claimant.as_str() {
+                        "" => String::new(),
+                        id => overlay_proto::instance::short(id).to_string(),
+                    };
+                    (h.name.clone(), instance)
+                })
+                .collect();
+            (hosts, gone)
         });
         let (seen, unreachable) = self.node.agents_everywhere().await;
+        let now = now_ms();
         let hosts = hosts
             .into_iter()
-            .map(|host| {
-                let s = seen.get(&host).cloned().unwrap_or_default();
+            .map(|(host, instance)| {
+                let mut s = seen.get(&host).cloned().unwrap_or_default();
+                s.tidy_claims(now);
                 pb::HostHealth {
                     connected: s.streams > 0,
                     last_heartbeat_ms: s.last_heartbeat_ms,
@@ -166,12 +179,25 @@ impl Overlay for OverlayApi {
                     drift: s.drift,
                     audited_ms: s.audited_ms,
                     host,
+                    instance,
+                    refused_claims: s
+                        .refused_claims
+                        .into_iter()
+                        .map(|c| pb::RefusedClaim {
+                            instance: c.instance,
+                            underlay_ip: c.underlay_ip,
+                            source: c.source,
+                            refusals: c.refusals,
+                            last_refused_ms: c.last_refused_ms,
+                            call: c.call,
+                        })
+                        .collect(),
                 }
             })
             .collect();
         Ok(Response::new(pb::DoctorResponse {
             hosts,
-            now_ms: now_ms(),
+            now_ms: now,
             unreachable_replicas: unreachable,
             gone_endpoints,
         }))
@@ -278,6 +304,7 @@ impl Overlay for OverlayApi {
                 "invalid member address {addr:?}: expected host:port, e.g. 192.0.2.13:7400"
             )));
         }
+        self.node.check_new_member(req.id, &addr).await?;
         tracing::info!(id = req.id, %addr, "adding a controller member");
         self.node
             .change_membership(MembershipChange::Add { id: req.id, addr })
@@ -502,10 +529,41 @@ impl Overlay for OverlayApi {
 
     async fn remove_host(
         &self,
-        req: Request<pb::HostRef>,
+        req: Request<pb::RemoveHostRequest>,
     ) -> Result<Response<pb::RemoveHostResponse>, Status> {
-        let name = req.into_inner().name;
+        let pb::RemoveHostRequest { name, force } = req.into_inner();
         require("host name", &name)?;
+        // A connected agent would register the host again a second later, its workloads
+        // having lost their endpoints meanwhile: refused unless forced.
+        self.node.linearizable().await?;
+        let last_seen = self
+            .node
+            .view
+            .read(|s| s.hosts.get(&name).map(|h| h.last_seen_ms));
+        let mut agent_is_connected = false;
+        if let Some(last_seen) = last_seen {
+            let (seen, _) = self.node.agents_everywhere().await;
+            let s = seen.get(&name).cloned().unwrap_or_default();
+            let now = now_ms();
+            agent_is_connected = agent_connected(&s, last_seen, now);
+            if agent_is_connected && !force {
+                let how = if s.streams > 0 {
+                    format!("its agent holds {} Watch stream(s)", s.streams)
+                } else {
+                    let heard = s.last_heartbeat_ms.max(last_seen);
+                    format!("its agent was heard {}s ago", (now - heard).max(0) / 1000)
+                };
+                return Err(status(
+                    Code::FailedPrecondition,
+                    format!(
+                        "host {name:?} is connected ({how}); stop overlay-agent on it first (it would register the host again), or use --force"
+                    ),
+                ));
+            }
+        }
+        if agent_is_connected {
+            tracing::warn!(host = %name, "removing a host whose agent is connected (forced)");
+        }
         let (done, revision) = self.write(Command::RemoveHost { name }).await?;
         let Done::HostRemoved {
             removed_endpoints,
@@ -518,6 +576,7 @@ impl Overlay for OverlayApi {
             removed_endpoints,
             released_leases,
             revision,
+            agent_connected: agent_is_connected,
         }))
     }
 

@@ -13,6 +13,8 @@ fn setup() -> ClusterState {
     let mut s = ClusterState::default();
     for (i, mtu) in [(1, 1500), (2, 1500), (3, 1450)] {
         s.apply(Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: format!("h{i}"),
             underlay_ip: format!("192.0.2.2{i}").parse().unwrap(),
             underlay_iface: "eth0".into(),
@@ -100,6 +102,8 @@ fn a_new_peer_is_a_small_delta_and_unrelated_changes_are_none() {
     assert!(m1.delta(&m0, "h2").is_some());
     // A new host: h1 gets exactly one peer upsert.
     s.apply(Command::RegisterHost {
+        instance: String::new(),
+        claim_timeout_ms: 0,
         name: "h4".into(),
         underlay_ip: "192.0.2.24".parse().unwrap(),
         underlay_iface: "eth0".into(),
@@ -282,6 +286,8 @@ proptest! {
         let mut s = ClusterState::default();
         for h in 0..2 {
             s.apply(Command::RegisterHost {
+                instance: String::new(),
+                claim_timeout_ms: 0,
                 name: format!("h{h}"),
                 underlay_ip: format!("192.0.2.{}", 20 + h).parse().unwrap(),
                 underlay_iface: "eth0".into(),

@@ -323,6 +323,8 @@ mod fuzz {
         let mut state = ClusterState::default();
         for (i, ip) in ["192.0.2.21", "192.0.2.22"].iter().enumerate() {
             state.apply(Command::RegisterHost {
+                instance: String::new(),
+                claim_timeout_ms: 0,
                 name: format!("h{i}"),
                 underlay_ip: ip.parse().unwrap(),
                 underlay_iface: "eth0".into(),

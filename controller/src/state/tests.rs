@@ -31,6 +31,8 @@ fn create(s: &mut ClusterState, spec: NetworkSpec) -> Result<Response, StateErro
 
 fn register(s: &mut ClusterState, name: &str, ip: &str) -> Result<Response, StateError> {
     s.apply(Command::RegisterHost {
+        instance: String::new(),
+        claim_timeout_ms: 0,
         name: name.into(),
         underlay_ip: ip.parse().unwrap(),
         underlay_iface: "eth0".into(),
@@ -336,6 +338,7 @@ fn unknown_names_and_duplicates_are_refused() {
     assert_refused(
         &mut s,
         Command::Heartbeat {
+            instance: String::new(),
             name: "h9".into(),
             now_ms: 5,
         },
@@ -344,6 +347,8 @@ fn unknown_names_and_duplicates_are_refused() {
     assert_refused(
         &mut s,
         Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: "h3".into(),
             underlay_ip: "192.0.2.21".parse().unwrap(),
             underlay_iface: "eth0".into(),
@@ -447,6 +452,7 @@ fn heartbeats_do_not_bump_revision_and_reports_only_touch_own_endpoints() {
     let ep = attach(&mut s, "blue", "h1", "w1").unwrap();
     let rev = s.revision;
     s.apply(Command::Heartbeat {
+        instance: String::new(),
         name: "h1".into(),
         now_ms: 99,
     })
@@ -563,6 +569,8 @@ fn every_command_survives_the_log_encoding() {
             force: true,
         },
         Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: "h1".into(),
             underlay_ip: "192.0.2.21".parse().unwrap(),
             underlay_iface: "eth0".into(),
@@ -570,6 +578,7 @@ fn every_command_survives_the_log_encoding() {
             now_ms: 1,
         },
         Command::Heartbeat {
+            instance: String::new(),
             name: "h1".into(),
             now_ms: 2,
         },
@@ -621,6 +630,7 @@ fn every_command_survives_the_log_encoding() {
         Command::Batch(vec![
             Command::RemoveHost { name: "h1".into() },
             Command::Heartbeat {
+                instance: String::new(),
                 name: "h2".into(),
                 now_ms: 4,
             },
@@ -680,6 +690,8 @@ pub(crate) fn to_command(op: &Op) -> Command {
     ];
     match *op {
         Op::Register(h) => Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: format!("h{h}"),
             underlay_ip: Ipv4Addr::new(192, 0, 2, 10 + h),
             underlay_iface: "eth0".into(),
@@ -687,6 +699,8 @@ pub(crate) fn to_command(op: &Op) -> Command {
             now_ms: 1,
         },
         Op::Move(h, v) => Command::RegisterHost {
+            instance: String::new(),
+            claim_timeout_ms: 0,
             name: format!("h{h}"),
             underlay_ip: Ipv4Addr::new(198, 51, 100, h * 2 + v),
             underlay_iface: "eth0".into(),
@@ -1080,4 +1094,81 @@ fn only_the_host_of_a_gone_endpoint_releases_it() {
         })
         .result;
     assert!(again.is_ok(), "{again:?}");
+}
+
+fn claim(name: &str, ip: &str, instance: &str, now_ms: i64) -> Command {
+    Command::RegisterHost {
+        name: name.into(),
+        underlay_ip: ip.parse().unwrap(),
+        underlay_iface: "eth0".into(),
+        underlay_mtu: 1500,
+        now_ms,
+        instance: instance.into(),
+        claim_timeout_ms: 60_000,
+    }
+}
+
+#[test]
+fn a_host_name_is_held_by_one_instance_until_it_falls_silent() {
+    const REAL: &str = "aaaaaaaaaaaaaaaa1111111111111111";
+    const OTHER: &str = "bbbbbbbbbbbbbbbb2222222222222222";
+    let mut s = ClusterState::default();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    s.apply(claim("h1", "192.0.2.21", REAL, 1_000)).result.unwrap();
+    let lease = s.networks["blue"].leases["h1"].clone();
+    // The holder re-registers freely (restart, new address) and heartbeats.
+    s.apply(claim("h1", "192.0.2.31", REAL, 2_000)).result.unwrap();
+    let hb = |instance: &str, now_ms| Command::Heartbeat {
+        name: "h1".into(),
+        now_ms,
+        instance: instance.into(),
+    };
+    s.apply(hb(REAL, 10_000)).result.unwrap();
+    // Another instance is refused while the holder was seen within the timeout, with what
+    // an operator needs: who holds it, from where, since when, and the ways out.
+    assert_refused(&mut s, claim("h1", "192.0.2.41", OTHER, 69_999), |e| {
+        let msg = e.to_string();
+        matches!(e, StateError::HostClaimed { .. })
+            && msg.contains("instance aaaaaaaa,")
+            && !msg.contains(REAL)
+            && msg.contains("192.0.2.31")
+            && msg.contains("last seen 59s ago")
+            && msg.contains("silent for 60s")
+            && msg.contains("host rm h1 --force")
+    });
+    assert_refused(&mut s, hb(OTHER, 20_000), |e| {
+        matches!(e, StateError::HostClaimed { .. })
+    });
+    assert_refused(&mut s, claim("h1", "192.0.2.41", "", 20_000), |e| {
+        matches!(e, StateError::HostClaimed { .. })
+    });
+    assert_eq!(s.hosts["h1"].underlay_ip.to_string(), "192.0.2.31");
+    assert!(s.holder("h1", OTHER, 20_000, 60_000).is_err());
+    assert!(s.holder("h1", REAL, 20_000, 60_000).is_ok());
+
+    // Silent for the timeout: the newcomer takes the name over, keeping MAC and leases.
+    let mac = s.hosts["h1"].vtep_mac;
+    s.apply(claim("h1", "192.0.2.41", OTHER, 70_000)).result.unwrap();
+    let h1 = &s.hosts["h1"];
+    assert_eq!((h1.claimant.as_str(), h1.vtep_mac), (OTHER, mac));
+    assert_eq!(s.networks["blue"].leases["h1"], lease);
+    // ... and now the old one is the stranger.
+    assert_refused(&mut s, hb(REAL, 70_001), |e| {
+        matches!(e, StateError::HostClaimed { .. })
+    });
+
+    // A removed host is free for anyone.
+    s.apply(Command::RemoveHost { name: "h1".into() }).result.unwrap();
+    s.apply(claim("h1", "192.0.2.21", REAL, 70_002)).result.unwrap();
+    assert_eq!(s.hosts["h1"].claimant, REAL);
+
+    // A record without a claimant (a client without an instance id) is claimed by the first.
+    register(&mut s, "h2", "192.0.2.22").unwrap();
+    s.apply(claim("h2", "192.0.2.22", OTHER, 70_003)).result.unwrap();
+    assert_eq!(s.hosts["h2"].claimant, OTHER);
+
+    // Replicated as part of the state: a snapshot keeps who holds what.
+    let json = serde_json::to_vec(&s).unwrap();
+    let back = ClusterState::from_snapshot_json(&json).unwrap();
+    assert_eq!(back.hosts["h2"].claimant, OTHER);
 }
