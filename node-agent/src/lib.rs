@@ -7,6 +7,7 @@
 //! [`reconcile`] (one convergence pass), [`session`] (the controller connection).
 
 pub mod audit;
+pub mod dns;
 pub mod endpoint;
 pub mod firewall;
 pub mod kernel;
