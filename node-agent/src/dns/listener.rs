@@ -13,6 +13,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -169,16 +170,20 @@ impl Drop for Listener {
 }
 
 impl Listener {
-    /// Binds `addr` (UDP and TCP) and starts serving it with `udp_workers` receivers. Must be
-    /// called on the runtime: the sockets live in the namespace of the calling thread.
-    pub fn bind(addr: SocketAddrV4, shared: Arc<Shared>, udp_workers: usize) -> io::Result<Listener> {
-        let udp = Arc::new(UdpSocket::from_std(udp_socket(addr)?.into())?);
+    /// Binds `addr` (UDP and TCP) and starts serving it: UDP on `udp` (the server's UDP
+    /// thread), TCP on the calling runtime. The sockets live in the namespace of the calling
+    /// thread.
+    pub fn bind(addr: SocketAddrV4, shared: Arc<Shared>, udp: &Handle) -> io::Result<Listener> {
+        let udp_sock = {
+            let _on = udp.enter();
+            Arc::new(UdpSocket::from_std(udp_socket(addr)?.into())?)
+        };
         let tcp = TcpListener::from_std(tcp_socket(addr)?.into())?;
         let gateway = *addr.ip();
-        let mut tasks: Vec<JoinHandle<()>> = (0..udp_workers.max(1))
-            .map(|_| tokio::spawn(serve_udp(udp.clone(), gateway, shared.clone())))
-            .collect();
-        tasks.push(tokio::spawn(serve_tcp(tcp, gateway, shared)));
+        let tasks = vec![
+            udp.spawn(serve_udp(udp_sock, gateway, shared.clone())),
+            tokio::spawn(serve_tcp(tcp, gateway, shared)),
+        ];
         Ok(Listener { tasks })
     }
 }

@@ -42,8 +42,6 @@ pub struct DnsConfig {
     pub cache: Limits,
     /// TTLs of our own answers.
     pub ttls: Ttls,
-    /// UDP receive tasks per gateway.
-    pub udp_workers: usize,
     pub metrics: DnsMetrics,
 }
 
@@ -69,7 +67,6 @@ impl Default for DnsConfig {
                 positive: 1,
                 negative: 1,
             },
-            udp_workers: 2,
             metrics: DnsMetrics::default(),
         }
     }
@@ -81,6 +78,56 @@ pub enum DnsError {
     NoRuntime,
     #[error("invalid DNS server setting: {0}")]
     Config(&'static str),
+    #[error("cannot start the DNS server's UDP thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The thread that serves every gateway's UDP socket, on a runtime of its own: local answers
+/// are a few microseconds of work, and a single-threaded loop spends them without the
+/// cross-thread wake-ups of a work-stealing runtime (which cost more than the answer).
+/// Forwarded queries wait upstream as tasks on the same thread. Created by
+/// [`DnsServer::start`], so in the namespace of the thread that starts the server.
+struct UdpThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl UdpThread {
+    fn start() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("overlay-dns-udp".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(rt.handle().clone()));
+                // Until the server goes; dropping the runtime then ends every task on it.
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the DNS UDP thread exited"))??;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for UdpThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// What one [`DnsServer::update`] took in.
@@ -107,6 +154,7 @@ pub struct DnsServer {
     done: watch::Sender<u64>,
     status: Arc<Mutex<ListenerStatus>>,
     tasks: Vec<JoinHandle<()>>,
+    _udp: UdpThread,
 }
 
 impl Drop for DnsServer {
@@ -134,6 +182,7 @@ impl DnsServer {
         if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(DnsError::Config(what));
         }
+        let udp = UdpThread::start().map_err(DnsError::Thread)?;
         let upstreams = Arc::new(Upstreams::default());
         resolv::load(&config.resolv_conf, &upstreams);
         let shared = Arc::new(Shared {
@@ -164,7 +213,7 @@ impl DnsServer {
         let supervisor = tokio::spawn(supervise(
             shared.clone(),
             config.port,
-            config.udp_workers,
+            udp.handle.clone(),
             wanted_rx,
             done.clone(),
             status.clone(),
@@ -176,6 +225,7 @@ impl DnsServer {
             done,
             status,
             tasks: vec![watcher, supervisor],
+            _udp: udp,
         })
     }
 
@@ -224,7 +274,7 @@ impl DnsServer {
 async fn supervise(
     shared: Arc<Shared>,
     port: u16,
-    udp_workers: usize,
+    udp: tokio::runtime::Handle,
     mut wanted: watch::Receiver<u64>,
     done: watch::Sender<u64>,
     status: Arc<Mutex<ListenerStatus>>,
@@ -249,7 +299,7 @@ async fn supervise(
                 now.insert(gw, Ok(()));
                 continue;
             }
-            match Listener::bind(SocketAddrV4::new(gw, port), shared.clone(), udp_workers) {
+            match Listener::bind(SocketAddrV4::new(gw, port), shared.clone(), &udp) {
                 Ok(l) => {
                     tracing::info!(gateway = %gw, port, "DNS listening");
                     running.insert(gw, l);
