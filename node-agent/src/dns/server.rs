@@ -150,8 +150,8 @@ pub struct DnsServer {
     ttls: Ttls,
     /// Bumped by each update; the supervisor reconciles to it.
     wanted: watch::Sender<u64>,
-    /// The last generation the supervisor reconciled.
-    done: watch::Sender<u64>,
+    /// The last generation the supervisor reconciled (closed if the supervisor is gone).
+    done: watch::Receiver<u64>,
     status: Arc<Mutex<ListenerStatus>>,
     tasks: Vec<JoinHandle<()>>,
     _udp: UdpThread,
@@ -199,7 +199,7 @@ impl DnsServer {
             tcp_timeout: config.tcp_timeout,
         });
         let (wanted, wanted_rx) = watch::channel(0u64);
-        let (done, _) = watch::channel(u64::MAX);
+        let (done_tx, done) = watch::channel(u64::MAX);
         let status = Arc::new(Mutex::new(ListenerStatus::new()));
         let watcher = {
             let shared = shared.clone();
@@ -215,7 +215,7 @@ impl DnsServer {
             config.port,
             udp.handle.clone(),
             wanted_rx,
-            done.clone(),
+            done_tx,
             status.clone(),
         ));
         Ok(DnsServer {
@@ -252,7 +252,8 @@ impl DnsServer {
     /// Waits until the listeners match the last update, then tells how they are.
     pub async fn settled(&self) -> ListenerStatus {
         let want = *self.wanted.borrow();
-        let mut done = self.done.subscribe();
+        let mut done = self.done.clone();
+        // An error means the supervisor is gone: the status is then as it left it.
         let _ = done.wait_for(|g| *g != u64::MAX && *g >= want).await;
         self.listeners()
     }
