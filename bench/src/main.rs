@@ -1,6 +1,6 @@
 //! `overlay-bench`: overlay measured against real peers on the same machine in the same run.
 //! `overlay-bench all` runs every measure and writes docs/benchmarks.md (+ .svg); a single
-//! measure (`p1` ... `p6`) updates its result and the page. Run as root, with release builds.
+//! measure (`p1` ... `p8`) updates its result and the page. Run as root, with release builds.
 
 mod common;
 mod p1_attach;
@@ -10,6 +10,7 @@ mod p4_writes;
 mod p5_fanout;
 mod p6_programming;
 mod p7_tls;
+mod p8_dns;
 mod peers;
 mod report;
 mod stats;
@@ -94,6 +95,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// P8: DNS queries/s and latency, the agent's DNS server vs dnsmasq (dnsperf).
+    P8 {
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1000)]
+        names: usize,
+    },
     /// Re-render docs/benchmarks.md from the saved results.
     Report,
 }
@@ -122,6 +132,7 @@ fn main() -> anyhow::Result<()> {
             report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
             report::save(&p6_programming::run(1000, rounds)?)?;
             report::save(&p7_tls::run(200, if quick { 1000 } else { 5000 }, 64, 3)?)?;
+            report::save(&p8_dns::run(if quick { 3 } else { 10 }, 3, 1000)?)?;
         }
         Cmd::P1 { attaches } => {
             peers::ensure()?;
@@ -152,6 +163,11 @@ fn main() -> anyhow::Result<()> {
             clients,
             runs,
         } => report::save(&p7_tls::run(connects, ops, clients, runs)?)?,
+        Cmd::P8 {
+            seconds,
+            rounds,
+            names,
+        } => report::save(&p8_dns::run(seconds, rounds, names)?)?,
         Cmd::Report => {}
     }
     report::write_docs(&repo_root(), &common::machine())?;

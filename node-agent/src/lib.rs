@@ -9,6 +9,7 @@
 //! [`session`] (the controller connection and the reconcile loop).
 
 pub mod audit;
+pub mod dns;
 pub mod endpoint;
 pub mod events;
 pub mod firewall;

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod bins;
 pub mod controllers;
+pub mod dns;
 pub mod fuzz;
 pub mod interrupt;
 pub mod lab;
