@@ -58,6 +58,9 @@ pub enum AgentError {
         "the agent certificate is for host {cert:?} but this agent runs as --host-name {host:?}; the controller only lets an agent act for the host its certificate names"
     )]
     CertificateHost { cert: String, host: String },
+    /// Without nftables there is no isolation between networks and no NAT: refuse to run.
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
 }
 
 /// Finds the underlay interface, its IPv4 address (unless given) and MTU.
@@ -111,6 +114,8 @@ pub async fn run(
             });
         }
     }
+    // Before anything is wired: an agent that cannot filter must not connect workloads.
+    crate::firewall::preflight()?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AgentError::StateDir(config.state_dir.display().to_string(), e))?;
     let nl = Netlink::connect()?;
@@ -150,7 +155,8 @@ pub async fn run(
     let config = Arc::new(config);
     let applied = Arc::new(AtomicU64::new(0));
 
-    let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir));
+    let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir))
+        .with_control_plane(crate::firewall::addresses_in(&config.controllers));
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
