@@ -197,7 +197,7 @@ pub fn preflight() -> Result<(), FirewallError> {
         FirewallError::Failed { detail, .. } => FirewallError::Failed {
             what: "check",
             detail: format!(
-                "{detail} (overlay needs nftables with the bridge and inet families, run as root)"
+                "{detail} (overlay needs nftables, Debian package `nftables`, with the bridge and inet families, run as root)"
             ),
         },
         other => other,

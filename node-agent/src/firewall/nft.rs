@@ -52,6 +52,7 @@ fn first_lines(stderr: &str, status: std::process::ExitStatus) -> String {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == '~'))
+        .map(|l| l.strip_prefix("Error: ").unwrap_or(l))
         .take(2)
         .collect();
     if lines.is_empty() {

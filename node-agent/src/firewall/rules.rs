@@ -429,7 +429,7 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                 ),
                 rule(
                     "iifname . oifname @nat_egress jump nat_egress",
-                    "out to the underlay, masqueraded",
+                    "out to the underlay (NAT egress)",
                 ),
                 rule(
                     format!("iifname {bridges} counter drop"),
