@@ -537,9 +537,16 @@ fn workloads_cannot_cross_networks_spoof_or_reach_hosts() {
     if !lab.ctl(&["host", "rm", "h3"]).unwrap().status.success() {
         lab.ctl_ok(&["host", "rm", "h3", "--force"]).unwrap();
     }
+    let u3 = lab.hosts[2].ip.to_string();
     let h3_gone = Lab::wait_until(Duration::from_secs(10), || {
-        lab.on_host(1, "nft", &["list", "set", "inet", "overlay", "peers"])
-            .is_ok_and(|p| !p.contains(&lab.hosts[2].ip.to_string()))
+        let fdb = lab
+            .on_host(1, "bridge", &["fdb", "show", "dev", "ovx-1"])
+            .unwrap_or_default();
+        // The same pass also drops it from the VXLAN allow list (when there is one).
+        let allowed = lab
+            .on_host(1, "nft", &["list", "set", "inet", "overlay", "peers"])
+            .is_ok_and(|p| p.contains(&u3));
+        !fdb.contains(&u3) && !allowed
     });
     assert!(h3_gone.is_some(), "h2 still lists h3 as a peer\n{}", lab.logs());
     let attacks: [(&str, &str, &str, &str, &str, &str, &Workload); 6] = [
