@@ -85,6 +85,29 @@ fn rules_are_written_audited_and_repaired() {
         "the start-up check commits nothing"
     );
 
+    // Someone else's commit wakes a subscriber at once; silence times out.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher_ns = ns.clone();
+    let watcher = std::thread::spawn(move || {
+        inside(&watcher_ns, move || {
+            let changes = firewall::Changes::subscribe().unwrap();
+            tx.send(()).unwrap();
+            let quiet = changes.wait(std::time::Duration::from_millis(200)).unwrap();
+            let woke = changes.wait(std::time::Duration::from_secs(10)).unwrap();
+            (quiet, woke, Instant::now())
+        })
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let committing = Instant::now();
+    exec(&ns, "nft", &["add", "table", "inet", "someone_else_too"]).unwrap();
+    let (quiet, woke, woke_at) = watcher.join().unwrap();
+    assert!(!quiet && woke, "quiet {quiet}, woke {woke}");
+    println!(
+        "an nftables commit woke the subscriber {:?} after `nft` was started",
+        woke_at.duration_since(committing)
+    );
+
     let mut fw = Firewall::default();
     let (fw, first, second, audit) = inside(&ns, move || {
         let t = Instant::now();
@@ -282,5 +305,9 @@ fn rules_are_written_audited_and_repaired() {
     assert_eq!(gone, Ok(Converged::Written));
     assert_eq!(audit, Vec::<String>::new());
     let tables = stdout(&exec(&ns, "nft", &["list", "tables"]).unwrap());
-    assert_eq!(tables.trim(), "table inet someone_else", "{tables}");
+    assert_eq!(
+        tables.lines().map(str::trim).collect::<Vec<_>>(),
+        ["table inet someone_else", "table inet someone_else_too"],
+        "{tables}"
+    );
 }

@@ -1,9 +1,12 @@
 //! The nftables ruleset generation of this namespace: a counter the kernel bumps on every
 //! committed change, to any table. Reading it is one netlink round trip (no process), so the
 //! agent can tell on every pass and every audit whether anything changed since it last
-//! looked, and list the tables (a process spawn) only when something did.
+//! looked, and list the tables (a process spawn) only when something did. [`Changes`] wakes
+//! on each such commit, for a loop that wants to reconcile as soon as someone else's change
+//! lands rather than at the next periodic pass.
 
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -30,6 +33,76 @@ pub fn current() -> io::Result<u32> {
     let mut buf = [0u8; 512];
     let n = (&sock).read(&mut buf)?;
     parse(&buf[..n])
+}
+
+/// nftables' multicast group: one message per object of every committed transaction.
+const NFNLGRP_NFTABLES: u32 = 7;
+
+/// A subscription to every nftables commit in this namespace (the agent's own included: a
+/// pass that follows one of those finds the generation it wrote and does nothing).
+pub struct Changes {
+    sock: Socket,
+}
+
+impl Changes {
+    /// Subscribes, in the namespace of the calling thread.
+    pub fn subscribe() -> io::Result<Self> {
+        let sock = Socket::new(
+            Domain::from(nix::libc::AF_NETLINK),
+            Type::RAW,
+            Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
+        )?;
+        // SAFETY: an all-zero sockaddr_nl is valid (pid 0: the kernel picks a port id); the
+        // pointer and length describe that struct, and the descriptor is open.
+        let bound = unsafe {
+            let mut addr: nix::libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = nix::libc::AF_NETLINK as nix::libc::sa_family_t;
+            nix::libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const nix::libc::sockaddr_nl).cast(),
+                std::mem::size_of::<nix::libc::sockaddr_nl>() as nix::libc::socklen_t,
+            )
+        };
+        if bound != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let group = NFNLGRP_NFTABLES;
+        // SAFETY: a u32 option value and its exact size, on an open netlink socket.
+        let joined = unsafe {
+            nix::libc::setsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_NETLINK,
+                nix::libc::NETLINK_ADD_MEMBERSHIP,
+                (&group as *const u32).cast(),
+                std::mem::size_of::<u32>() as nix::libc::socklen_t,
+            )
+        };
+        if joined != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { sock })
+    }
+
+    /// Blocks until a commit is announced (`true`) or `timeout` passes (`false`). The rest of
+    /// a burst is drained, so one transaction wakes the caller once. A lost message (the
+    /// socket's buffer overflowed) counts as a change.
+    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let mut buf = vec![0u8; 64 * 1024];
+        self.sock
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        match (&self.sock).read(&mut buf) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Ok(false);
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {}
+            Err(e) => return Err(e),
+        }
+        self.sock.set_nonblocking(true)?;
+        while (&self.sock).read(&mut buf).is_ok() {}
+        self.sock.set_nonblocking(false)?;
+        Ok(true)
+    }
 }
 
 fn request() -> Vec<u8> {

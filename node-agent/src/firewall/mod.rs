@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 
 use overlay_proto::mac::MacAddr;
 
+pub use generation::Changes;
 pub use rules::{Name, TABLE};
 
 use crate::spec::{Attachment, HostSpec};
