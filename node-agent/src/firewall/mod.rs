@@ -244,16 +244,13 @@ impl Firewall {
             }
             None => (Converged::Written, None),
         };
-        let mut result = Err(FirewallError::Spawn("nothing tried".into()));
-        if let Some(written) = small_step {
-            result = self.update(&written, wanted);
-            if let Err(e) = &result {
+        let result = match small_step {
+            Some(written) => self.update(&written, wanted).or_else(|e| {
                 tracing::debug!(error = %e, "set update refused; rebuilding the tables");
-            }
-        }
-        if result.is_err() {
-            result = self.write(wanted);
-        }
+                self.write(wanted)
+            }),
+            None => self.write(wanted),
+        };
         match result {
             Ok(()) => {
                 self.error = None;
