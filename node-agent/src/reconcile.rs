@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use std::time::{Duration, Instant};
 
 use crate::endpoint::{self, Checked};
 use crate::firewall::{Converged, Firewall, FirewallSpec};
