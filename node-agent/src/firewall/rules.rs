@@ -276,13 +276,14 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                 name: "from_workload",
                 base: None,
                 rules: vec![
-                    rule(
-                        "iifname . ether saddr != @endpoint_macs counter drop",
-                        "source MAC is not the endpoint's",
-                    ),
+                    // The common case first, in one lookup: it also proves the MAC.
                     rule(
                         "iifname . ether saddr . ip saddr @endpoints accept",
                         "IPv4 from the endpoint's address",
+                    ),
+                    rule(
+                        "iifname . ether saddr != @endpoint_macs counter drop",
+                        "source MAC is not the endpoint's",
                     ),
                     rule(
                         "arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
