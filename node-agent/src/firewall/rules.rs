@@ -316,13 +316,14 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                 name: "to_workload",
                 base: None,
                 rules: vec![
-                    rule(
-                        "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
-                        "broadcast and multicast",
-                    ),
+                    // The common case first.
                     rule(
                         "oifname . ether daddr @endpoint_macs accept",
                         "unicast for the port's endpoint",
+                    ),
+                    rule(
+                        "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
+                        "broadcast and multicast",
                     ),
                     rule("counter drop", "unicast for anyone else"),
                 ],
@@ -373,6 +374,8 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             name: "input",
             base: base("filter", "input", FILTER),
             rules: vec![
+                // First: the busiest traffic to this host, in one test.
+                rule(format!("udp dport {VXLAN_PORT} jump vxlan_in"), "VXLAN"),
                 rule(
                     format!("iifname {bridges} jump workload_to_host"),
                     "from local workloads",
@@ -381,7 +384,6 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                     format!("iifname {vxlans} jump overlay_to_host"),
                     "from other hosts' workloads, through the overlay",
                 ),
-                rule(format!("udp dport {VXLAN_PORT} jump vxlan_in"), "VXLAN"),
             ],
         },
         Chain {
