@@ -38,6 +38,7 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
         "10.71.0.0/16",
     ])?;
     lab.start_agents()?;
+    lab.wait_hosts_up(Duration::from_secs(30))?;
     let mut ours_ns = Vec::new();
     let mut ours_ip = Vec::new();
     for host in 0..2 {

@@ -9,14 +9,15 @@
 //! without entering anything) whether the same namespace came back. After the grace period
 //! it is listed in [`PassReport::expired`], for the session to release it.
 
-use std::collections::BTreeMap;
-
-use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use crate::endpoint::{self, Checked, EndpointError};
-use crate::firewall::{self, FirewallSpec};
+use crate::firewall::{Converged, Firewall, FirewallSpec};
 use crate::kernel::MacvlanRecord;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Namespace};
@@ -75,14 +76,14 @@ pub struct PassReport {
 pub struct Reconciler {
     nl: Netlink,
     underlay: Underlay,
-    firewall: Option<FirewallSpec>,
+    /// What is known of the nftables tables (taken out while a blocking task works on it).
+    firewall: Firewall,
+    /// Controller addresses, which workloads must not reach even through NAT egress.
+    control_plane: BTreeSet<Ipv4Addr>,
     forwarding_on: bool,
     /// Macvlan endpoints this agent put into namespaces, mirrored to `records_path`.
     macvlans: BTreeMap<u64, MacvlanRecord>,
     records_path: Option<PathBuf>,
-    /// Audits done; the nftables check (a process spawn) runs on every
-    /// [`FIREWALL_AUDIT_EVERY`]th only, to keep 50 idle agents on a small machine quiet.
-    audits: u64,
     /// The namespace each endpoint was first wired into, mirrored to the state directory.
     pins: Pins,
     /// Endpoints whose namespace is gone: since when, and why.
@@ -97,9 +98,6 @@ struct Gone {
     since: Instant,
     reason: String,
 }
-
-/// One audit in this many also checks the nftables table.
-const FIREWALL_AUDIT_EVERY: u64 = 6;
 
 const MACVLAN_RECORDS: &str = "macvlan-endpoints.json";
 
@@ -124,11 +122,11 @@ impl Reconciler {
         Self {
             nl,
             underlay,
-            firewall: None,
+            firewall: Firewall::default(),
+            control_plane: BTreeSet::new(),
             forwarding_on: false,
             macvlans,
             records_path,
-            audits: 0,
             pins: Pins::load(state_dir),
             gone: BTreeMap::new(),
             gone_grace: DEFAULT_GONE_GRACE,
@@ -153,6 +151,33 @@ impl Reconciler {
             .min()
     }
 
+    /// Controller addresses to keep out of NAT egress (see [`crate::firewall::rules`]).
+    pub fn with_control_plane(mut self, addresses: BTreeSet<Ipv4Addr>) -> Self {
+        self.control_plane = addresses;
+        self
+    }
+
+    fn firewall_spec(&self, spec: &HostSpec) -> (FirewallSpec, Vec<String>) {
+        FirewallSpec::from_host(spec, &self.underlay.iface, self.underlay.ip, &self.control_plane)
+    }
+
+    /// Runs `work` on the firewall state in a blocking task (it spawns `nft` and talks
+    /// netlink). Should the task die, the state is forgotten and the next pass rewrites.
+    async fn with_firewall<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Firewall) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let mut fw = std::mem::take(&mut self.firewall);
+        let (fw, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&mut fw);
+            (fw, out)
+        })
+        .await
+        .map_err(|e| format!("firewall task: {e}"))?;
+        self.firewall = fw;
+        Ok(out)
+    }
+
     fn save_records(&self) -> Result<(), String> {
         let Some(path) = &self.records_path else {
             return Ok(());
@@ -168,7 +193,7 @@ impl Reconciler {
     /// Makes the next pass rebuild the firewall table even though it believes the table is in
     /// place: the table was changed behind the agent's back (see [`crate::events`]).
     pub fn forget_firewall(&mut self) {
-        self.firewall = None;
+        self.firewall.invalidate();
     }
 
     /// Where the kernel differs from `spec`, without changing anything (see [`crate::audit`]).
@@ -186,17 +211,11 @@ impl Reconciler {
             .map(|e| format!("missing endpoint {} ", e.address))
             .collect();
         drift.retain(|line| !gone.iter().any(|g| line.starts_with(g.as_str())));
-        let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
-        self.audits += 1;
-        if !wanted.networks.is_empty() && self.audits % FIREWALL_AUDIT_EVERY == 1 {
-            let present = tokio::task::spawn_blocking(firewall::table_present)
-                .await
-                .unwrap_or(true);
-            if !present {
-                drift.push(format!("missing nftables table ip {}", firewall::TABLE));
-                // The next pass must rebuild it even though it believes it is in place.
-                self.firewall = None;
-            }
+        let (wanted, problems) = self.firewall_spec(spec);
+        drift.extend(problems);
+        match self.with_firewall(move |fw| fw.audit(&wanted)).await {
+            Ok(found) => drift.extend(found),
+            Err(e) => drift.push(e),
         }
         Ok(drift)
     }
@@ -329,23 +348,42 @@ impl Reconciler {
                 Err(e) => report.errors.push(format!("enable ip_forward: {e}")),
             }
         }
-        let wanted = FirewallSpec::from_host(spec, &self.underlay.iface);
-        if self.firewall.as_ref() != Some(&wanted) {
-            let spec = wanted.clone();
-            match tokio::task::spawn_blocking(move || firewall::apply(&spec)).await {
-                Ok(Ok(())) => {
-                    tracing::info!(networks = wanted.networks.len(), "firewall table rebuilt");
-                    self.firewall = Some(wanted);
-                    report.firewall_rebuilt = true;
-                    report.changes += 1;
-                    report.objects.updated += 1;
-                }
-                Ok(Err(e)) => report.errors.push(e.to_string()),
-                Err(e) => report.errors.push(format!("firewall task: {e}")),
-            }
+        if self.converge_firewall(spec, &mut report).await {
+            report.firewall_rebuilt = true;
         }
         report.took = started.elapsed();
         Ok(report)
+    }
+
+    /// Rebuilds the nftables tables when what they depend on changed or the kernel's copy
+    /// drifted (one netlink round trip when neither happened); whether it wrote them.
+    async fn converge_firewall(&mut self, spec: &HostSpec, report: &mut PassReport) -> bool {
+        let (wanted, problems) = self.firewall_spec(spec);
+        report.errors.extend(problems);
+        let (networks, endpoints) = (wanted.networks.len(), wanted.endpoints.len());
+        let started = Instant::now();
+        match self.with_firewall(move |fw| fw.converge(&wanted)).await {
+            Ok(Ok(Converged::Unchanged)) => return false,
+            Ok(Ok(Converged::Written)) => {
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::info!(networks, endpoints, took_us, "firewall rules written");
+            }
+            Ok(Ok(Converged::Repaired(drift))) => {
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::warn!(items = drift.len(), first = %drift[0], took_us, "firewall rules drifted; rewritten");
+            }
+            Ok(Err(e)) => {
+                report.errors.push(e.to_string());
+                return false;
+            }
+            Err(e) => {
+                report.errors.push(e);
+                return false;
+            }
+        }
+        report.changes += 1;
+        report.objects.updated += 1;
+        true
     }
 
     /// Carries out one endpoint operation; returns the endpoint's outcome if it concerns a

@@ -73,6 +73,9 @@ pub enum AgentError {
         "the agent certificate is for host {cert:?} but this agent runs as --host-name {host:?}; the controller only lets an agent act for the host its certificate names"
     )]
     CertificateHost { cert: String, host: String },
+    /// Without nftables there is no isolation between networks and no NAT: refuse to run.
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
 }
 
 /// Finds the underlay interface, its IPv4 address (unless given) and MTU.
@@ -126,6 +129,8 @@ pub async fn run(
             });
         }
     }
+    // Before anything is wired: an agent that cannot filter must not connect workloads.
+    crate::firewall::preflight()?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| AgentError::StateDir(config.state_dir.display().to_string(), e))?;
     let instance: Arc<str> = crate::identity::load_or_create(&config.state_dir)?.into();
@@ -185,7 +190,8 @@ pub async fn run(
         }
     };
     let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir))
-        .with_gone_grace(config.gone_endpoint_grace);
+        .with_gone_grace(config.gone_endpoint_grace)
+        .with_control_plane(crate::firewall::addresses_in(&config.controllers));
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,

@@ -208,8 +208,9 @@ fn reconcile_converges_is_idempotent_and_repairs() {
         "exactly the missing things are repaired: {:?}",
         reports[2]
     );
-    // The leaving peer's neighbour, FDB entry and route.
-    assert_eq!(reports[3].changes, 3, "{:?}", reports[3]);
+    // The leaving peer's neighbour, FDB entry and route, and its address in the firewall's
+    // VXLAN allow list.
+    assert_eq!(reports[3].changes, 4, "{:?}", reports[3]);
     assert!(reports[4].errors.is_empty(), "{:?}", reports[4].errors);
 
     // No networks left: every overlay device and the firewall table are removed.

@@ -42,6 +42,7 @@ fn doctor_reports_drift_until_repaired_and_stopped_agents() {
     })
     .expect("lab");
     lab.start_agents().unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
     lab.ctl_ok(&[
         "network",
         "create",

@@ -133,7 +133,8 @@ fn discover(peers: usize) -> HostState {
         .and_then(|t| t["family"].as_str())
         .unwrap_or_else(|| panic!("no overlay table in {tables}"))
         .to_string();
-    let nft_listing = run("nft", &["list", "table", &nft_family, "overlay"]).expect("list the overlay table");
+    let nft_listing =
+        run("nft", &["-s", "list", "table", &nft_family, "overlay"]).expect("list the overlay table");
     HostState {
         vxlan,
         bridge,
@@ -207,9 +208,12 @@ fn drills(s: &HostState) -> Vec<Drill> {
         Drill {
             kind: "nft table",
             delete: argv(format!("nft delete table {} overlay", s.nft_family)),
-            // Back whole (one transaction), rules and all.
+            // Back whole (one transaction), rules and all. Listed stateless (counters keep
+            // counting) and compared line by line, sorted: a rebuilt set lists its elements
+            // in the order it was written, not the order they were added over time.
             repaired: Box::new(|s| {
-                run("nft", &["list", "table", &s.nft_family, "overlay"]).as_ref() == Some(&s.nft_listing)
+                run("nft", &["-s", "list", "table", &s.nft_family, "overlay"]).map(|l| sorted_lines(&l))
+                    == Some(sorted_lines(&s.nft_listing))
             }),
         },
         Drill {
@@ -235,6 +239,18 @@ fn time_repair(state: &HostState, drill: &Drill) -> Option<Duration> {
         std::thread::sleep(POLL);
     }
     None
+}
+
+/// The lines of an `nft list` output, each trimmed, in sorted order.
+fn sorted_lines(listing: &str) -> Vec<String> {
+    let mut lines: Vec<String> = listing
+        .lines()
+        .flat_map(|l| l.split(','))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort();
+    lines
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

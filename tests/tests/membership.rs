@@ -33,6 +33,7 @@ fn grow_lose_and_shrink_while_agents_serve_traffic() {
     assert_eq!(voters(&lab), vec![1]);
 
     lab.start_agents().unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
     lab.ctl_ok(&[
         "network",
         "create",

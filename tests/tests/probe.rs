@@ -53,6 +53,7 @@ fn probe_matrix_finds_blocked_tunnels_and_mtu_black_holes() {
     })
     .expect("lab");
     lab.start_agents().unwrap();
+    lab.wait_hosts_up(std::time::Duration::from_secs(30)).unwrap();
     lab.ctl_ok(&[
         "network",
         "create",

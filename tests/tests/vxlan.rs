@@ -233,13 +233,14 @@ fn two_networks_get_own_vnis_and_are_isolated() {
             to.1
         );
     }
+    // Isolation by interface: each bridge pairs only with itself and its own vxlan.
     let rules = lab
-        .on_host(0, "nft", &["list", "table", "ip", "overlay"])
+        .on_host(0, "nft", &["list", "set", "inet", "overlay", "same_network"])
         .unwrap();
-    assert!(
-        rules.contains("isolate blue") && rules.contains("isolate red"),
-        "{rules}"
-    );
+    for pair in ["\"ovb-1\" . \"ovx-1\"", "\"ovb-2\" . \"ovx-2\""] {
+        assert!(rules.contains(pair), "{pair} missing from:\n{rules}");
+    }
+    assert!(!rules.contains("\"ovb-1\" . \"ovx-2\""), "{rules}");
 }
 
 /// Acceptance 4: the agent SIGKILLed and restarted during a continuous ping: no loss, and the

@@ -1,0 +1,477 @@
+//! nftables: the datapath filtering of overlay networks, as part of the desired state.
+//!
+//! What is enforced, and why, is in [`rules`]. The tables are rebuilt whole, in one `nft`
+//! transaction, whenever what they depend on ([`FirewallSpec`]) changes; no other table on
+//! the host is read for anything but this comparison, and none is touched.
+//!
+//! The rules are audited like every other kernel object: [`Firewall::audit`] compares the
+//! kernel's tables with what the agent would write ([`listing`]) and [`Firewall::converge`]
+//! rebuilds them when they differ. The nftables generation ([`generation`]) says cheaply
+//! whether anything changed at all since the last look, so this costs a process spawn only
+//! after a change.
+//!
+//! Without a working `nft` there is no isolation: the agent refuses to start
+//! ([`preflight`]), and a later failure to write is reported (pass errors, audit drift) until
+//! a write succeeds.
+
+mod generation;
+pub mod listing;
+mod nft;
+pub mod rules;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use overlay_proto::mac::MacAddr;
+
+pub use generation::Changes;
+pub use rules::{Name, TABLE};
+
+use crate::spec::{Attachment, HostSpec};
+use listing::{Bodies, Listing};
+
+/// One network with a bridge on this host (vxlan and nat modes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPorts {
+    pub bridge: Name,
+    pub vxlan: Option<Name>,
+    /// This host's gateway address in the network (the bridge's).
+    pub gateway: Ipv4Addr,
+    pub nat_egress: bool,
+}
+
+/// Who may send from a workload port: the endpoint's MAC and address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortIdentity {
+    pub port: Name,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+}
+
+/// Everything the rules depend on; compared with what was last written to skip no-op rebuilds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// The underlay interface: VXLAN arrives and NAT egress leaves through it (`None`: its
+    /// name cannot be written into rules; then neither is allowed).
+    pub underlay: Option<Name>,
+    pub networks: Vec<NetworkPorts>,
+    pub endpoints: BTreeSet<PortIdentity>,
+    /// Underlay addresses of the hosts this one exchanges VXLAN with.
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// Addresses no NAT egress may reach: the peers and the controllers.
+    pub underlay_hosts: BTreeSet<Ipv4Addr>,
+}
+
+impl FirewallSpec {
+    /// The rules `spec` calls for on a host whose underlay is `underlay_iface` / `underlay_ip`,
+    /// with controllers at `control_plane`; also what had to be left out, and why. Whatever
+    /// is left out fails closed: a port without its entry drops, a bridge without its
+    /// network's entries reaches nothing.
+    pub fn from_host(
+        spec: &HostSpec,
+        underlay_iface: &str,
+        underlay_ip: Ipv4Addr,
+        control_plane: &BTreeSet<Ipv4Addr>,
+    ) -> (Self, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut name = |what: &str, n: &str| {
+            Name::new(n)
+                .map_err(|e| problems.push(format!("firewall: {what}: {e}")))
+                .ok()
+        };
+        let underlay = name("underlay", underlay_iface);
+        let mut out = FirewallSpec {
+            underlay,
+            ..Default::default()
+        };
+        // Macvlan networks have no bridge: their workloads sit on the LAN (see `rules`).
+        for n in &spec.networks {
+            let Some(bridge) = &n.bridge else { continue };
+            let Some(bridge_name) = name(&format!("network {}", n.name), &bridge.name) else {
+                continue;
+            };
+            let vxlan = match &n.vxlan {
+                Some(vx) => match name(&format!("network {}", n.name), &vx.name) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+                None => None,
+            };
+            out.networks.push(NetworkPorts {
+                bridge: bridge_name,
+                vxlan,
+                gateway: bridge.address.ip(),
+                nat_egress: n.nat_egress,
+            });
+            for ep in &n.endpoints {
+                if let Attachment::Veth { host_ifname, .. } = &ep.attachment
+                    && let Some(port) = name(&format!("endpoint {}", ep.id), host_ifname)
+                {
+                    out.endpoints.insert(PortIdentity {
+                        port,
+                        mac: ep.mac,
+                        ip: ep.address.ip(),
+                    });
+                }
+            }
+            out.peers.extend(
+                n.peers
+                    .iter()
+                    .map(|p| p.underlay_ip)
+                    .filter(|ip| *ip != underlay_ip),
+            );
+        }
+        out.underlay_hosts = out
+            .peers
+            .iter()
+            .chain(control_plane)
+            .copied()
+            .filter(|ip| *ip != underlay_ip)
+            .collect();
+        (out, problems)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+}
+
+/// The IPv4 addresses in controller lists like `--controller` takes (`HOST:PORT,...`, with or
+/// without a scheme); names are skipped (they are not rules material).
+pub fn addresses_in(lists: &[String]) -> BTreeSet<Ipv4Addr> {
+    lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(|a| {
+            let a = a.trim();
+            a.strip_prefix("https://")
+                .or_else(|| a.strip_prefix("http://"))
+                .unwrap_or(a)
+        })
+        .filter_map(|a| {
+            a.parse::<std::net::SocketAddrV4>()
+                .map(|s| *s.ip())
+                .or_else(|_| a.parse::<Ipv4Addr>())
+                .ok()
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FirewallError {
+    #[error(
+        "`nft` not found in PATH: overlay needs it to filter and isolate networks (install the Debian package `nftables`)"
+    )]
+    Missing,
+    #[error("cannot run nft: {0}")]
+    Spawn(String),
+    #[error("nft {what} failed: {detail}")]
+    Failed { what: &'static str, detail: String },
+    #[error("cannot read nft's listing: {0}")]
+    Listing(String),
+    #[error("the kernel's nftables tables differ from what was just written: {0}")]
+    Mismatch(String),
+}
+
+/// The start-up check: `nft` is there and the kernel accepts every construct the rules use
+/// (the bridge family, concatenated sets, conntrack, masquerade), checked on a sample
+/// ruleset without committing anything.
+pub fn preflight() -> Result<(), FirewallError> {
+    let sample = FirewallSpec {
+        underlay: Name::new("eth0").ok(),
+        networks: vec![NetworkPorts {
+            bridge: Name::new("ovb-0").map_err(FirewallError::Spawn)?,
+            vxlan: Name::new("ovx-0").ok(),
+            gateway: Ipv4Addr::new(192, 0, 2, 1),
+            nat_egress: true,
+        }],
+        endpoints: [PortIdentity {
+            port: Name::new("ovv-0").map_err(FirewallError::Spawn)?,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            ip: Ipv4Addr::new(192, 0, 2, 2),
+        }]
+        .into(),
+        peers: [Ipv4Addr::new(192, 0, 2, 3)].into(),
+        underlay_hosts: [Ipv4Addr::new(192, 0, 2, 3)].into(),
+    };
+    nft::check(&rules::transaction(&rules::tables(&sample))).map_err(|e| match e {
+        FirewallError::Failed { detail, .. } => FirewallError::Failed {
+            what: "check",
+            detail: format!(
+                "{detail} (overlay needs nftables, Debian package `nftables`, with the bridge and inet families, run as root)"
+            ),
+        },
+        other => other,
+    })
+}
+
+/// What a [`Firewall::converge`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Converged {
+    /// The kernel already held the rules.
+    Unchanged,
+    /// Written because what they depend on changed (or nothing was known yet).
+    Written,
+    /// Written because the kernel's tables had drifted: what was found.
+    Repaired(Vec<String>),
+}
+
+/// What the agent knows of the kernel's tables. Every method blocks (processes, netlink).
+#[derive(Debug, Default)]
+pub struct Firewall {
+    /// The spec last written successfully (`None`: unknown, e.g. at start or after a failure).
+    written: Option<FirewallSpec>,
+    /// The kernel's listing of each rule text written.
+    bodies: Bodies,
+    /// The nftables generation at which the kernel was known to match `written`.
+    generation: Option<u32>,
+    /// Why the last write failed, until one succeeds.
+    error: Option<FirewallError>,
+}
+
+impl Firewall {
+    /// The kernel's tables changed behind the agent's back (a notification said so): the next
+    /// audit or pass lists them instead of trusting the generation it saw last.
+    pub fn invalidate(&mut self) {
+        self.generation = None;
+    }
+
+    /// Makes the kernel hold the rules for `wanted`: nothing when it does, set elements
+    /// added and removed when only they differ, otherwise a rebuild.
+    pub fn converge(&mut self, wanted: &FirewallSpec) -> Result<Converged, FirewallError> {
+        let (why, small_step) = match self.written.clone() {
+            Some(written) => {
+                let drift = self.drift(&written)?;
+                match (drift.is_empty(), written == *wanted) {
+                    (true, true) => return Ok(Converged::Unchanged),
+                    (true, false) => (Converged::Written, Some(written)),
+                    (false, _) => (Converged::Repaired(drift), None),
+                }
+            }
+            None => (Converged::Written, None),
+        };
+        let result = match small_step {
+            Some(written) => self.update(&written, wanted).or_else(|e| {
+                tracing::debug!(error = %e, "set update refused; rebuilding the tables");
+                self.write(wanted)
+            }),
+            None => self.write(wanted),
+        };
+        match result {
+            Ok(()) => {
+                self.error = None;
+                Ok(why)
+            }
+            Err(e) => {
+                self.written = None;
+                self.generation = None;
+                self.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Where the kernel's tables differ from the rules for `wanted`, one line each, without
+    /// changing anything; a failed last write is reported too.
+    pub fn audit(&mut self, wanted: &FirewallSpec) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .error
+            .iter()
+            .map(|e| format!("nftables rules not written: {e}"))
+            .collect();
+        match self.drift(wanted) {
+            Ok(drift) => out.extend(drift),
+            Err(e) => out.push(format!("nftables rules cannot be checked: {e}")),
+        }
+        out
+    }
+
+    /// Where the kernel differs from the rules for `spec`: nothing when `spec` is what was
+    /// written and the generation has not moved since; otherwise from a listing.
+    fn drift(&mut self, spec: &FirewallSpec) -> Result<Vec<String>, FirewallError> {
+        let current = generation::current().ok();
+        let known = self.written.as_ref() == Some(spec);
+        if known && current.is_some() && current == self.generation {
+            return Ok(Vec::new());
+        }
+        let drift = listing::diff(&rules::tables(spec), &list()?, &self.bodies);
+        if drift.is_empty() && known {
+            self.generation = current;
+        }
+        Ok(drift)
+    }
+
+    /// Commits `transaction`; the generation stays known if no one else committed meanwhile.
+    fn commit(&mut self, transaction: &str) -> Result<(), FirewallError> {
+        let before = generation::current().ok();
+        nft::apply(transaction)?;
+        let after = generation::current().ok();
+        self.generation = match (before, after) {
+            (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// From `written` (which the kernel holds) to `wanted` by set elements alone.
+    fn update(&mut self, written: &FirewallSpec, wanted: &FirewallSpec) -> Result<(), FirewallError> {
+        let text = rules::delta(&rules::tables(written), &rules::tables(wanted))
+            .ok_or_else(|| FirewallError::Mismatch("more than set elements differ".into()))?;
+        if !text.is_empty() {
+            self.commit(&text)?;
+        }
+        self.written = Some(wanted.clone());
+        Ok(())
+    }
+
+    /// Rebuilds every table.
+    fn write(&mut self, wanted: &FirewallSpec) -> Result<(), FirewallError> {
+        let tables = rules::tables(wanted);
+        self.commit(&rules::transaction(&tables))?;
+        if !listing::knows_all(&tables, &self.bodies) {
+            // New rule texts: learn how the kernel lists them, and check it holds the model.
+            let current = generation::current().ok();
+            let listing = list()?;
+            let mismatch = listing::diff(&tables, &listing, &Bodies::new());
+            if !mismatch.is_empty() {
+                return Err(FirewallError::Mismatch(mismatch.join("; ")));
+            }
+            listing::learn(&tables, &listing, &mut self.bodies);
+            self.generation = current;
+        }
+        self.written = Some(wanted.clone());
+        Ok(())
+    }
+}
+
+fn list() -> Result<Listing, FirewallError> {
+    Listing::parse(&nft::list_ruleset()?).map_err(|e| FirewallError::Listing(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overlay_proto::v1 as pb;
+
+    fn host_spec() -> HostSpec {
+        let mut d = pb::HostDesiredState {
+            revision: 1,
+            host_name: "h1".into(),
+            underlay_ip: "192.0.2.11".into(),
+            vtep_mac: "02:00:00:00:00:01".into(),
+            ..Default::default()
+        };
+        d.networks.push(pb::NetworkState {
+            name: "blue".into(),
+            id: 1,
+            mode: pb::NetworkMode::Vxlan as i32,
+            cidr: "10.1.0.0/16".into(),
+            subnet: "10.1.0.0/24".into(),
+            gateway: "10.1.0.1".into(),
+            vni: 4096,
+            mtu: 1450,
+            bridge_name: "ovb-1".into(),
+            vxlan_name: "ovx-1".into(),
+            peers: vec![
+                pb::Peer {
+                    host: "h2".into(),
+                    underlay_ip: "192.0.2.12".into(),
+                    vtep_mac: "02:00:00:00:00:02".into(),
+                    subnet: "10.1.1.0/24".into(),
+                },
+                // A stale copy of this host itself never counts as a peer.
+                pb::Peer {
+                    host: "h1".into(),
+                    underlay_ip: "192.0.2.11".into(),
+                    vtep_mac: "02:00:00:00:00:01".into(),
+                    subnet: "10.1.0.0/24".into(),
+                },
+            ],
+            endpoints: vec![
+                pb::LocalEndpoint {
+                    id: 1,
+                    netns: "w1".into(),
+                    ifname: "eth0".into(),
+                    address: "10.1.0.2/24".into(),
+                    mac: "0a:58:0a:01:00:02".into(),
+                    gateway: "10.1.0.1".into(),
+                    host_ifname: "ovv-1".into(),
+                    default_route: Some(true),
+                },
+                pb::LocalEndpoint {
+                    id: 2,
+                    netns: "w2".into(),
+                    ifname: "eth0".into(),
+                    address: "10.1.0.3/24".into(),
+                    mac: "0a:58:0a:01:00:03".into(),
+                    gateway: "10.1.0.1".into(),
+                    // Passes the agent's own check, but nft would read the `*` as a wildcard.
+                    host_ifname: "ovv-*".into(),
+                    default_route: Some(true),
+                },
+            ],
+            ..Default::default()
+        });
+        d.networks.push(pb::NetworkState {
+            name: "lan".into(),
+            id: 2,
+            mode: pb::NetworkMode::Macvlan as i32,
+            cidr: "192.168.5.0/24".into(),
+            subnet: "192.168.5.0/26".into(),
+            gateway: "192.168.5.1".into(),
+            mtu: 1500,
+            macvlan: Some(pb::MacvlanOptions {
+                parent: "eth1".into(),
+                mode: "bridge".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        HostSpec::from_proto(&d, "192.0.2.11".parse().unwrap())
+    }
+
+    #[test]
+    fn spec_from_the_desired_state() {
+        let control = addresses_in(&["192.0.2.101:7400,https://192.0.2.102:7400,ctl.example:7400".into()]);
+        assert_eq!(control.len(), 2);
+        let (fw, problems) =
+            FirewallSpec::from_host(&host_spec(), "eth0", "192.0.2.11".parse().unwrap(), &control);
+        assert_eq!(
+            fw.networks.len(),
+            1,
+            "the macvlan network has no bridge to filter"
+        );
+        assert_eq!(fw.networks[0].gateway.to_string(), "10.1.0.1");
+        assert_eq!(
+            fw.endpoints.iter().map(|e| e.port.as_str()).collect::<Vec<_>>(),
+            ["ovv-1"],
+            "a name nft would misread is left out: that port drops everything"
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("endpoint 2"), "{problems:?}");
+        assert_eq!(fw.peers, ["192.0.2.12".parse().unwrap()].into());
+        assert_eq!(fw.underlay_hosts.len(), 3, "{:?}", fw.underlay_hosts);
+        assert!(!fw.underlay_hosts.contains(&"192.0.2.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_unwritable_underlay_name_disables_what_needs_it() {
+        let (fw, problems) = FirewallSpec::from_host(
+            &host_spec(),
+            "eth\"0",
+            "192.0.2.11".parse().unwrap(),
+            &BTreeSet::new(),
+        );
+        assert!(fw.underlay.is_none());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_the_package() {
+        let e = FirewallError::Missing.to_string();
+        assert!(
+            e.contains("nftables") && e.contains("nft") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}

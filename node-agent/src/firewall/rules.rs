@@ -1,0 +1,741 @@
+//! The rules: what overlay enforces in the kernel's nftables, as a model ([`Table`]s of sets
+//! and chains) built from a [`FirewallSpec`], rendered into one `nft -f` transaction and
+//! compared with what `nft -j list ruleset` shows (see [`super::listing`]).
+//!
+//! Two tables, both named `overlay`:
+//!
+//! `bridge overlay`, per workload port (veth host ends `ovv-*`):
+//! - in: a frame must carry the endpoint's MAC as its source; IPv4 must carry the endpoint's
+//!   address, ARP the endpoint's MAC and address as sender. Everything else is dropped: IPv6
+//!   (networks are IPv4 only: IPv6 would give a workload link-local paths to the host and to
+//!   its neighbours that no IPv4 check sees), 802.1Q/802.1ad tags (they hide the inner
+//!   ethertype from these checks), and every other ethertype. A port without an entry (wired
+//!   before the rules caught up, or added by hand) drops everything: fail closed.
+//! - out: unicast is delivered only to the port whose endpoint owns the destination MAC, so
+//!   a workload never sees another's flooded unicast.
+//!
+//! `inet overlay`, by interface (bridges `ovb-*`, vxlan devices `ovx-*`), never by source
+//! address, so a forged source gains nothing:
+//! - forward: in on network N's bridge or vxlan may leave only by N's bridge or N's vxlan,
+//!   or by the underlay when N has NAT egress (masqueraded, and then never to another overlay
+//!   host or controller, nor as VXLAN: masquerade would lend the packet this host's address).
+//!   Nothing from outside opens a connection into a workload: replies only, plus DNAT'd
+//!   traffic (`ct status dnat`, the hook for published ports).
+//! - input: workloads reach only what the product serves them on their gateway (DNS, echo);
+//!   other hosts' workloads arriving through the vxlan only echo (the probe). Never the
+//!   host's other services, on any of its addresses.
+//! - VXLAN (UDP 4789) only from current peers' underlay addresses, on the underlay device.
+//!
+//! Macvlan endpoints bypass all of this: their device lives in the workload's namespace and
+//! sends straight out of the parent NIC (or to sibling macvlans), crossing no hook of the host
+//! namespace. They are LAN machines; what isolates them is the LAN (VLAN parents, `private` or
+//! `vepa` mode with the switch's ACLs).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use overlay_proto::mac::MacAddr;
+use overlay_proto::names;
+
+use super::FirewallSpec;
+use crate::spec::VXLAN_PORT;
+
+/// Name of every table overlay owns, in each of [`Family::ALL`].
+pub const TABLE: &str = "overlay";
+
+/// An interface name that can be written into a ruleset as it is: 1 to 15 of `A-Z a-z 0-9 _ . -`.
+/// Anything else (a quote, a `*` that nft would read as a wildcard) is refused, so no name
+/// from the desired state can change the meaning of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    pub fn new(name: &str) -> Result<Self, String> {
+        let ok = (1..=15).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if ok {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(format!(
+                "interface name {name:?} cannot be used in nftables rules (1 to 15 of A-Z a-z 0-9 _ . -)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// nftables address families overlay keeps a table in. `Ip` is where earlier versions kept
+/// everything: it is only ever removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Bridge,
+    Inet,
+    Ip,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Bridge, Family::Inet, Family::Ip];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Bridge => "bridge",
+            Family::Inet => "inet",
+            Family::Ip => "ip",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+}
+
+/// One value of a set element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Atom {
+    Name(Name),
+    Mac(MacAddr),
+    Ip(Ipv4Addr),
+}
+
+impl Atom {
+    /// As written in a ruleset.
+    fn text(&self) -> String {
+        match self {
+            Atom::Name(n) => format!("\"{}\"", n.as_str()),
+            Atom::Mac(m) => m.to_string(),
+            Atom::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// As `nft -j` lists it.
+    fn json(&self) -> serde_json::Value {
+        serde_json::Value::String(match self {
+            Atom::Name(n) => n.as_str().to_string(),
+            Atom::Mac(m) => m.to_string(),
+            Atom::Ip(ip) => ip.to_string(),
+        })
+    }
+}
+
+/// A set element: one value, or a concatenation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Element(pub Vec<Atom>);
+
+impl Element {
+    pub fn text(&self) -> String {
+        self.0.iter().map(Atom::text).collect::<Vec<_>>().join(" . ")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        match self.0.as_slice() {
+            [one] => one.json(),
+            many => serde_json::json!({ "concat": many.iter().map(Atom::json).collect::<Vec<_>>() }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    pub name: &'static str,
+    /// nft data types; more than one makes a concatenation.
+    pub types: &'static [&'static str],
+    pub elements: BTreeSet<Element>,
+}
+
+impl Set {
+    /// The `type` as `nft -j` lists it.
+    pub fn type_json(&self) -> serde_json::Value {
+        match self.types {
+            [one] => serde_json::Value::String(one.to_string()),
+            many => serde_json::json!(many),
+        }
+    }
+}
+
+/// A base chain's hook (the policy is always accept: overlay only ever constrains its own
+/// interfaces and leaves the rest of the host's traffic alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub priority: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The rule as written, without its comment.
+    pub text: String,
+    /// Unique within its table: how a rule is found again in the kernel's listing.
+    pub comment: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub name: &'static str,
+    pub base: Option<Base>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub family: Family,
+    pub sets: Vec<Set>,
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    /// Equal but for the sets' elements.
+    fn same_shape(&self, other: &Table) -> bool {
+        self.family == other.family
+            && self.chains == other.chains
+            && self.sets.len() == other.sets.len()
+            && self
+                .sets
+                .iter()
+                .zip(&other.sets)
+                .all(|(a, b)| a.name == b.name && a.types == b.types)
+    }
+}
+
+fn rule(text: impl Into<String>, comment: &'static str) -> Rule {
+    Rule {
+        text: text.into(),
+        comment,
+    }
+}
+
+fn base(kind: &'static str, hook: &'static str, priority: i32) -> Option<Base> {
+    Some(Base { kind, hook, priority })
+}
+
+fn set(
+    name: &'static str,
+    types: &'static [&'static str],
+    elements: impl IntoIterator<Item = Element>,
+) -> Set {
+    Set {
+        name,
+        types,
+        elements: elements.into_iter().collect(),
+    }
+}
+
+fn pair(a: &Name, b: &Name) -> Element {
+    Element(vec![Atom::Name(a.clone()), Atom::Name(b.clone())])
+}
+
+/// Priorities as nft names them: `filter` in the bridge family, `filter` and `srcnat` in inet.
+const BRIDGE_FILTER: i32 = -200;
+const FILTER: i32 = 0;
+const SRCNAT: i32 = 100;
+
+/// The tables `spec` calls for; none when no network has a bridge on this host.
+pub fn tables(spec: &FirewallSpec) -> Vec<Table> {
+    if spec.is_empty() {
+        return Vec::new();
+    }
+    vec![bridge_table(spec), inet_table(spec)]
+}
+
+fn bridge_table(spec: &FirewallSpec) -> Table {
+    let ports = format!("\"{}*\"", names::ENDPOINT_PREFIX);
+    Table {
+        family: Family::Bridge,
+        sets: vec![
+            set(
+                "endpoints",
+                &["ifname", "ether_addr", "ipv4_addr"],
+                spec.endpoints
+                    .iter()
+                    .map(|e| Element(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac), Atom::Ip(e.ip)])),
+            ),
+            set(
+                "endpoint_macs",
+                &["ifname", "ether_addr"],
+                spec.endpoints
+                    .iter()
+                    .map(|e| Element(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)])),
+            ),
+        ],
+        chains: vec![
+            Chain {
+                name: "prerouting",
+                base: base("filter", "prerouting", BRIDGE_FILTER),
+                rules: vec![rule(
+                    format!("iifname {ports} jump from_workload"),
+                    "frames from workload ports",
+                )],
+            },
+            Chain {
+                name: "from_workload",
+                base: None,
+                rules: vec![
+                    // The common case first, in one lookup: it also proves the MAC.
+                    rule(
+                        "iifname . ether saddr . ip saddr @endpoints accept",
+                        "IPv4 from the endpoint's address",
+                    ),
+                    rule(
+                        "iifname . ether saddr != @endpoint_macs counter drop",
+                        "source MAC is not the endpoint's",
+                    ),
+                    rule(
+                        "arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+                         iifname . arp saddr ether . arp saddr ip @endpoints accept",
+                        "ARP sent as the endpoint",
+                    ),
+                    rule(
+                        "counter drop",
+                        "any other source, IPv6, VLAN tags, other ethertypes",
+                    ),
+                ],
+            },
+            Chain {
+                name: "forward",
+                base: base("filter", "forward", BRIDGE_FILTER),
+                rules: vec![rule(
+                    format!("oifname {ports} jump to_workload"),
+                    "frames bridged to workload ports",
+                )],
+            },
+            Chain {
+                name: "output",
+                base: base("filter", "output", BRIDGE_FILTER),
+                rules: vec![rule(
+                    format!("oifname {ports} jump to_workload"),
+                    "frames the host sends to workload ports",
+                )],
+            },
+            Chain {
+                name: "to_workload",
+                base: None,
+                rules: vec![
+                    // The common case first.
+                    rule(
+                        "oifname . ether daddr @endpoint_macs accept",
+                        "unicast for the port's endpoint",
+                    ),
+                    rule(
+                        "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
+                        "broadcast and multicast",
+                    ),
+                    rule("counter drop", "unicast for anyone else"),
+                ],
+            },
+        ],
+    }
+}
+
+fn inet_table(spec: &FirewallSpec) -> Table {
+    let bridges = format!("\"{}*\"", names::BRIDGE_PREFIX);
+    let vxlans = format!("\"{}*\"", names::VXLAN_PREFIX);
+    let mut same_network = BTreeSet::new();
+    let mut nat_egress = BTreeSet::new();
+    let mut gateways = BTreeSet::new();
+    let mut vxlan_gateways = BTreeSet::new();
+    for n in &spec.networks {
+        same_network.insert(pair(&n.bridge, &n.bridge));
+        gateways.insert(Element(vec![Atom::Name(n.bridge.clone()), Atom::Ip(n.gateway)]));
+        if let Some(vx) = &n.vxlan {
+            same_network.insert(pair(&n.bridge, vx));
+            same_network.insert(pair(vx, &n.bridge));
+            vxlan_gateways.insert(Element(vec![Atom::Name(vx.clone()), Atom::Ip(n.gateway)]));
+        }
+        if n.nat_egress
+            && let Some(underlay) = &spec.underlay
+        {
+            nat_egress.insert(pair(&n.bridge, underlay));
+        }
+    }
+    let ips = |addrs: &BTreeSet<Ipv4Addr>| {
+        addrs
+            .iter()
+            .map(|ip| Element(vec![Atom::Ip(*ip)]))
+            .collect::<Vec<_>>()
+    };
+    // Without a usable underlay name, VXLAN is refused from everyone (fail closed).
+    let mut vxlan_in = Vec::new();
+    if let Some(u) = &spec.underlay {
+        vxlan_in.push(rule(
+            format!("iifname \"{}\" ip saddr @peers accept", u.as_str()),
+            "from current peers, on the underlay",
+        ));
+    }
+    vxlan_in.push(rule("counter drop", "VXLAN from anyone else"));
+    let nat = !nat_egress.is_empty();
+    let mut chains = vec![
+        Chain {
+            name: "input",
+            base: base("filter", "input", FILTER),
+            rules: vec![
+                // First: the busiest traffic to this host, in one test.
+                rule(format!("udp dport {VXLAN_PORT} jump vxlan_in"), "VXLAN"),
+                rule(
+                    format!("iifname {bridges} jump workload_to_host"),
+                    "from local workloads",
+                ),
+                rule(
+                    format!("iifname {vxlans} jump overlay_to_host"),
+                    "from other hosts' workloads, through the overlay",
+                ),
+            ],
+        },
+        Chain {
+            name: "workload_to_host",
+            base: None,
+            rules: vec![
+                rule(
+                    "ct state established,related accept",
+                    "replies to the host's own connections",
+                ),
+                rule(
+                    "icmp type echo-request iifname . ip daddr @gateways accept",
+                    "echo to the gateway",
+                ),
+                rule(
+                    "meta l4proto { tcp, udp } th dport 53 iifname . ip daddr @gateways accept",
+                    "DNS on the gateway",
+                ),
+                rule("counter drop", "no other service of this host"),
+            ],
+        },
+        Chain {
+            name: "overlay_to_host",
+            base: None,
+            rules: vec![
+                rule("ct state established,related accept", "replies (probes)"),
+                rule(
+                    "icmp type echo-request iifname . ip daddr @vxlan_gateways accept",
+                    "echo to the gateway (probes)",
+                ),
+                rule("counter drop", "no other service of this host, remotely"),
+            ],
+        },
+        Chain {
+            name: "vxlan_in",
+            base: None,
+            rules: vxlan_in,
+        },
+        Chain {
+            name: "forward",
+            base: base("filter", "forward", FILTER),
+            rules: vec![
+                rule(
+                    "iifname . oifname @same_network accept",
+                    "within a network: its bridge and its vxlan",
+                ),
+                rule(
+                    "iifname . oifname @nat_egress jump nat_egress",
+                    "out to the underlay (NAT egress)",
+                ),
+                rule(
+                    format!("iifname {bridges} counter drop"),
+                    "nothing else leaves an overlay bridge",
+                ),
+                rule(
+                    format!("iifname {vxlans} counter drop"),
+                    "nothing else leaves an overlay vxlan",
+                ),
+                rule(
+                    format!("oifname {bridges} jump into_workloads"),
+                    "from outside into an overlay network",
+                ),
+            ],
+        },
+        Chain {
+            name: "nat_egress",
+            base: None,
+            rules: vec![
+                rule(
+                    "ip daddr @underlay_hosts counter drop",
+                    "not to overlay hosts or controllers",
+                ),
+                rule(
+                    format!("udp dport {VXLAN_PORT} counter drop"),
+                    "no VXLAN from workloads",
+                ),
+                rule("accept", "the rest of the world"),
+            ],
+        },
+        Chain {
+            name: "into_workloads",
+            base: None,
+            rules: vec![
+                rule(
+                    "ct state established,related accept",
+                    "replies to workloads' own connections",
+                ),
+                rule("ct status dnat accept", "published ports (DNAT)"),
+                rule("counter drop", "no new connections from outside"),
+            ],
+        },
+    ];
+    if nat {
+        // Only with NAT egress: a nat chain registers the NAT hooks for the whole namespace.
+        chains.push(Chain {
+            name: "postrouting",
+            base: base("nat", "postrouting", SRCNAT),
+            rules: vec![rule("iifname . oifname @nat_egress masquerade", "NAT egress")],
+        });
+    }
+    Table {
+        family: Family::Inet,
+        sets: vec![
+            set("peers", &["ipv4_addr"], ips(&spec.peers)),
+            set("underlay_hosts", &["ipv4_addr"], ips(&spec.underlay_hosts)),
+            set("gateways", &["ifname", "ipv4_addr"], gateways),
+            set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
+            set("same_network", &["ifname", "ifname"], same_network),
+            set("nat_egress", &["ifname", "ifname"], nat_egress),
+        ],
+        chains,
+    }
+}
+
+/// One `nft -f` transaction that replaces every table overlay owns with `tables`: each is
+/// created (so that deleting it cannot fail), deleted and, if wanted, built again. The kernel
+/// applies it all or nothing, so there is never a moment without rules.
+pub fn transaction(tables: &[Table]) -> String {
+    let mut out = String::new();
+    for family in Family::ALL {
+        let _ = writeln!(out, "table {} {TABLE} {{}}", family.as_str());
+        let _ = writeln!(out, "delete table {} {TABLE}", family.as_str());
+    }
+    for table in tables {
+        render_table(&mut out, table);
+    }
+    out
+}
+
+/// A transaction that turns the kernel's `old` tables into `new` by adding and deleting set
+/// elements only, when nothing else differs (the common change: an endpoint or peer comes or
+/// goes). Much cheaper than a rebuild: no chain is unhooked, and an addition costs no RCU grace
+/// period. `None` when more than elements differ; empty when nothing does.
+pub fn delta(old: &[Table], new: &[Table]) -> Option<String> {
+    let same_shape = old.len() == new.len() && old.iter().zip(new).all(|(o, n)| o.same_shape(n));
+    if !same_shape {
+        return None;
+    }
+    let mut deletes = String::new();
+    let mut adds = String::new();
+    for (o, n) in old.iter().zip(new) {
+        for (os, ns) in o.sets.iter().zip(&n.sets) {
+            let head = format!("{} {TABLE} {}", n.family.as_str(), ns.name);
+            let gone: Vec<String> = os.elements.difference(&ns.elements).map(Element::text).collect();
+            let came: Vec<String> = ns.elements.difference(&os.elements).map(Element::text).collect();
+            if !gone.is_empty() {
+                let _ = writeln!(deletes, "delete element {head} {{ {} }}", gone.join(", "));
+            }
+            if !came.is_empty() {
+                let _ = writeln!(adds, "add element {head} {{ {} }}", came.join(", "));
+            }
+        }
+    }
+    Some(deletes + &adds)
+}
+
+fn render_table(out: &mut String, table: &Table) {
+    let _ = writeln!(out, "table {} {TABLE} {{", table.family.as_str());
+    for s in &table.sets {
+        let _ = writeln!(out, "\tset {} {{", s.name);
+        let _ = writeln!(out, "\t\ttype {}", s.types.join(" . "));
+        if !s.elements.is_empty() {
+            let elements: Vec<String> = s.elements.iter().map(Element::text).collect();
+            let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t"));
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    for c in &table.chains {
+        let _ = writeln!(out, "\tchain {} {{", c.name);
+        if let Some(b) = &c.base {
+            let _ = writeln!(
+                out,
+                "\t\ttype {} hook {} priority {}; policy accept;",
+                b.kind, b.hook, b.priority
+            );
+        }
+        for r in &c.rules {
+            let _ = writeln!(out, "\t\t{} comment \"{}\"", r.text, r.comment);
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    let _ = writeln!(out, "}}");
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::firewall::{NetworkPorts, PortIdentity};
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    pub(crate) fn sample() -> FirewallSpec {
+        FirewallSpec {
+            underlay: Some(name("eth0")),
+            networks: vec![
+                NetworkPorts {
+                    bridge: name("ovb-1"),
+                    vxlan: Some(name("ovx-1")),
+                    gateway: "10.1.0.1".parse().unwrap(),
+                    nat_egress: false,
+                },
+                NetworkPorts {
+                    bridge: name("ovb-2"),
+                    vxlan: Some(name("ovx-2")),
+                    gateway: "10.2.0.1".parse().unwrap(),
+                    nat_egress: true,
+                },
+            ],
+            endpoints: [PortIdentity {
+                port: name("ovv-1a"),
+                mac: "0a:58:0a:01:00:02".parse().unwrap(),
+                ip: "10.1.0.2".parse().unwrap(),
+            }]
+            .into(),
+            peers: ["192.0.2.12".parse().unwrap()].into(),
+            underlay_hosts: ["192.0.2.12".parse().unwrap(), "192.0.2.101".parse().unwrap()].into(),
+        }
+    }
+
+    #[test]
+    fn names_that_could_change_a_rule_are_refused() {
+        for ok in ["eth0", "ovv-1a", "br.10", "en_p1-s0"] {
+            assert!(Name::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ovv-*",
+            "a\"b",
+            "a b",
+            "x;flush",
+            "sixteen-chars-xx",
+            "a{",
+            "é",
+        ] {
+            assert!(Name::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_replaces_every_owned_table_then_builds_both() {
+        let text = transaction(&tables(&sample()));
+        for family in ["bridge", "inet", "ip"] {
+            let create = format!("table {family} overlay {{}}\ndelete table {family} overlay\n");
+            assert!(text.contains(&create), "{text}");
+        }
+        assert!(
+            !text.contains("table ip overlay {\n"),
+            "the legacy table is only removed"
+        );
+        assert!(
+            text.contains("\"ovv-1a\" . 0a:58:0a:01:00:02 . 10.1.0.2"),
+            "{text}"
+        );
+        assert!(text.contains("\"ovb-2\" . \"eth0\""), "NAT egress pair: {text}");
+        assert!(text.contains("iifname \"eth0\" ip saddr @peers accept"), "{text}");
+        assert!(text.contains("hook postrouting priority 100"), "{text}");
+    }
+
+    #[test]
+    fn no_nat_chain_without_nat_egress_and_nothing_without_networks() {
+        let mut spec = sample();
+        spec.networks[1].nat_egress = false;
+        let text = transaction(&tables(&spec));
+        assert!(!text.contains("postrouting"), "{text}");
+        assert!(!text.contains("@nat_egress masquerade"), "{text}");
+
+        let empty = transaction(&tables(&FirewallSpec::default()));
+        assert_eq!(
+            empty.lines().count(),
+            6,
+            "create and delete of three tables:\n{empty}"
+        );
+    }
+
+    #[test]
+    fn comments_are_unique_per_table_and_sets_are_referenced() {
+        for table in tables(&sample()) {
+            let mut seen = BTreeSet::new();
+            let text: String = table
+                .chains
+                .iter()
+                .flat_map(|c| c.rules.iter())
+                .map(|r| {
+                    assert!(seen.insert(r.comment), "duplicate comment {:?}", r.comment);
+                    assert!(!r.comment.contains('"') && !r.text.contains("comment"));
+                    r.text.clone()
+                })
+                .collect();
+            for s in &table.sets {
+                assert!(text.contains(&format!("@{}", s.name)), "set {} unused", s.name);
+            }
+            for c in table.chains.iter().filter(|c| c.base.is_none()) {
+                assert!(
+                    text.contains(&format!("jump {}", c.name)),
+                    "chain {} unreachable",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_network_without_a_usable_underlay_gets_no_egress() {
+        let mut spec = sample();
+        spec.underlay = None;
+        let inet = &tables(&spec)[1];
+        let nat = inet.sets.iter().find(|s| s.name == "nat_egress").unwrap();
+        assert!(nat.elements.is_empty());
+        let text = transaction(&tables(&spec));
+        assert!(!text.contains("@peers accept"), "{text}");
+    }
+
+    #[test]
+    fn element_changes_alone_make_a_delta() {
+        let old = tables(&sample());
+        let mut spec = sample();
+        spec.endpoints.insert(PortIdentity {
+            port: name("ovv-2b"),
+            mac: "0a:58:0a:01:00:09".parse().unwrap(),
+            ip: "10.1.0.9".parse().unwrap(),
+        });
+        spec.peers.clear();
+        let text = delta(&old, &tables(&spec)).unwrap();
+        assert_eq!(
+            text,
+            "delete element inet overlay peers { 192.0.2.12 }\n\
+             add element bridge overlay endpoints { \"ovv-2b\" . 0a:58:0a:01:00:09 . 10.1.0.9 }\n\
+             add element bridge overlay endpoint_macs { \"ovv-2b\" . 0a:58:0a:01:00:09 }\n"
+        );
+        assert_eq!(delta(&old, &old).as_deref(), Some(""));
+        // NAT egress turned off removes a chain: a rebuild.
+        spec.networks[1].nat_egress = false;
+        assert!(delta(&old, &tables(&spec)).is_none());
+        assert!(delta(&old, &[]).is_none());
+    }
+
+    #[test]
+    fn elements_as_nft_lists_them() {
+        let e = Element(vec![
+            Atom::Name(name("ovv-1a")),
+            Atom::Mac("0a:58:0a:01:00:02".parse().unwrap()),
+            Atom::Ip("10.1.0.2".parse().unwrap()),
+        ]);
+        assert_eq!(
+            e.json(),
+            serde_json::json!({"concat": ["ovv-1a", "0a:58:0a:01:00:02", "10.1.0.2"]})
+        );
+        assert_eq!(
+            Element(vec![Atom::Ip("192.0.2.1".parse().unwrap())]).json(),
+            "192.0.2.1"
+        );
+    }
+}

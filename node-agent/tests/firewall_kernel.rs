@@ -1,0 +1,313 @@
+//! The firewall against a real kernel and the real `nft` (root), in a throw-away namespace:
+//! the rules are written, found again, every kind of tampering is reported by the audit and
+//! repaired by the next converge, other tables are left alone, and changes to unrelated
+//! tables raise no false alarm.
+
+use std::time::Instant;
+
+use overlay_agent::firewall::{self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity};
+use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn spec(endpoints: usize) -> FirewallSpec {
+    FirewallSpec {
+        underlay: Some(name("eth0")),
+        networks: vec![
+            NetworkPorts {
+                bridge: name("ovb-1"),
+                vxlan: Some(name("ovx-1")),
+                gateway: "10.1.0.1".parse().unwrap(),
+                nat_egress: false,
+            },
+            NetworkPorts {
+                bridge: name("ovb-2"),
+                vxlan: Some(name("ovx-2")),
+                gateway: "10.2.0.1".parse().unwrap(),
+                nat_egress: true,
+            },
+        ],
+        endpoints: (0..endpoints)
+            .map(|i| PortIdentity {
+                port: name(&format!("ovv-{i:x}")),
+                mac: format!("0a:58:0a:01:{:02x}:{:02x}", i / 256, i % 256)
+                    .parse()
+                    .unwrap(),
+                ip: format!("10.1.{}.{}", i / 250, 2 + i % 250).parse().unwrap(),
+            })
+            .collect(),
+        peers: ["192.0.2.12".parse().unwrap(), "192.0.2.13".parse().unwrap()].into(),
+        underlay_hosts: [
+            "192.0.2.12".parse().unwrap(),
+            "192.0.2.13".parse().unwrap(),
+            "192.0.2.101".parse().unwrap(),
+        ]
+        .into(),
+    }
+}
+
+/// Runs `work` on a thread inside namespace `ns` (so every `nft` it spawns runs there).
+fn inside<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+fn handle_of(ns: &str, family: &str, chain: &str, comment: &str) -> String {
+    let text = stdout(&exec(ns, "nft", &["-a", "list", "chain", family, "overlay", chain]).unwrap());
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment:?} in\n{text}"));
+    line.rsplit("# handle ").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn rules_are_written_audited_and_repaired() {
+    let prefix = unique_prefix("fk");
+    let mut namespaces = Namespaces::default();
+    let ns = format!("{prefix}-h1");
+    namespaces.add(&ns).unwrap();
+    // A table someone else owns, and overlay's table of an earlier version.
+    exec(&ns, "nft", &["add", "table", "inet", "someone_else"]).unwrap();
+    exec(&ns, "nft", &["add", "table", "ip", "overlay"]).unwrap();
+
+    let preflight = inside(&ns, firewall::preflight);
+    assert_eq!(preflight, Ok(()));
+    assert!(
+        !stdout(&exec(&ns, "nft", &["list", "tables"]).unwrap()).contains("bridge overlay"),
+        "the start-up check commits nothing"
+    );
+
+    // Someone else's commit wakes a subscriber at once; silence times out.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher_ns = ns.clone();
+    let watcher = std::thread::spawn(move || {
+        inside(&watcher_ns, move || {
+            let changes = firewall::Changes::subscribe().unwrap();
+            tx.send(()).unwrap();
+            let quiet = changes.wait(std::time::Duration::from_millis(200)).unwrap();
+            let woke = changes.wait(std::time::Duration::from_secs(10)).unwrap();
+            (quiet, woke, Instant::now())
+        })
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let committing = Instant::now();
+    exec(&ns, "nft", &["add", "table", "inet", "someone_else_too"]).unwrap();
+    let (quiet, woke, woke_at) = watcher.join().unwrap();
+    assert!(!quiet && woke, "quiet {quiet}, woke {woke}");
+    println!(
+        "an nftables commit woke the subscriber {:?} after `nft` was started",
+        woke_at.duration_since(committing)
+    );
+
+    let mut fw = Firewall::default();
+    let (fw, first, second, audit) = inside(&ns, move || {
+        let t = Instant::now();
+        let first = (fw.converge(&spec(3)), t.elapsed());
+        let t = Instant::now();
+        let second = (fw.converge(&spec(3)), t.elapsed());
+        let audit = fw.audit(&spec(3));
+        (fw, first, second, audit)
+    });
+    assert_eq!(first.0, Ok(Converged::Written));
+    assert_eq!(second.0, Ok(Converged::Unchanged));
+    assert_eq!(audit, Vec::<String>::new());
+    println!(
+        "first write (with the read-back): {:?}; nothing to do: {:?}",
+        first.1, second.1
+    );
+    let tables = stdout(&exec(&ns, "nft", &["list", "tables"]).unwrap());
+    assert!(
+        tables.contains("table bridge overlay") && tables.contains("table inet overlay"),
+        "{tables}"
+    );
+    assert!(
+        !tables.contains("table ip overlay"),
+        "the legacy table is gone:\n{tables}"
+    );
+    assert!(
+        tables.contains("table inet someone_else"),
+        "others' tables stay:\n{tables}"
+    );
+
+    // Unrelated changes move the generation but are no drift.
+    exec(&ns, "nft", &["add", "chain", "inet", "someone_else", "c"]).unwrap();
+    let (mut fw, audit) = inside(&ns, move || {
+        let mut fw = fw;
+        let a = fw.audit(&spec(3));
+        (fw, a)
+    });
+    assert_eq!(audit, Vec::<String>::new());
+
+    // Each kind of tampering: what the audit says, then the repair.
+    let tamperings: Vec<(&str, Vec<Vec<&str>>, &str)> = vec![
+        (
+            "a peer removed from the VXLAN allow list",
+            vec![vec![
+                "delete",
+                "element",
+                "inet",
+                "overlay",
+                "peers",
+                "{ 192.0.2.12 }",
+            ]],
+            "nftables set inet overlay peers: missing 192.0.2.12",
+        ),
+        (
+            "an address added to a port's identity",
+            vec![vec![
+                "add",
+                "element",
+                "bridge",
+                "overlay",
+                "endpoints",
+                "{ \"ovv-0\" . 0a:58:0a:01:00:00 . 10.2.0.99 }",
+            ]],
+            "nftables set bridge overlay endpoints: extra ovv-0 . 0a:58:0a:01:00:00 . 10.2.0.99",
+        ),
+        (
+            "a rule's body replaced, comment kept",
+            vec![vec![
+                "replace",
+                "rule",
+                "inet",
+                "overlay",
+                "forward",
+                "handle",
+                "HANDLE",
+                "accept",
+                "comment",
+                "\"within a network: its bridge and its vxlan\"",
+            ]],
+            "nftables chain inet overlay forward: rule \"within a network: its bridge and its vxlan\" changed",
+        ),
+        (
+            "a rule inserted",
+            vec![vec![
+                "insert",
+                "rule",
+                "inet",
+                "overlay",
+                "workload_to_host",
+                "accept",
+            ]],
+            "nftables chain inet overlay workload_to_host: extra rule [{\"accept\":null}]",
+        ),
+        (
+            "a chain's policy changed",
+            vec![vec![
+                "add",
+                "chain",
+                "inet",
+                "overlay",
+                "input",
+                "{ type filter hook input priority 0; policy drop; }",
+            ]],
+            "nftables chain inet overlay input: type, hook, priority or policy changed",
+        ),
+        (
+            "a whole table deleted",
+            vec![vec!["delete", "table", "bridge", "overlay"]],
+            "missing nftables table bridge overlay",
+        ),
+    ];
+    // Handles change with every rewrite: the one to replace is looked up when it is used.
+    for (what, commands, expected) in tamperings {
+        for cmd in &commands {
+            let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            if let Some(h) = args.iter_mut().find(|a| *a == "HANDLE") {
+                *h = handle_of(
+                    &ns,
+                    "inet",
+                    "forward",
+                    "within a network: its bridge and its vxlan",
+                );
+            }
+            let joined = args.join(" ");
+            exec(&ns, "nft", &[&joined]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let t = Instant::now();
+        let (back, audit, audit_took, repair, after) = inside(&ns, move || {
+            let t = Instant::now();
+            let audit = fw.audit(&spec(3));
+            let audit_took = t.elapsed();
+            let repair = fw.converge(&spec(3));
+            let after = fw.audit(&spec(3));
+            (fw, audit, audit_took, repair, after)
+        });
+        fw = back;
+        println!(
+            "{what}: audit found {audit:?} in {audit_took:?}; repaired in {:?}",
+            t.elapsed()
+        );
+        assert!(
+            audit.iter().any(|l| l == expected),
+            "{what}: expected {expected:?} in {audit:?}"
+        );
+        assert!(
+            matches!(&repair, Ok(Converged::Repaired(found)) if *found == audit),
+            "{what}: {repair:?}"
+        );
+        assert_eq!(
+            after,
+            Vec::<String>::new(),
+            "{what}: still drifted after the repair"
+        );
+    }
+
+    // Endpoints come and go: set elements added and removed in place, then checked.
+    for n in [10, 100, 1000, 999, 3] {
+        let (back, took, audit) = inside(&ns, move || {
+            let t = Instant::now();
+            let r = fw.converge(&spec(n));
+            let took = t.elapsed();
+            assert_eq!(r, Ok(Converged::Written));
+            // A listing, not the generation, says whether the kernel holds exactly this.
+            let mut fresh = Firewall::default();
+            let audit = fresh.audit(&spec(n));
+            (fw, took, audit)
+        });
+        fw = back;
+        assert_eq!(audit, Vec::<String>::new(), "{n} endpoints");
+        let elements = stdout(&exec(&ns, "nft", &["list", "set", "bridge", "overlay", "endpoints"]).unwrap());
+        assert_eq!(elements.matches("ovv-").count(), n);
+        println!("update to {n} endpoints: {took:?}");
+    }
+    // A change that is not only elements (NAT egress off) rebuilds.
+    let mut no_nat = spec(3);
+    no_nat.networks[1].nat_egress = false;
+    let (back, rebuilt) = inside(&ns, move || {
+        let r = fw.converge(&no_nat);
+        (fw, r)
+    });
+    fw = back;
+    assert_eq!(rebuilt, Ok(Converged::Written));
+    let inet = stdout(&exec(&ns, "nft", &["list", "table", "inet", "overlay"]).unwrap());
+    assert!(
+        !inet.contains("@nat_egress masquerade") && !inet.contains("postrouting"),
+        "{inet}"
+    );
+
+    // Nothing left to filter: the tables go, someone else's stays.
+    let (_, gone, audit) = inside(&ns, move || {
+        let g = fw.converge(&FirewallSpec::default());
+        let a = fw.audit(&FirewallSpec::default());
+        (fw, g, a)
+    });
+    assert_eq!(gone, Ok(Converged::Written));
+    assert_eq!(audit, Vec::<String>::new());
+    let tables = stdout(&exec(&ns, "nft", &["list", "tables"]).unwrap());
+    assert_eq!(
+        tables.lines().map(str::trim).collect::<Vec<_>>(),
+        ["table inet someone_else", "table inet someone_else_too"],
+        "{tables}"
+    );
+}
