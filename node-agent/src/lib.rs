@@ -24,3 +24,4 @@ pub mod probe;
 pub mod reconcile;
 pub mod session;
 pub mod spec;
+pub mod store;
