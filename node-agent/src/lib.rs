@@ -15,6 +15,7 @@ pub mod events;
 pub mod firewall;
 pub mod identity;
 pub mod kernel;
+pub mod local_socket;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;

@@ -154,12 +154,11 @@ impl Store {
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
             let (key, value) = row.map_err(|e| self.err(e))?;
-            let record: Record =
-                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
-                    path: self.path.display().to_string(),
-                    key: key.value().to_string(),
-                    reason: e.to_string(),
-                })?;
+            let record: Record = serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                key: key.value().to_string(),
+                reason: e.to_string(),
+            })?;
             out.push(record);
         }
         Ok(out)
@@ -213,7 +212,10 @@ mod tests {
             id,
             network: "blue".into(),
             netns: "/run/netns/w".into(),
-            ns_id: Some(NsId { dev: 4, ino: 4026532000 + id }),
+            ns_id: Some(NsId {
+                dev: 4,
+                ino: 4026532000 + id,
+            }),
             ifname: "eth0".into(),
             ip: ip.parse().unwrap(),
             prefix_len: 24,
