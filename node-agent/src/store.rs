@@ -23,14 +23,6 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub const STORE_FILE: &str = "endpoints.redb";
 
-/// Identity of a network namespace: device and inode of its nsfs file. Stable for the
-/// namespace's life and never shared by two live namespaces.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NsId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PortSpec {
     pub host_port: u16,
@@ -51,8 +43,6 @@ pub struct Record {
     pub network: String,
     /// The namespace reference as the caller gave it (a path, a name under /run/netns, a pid).
     pub netns: String,
-    /// The namespace it was first wired into; it is never wired into another one.
-    pub ns_id: Option<NsId>,
     pub ifname: String,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
@@ -67,6 +57,11 @@ pub struct Record {
     #[serde(default)]
     pub default_route: bool,
     pub created_ms: i64,
+    /// The controller has recorded it (it was in the controller's list). A reported endpoint
+    /// that leaves the list was detached through the controller; one never reported is still
+    /// to be told.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,10 +207,6 @@ mod tests {
             id,
             network: "blue".into(),
             netns: "/run/netns/w".into(),
-            ns_id: Some(NsId {
-                dev: 4,
-                ino: 4026532000 + id,
-            }),
             ifname: "eth0".into(),
             ip: ip.parse().unwrap(),
             prefix_len: 24,
@@ -226,6 +217,7 @@ mod tests {
             owner: "cni".into(),
             default_route: true,
             created_ms: 1,
+            reported: false,
         }
     }
 

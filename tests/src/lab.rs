@@ -263,6 +263,10 @@ impl Lab {
             ])
             .arg("--state-dir")
             .arg(&h.state_dir)
+            // Every simulated host shares the root mount namespace: each agent gets a socket
+            // of its own (DESIGN's default, /run/overlay/agent.sock, is for one per machine).
+            .arg("--local-socket")
+            .arg(h.state_dir.join("agent.sock"))
             .args(["--resync-secs", &resync])
             .env(
                 "RUST_LOG",
@@ -293,6 +297,8 @@ impl Lab {
             .args(["--underlay-iface", "eth0"])
             .arg("--state-dir")
             .arg(self.dir.path().join(&tag))
+            .arg("--local-socket")
+            .arg(self.dir.path().join(&tag).join("agent.sock"))
             .args(["--resync-secs", &self.resync_secs.to_string()])
             .env(
                 "RUST_LOG",
@@ -336,6 +342,11 @@ impl Lab {
     /// Process id of the agent of `host`, while one runs (`ip netns exec` execs it in place).
     pub fn agent_pid(&self, host: usize) -> Option<u32> {
         self.hosts[host].agent.as_ref().map(Daemon::pid)
+    }
+
+    /// Where the agent of `host` serves its local endpoint API.
+    pub fn local_socket(&self, host: usize) -> PathBuf {
+        self.hosts[host].state_dir.join("agent.sock")
     }
 
     pub fn agent_log_path(&self, host: usize) -> &std::path::Path {

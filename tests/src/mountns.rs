@@ -16,7 +16,13 @@ use crate::process::Daemon;
 use crate::{LabError, Result};
 
 /// Directories that get a fresh tmpfs inside.
-pub const PRIVATE_DIRS: &[&str] = &["/run", "/dev/shm", "/var/lib/cni", "/var/lib/containers", "/var/lib/docker"];
+pub const PRIVATE_DIRS: &[&str] = &[
+    "/run",
+    "/dev/shm",
+    "/var/lib/cni",
+    "/var/lib/containers",
+    "/var/lib/docker",
+];
 
 pub struct MountNs {
     holder: Daemon,
@@ -48,7 +54,10 @@ impl MountNs {
             .map(|d| format!("mkdir -p {d} && mount -t tmpfs -o mode=755 tmpfs {d}"))
             .collect();
         let script = format!("set -e; {}; mkdir -p /run/netns", mounts.join("; "));
-        let out = ns.command("sh", &["-c", &script]).output().map_err(crate::io("mount tmpfs"))?;
+        let out = ns
+            .command("sh", &["-c", &script])
+            .output()
+            .map_err(crate::io("mount tmpfs"))?;
         if !out.status.success() {
             return Err(LabError::Setup(format!(
                 "mount namespace setup: {}",

@@ -30,14 +30,26 @@ pub fn busybox_tar(dir: &Path) -> Result<PathBuf> {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).map_err(crate::io("mkdir rootfs"))?;
     std::fs::copy(busybox, bin.join("busybox")).map_err(crate::io("copy busybox"))?;
-    for applet in ["sh", "sleep", "ip", "ping", "nslookup", "cat", "ls", "httpd", "nc", "ifconfig", "route", "hostname", "wget"] {
+    for applet in [
+        "sh", "sleep", "ip", "ping", "nslookup", "cat", "ls", "httpd", "nc", "ifconfig", "route", "hostname",
+        "wget",
+    ] {
         let link = bin.join(applet);
         if !link.exists() {
             std::os::unix::fs::symlink("busybox", &link).map_err(crate::io("link applet"))?;
         }
     }
     let tar = dir.join("busybox.tar");
-    crate::netns::run("tar", &["-C", &root.display().to_string(), "-cf", &tar.display().to_string(), "."])?;
+    crate::netns::run(
+        "tar",
+        &[
+            "-C",
+            &root.display().to_string(),
+            "-cf",
+            &tar.display().to_string(),
+            ".",
+        ],
+    )?;
     Ok(tar)
 }
 
@@ -75,8 +87,11 @@ impl Podman {
 
     /// Writes `<name>.conflist` into podman's CNI configuration directory.
     pub fn add_network(&self, name: &str, conflist: &serde_json::Value) -> Result<()> {
-        std::fs::write(self.net_dir.join(format!("{name}.conflist")), conflist.to_string())
-            .map_err(crate::io("write conflist"))
+        std::fs::write(
+            self.net_dir.join(format!("{name}.conflist")),
+            conflist.to_string(),
+        )
+        .map_err(crate::io("write conflist"))
     }
 
     /// `podman <args>` on this host; the output whatever the status.
@@ -100,7 +115,13 @@ impl Podman {
     }
 
     /// `podman run -d --network NET ... IMAGE CMD...` with the rlimits this machine allows.
-    pub fn run_container(&self, mount_ns: &MountNs, name: &str, extra: &[&str], command: &[&str]) -> Result<Output> {
+    pub fn run_container(
+        &self,
+        mount_ns: &MountNs,
+        name: &str,
+        extra: &[&str],
+        command: &[&str],
+    ) -> Result<Output> {
         let mut args = vec![
             "run",
             "-d",
