@@ -81,18 +81,12 @@ impl Book {
         let needs_import = store.created();
         let records: BTreeMap<String, Record> =
             store.records()?.into_iter().map(|r| (r.key.clone(), r)).collect();
-        let mut cursors: BTreeMap<String, (i64, Ipv4Addr)> = BTreeMap::new();
-        for r in records.values() {
-            let c = cursors.entry(r.network.clone()).or_insert((r.created_ms, r.ip));
-            if (r.created_ms, r.ip) > *c {
-                *c = (r.created_ms, r.ip);
-            }
-        }
+        let cursors = store.cursors()?.into_iter().collect();
         Ok(Self {
             store,
             records,
             needs_import,
-            cursors: cursors.into_iter().map(|(n, (_, ip))| (n, ip)).collect(),
+            cursors,
             generation: 1,
         })
     }
@@ -191,7 +185,7 @@ impl Book {
                     BookError::PoolExhausted {
                         network: req.network.clone(),
                         subnet: lease.subnet,
-                        capacity: ipam::range_len(first, last).saturating_sub(1),
+                        capacity: ipam::range_len(first, last),
                     }
                 })?
             }
@@ -246,7 +240,7 @@ impl Book {
             created_ms: now_ms,
             reported: false,
         };
-        self.store.put(&record)?;
+        self.store.put_new(&record)?;
         self.cursors.insert(record.network.clone(), ip);
         self.records.insert(record.key.clone(), record.clone());
         self.generation += 1;

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 /// "next_id" -> the next host-local endpoint id.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Network -> the last address handed out in it (IPv4 as u32): allocation goes on after it
+/// across restarts, so a freed address is not the next one given.
+const CURSORS: TableDefinition<&str, u32> = TableDefinition::new("cursors");
 
 pub const STORE_FILE: &str = "endpoints.redb";
 
@@ -111,6 +114,7 @@ impl Store {
         store.write(|txn| {
             txn.open_table(ENDPOINTS)?;
             txn.open_table(META)?;
+            txn.open_table(CURSORS)?;
             Ok(())
         })?;
         Ok(store)
@@ -169,8 +173,37 @@ impl Store {
         })
     }
 
+    /// The last address handed out per network.
+    pub fn cursors(&self) -> Result<Vec<(String, Ipv4Addr)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(CURSORS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value().to_string(), Ipv4Addr::from(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Writes a new `record` and moves its network's cursor to its address, in one commit.
+    pub fn put_new(&self, record: &Record) -> Result<(), StoreError> {
+        self.put_and(record, |txn| {
+            txn.open_table(CURSORS)?
+                .insert(record.network.as_str(), u32::from(record.ip))?;
+            Ok(())
+        })
+    }
+
     /// Writes `record` (replacing one with the same key), durably.
     pub fn put(&self, record: &Record) -> Result<(), StoreError> {
+        self.put_and(record, |_| Ok(()))
+    }
+
+    fn put_and(
+        &self,
+        record: &Record,
+        more: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             path: self.path.display().to_string(),
             key: record.key.clone(),
@@ -184,7 +217,9 @@ impl Store {
             if record.id >= next {
                 meta.insert("next_id", record.id + 1)?;
             }
-            Ok(())
+            drop(meta);
+            drop(table);
+            more(txn)
         })
     }
 

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod bins;
+pub mod cni;
 pub mod controllers;
 pub mod dns;
 pub mod fuzz;

@@ -14,7 +14,6 @@ use crate::{LabError, Result};
 pub const IMAGE: &str = "localhost/overlay-busybox:latest";
 
 pub struct Podman {
-    dir: PathBuf,
     conf: PathBuf,
     pub net_dir: PathBuf,
 }
@@ -70,7 +69,6 @@ impl Podman {
         )
         .map_err(crate::io("write containers.conf"))?;
         let podman = Self {
-            dir: dir.to_path_buf(),
             conf,
             net_dir,
         };
@@ -96,13 +94,13 @@ impl Podman {
 
     /// `podman <args>` on this host; the output whatever the status.
     pub fn run(&self, mount_ns: &MountNs, args: &[&str]) -> Result<Output> {
-        let root = self.dir.join("root").display().to_string();
-        let runroot = self.dir.join("runroot").display().to_string();
+        // Podman's own places, each a tmpfs private to this host's mount namespace (podman
+        // refuses a runroot longer than 50 characters, so not under the lab's directory).
         let mut all: Vec<&str> = vec![
             "--root",
-            &root,
+            "/var/lib/containers/storage",
             "--runroot",
-            &runroot,
+            "/run/containers/storage",
             "--cgroup-manager",
             "cgroupfs",
             "--events-backend",

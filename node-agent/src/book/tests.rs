@@ -281,3 +281,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_freed_address_is_not_the_next_one_after_a_restart_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = BTreeSet::new();
+    let mut book = Book::open(dir.path()).unwrap();
+    book.add_from_lease(ask("a/eth0", "/run/netns/a"), lease(), &none, 1)
+        .unwrap();
+    let b = book
+        .add_from_lease(ask("b/eth0", "/run/netns/b"), lease(), &none, 2)
+        .unwrap();
+    book.remove("b/eth0").unwrap();
+    drop(book);
+    let mut book = Book::open(dir.path()).unwrap();
+    let c = book
+        .add_from_lease(ask("c/eth0", "/run/netns/c"), lease(), &none, 3)
+        .unwrap();
+    assert_ne!(c.ip, b.ip, "the cursor survives the restart");
+}
