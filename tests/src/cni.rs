@@ -20,17 +20,19 @@ pub fn plugin_conf(network: &str, socket: &Path, version: &str) -> Value {
     })
 }
 
-/// A conflist for runtimes (podman's CNI backend) that read them from a directory.
-pub fn conflist(network: &str, socket: &Path) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": network,
-        "plugins": [{
-            "type": "overlay-cni",
-            "agentSocket": socket,
-            "capabilities": {"portMappings": true, "aliases": true},
-        }],
-    })
+/// The conflist shipped in `deploy/cni/` for network `blue`, with `agentSocket` pointed at
+/// `socket` and `name` set to `network`: the lab's podman runs on the file operators install.
+pub fn conflist(network: &str, socket: &Path) -> Result<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/10-overlay-blue.conflist");
+    let text = std::fs::read_to_string(&path).map_err(crate::io("read deploy/cni conflist"))?;
+    let mut list: Value = serde_json::from_str(&text)
+        .map_err(|e| crate::LabError::Setup(format!("{}: {e}", path.display())))?;
+    list["name"] = json!(network);
+    match list["plugins"].get_mut(0) {
+        Some(plugin) => plugin["agentSocket"] = json!(socket),
+        None => return Err(crate::LabError::Setup(format!("{}: no plugins", path.display()))),
+    }
+    Ok(list)
 }
 
 /// What one invocation answered.

@@ -68,10 +68,7 @@ impl Podman {
             ),
         )
         .map_err(crate::io("write containers.conf"))?;
-        let podman = Self {
-            conf,
-            net_dir,
-        };
+        let podman = Self { conf, net_dir };
         let tar = busybox_tar(dir)?;
         let out = podman.run(mount_ns, &["import", &tar.display().to_string(), IMAGE])?;
         if !out.status.success() {

@@ -457,7 +457,7 @@ fn podman_containers_on_two_hosts() {
             overlay_lab::podman::Podman::new(lab.hosts[h].mount_ns.as_ref().unwrap(), &dir, &plugins)
                 .expect("podman");
         podman
-            .add_network("blue", &cni::conflist("blue", &lab.local_socket(h)))
+            .add_network("blue", &cni::conflist("blue", &lab.local_socket(h)).unwrap())
             .unwrap();
         hosts.push(PodmanHost { podman });
     }
