@@ -551,20 +551,36 @@ fn patched(
 }
 
 fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
+    let request = e.is_request();
     pb::LocalEndpoint {
         id: e.id,
         netns: e.netns.clone(),
         ifname: e.ifname.clone(),
-        address: format!("{}/{}", e.ip, e.prefix_len),
-        mac: e.mac.to_string(),
-        gateway: e.gateway.to_string(),
-        host_ifname: host_ifname(e.id),
+        address: match request {
+            true => String::new(),
+            false => format!("{}/{}", e.ip, e.prefix_len),
+        },
+        mac: match request {
+            true => String::new(),
+            false => e.mac.to_string(),
+        },
+        gateway: match request {
+            true => String::new(),
+            false => e.gateway.to_string(),
+        },
+        host_ifname: host_ifname(e.host_id),
         default_route: Some(e.default_route),
+        key: e.key.clone(),
+        host_id: e.host_id,
+        owner: e.owner.clone(),
+        names: e.names.clone(),
+        // A request the agent could not carry out is no longer one to act on.
+        requested: request && matches!(e.status, crate::model::EndpointStatus::Requested),
+        requested_ip: e.requested_ip.map(|ip| ip.to_string()).unwrap_or_default(),
     }
 }
 
-/// A host's endpoints in a network, by id, reusing the entries of `old` (by id, unless the
-/// default route moved), so only new or changed ones are formatted.
+/// A host's endpoints in a network, by id, reusing the entries of `old` that did not change.
 fn endpoint_list<'a>(
     eps: impl IntoIterator<Item = &'a crate::model::Endpoint>,
     old: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>,
@@ -575,8 +591,15 @@ fn endpoint_list<'a>(
     let mut list: Vec<Arc<pb::LocalEndpoint>> = eps
         .into_iter()
         .map(|e| match old.get(&e.id) {
-            Some(known) if known.default_route == Some(e.default_route) => Arc::clone(known),
-            _ => Arc::new(local_endpoint(e)),
+            Some(known) => {
+                let now = local_endpoint(e);
+                if ***known == now {
+                    Arc::clone(known)
+                } else {
+                    Arc::new(now)
+                }
+            }
+            None => Arc::new(local_endpoint(e)),
         })
         .collect();
     list.sort_by_key(|e| e.id);

@@ -7,7 +7,8 @@
 //! [`api`] (the public gRPC services).
 
 pub mod desired;
-pub mod ipam;
+/// Address arithmetic lives in the proto crate: the agent allocates from its leases with it too.
+pub use overlay_proto::ipam;
 pub mod model;
 pub mod probe;
 pub mod state;

@@ -138,6 +138,11 @@ pub struct Host {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum EndpointStatus {
+    /// Asked for through the controller (`overlayctl endpoint attach`); the host's agent has
+    /// not taken it up yet, so it has no address. A request that the agent could not carry out
+    /// turns `Failed` and keeps no address either (see [`Endpoint::is_request`]).
+    Requested,
+    /// Recorded; its agent has not wired it yet.
     Pending,
     Ready,
     Failed(String),
@@ -159,9 +164,46 @@ pub struct Endpoint {
     pub mac: MacAddr,
     pub status: EndpointStatus,
     pub created_ms: i64,
-    /// Its gateway is the namespace's default route. Exactly one endpoint of each namespace
-    /// (host, netns) holds it, decided in `apply`: absent from records written before it
-    /// existed, and then given to the oldest one when a snapshot is loaded.
+    /// Its gateway is the namespace's default route (decided by its host's agent, which sees
+    /// every endpoint of the namespace; asked for with `--default-route`).
     #[serde(default)]
     pub default_route: bool,
+    /// The host's key for it, unique on the host: CNI "<container id>/<ifname>", and
+    /// "req-<id>" for an endpoint asked for through the controller.
+    #[serde(default)]
+    pub key: String,
+    /// The agent's own number for it: names its devices (`ovv-<hex>`).
+    #[serde(default)]
+    pub host_id: u64,
+    /// Who attached it: cni, docker, overlayctl.
+    #[serde(default)]
+    pub owner: String,
+    /// Names it answers to in the network's DNS.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The address a request asks for (requests only).
+    #[serde(default)]
+    pub requested_ip: Option<Ipv4Addr>,
+}
+
+impl Endpoint {
+    /// Asked for through the controller and not (yet) taken up by the agent: it has no address.
+    pub fn is_request(&self) -> bool {
+        self.ip.is_unspecified()
+    }
+}
+
+/// One endpoint of a host as its agent reports it (see `Command::SyncEndpoints`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HostEndpoint {
+    pub key: String,
+    pub host_id: u64,
+    pub network: String,
+    pub netns: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub default_route: bool,
+    pub owner: String,
+    pub names: Vec<String>,
+    pub status: EndpointStatus,
 }

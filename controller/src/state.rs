@@ -15,7 +15,7 @@ use overlay_proto::limits;
 use serde::{Deserialize, Serialize};
 
 use crate::ipam;
-use crate::model::{Endpoint, EndpointStatus, Host, Lease, MacAddr, MacvlanMode, Mode, Network, NetworkSpec};
+use crate::model::{Endpoint, Host, HostEndpoint, Lease, MacAddr, Mode, Network, NetworkSpec};
 
 /// Hosts without a heartbeat for this long are shown as down. Their entries stay in place:
 /// an agent that is down does not mean a datapath that is down.
@@ -68,33 +68,46 @@ pub enum Command {
     RemoveHost {
         name: String,
     },
-    AttachEndpoint {
+    /// `overlayctl endpoint attach`: asks the host's agent for an endpoint. The agent allocates
+    /// the address from its lease (or asks for a macvlan one), wires it and reports it back
+    /// with [`Command::SyncEndpoints`] under the request's key, `req-<id>`.
+    RequestEndpoint {
         network: String,
         host: String,
         netns: String,
         ifname: String,
         ip: Option<Ipv4Addr>,
-        now_ms: i64,
-        /// Take the namespace's default route from whichever endpoint has it (`--default-route`).
-        /// Entries written before this existed read as `false`.
-        #[serde(default)]
+        /// Take the namespace's default route (`--default-route`).
         default_route: bool,
+        names: Vec<String>,
+        now_ms: i64,
     },
+    /// `overlayctl endpoint detach`: drops the record (or the request); the agent sees its
+    /// endpoint gone from the controller's list and removes it.
     DetachEndpoint {
         network: String,
         host: String,
         netns: String,
     },
-    /// An agent gives up an endpoint of its own host that it has reported gone (its namespace
-    /// vanished or was replaced, and stayed so for the agent's grace period).
-    ReleaseEndpoint {
+    /// An address of a macvlan network's shared range for one of `host`'s endpoints
+    /// (idempotent: the same key gets the same address).
+    AllocateAddress {
         host: String,
-        id: u64,
+        endpoint: HostEndpoint,
+        /// Requested address (`endpoint.ip` is ignored).
+        ip: Option<Ipv4Addr>,
+        now_ms: i64,
     },
-    /// An agent's report on the endpoints of its host; only changes are logged.
-    ReportEndpoints {
+    /// An agent's endpoints as its store holds them: `full` replaces every record of the host
+    /// (requests excepted); otherwise `upsert` adds or updates and `remove` drops by key.
+    /// `failed`: requests the agent could not carry out (key, why).
+    SyncEndpoints {
         host: String,
-        statuses: Vec<(u64, EndpointStatus)>,
+        full: bool,
+        upsert: Vec<HostEndpoint>,
+        remove: Vec<String>,
+        failed: Vec<(String, String)>,
+        now_ms: i64,
     },
     /// Commands proposed together as one log entry (see `node::Batcher`), applied in order.
     Batch(Vec<Command>),
@@ -132,8 +145,11 @@ pub enum Response {
     Endpoint(Endpoint),
     EndpointDetached(Endpoint),
     Heartbeat,
-    StatusRecorded {
+    /// What a [`Command::SyncEndpoints`] did: records changed, and the endpoints it would
+    /// not record (key, why).
+    Synced {
         changed: u32,
+        refused: Vec<(String, String)>,
     },
     /// Raft-internal entries (blank, membership) that carry no command.
     Noop,
@@ -222,12 +238,6 @@ pub enum StateError {
     },
     #[error("macvlan passthru network {network:?} already has its one endpoint on host {host:?}")]
     PassthruTaken { network: String, host: String },
-    #[error("no endpoint with id {0}")]
-    UnknownEndpointId(u64),
-    #[error("permission denied: endpoint {id} belongs to host {owner:?}, not {host:?}")]
-    EndpointOfOtherHost { id: u64, host: String, owner: String },
-    #[error("endpoint {id} is {state}, not gone: an agent releases only endpoints it has reported gone")]
-    EndpointNotGone { id: u64, state: String },
     #[error(
         "host {host:?} is held by another agent (instance {holder}, underlay {underlay_ip}, last seen {}s ago); stop that agent, wait until it has been silent for {}s, or remove the host (`overlayctl host rm {host} --force`)",
         silent_ms / 1000,
@@ -265,14 +275,10 @@ impl StateError {
             | AddressInUse { .. }
             | EndpointExists { .. }
             | IfnameInUse { .. } => ErrorKind::AlreadyExists,
-            UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } | UnknownEndpointId(_) => {
-                ErrorKind::NotFound
+            UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } => ErrorKind::NotFound,
+            NetworkHasEndpoints { .. } | PassthruTaken { .. } | HostClaimed { .. } => {
+                ErrorKind::FailedPrecondition
             }
-            NetworkHasEndpoints { .. }
-            | PassthruTaken { .. }
-            | EndpointNotGone { .. }
-            | HostClaimed { .. } => ErrorKind::FailedPrecondition,
-            EndpointOfOtherHost { .. } => ErrorKind::PermissionDenied,
             VniExhausted | SubnetPoolExhausted { .. } | AddressPoolExhausted { .. } => {
                 ErrorKind::ResourceExhausted
             }
@@ -302,12 +308,12 @@ pub struct ClusterState {
     /// Network → address → endpoint id.
     #[serde(skip)]
     addresses: BTreeMap<String, BTreeMap<Ipv4Addr, u64>>,
-    /// (network, host, netns) → endpoint id.
+    /// (host, key) → endpoint id: a key names one endpoint of its host.
     #[serde(skip)]
-    by_key: BTreeMap<(String, String, String), u64>,
-    /// (host, netns, ifname) → endpoint id: an interface name is taken once per namespace.
+    by_host_key: BTreeMap<(String, String), u64>,
+    /// (network, host) → its endpoint ids.
     #[serde(skip)]
-    by_ifname: BTreeMap<(String, String, String), u64>,
+    by_place: BTreeMap<(String, String), BTreeSet<u64>>,
     /// Where each part last changed, for incremental readers.
     #[serde(skip)]
     pub marks: ChangeMarks,
@@ -363,21 +369,6 @@ enum Touch {
     Network(String),
     /// Host records changed; `Some(name)`: that host (and with it its endpoints) went away.
     Hosts(Option<String>),
-    Endpoints {
-        network: String,
-        host: String,
-        had_lease: bool,
-    },
-}
-
-/// The fields of [`Command::AttachEndpoint`] that describe the endpoint.
-struct Attach {
-    network: String,
-    host: String,
-    netns: String,
-    ifname: String,
-    ip: Option<Ipv4Addr>,
-    default_route: bool,
 }
 
 impl PartialEq for ClusterState {
@@ -402,48 +393,7 @@ impl ClusterState {
             epoch,
             ..ChangeMarks::default()
         };
-        self.addresses = self
-            .networks
-            .keys()
-            .map(|n| (n.clone(), BTreeMap::new()))
-            .collect();
-        self.by_key.clear();
-        self.by_ifname.clear();
-        for ep in self.endpoints.values() {
-            self.by_ifname
-                .insert((ep.host.clone(), ep.netns.clone(), ep.ifname.clone()), ep.id);
-            self.addresses
-                .entry(ep.network.clone())
-                .or_default()
-                .insert(ep.ip, ep.id);
-            self.by_key
-                .insert((ep.network.clone(), ep.host.clone(), ep.netns.clone()), ep.id);
-        }
-        self.give_unheld_default_routes();
-    }
-
-    /// A namespace whose endpoints were recorded before default routes were (a snapshot of an
-    /// older version) gets it on its oldest endpoint: what `apply` would have decided, so every
-    /// replica ends up with the same records whatever it started from.
-    fn give_unheld_default_routes(&mut self) {
-        let mut groups: BTreeMap<(&str, &str), (u64, bool)> = BTreeMap::new();
-        for ep in self.endpoints.values() {
-            let g = groups
-                .entry((ep.host.as_str(), ep.netns.as_str()))
-                .or_insert((ep.id, false));
-            g.0 = g.0.min(ep.id);
-            g.1 |= ep.default_route;
-        }
-        let oldest: Vec<u64> = groups
-            .into_values()
-            .filter(|(_, held)| !held)
-            .map(|(id, _)| id)
-            .collect();
-        for id in oldest {
-            if let Some(ep) = self.endpoints.get_mut(&id) {
-                ep.default_route = true;
-            }
-        }
+        self.rebuild_endpoint_indices();
     }
 
     pub fn from_snapshot_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
@@ -511,37 +461,47 @@ impl ClusterState {
                         released_leases,
                     })
             }
-            Command::AttachEndpoint {
+            Command::RequestEndpoint {
                 network,
                 host,
                 netns,
                 ifname,
                 ip,
-                now_ms,
                 default_route,
+                names,
+                now_ms,
             } => self
-                .attach(
-                    Attach {
-                        network,
-                        host,
-                        netns,
-                        ifname,
-                        ip,
-                        default_route,
-                    },
-                    now_ms,
-                )
+                .request_endpoint(network, host, netns, ifname, ip, default_route, names, now_ms)
                 .map(Response::Endpoint),
             Command::DetachEndpoint { network, host, netns } => self
-                .detach(&network, &host, &netns)
+                .detach_endpoint(&network, &host, &netns)
                 .map(Response::EndpointDetached),
-            Command::ReleaseEndpoint { host, id } => self.release(&host, id).map(Response::EndpointDetached),
-            Command::ReportEndpoints { host, statuses } => Ok(Response::StatusRecorded {
-                changed: self.report_endpoints(&host, statuses),
-            }),
+            Command::AllocateAddress {
+                host,
+                endpoint,
+                ip,
+                now_ms,
+            } => self
+                .allocate_address(&host, endpoint, ip, now_ms)
+                .map(Response::Endpoint),
+            Command::SyncEndpoints {
+                host,
+                full,
+                upsert,
+                remove,
+                failed,
+                now_ms,
+            } => self
+                .sync_endpoints(&host, full, upsert, remove, failed, now_ms)
+                .map(|done| Response::Synced {
+                    changed: done.changed,
+                    refused: done.refused,
+                }),
             // Taken apart above; this arm is never reached.
             Command::Batch(_) => Ok(Response::Noop),
         };
+        // A report that changed nothing is not a new revision (nobody needs waking).
+        let bumps = bumps && !matches!(&result, Ok(Response::Synced { changed: 0, .. }));
         if result.is_ok() && bumps {
             self.revision += 1;
             self.mark(touch);
@@ -560,28 +520,13 @@ impl ClusterState {
             }
             Command::RegisterHost { .. } => Touch::Hosts(None),
             Command::RemoveHost { name } => Touch::Hosts(Some(name.clone())),
-            Command::AttachEndpoint { network, host, .. } | Command::DetachEndpoint { network, host, .. } => {
-                Touch::Endpoints {
-                    network: network.clone(),
-                    host: host.clone(),
-                    had_lease: self
-                        .networks
-                        .get(network)
-                        .is_some_and(|n| n.leases.contains_key(host)),
-                }
-            }
-            Command::ReleaseEndpoint { id, .. } => match self.endpoints.get(id) {
-                Some(ep) => Touch::Endpoints {
-                    network: ep.network.clone(),
-                    host: ep.host.clone(),
-                    had_lease: self
-                        .networks
-                        .get(&ep.network)
-                        .is_some_and(|n| n.leases.contains_key(&ep.host)),
-                },
-                None => Touch::Nothing,
-            },
-            Command::Heartbeat { .. } | Command::ReportEndpoints { .. } | Command::Batch(_) => Touch::Nothing,
+            // Endpoint commands mark the lists they change themselves (see `state::endpoints`).
+            Command::RequestEndpoint { .. }
+            | Command::DetachEndpoint { .. }
+            | Command::AllocateAddress { .. }
+            | Command::SyncEndpoints { .. }
+            | Command::Heartbeat { .. }
+            | Command::Batch(_) => Touch::Nothing,
         }
     }
 
@@ -603,31 +548,7 @@ impl ClusterState {
                     }
                 }
             }
-            Touch::Endpoints {
-                network,
-                host,
-                had_lease,
-            } => {
-                let has_lease = self
-                    .networks
-                    .get(&network)
-                    .is_some_and(|n| n.leases.contains_key(&host));
-                if has_lease != had_lease {
-                    self.marks.networks.insert(network.clone(), rev);
-                }
-                self.marks.endpoints.insert((network, host), rev);
-            }
         }
-    }
-
-    /// Endpoints of one host in one network, by id.
-    pub fn endpoints_of<'a>(&'a self, network: &str, host: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        let (network, host) = (network.to_string(), host.to_string());
-        let start = (network.clone(), host.clone(), String::new());
-        self.by_key
-            .range(start..)
-            .take_while(move |((n, h, _), _)| *n == network && *h == host)
-            .filter_map(|(_, id)| self.endpoints.get(id))
     }
 
     // ------------------------------------------------------------------ networks
@@ -844,11 +765,7 @@ impl ClusterState {
         if !self.networks.contains_key(name) {
             return Err(StateError::UnknownNetwork(name.to_string()));
         }
-        let ids: Vec<u64> = self
-            .addresses
-            .get(name)
-            .map(|a| a.values().copied().collect())
-            .unwrap_or_default();
+        let ids: Vec<u64> = self.network_endpoints(name).map(|e| e.id).collect();
         if !ids.is_empty() && !force {
             return Err(StateError::NetworkHasEndpoints {
                 name: name.to_string(),
@@ -985,333 +902,7 @@ impl ClusterState {
         Ok((ids.len() as u32, released))
     }
 
-    // ------------------------------------------------------------------ endpoints
-
-    fn attach(&mut self, request: Attach, now_ms: i64) -> Result<Endpoint, StateError> {
-        let Attach {
-            network: network_name,
-            host: host_name,
-            netns,
-            ifname,
-            ip: requested,
-            default_route: wants_default,
-        } = request;
-        validate_netns(&netns)?;
-        validate_ifname("interface name", &ifname)?;
-        let network = self
-            .networks
-            .get(&network_name)
-            .ok_or_else(|| StateError::UnknownNetwork(network_name.clone()))?;
-        if !self.hosts.contains_key(&host_name) {
-            return Err(StateError::UnknownHost(host_name));
-        }
-        let key = (network_name.clone(), host_name.clone(), netns.clone());
-        if self.by_key.contains_key(&key) {
-            return Err(StateError::EndpointExists {
-                network: network_name,
-                host: host_name,
-                netns,
-            });
-        }
-        if let Some(other) = self
-            .by_ifname
-            .get(&(host_name.clone(), netns.clone(), ifname.clone()))
-            .and_then(|id| self.endpoints.get(id))
-        {
-            return Err(StateError::IfnameInUse {
-                host: host_name,
-                netns,
-                ifname,
-                network: other.network.clone(),
-            });
-        }
-        let no_addresses = BTreeMap::new();
-        let used = self.addresses.get(&network_name).unwrap_or(&no_addresses);
-
-        // Where the address comes from: the host's lease (vxlan/nat) or the LAN range (macvlan).
-        let (new_lease, first, last, cursor, prefix_len, gateway, reserved) = match network.mode {
-            Mode::Vxlan | Mode::Nat => {
-                let (lease, new_lease) = match network.leases.get(&host_name) {
-                    Some(l) => (l.clone(), None),
-                    None => {
-                        let subnet = free_subnet(network).ok_or_else(|| StateError::SubnetPoolExhausted {
-                            network: network_name.clone(),
-                            host: host_name.clone(),
-                            host_prefix: network.host_prefix,
-                            capacity: ipam::subnet_count(network.cidr, network.host_prefix),
-                        })?;
-                        let l = Lease { subnet, cursor: None };
-                        (l.clone(), Some(l))
-                    }
-                };
-                let (first, last) = ipam::endpoint_range(lease.subnet)
-                    .ok_or_else(|| invalid("host prefix", lease.subnet, "no room for endpoints"))?;
-                let gw = ipam::subnet_gateway(lease.subnet);
-                (
-                    new_lease,
-                    first,
-                    last,
-                    lease.cursor,
-                    lease.subnet.prefix(),
-                    gw,
-                    vec![gw],
-                )
-            }
-            Mode::Macvlan => {
-                let m = network
-                    .macvlan
-                    .as_ref()
-                    .ok_or_else(|| invalid("network", &network_name, "macvlan options missing"))?;
-                if m.mode == MacvlanMode::Passthru
-                    && self
-                        .endpoints
-                        .values()
-                        .any(|e| e.network == network_name && e.host == host_name)
-                {
-                    return Err(StateError::PassthruTaken {
-                        network: network_name,
-                        host: host_name,
-                    });
-                }
-                let (first, last) = macvlan_range(network.cidr, m.ip_range);
-                (
-                    None,
-                    first,
-                    last,
-                    network.cursor,
-                    network.cidr.prefix(),
-                    m.gateway,
-                    vec![m.gateway],
-                )
-            }
-        };
-        let ip = match requested {
-            Some(ip) => {
-                let in_range = u32::from(ip) >= u32::from(first) && u32::from(ip) <= u32::from(last);
-                if !in_range || reserved.contains(&ip) {
-                    return Err(StateError::AddressNotAllowed {
-                        ip,
-                        network: network_name,
-                        host: host_name,
-                        reason: format!("allowed: {first} to {last}, except {gateway}"),
-                    });
-                }
-                if used.contains_key(&ip) {
-                    return Err(StateError::AddressInUse {
-                        ip,
-                        network: network_name,
-                    });
-                }
-                ip
-            }
-            None => ipam::next_free_ip(first, last, cursor, used, &reserved).ok_or_else(|| {
-                StateError::AddressPoolExhausted {
-                    network: network_name.clone(),
-                    range: format!("{first}-{last}"),
-                    capacity: ipam::range_len(first, last)
-                        - reserved.iter().filter(|g| (first..=last).contains(*g)).count() as u64,
-                }
-            })?,
-        };
-
-        // All checks passed: mutate.
-        // One default route per namespace: the first endpoint's, unless this one asks for it.
-        let holder = self
-            .namespace_endpoints(&host_name, &netns)
-            .into_iter()
-            .find(|id| self.endpoints.get(id).is_some_and(|e| e.default_route));
-        let default_route = wants_default || holder.is_none();
-        if wants_default && let Some(old) = holder {
-            self.set_default_route(old, false);
-        }
-        let network = self.networks.get_mut(&network_name).expect("checked above");
-        match network.mode {
-            Mode::Vxlan | Mode::Nat => {
-                let lease = network
-                    .leases
-                    .entry(host_name.clone())
-                    .or_insert_with(|| new_lease.expect("new lease computed when missing"));
-                lease.cursor = Some(ip);
-            }
-            Mode::Macvlan => network.cursor = Some(ip),
-        }
-        self.next_endpoint_id += 1;
-        let endpoint = Endpoint {
-            id: self.next_endpoint_id,
-            network: network_name.clone(),
-            host: host_name,
-            netns,
-            ifname,
-            ip,
-            prefix_len,
-            gateway,
-            mac: ipam::mac_from_ip(ip),
-            status: EndpointStatus::Pending,
-            created_ms: now_ms,
-            default_route,
-        };
-        self.addresses
-            .entry(network_name)
-            .or_default()
-            .insert(ip, endpoint.id);
-        self.by_key.insert(key, endpoint.id);
-        self.by_ifname.insert(
-            (
-                endpoint.host.clone(),
-                endpoint.netns.clone(),
-                endpoint.ifname.clone(),
-            ),
-            endpoint.id,
-        );
-        self.marks.log_endpoint(EndpointEvent {
-            revision: self.revision + 1,
-            network: endpoint.network.clone(),
-            host: endpoint.host.clone(),
-            id: endpoint.id,
-            added: true,
-        });
-        self.endpoints.insert(endpoint.id, endpoint.clone());
-        Ok(endpoint)
-    }
-
-    fn detach(&mut self, network: &str, host: &str, netns: &str) -> Result<Endpoint, StateError> {
-        let key = (network.to_string(), host.to_string(), netns.to_string());
-        let id = self.by_key.get(&key).copied().ok_or_else(|| {
-            if !self.networks.contains_key(network) {
-                StateError::UnknownNetwork(network.to_string())
-            } else {
-                StateError::UnknownEndpoint {
-                    network: key.0.clone(),
-                    host: key.1.clone(),
-                    netns: key.2.clone(),
-                }
-            }
-        })?;
-        self.forget_endpoint(id)
-            .ok_or_else(|| StateError::UnknownEndpoint {
-                network: network.to_string(),
-                host: host.to_string(),
-                netns: netns.to_string(),
-            })
-    }
-
-    fn forget_endpoint(&mut self, id: u64) -> Option<Endpoint> {
-        let ep = self.endpoints.remove(&id)?;
-        self.marks.log_endpoint(EndpointEvent {
-            revision: self.revision + 1,
-            network: ep.network.clone(),
-            host: ep.host.clone(),
-            id,
-            added: false,
-        });
-        if let Some(addrs) = self.addresses.get_mut(&ep.network) {
-            addrs.remove(&ep.ip);
-        }
-        self.by_key
-            .remove(&(ep.network.clone(), ep.host.clone(), ep.netns.clone()));
-        self.by_ifname
-            .remove(&(ep.host.clone(), ep.netns.clone(), ep.ifname.clone()));
-        if ep.default_route
-            && let Some(oldest) = self.namespace_endpoints(&ep.host, &ep.netns).into_iter().min()
-        {
-            // The namespace keeps a default route: the oldest remaining endpoint takes it over.
-            self.set_default_route(oldest, true);
-        }
-        Some(ep)
-    }
-
-    /// Ids of the endpoints in namespace `netns` of `host`, whatever their network.
-    fn namespace_endpoints(&self, host: &str, netns: &str) -> Vec<u64> {
-        let start = (host.to_string(), netns.to_string(), String::new());
-        self.by_ifname
-            .range(start..)
-            .take_while(|((h, n, _), _)| h == host && n == netns)
-            .map(|(_, id)| *id)
-            .collect()
-    }
-
-    /// Gives or takes away an existing endpoint's default route. Its record changes, so it is
-    /// logged as leaving and arriving again: Watch readers that patch their endpoint lists from
-    /// the log then pick up the new record (see [`ChangeMarks`]).
-    fn set_default_route(&mut self, id: u64, on: bool) {
-        let Some(ep) = self.endpoints.get_mut(&id) else {
-            return;
-        };
-        if ep.default_route == on {
-            return;
-        }
-        ep.default_route = on;
-        let (network, host) = (ep.network.clone(), ep.host.clone());
-        let revision = self.revision + 1;
-        for added in [false, true] {
-            self.marks.log_endpoint(EndpointEvent {
-                revision,
-                network: network.clone(),
-                host: host.clone(),
-                id,
-                added,
-            });
-        }
-        self.marks.endpoints.insert((network, host), revision);
-    }
-
-    /// An agent releases an endpoint of its own host that it reported gone.
-    fn release(&mut self, host: &str, id: u64) -> Result<Endpoint, StateError> {
-        let ep = self.endpoints.get(&id).ok_or(StateError::UnknownEndpointId(id))?;
-        if ep.host != host {
-            return Err(StateError::EndpointOfOtherHost {
-                id,
-                host: host.to_string(),
-                owner: ep.host.clone(),
-            });
-        }
-        let state = match &ep.status {
-            EndpointStatus::Gone(_) => None,
-            EndpointStatus::Pending => Some("pending"),
-            EndpointStatus::Ready => Some("ready"),
-            EndpointStatus::Failed(_) => Some("failed"),
-        };
-        if let Some(state) = state {
-            return Err(StateError::EndpointNotGone {
-                id,
-                state: state.to_string(),
-            });
-        }
-        self.forget_endpoint(id).ok_or(StateError::UnknownEndpointId(id))
-    }
-
-    fn report_endpoints(&mut self, host: &str, statuses: Vec<(u64, EndpointStatus)>) -> u32 {
-        let mut changed = 0;
-        for (id, status) in statuses {
-            // Reports about endpoints that are gone, or of another host, are stale: ignored.
-            if let Some(ep) = self.endpoints.get_mut(&id)
-                && ep.host == host
-                && ep.status != status
-            {
-                ep.status = status;
-                changed += 1;
-            }
-        }
-        changed
-    }
-
     // ------------------------------------------------------------------ queries
-
-    /// Endpoints of one network, in id order.
-    pub fn network_endpoints<'a>(&'a self, network: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        self.addresses
-            .get(network)
-            .into_iter()
-            .flat_map(|a| a.values())
-            .filter_map(|id| self.endpoints.get(id))
-    }
-
-    pub fn endpoint_by_key(&self, network: &str, host: &str, netns: &str) -> Option<&Endpoint> {
-        let id = self
-            .by_key
-            .get(&(network.to_string(), host.to_string(), netns.to_string()))?;
-        self.endpoints.get(id)
-    }
 
     /// How many host subnets (vxlan/nat) or addresses (macvlan) a network can hold.
     pub fn capacity(network: &Network) -> u64 {
@@ -1401,6 +992,9 @@ pub fn validate_ifname(what: &str, name: &str) -> Result<(), StateError> {
 pub fn validate_netns(netns: &str) -> Result<(), StateError> {
     overlay_proto::validate::netns(netns).map_err(|reason| invalid("namespace", netns, reason))
 }
+
+mod endpoints;
+pub use endpoints::{MAX_HOST_ENDPOINTS, check_names, request_key};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -27,7 +27,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
     for h in 0..4 {
         register(&all, &format!("h{h}"), &format!("192.0.2.{}", 21 + h)).await;
     }
-    create_network(&all, "load", "10.64.0.0/12", 22).await;
+    create_macvlan(&all, "load", "10.64.0.0/16", "10.64.0.0/18").await;
 
     // One client per replica; each request picks one pseudo-randomly.
     let per_replica: Arc<Vec<Controllers>> = Arc::new(
@@ -127,7 +127,8 @@ async fn state_survives_restarts() {
     single.wait_leader(1, ELECTION).await.expect("leader");
     let c = single.client().unwrap();
     let host = register(&c, "h1", "192.0.2.21").await;
-    create_network(&c, "blue", "10.1.0.0/16", 24).await;
+    create_network(&c, "leased", "10.2.0.0/16", 24).await;
+    create_macvlan(&c, "blue", "10.1.0.0/16", "10.1.0.0/18").await;
     let inspected = c
         .call(|ch| async move {
             OverlayClient::new(ch)
@@ -140,7 +141,7 @@ async fn state_survives_restarts() {
     assert_eq!(inspected.leases.len(), 1);
     let mut before = Vec::new();
     for i in 0..5 {
-        before.push(attach(&c, "blue", "h1", &format!("w{i}")).await.unwrap());
+        before.push(allocate(&c, "blue", "h1", &format!("w{i}")).await.unwrap());
     }
     single.kill(1).unwrap();
     single.start(1).unwrap();
@@ -156,7 +157,7 @@ async fn state_survives_restarts() {
         "VTEP MAC is stable across restarts"
     );
     assert_eq!(again.leases, inspected.leases, "lease kept across restarts");
-    let next = attach(&c, "blue", "h1", "w5").await.unwrap();
+    let next = allocate(&c, "blue", "h1", "w5").await.unwrap();
     assert!(
         before.iter().all(|e| e.address != next.address),
         "no address reused after restart"
@@ -166,8 +167,8 @@ async fn state_survives_restarts() {
     three.wait_leader(1, ELECTION).await.expect("leader");
     let c = three.client().unwrap();
     register(&c, "h1", "192.0.2.21").await;
-    create_network(&c, "blue", "10.1.0.0/16", 24).await;
-    let ep = attach(&c, "blue", "h1", "w0").await.unwrap();
+    create_macvlan(&c, "blue", "10.1.0.0/16", "10.1.0.0/18").await;
+    let ep = allocate(&c, "blue", "h1", "w0").await.unwrap();
     for id in 1..=3 {
         three.stop(id).unwrap();
     }
@@ -187,8 +188,8 @@ async fn lost_quorum_fails_fast_and_loses_nothing() {
     let leader = cluster.wait_leader(1, ELECTION).await.expect("leader");
     let c = cluster.client().unwrap();
     register(&c, "h1", "192.0.2.21").await;
-    create_network(&c, "blue", "10.1.0.0/16", 24).await;
-    let ep = attach(&c, "blue", "h1", "w0").await.unwrap();
+    create_macvlan(&c, "blue", "10.1.0.0/16", "10.1.0.0/18").await;
+    let ep = allocate(&c, "blue", "h1", "w0").await.unwrap();
 
     // Keep one follower; kill the leader and the other follower.
     let keep = (1..=3).find(|id| *id != leader).unwrap();
@@ -197,7 +198,7 @@ async fn lost_quorum_fails_fast_and_loses_nothing() {
     }
     let alone = cluster.client_of(keep).unwrap();
     let t = Instant::now();
-    let err = attach(&alone, "blue", "h1", "w1")
+    let err = allocate(&alone, "blue", "h1", "w1")
         .await
         .expect_err("write without quorum");
     let write_took = t.elapsed();
@@ -235,7 +236,7 @@ async fn lost_quorum_fails_fast_and_loses_nothing() {
     let eps = endpoints(&c).await.unwrap();
     assert!(eps.contains(&ep), "acknowledged endpoint kept");
     assert!(eps.len() <= 2, "at most the unacknowledged attempt was applied");
-    attach(&c, "blue", "h1", "w2").await.expect("writes work again");
+    allocate(&c, "blue", "h1", "w2").await.expect("writes work again");
 }
 
 /// The log does not grow forever: after thousands of writes a snapshot exists and the log was
@@ -247,11 +248,13 @@ async fn snapshots_compact_the_log() {
     cluster.wait_leader(1, ELECTION).await.expect("leader");
     let c = Arc::new(cluster.client().unwrap());
     register(&c, "h1", "192.0.2.21").await;
-    create_network(&c, "blue", "10.0.0.0/8", 16).await;
+    create_macvlan(&c, "blue", "10.0.0.0/16", "10.0.0.0/18").await;
     // One write at a time: concurrent writes would share log entries (the leader batches
     // them), and this test needs thousands of entries.
     for i in 0..WRITES {
-        attach(&c, "blue", "h1", &format!("w{i}")).await.expect("attach");
+        allocate(&c, "blue", "h1", &format!("w{i}"))
+            .await
+            .expect("attach");
     }
     let before = endpoints(&c).await.unwrap();
     let revision = status(&c).await.unwrap().revision;
@@ -351,15 +354,17 @@ async fn watch_streams_initial_state_then_each_change() {
     );
     assert!(net.endpoints.is_empty());
 
-    let ep = attach(&c, "blue", "h1", "w1").await.unwrap();
+    // h1's agent reports an endpoint (from its lease): h1's list shows it.
+    report(&c, "h1", "c1/eth0", "blue", "10.1.0.2").await;
     let (second, full) = next(&mut stream, &mut state).await;
     assert!(!full, "then deltas");
     assert!(second.revision > first.revision);
     assert_eq!(second.networks[0].endpoints.len(), 1);
-    assert_eq!(second.networks[0].endpoints[0].address, ep.address);
+    assert_eq!(second.networks[0].endpoints[0].address, "10.1.0.2/24");
+    assert_eq!(second.networks[0].endpoints[0].key, "c1/eth0");
 
     // Irrelevant to h1: an endpoint on h2. No message for it; the next one is h3 joining.
-    attach(&c, "blue", "h2", "w2").await.unwrap();
+    report(&c, "h2", "c2/eth0", "blue", "10.1.1.2").await;
     register(&c, "h3", "192.0.2.23").await;
     let (third, _) = next(&mut stream, &mut state).await;
     assert!(

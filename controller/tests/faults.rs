@@ -34,7 +34,7 @@ async fn leader_kill_loop_loses_nothing() {
     for h in 0..8 {
         register(&all, &format!("h{h}"), &format!("192.0.2.{}", 21 + h)).await;
     }
-    create_network(&all, "chaos", "10.64.0.0/12", 20).await;
+    create_macvlan(&all, "chaos", "10.64.0.0/16", "10.64.0.0/18").await;
 
     let per_replica: Arc<Vec<Controllers>> = Arc::new(
         cluster
@@ -177,7 +177,7 @@ async fn replica_without_its_disk_rejoins_through_a_snapshot() {
     cluster.wait_leader(1, ELECTION).await.expect("leader");
     let all = cluster.client().unwrap();
     register(&all, "h1", "192.0.2.21").await;
-    create_network(&all, "blue", "10.0.0.0/8", 16).await;
+    create_macvlan(&all, "blue", "10.0.0.0/16", "10.0.0.0/18").await;
 
     cluster.kill(1).unwrap();
     let deadline = Instant::now() + ELECTION;
@@ -190,7 +190,7 @@ async fn replica_without_its_disk_rejoins_through_a_snapshot() {
     // One write at a time, so that each is its own log entry and snapshots + purges happen.
     let survivors = client(&[cluster.addr(2), cluster.addr(3)]).unwrap();
     for i in 0..WRITES {
-        attach(&survivors, "blue", "h1", &format!("w{i}"))
+        allocate(&survivors, "blue", "h1", &format!("w{i}"))
             .await
             .expect("attach while replica 1 is gone");
     }
@@ -248,9 +248,11 @@ async fn damaged_store_is_detected_not_served() {
     cluster.wait_leader(1, ELECTION).await.expect("leader");
     let c = cluster.client().unwrap();
     register(&c, "h1", "192.0.2.21").await;
-    create_network(&c, "blue", "10.0.0.0/8", 16).await;
+    create_macvlan(&c, "blue", "10.0.0.0/16", "10.0.0.0/18").await;
     for i in 0..300 {
-        attach(&c, "blue", "h1", &format!("w{i}")).await.expect("attach");
+        allocate(&c, "blue", "h1", &format!("w{i}"))
+            .await
+            .expect("attach");
     }
     let reference = endpoints(&c).await.unwrap();
     cluster.stop(1).unwrap();

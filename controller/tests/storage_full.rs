@@ -118,7 +118,7 @@ fn load(
                 while !stop.load(Ordering::Relaxed) {
                     let netns = format!("w{w}-{i}");
                     let c = &clients[i % clients.len()];
-                    match attach(c, "full", &format!("h{}", i % 4), &netns).await {
+                    match allocate(c, "full", &format!("h{}", i % 4), &netns).await {
                         Ok(ep) => {
                             acked.insert(netns, ep.address);
                             i += 1;
@@ -164,11 +164,11 @@ async fn setup(cluster: &ControllerCluster) -> (Controllers, BTreeMap<String, St
     for h in 0..4 {
         register(&all, &format!("h{h}"), &format!("192.0.2.{}", 21 + h)).await;
     }
-    create_network(&all, "full", "10.64.0.0/12", 20).await;
+    create_macvlan(&all, "full", "10.64.0.0/16", "10.64.0.0/18").await;
     let mut acked = BTreeMap::new();
     for i in 0..BEFORE {
         let netns = format!("before-{i}");
-        let ep = attach(&all, "full", &format!("h{}", i % 4), &netns)
+        let ep = allocate(&all, "full", &format!("h{}", i % 4), &netns)
             .await
             .expect("attach before the disk fills");
         acked.insert(netns, ep.address);
@@ -256,7 +256,7 @@ async fn a_lone_replica_exits_on_enospc_and_restarts_with_its_log_intact() {
         acked.len()
     );
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
-    attach(&c, "full", "h0", "after-restart")
+    allocate(&c, "full", "h0", "after-restart")
         .await
         .expect("writes work again");
     let log = std::fs::read_to_string(cluster.replicas[0].log_path()).unwrap_or_default();

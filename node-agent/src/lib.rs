@@ -8,13 +8,17 @@
 //! [`reconcile`] (one convergence pass), [`events`] (kernel notifications that trigger repairs),
 //! [`session`] (the controller connection and the reconcile loop).
 
+pub mod attachments;
 pub mod audit;
+pub mod book;
 pub mod dns;
 pub mod endpoint;
 pub mod events;
 pub mod firewall;
 pub mod identity;
 pub mod kernel;
+pub mod local_api;
+pub mod local_socket;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
@@ -24,3 +28,5 @@ pub mod probe;
 pub mod reconcile;
 pub mod session;
 pub mod spec;
+pub mod store;
+pub mod sync;

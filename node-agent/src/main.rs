@@ -40,6 +40,10 @@ struct Args {
     /// 2m, 500ms, or plain seconds.
     #[arg(long, env = "OVERLAY_GONE_ENDPOINT_GRACE", default_value = "30s", value_parser = parse_duration)]
     gone_endpoint_grace: Duration,
+    /// The host-local endpoint API's unix socket (root only), for the CNI plugin, the Docker
+    /// plugin and a local overlayctl; "" serves none.
+    #[arg(long, env = "OVERLAY_LOCAL_SOCKET", default_value = overlay_proto::local_socket::DEFAULT_SOCKET)]
+    local_socket: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -110,6 +114,7 @@ async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Resu
         metrics_listen: args.metrics_listen,
         tls,
         gone_endpoint_grace: args.gone_endpoint_grace,
+        local_socket: (!args.local_socket.as_os_str().is_empty()).then_some(args.local_socket),
     };
     run(config, shutdown_signal()).await?;
     Ok(())

@@ -59,6 +59,8 @@ pub struct ObjectCounts {
 #[derive(Clone, Debug, Default)]
 pub struct PassReport {
     pub revision: u64,
+    /// The [`HostSpec::generation`] the pass converged to.
+    pub generation: u64,
     /// Every change, whatever its kind.
     pub changes: usize,
     pub objects: ObjectCounts,
@@ -225,6 +227,7 @@ impl Reconciler {
         let started = Instant::now();
         let mut report = PassReport {
             revision: spec.revision,
+            generation: spec.generation,
             ..Default::default()
         };
 

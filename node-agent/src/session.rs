@@ -10,7 +10,7 @@
 //! enough). An agent whose host record stops matching it (its underlay address changed
 //! behind its back) registers again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,11 +24,12 @@ use overlay_proto::v1::agent_client::AgentClient;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::attachments::{Attachments, ControllerLink};
 use crate::events::{self, Changes, EventsOptions, KernelEvents};
 use crate::firewall;
 use crate::metrics::AgentMetrics;
 use crate::netlink::Netlink;
-use crate::reconcile::{EndpointStatuses, PassReport, Reconciler, Underlay};
+use crate::reconcile::{PassReport, Reconciler, Underlay};
 use crate::spec::HostSpec;
 
 pub struct AgentConfig {
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     /// How long an endpoint whose namespace is gone keeps its address before the agent
     /// releases it.
     pub gone_endpoint_grace: Duration,
+    /// Where to serve the host-local endpoint API (`None`: not at all).
+    pub local_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,10 @@ pub enum AgentError {
     Metrics(String),
     #[error("invalid host name {0:?}: {1}")]
     HostName(String, String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    LocalSocket(#[from] crate::local_socket::SocketError),
     #[error("state directory {0}: {1}")]
     StateDir(String, std::io::Error),
     #[error(transparent)]
@@ -192,6 +199,33 @@ pub async fn run(
     let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir))
         .with_gone_grace(config.gone_endpoint_grace)
         .with_control_plane(crate::firewall::addresses_in(&config.controllers));
+    // This host's endpoints: its own durable book, the authority for them.
+    let book = crate::book::Book::open(&config.state_dir)?;
+    if book.needs_import() {
+        tracing::info!(
+            "new endpoint store: it is filled from the controller's records before any address is handed out"
+        );
+    }
+    let attachments = Attachments::new(
+        book,
+        underlay.ip,
+        spec_tx.clone(),
+        report_rx.clone(),
+        ControllerLink {
+            controllers: controllers.clone(),
+            host: config.host_name.clone(),
+            instance: instance.clone(),
+        },
+    );
+    let local = match &config.local_socket {
+        Some(path) => {
+            let socket = crate::local_socket::LocalSocket::bind(path).await?;
+            tracing::info!(socket = %path.display(), "local endpoint API listening");
+            Some(tokio::spawn(crate::local_api::serve(socket, attachments.clone())))
+        }
+        None => None,
+    };
+    let (sessions_tx, sessions_rx) = watch::channel(0u64);
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
@@ -206,10 +240,13 @@ pub async fn run(
                 metrics: metrics.clone(),
             },
         )),
-        tokio::spawn(release_loop(
+        tokio::spawn(expire_loop(attachments.clone(), report_rx.clone())),
+        tokio::spawn(crate::sync::sync_loop(
+            attachments.clone(),
             controllers.clone(),
-            config.clone(),
+            config.host_name.clone(),
             instance.clone(),
+            sessions_rx,
             report_rx.clone(),
         )),
         tokio::spawn(report_loop(
@@ -219,7 +256,11 @@ pub async fn run(
             report_rx,
             drift_rx,
         )),
-        tokio::spawn(offline_start(config.clone(), underlay.ip, spec_tx.clone())),
+        tokio::spawn(offline_start(
+            config.clone(),
+            attachments.clone(),
+            spec_tx.clone(),
+        )),
     ];
     let session = session_loop(
         controllers,
@@ -227,8 +268,9 @@ pub async fn run(
             config,
             instance,
             underlay,
+            attachments,
+            sessions: sessions_tx,
         },
-        spec_tx,
         applied,
         metrics,
     );
@@ -239,10 +281,24 @@ pub async fn run(
             tracing::info!("shutting down; the datapath stays as it is");
         }
     }
-    for t in tasks {
+    for t in tasks.into_iter().chain(local) {
         t.abort();
     }
     Ok(())
+}
+
+/// Releases the endpoints whose namespace has been gone for the grace period, as the passes
+/// list them (`PassReport::expired`): the book forgets them, the next pass removes their
+/// devices and the controller hears of it with the next report.
+async fn expire_loop(attachments: Arc<Attachments>, mut report_rx: watch::Receiver<Option<Arc<PassReport>>>) {
+    while report_rx.changed().await.is_ok() {
+        let expired = report_rx
+            .borrow_and_update()
+            .as_ref()
+            .map(|r| r.expired.clone())
+            .unwrap_or_default();
+        attachments.expire(&expired);
+    }
 }
 
 /// Who this agent is: its host name and settings, its instance id and its underlay.
@@ -250,6 +306,10 @@ struct Identity {
     config: Arc<AgentConfig>,
     instance: Arc<str>,
     underlay: Underlay,
+    /// Where desired states go (with this host's endpoints, they become the spec).
+    attachments: Arc<Attachments>,
+    /// Bumped at every registration: the endpoint report after it is a full one.
+    sessions: watch::Sender<u64>,
 }
 
 /// Longest pause between attempts while another agent holds the host name.
@@ -259,7 +319,6 @@ const CLAIM_RETRY_MAX: Duration = Duration::from_secs(10);
 async fn session_loop(
     controllers: Arc<Controllers>,
     me: Identity,
-    spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
     applied: Arc<AtomicU64>,
     metrics: Arc<AgentMetrics>,
 ) {
@@ -267,7 +326,7 @@ async fn session_loop(
     let mut backoff = FIRST_RETRY;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = session(&controllers, &me, &spec_tx, &applied, &metrics).await;
+        let outcome = session(&controllers, &me, &applied, &metrics).await;
         metrics.set_connected(false);
         let mut most = Duration::from_secs(5);
         match outcome {
@@ -301,7 +360,6 @@ async fn session_loop(
 async fn session(
     controllers: &Arc<Controllers>,
     me: &Identity,
-    spec_tx: &watch::Sender<Option<Arc<HostSpec>>>,
     applied: &AtomicU64,
     metrics: &AgentMetrics,
 ) -> Result<(), tonic::Status> {
@@ -324,6 +382,7 @@ async fn session(
         vtep_mac = host.host.as_ref().map(|h| h.vtep_mac.as_str()).unwrap_or(""),
         "registered"
     );
+    me.sessions.send_modify(|n| *n += 1);
     let watch_req = pb::WatchRequest {
         host_name: config.host_name.clone(),
         instance_id: me.instance.to_string(),
@@ -366,11 +425,12 @@ async fn session(
                         config.host_name, desired.underlay_ip, underlay.ip
                     )));
                 }
-                let spec = HostSpec::from_proto(&desired, underlay.ip);
-                tracing::debug!(revision = spec.revision, full, networks = spec.networks.len(), "desired state received");
-                metrics.set_desired(spec.revision);
+                tracing::debug!(revision = desired.revision, full, networks = desired.networks.len(), "desired state received");
+                metrics.set_desired(desired.revision);
                 persist(&config.state_dir, &desired);
-                spec_tx.send_replace(Some(Arc::new(spec)));
+                for (network, request) in me.attachments.set_desired(desired.clone(), true) {
+                    tokio::spawn(me.attachments.clone().carry_out(network, request));
+                }
             }
             _ = heartbeat.tick() => {
                 let req = pb::HeartbeatRequest {
@@ -406,7 +466,7 @@ fn persist(state_dir: &std::path::Path, desired: &pb::HostDesiredState) {
 /// desired state.
 async fn offline_start(
     config: Arc<AgentConfig>,
-    underlay_ip: Ipv4Addr,
+    attachments: Arc<Attachments>,
     spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
 ) {
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -422,14 +482,10 @@ async fn offline_start(
                 revision = desired.revision,
                 "no controller reachable; using the persisted desired state"
             );
-            spec_tx.send_if_modified(|slot| {
-                if slot.is_none() {
-                    *slot = Some(Arc::new(HostSpec::from_proto(&desired, underlay_ip)));
-                    true
-                } else {
-                    false
-                }
-            });
+            // Programmed, not followed: the copy may be older than what this host reported.
+            if spec_tx.borrow().is_none() {
+                attachments.set_desired(desired, false);
+            }
         }
         Ok(_) => tracing::warn!("persisted desired state is for another host; ignored"),
         Err(e) => tracing::warn!(error = %e, "persisted desired state unreadable; ignored"),
@@ -867,7 +923,7 @@ async fn report_loop(
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
     mut drift_rx: watch::Receiver<Drift>,
 ) {
-    type Sent = (u64, EndpointStatuses, BTreeMap<u64, String>, Vec<String>);
+    type Sent = (u64, Vec<String>);
     let mut last_sent: Option<Sent> = None;
     let mut retry = false;
     let mut refused = false;
@@ -892,31 +948,15 @@ async fn report_loop(
             continue;
         };
         let drift = drift_rx.borrow_and_update().clone();
-        let current = (
-            report.revision,
-            report.endpoints.clone(),
-            report.gone.clone(),
-            drift.items.clone(),
-        );
+        let current = (report.revision, drift.items.clone());
         if last_sent.as_ref() == Some(&current) {
             continue;
         }
         let req = pb::ReportStatusRequest {
             host_name: config.host_name.clone(),
             applied_revision: report.revision,
-            endpoints: report
-                .endpoints
-                .iter()
-                .map(|(id, r)| pb::EndpointStatus {
-                    id: *id,
-                    report: match r {
-                        Ok(()) => pb::EndpointReport::Ready as i32,
-                        Err(_) if report.gone.contains_key(id) => pb::EndpointReport::Gone as i32,
-                        Err(_) => pb::EndpointReport::Failed as i32,
-                    },
-                    message: r.as_ref().err().cloned().unwrap_or_default(),
-                })
-                .collect(),
+            // Endpoints are reported by the sync loop.
+            endpoints: Vec::new(),
             drift: drift.items,
             audited_ms: drift.found_ms,
             instance_id: instance.to_string(),
@@ -932,59 +972,6 @@ async fn report_loop(
         match sent {
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
-        }
-    }
-}
-
-/// Releases the endpoints whose namespace has been gone for longer than the grace period, as
-/// the passes list them: the controller frees their addresses (the Agent `ReleaseEndpoint`
-/// call, which only this host may make for its endpoints). A failed release is tried again
-/// with the next pass that still lists the endpoint.
-async fn release_loop(
-    controllers: Arc<Controllers>,
-    config: Arc<AgentConfig>,
-    instance: Arc<str>,
-    mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
-) {
-    // Released, as far as this agent knows, until the desired state drops them.
-    let mut released: BTreeSet<u64> = BTreeSet::new();
-    while report_rx.changed().await.is_ok() {
-        let Some(report) = report_rx.borrow_and_update().clone() else {
-            continue;
-        };
-        released.retain(|id| report.endpoints.contains_key(id));
-        let due: Vec<u64> = report
-            .expired
-            .iter()
-            .copied()
-            .filter(|id| !released.contains(id))
-            .collect();
-        for id in due {
-            let req = pb::ReleaseEndpointRequest {
-                host_name: config.host_name.clone(),
-                id,
-                instance_id: instance.to_string(),
-            };
-            let sent = controllers
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { AgentClient::new(ch).release_endpoint(req).await }
-                })
-                .await;
-            match sent {
-                Ok(resp) => {
-                    let ep = resp.into_inner().endpoint.unwrap_or_default();
-                    tracing::info!(id, netns = %ep.netns, address = %ep.address, "gone endpoint released");
-                    released.insert(id);
-                }
-                // Detached meanwhile, or released by an earlier attempt whose answer was lost.
-                Err(status) if status.code() == tonic::Code::NotFound => {
-                    released.insert(id);
-                }
-                Err(status) => {
-                    tracing::warn!(id, error = %status.message(), "cannot release gone endpoint; will retry")
-                }
-            }
         }
     }
 }

@@ -184,7 +184,7 @@ pub struct EndpointSpec {
     /// not hold its namespace's default route.
     pub cidr: Ipv4Network,
     /// This endpoint's gateway is its namespace's default route (one per namespace, decided
-    /// by the controller).
+    /// by this agent's book).
     pub default_route: bool,
 }
 
@@ -206,6 +206,9 @@ pub struct NetworkSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostSpec {
     pub revision: u64,
+    /// Bumped by every new spec the agent builds (a new desired state, or a change of its own
+    /// endpoints): a pass report says which spec it converged to.
+    pub generation: u64,
     pub host_name: String,
     pub networks: Vec<NetworkSpec>,
     /// Parts of the desired state that could not be used: (what, why).
@@ -425,6 +428,7 @@ mod tests {
                     gateway: "10.1.0.1".into(),
                     host_ifname: "ovv-1a".into(),
                     default_route: Some(true),
+                    ..Default::default()
                 }],
             }],
         }

@@ -46,6 +46,7 @@ fn desired(workload_ns: &str, peers: &[(&str, &str, &str, &str)]) -> pb::HostDes
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-7".into(),
                 default_route: Some(true),
+                ..Default::default()
             }],
             ..Default::default()
         }],

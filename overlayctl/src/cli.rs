@@ -253,7 +253,7 @@ pub enum EndpointCmd {
         /// Seconds to wait for the host's agent to wire the endpoint.
         #[arg(long, default_value_t = 15)]
         wait: u32,
-        /// Only allocate; do not wait for the agent.
+        /// Only record the request; do not wait for the host's agent to carry it out.
         #[arg(long)]
         no_wait: bool,
         /// Make this network the namespace's default route (taken from the endpoint that has
@@ -261,6 +261,9 @@ pub enum EndpointCmd {
         /// one is routed by its CIDR.
         #[arg(long)]
         default_route: bool,
+        /// A name the endpoint answers to in the network's DNS (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
     },
     /// Detach a namespace from a network; its address is released.
     Detach {

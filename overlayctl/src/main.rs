@@ -256,6 +256,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
             wait,
             no_wait,
             default_route,
+            names,
         }) => {
             let req = pb::AttachEndpointRequest {
                 network,
@@ -266,6 +267,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
                 wait_ms: wait.saturating_mul(1000),
                 no_wait,
                 default_route,
+                names,
             };
             let resp = call(&controllers, |mut c| {
                 let mut request = tonic::Request::new(req.clone());

@@ -458,6 +458,7 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
         "mac": e.mac, "gateway": e.gateway, "state": ep_state(e),
         "message": (!e.message.is_empty()).then_some(&e.message),
         "default_route": e.default_route,
+        "key": e.key, "owner": e.owner, "names": e.names,
     })
 }
 
@@ -503,7 +504,16 @@ pub fn endpoint_attached(out: &mut Out, e: &pb::Endpoint) -> io::Result<()> {
     if out.json() {
         return out.print_json(&endpoint_json(e));
     }
-    writeln!(out, "{}", e.address.split('/').next().unwrap_or_default())?;
+    if e.address.is_empty() {
+        // --no-wait: recorded for the host's agent, which picks the address from its lease.
+        writeln!(
+            out,
+            "requested: host {}'s agent attaches {} to {} and picks the address",
+            e.host, e.netns, e.network
+        )?;
+    } else {
+        writeln!(out, "{}", e.address.split('/').next().unwrap_or_default())?;
+    }
     Ok(())
 }
 
@@ -512,11 +522,19 @@ pub fn endpoint_detached(out: &mut Out, r: &pb::DetachEndpointResponse) -> io::R
     if out.json() {
         return out.print_json(&endpoint_json(e));
     }
-    writeln!(
-        out,
-        "detached {} from {} on {} (released {})",
-        e.netns, e.network, e.host, e.address
-    )?;
+    if e.address.is_empty() {
+        writeln!(
+            out,
+            "withdrew the request for {} on {} in {}",
+            e.netns, e.host, e.network
+        )?;
+    } else {
+        writeln!(
+            out,
+            "detached {} from {} on {} (released {})",
+            e.netns, e.network, e.host, e.address
+        )?;
+    }
     Ok(())
 }
 

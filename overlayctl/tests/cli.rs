@@ -312,8 +312,9 @@ async fn every_command_in_both_formats_and_every_error() {
     assert!(ctl.ok(&["host", "inspect", "h1"]).contains("vtep mac:"));
     ctl.fails(&["host", "inspect", "h9"], "unknown host \"h9\"");
 
-    // endpoints (allocation only: no agent runs in this test)
-    let ip = ctl.ok(&[
+    // endpoints: no agent runs in this test, so an attach stays a request for the host's
+    // agent (it picks the address from its lease); the agents' reports are sent by hand.
+    let out = ctl.ok(&[
         "endpoint",
         "attach",
         "blue",
@@ -323,7 +324,10 @@ async fn every_command_in_both_formats_and_every_error() {
         "w1",
         "--no-wait",
     ]);
-    assert_eq!(ip.trim(), "10.1.0.2");
+    assert!(
+        out.contains("requested: host h1's agent attaches w1 to blue"),
+        "{out}"
+    );
     let ep = ctl.json(&[
         "endpoint",
         "attach",
@@ -335,22 +339,11 @@ async fn every_command_in_both_formats_and_every_error() {
         "--no-wait",
     ]);
     assert_eq!(
-        (ep["ip"].as_str(), ep["state"].as_str()),
-        (Some("10.1.1.2"), Some("pending"))
+        (ep["ip"].as_str(), ep["state"].as_str(), ep["owner"].as_str()),
+        (Some(""), Some("requested"), Some("overlayctl"))
     );
-    let ip = ctl.ok(&[
-        "endpoint",
-        "attach",
-        "blue",
-        "--host",
-        "h1",
-        "--netns",
-        "w3",
-        "--ip",
-        "10.1.0.77",
-        "--no-wait",
-    ]);
-    assert_eq!(ip.trim(), "10.1.0.77");
+    let c = overlay_lab::controllers::client(&cluster.addrs()).unwrap();
+    overlay_lab::api::report(&c, "h1", "c3/eth0", "blue", "10.1.0.77").await;
     ctl.fails(
         &[
             "endpoint",
@@ -365,6 +358,21 @@ async fn every_command_in_both_formats_and_every_error() {
             "--no-wait",
         ],
         "already used",
+    );
+    ctl.fails(
+        &[
+            "endpoint",
+            "attach",
+            "blue",
+            "--host",
+            "h1",
+            "--netns",
+            "w4",
+            "--ip",
+            "10.1.1.5",
+            "--no-wait",
+        ],
+        "is not available",
     );
     ctl.fails(
         &[
@@ -434,7 +442,15 @@ async fn every_command_in_both_formats_and_every_error() {
         "malformed IPv4",
     );
     let table = ctl.ok(&["endpoint", "ls"]);
-    assert_eq!(table.lines().count(), 4, "header + 3 endpoints: {table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "header + 2 requests + 1 endpoint: {table}"
+    );
+    assert!(
+        table.contains("10.1.0.77/24") && table.contains("requested"),
+        "{table}"
+    );
     assert_eq!(
         ctl.json(&["endpoint", "ls", "--network", "blue", "--host", "h1"])
             .as_array()
@@ -444,7 +460,7 @@ async fn every_command_in_both_formats_and_every_error() {
     );
     ctl.fails(&["endpoint", "ls", "--network", "nope"], "unknown network");
 
-    // exhausted pool: a /30 per host holds one endpoint
+    // A host left without a lease (the pool is exhausted) cannot be asked for an endpoint.
     ctl.ok(&[
         "network",
         "create",
@@ -456,29 +472,6 @@ async fn every_command_in_both_formats_and_every_error() {
         "--host-prefix",
         "30",
     ]);
-    ctl.ok(&[
-        "endpoint",
-        "attach",
-        "tiny",
-        "--host",
-        "h1",
-        "--netns",
-        "t1",
-        "--no-wait",
-    ]);
-    ctl.fails(
-        &[
-            "endpoint",
-            "attach",
-            "tiny",
-            "--host",
-            "h1",
-            "--netns",
-            "t2",
-            "--no-wait",
-        ],
-        "no free address",
-    );
     register(&cluster.addrs(), "h3", "192.0.2.23").await;
     ctl.fails(
         &[
@@ -495,12 +488,40 @@ async fn every_command_in_both_formats_and_every_error() {
     );
 
     // detach and removal
-    let out = ctl.ok(&["endpoint", "detach", "blue", "--host", "h1", "--netns", "w3"]);
+    let out = ctl.ok(&[
+        "endpoint",
+        "detach",
+        "blue",
+        "--host",
+        "h1",
+        "--netns",
+        "/run/netns/c3-eth0",
+    ]);
     assert!(out.contains("released 10.1.0.77/24"), "{out}");
     ctl.fails(
-        &["endpoint", "detach", "blue", "--host", "h1", "--netns", "w3"],
+        &[
+            "endpoint",
+            "detach",
+            "blue",
+            "--host",
+            "h1",
+            "--netns",
+            "/run/netns/c3-eth0",
+        ],
         "no endpoint",
     );
+    let out = ctl.ok(&["endpoint", "detach", "blue", "--host", "h1", "--netns", "w1"]);
+    assert!(out.contains("withdrew the request for w1"), "{out}");
+    ctl.ok(&[
+        "endpoint",
+        "attach",
+        "blue",
+        "--host",
+        "h1",
+        "--netns",
+        "w7",
+        "--no-wait",
+    ]);
     ctl.fails(&["network", "rm", "blue"], "still has 2 endpoint(s)");
     let out = ctl.json(&["network", "rm", "blue", "--force"]);
     assert_eq!(out["removed_endpoints"], 2);

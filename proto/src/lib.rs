@@ -20,6 +20,7 @@ pub mod local {
 pub mod connect;
 pub mod error_line;
 pub mod instance;
+pub mod ipam;
 pub mod limits;
 pub mod local_socket;
 pub mod mac;

@@ -35,6 +35,7 @@ impl EndpointState {
             EndpointState::Ready => "ready",
             EndpointState::Failed => "failed",
             EndpointState::Gone => "gone",
+            EndpointState::Requested => "requested",
             EndpointState::Unspecified => "unspecified",
         }
     }

@@ -63,6 +63,96 @@ pub async fn create_network(c: &Controllers, name: &str, subnet: &str, host_pref
     .into_inner()
 }
 
+/// A macvlan network on `cidr` whose shared range is `range`: the one kind of network whose
+/// endpoint addresses the controller allocates (see [`allocate`]).
+pub async fn create_macvlan(c: &Controllers, name: &str, cidr: &str, range: &str) -> pb::Network {
+    let gateway = cidr
+        .split('/')
+        .next()
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        .map(|ip| std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
+        .unwrap_or_default();
+    let req = pb::CreateNetworkRequest {
+        name: name.into(),
+        mode: pb::NetworkMode::Macvlan as i32,
+        subnet: cidr.into(),
+        macvlan: Some(pb::MacvlanOptions {
+            parent: "eth0".into(),
+            gateway,
+            ip_range: range.into(),
+            mode: "bridge".into(),
+        }),
+        ..Default::default()
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { OverlayClient::new(ch).create_network(req).await }
+    })
+    .await
+    .expect("create macvlan network")
+    .into_inner()
+}
+
+/// A macvlan address for `host`'s endpoint `key`, as its agent asks for one: allocated in the
+/// replicated state machine, the same again for the same key.
+pub async fn allocate(
+    c: &Controllers,
+    network: &str,
+    host: &str,
+    key: &str,
+) -> Result<pb::Endpoint, tonic::Status> {
+    let req = pb::AllocateAddressRequest {
+        host_name: host.into(),
+        network: network.into(),
+        key: key.into(),
+        netns: key.into(),
+        ifname: "eth0".into(),
+        owner: "cni".into(),
+        ..Default::default()
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { AgentClient::new(ch).allocate_address(req).await }
+    })
+    .await
+    .map(|r| r.into_inner().endpoint.unwrap_or_default())
+}
+
+/// `host`'s agent reports that it holds endpoint `key` at `ip` in `network` (inside its lease).
+pub async fn report(
+    c: &Controllers,
+    host: &str,
+    key: &str,
+    network: &str,
+    ip: &str,
+) -> pb::SyncEndpointsResponse {
+    let req = pb::SyncEndpointsRequest {
+        host_name: host.into(),
+        endpoints: vec![pb::HostEndpoint {
+            key: key.into(),
+            host_id: 1,
+            network: network.into(),
+            netns: format!("/run/netns/{}", key.replace('/', "-")),
+            ifname: "eth0".into(),
+            ip: ip.into(),
+            default_route: true,
+            owner: "cni".into(),
+            report: pb::EndpointReport::Ready as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    c.call(|ch| {
+        let req = req.clone();
+        async move { AgentClient::new(ch).sync_endpoints(req).await }
+    })
+    .await
+    .expect("report endpoints")
+    .into_inner()
+}
+
+/// `overlayctl endpoint attach --no-wait`: the request is recorded (the host's agent carries it
+/// out, with an address from its lease), without waiting for the agent.
 pub async fn attach(
     c: &Controllers,
     network: &str,
@@ -127,8 +217,8 @@ pub struct Allocations {
     pub retried: usize,
 }
 
-/// The load of the failover tests: `total` endpoints (namespace `{prefix}{i}` on host
-/// `h{i % hosts}` of `network`) attached from `workers` concurrent clients.
+/// The load of the failover tests: `total` macvlan addresses (key `{prefix}{i}` on host
+/// `h{i % hosts}` of macvlan `network`) allocated from `workers` concurrent clients.
 #[derive(Clone, Debug)]
 pub struct AllocationLoad {
     pub network: &'static str,
@@ -141,9 +231,8 @@ pub struct AllocationLoad {
 }
 
 /// Runs `load`, each request sent to a pseudo-random replica of `per_replica` and retried while
-/// faults are injected. An `AlreadyExists` after a lost answer means applied but never
-/// acknowledged, so it is not counted as acked. `done` counts finished endpoints, for a fault
-/// injector to pace itself on.
+/// faults are injected (an allocation is idempotent per key: a retry after a lost answer gets
+/// the same address). `done` counts finished endpoints, for a fault injector to pace itself on.
 pub async fn allocate_under_faults(
     per_replica: std::sync::Arc<Vec<Controllers>>,
     load: AllocationLoad,
@@ -173,12 +262,11 @@ pub async fn allocate_under_faults(
                         seed ^= seed >> 7;
                         seed ^= seed << 17;
                         let c = &per_replica[(seed % per_replica.len() as u64) as usize];
-                        match attach(c, network, &host, &netns).await {
+                        match allocate(c, network, &host, &netns).await {
                             Ok(ep) => {
                                 out.acked.insert(netns.clone(), ep.address);
                                 break;
                             }
-                            Err(s) if s.code() == tonic::Code::AlreadyExists => break,
                             Err(s) => {
                                 attempts += 1;
                                 out.retried += 1;

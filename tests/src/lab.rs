@@ -47,6 +47,9 @@ pub struct SimHost {
     pub ns: String,
     pub ip: Ipv4Addr,
     agent: Option<Daemon>,
+    /// A mount namespace of its own ([`Lab::give_mount_namespace`]): the agent (and a container
+    /// engine) run inside it. Dropped after the agent.
+    pub mount_ns: Option<crate::mountns::MountNs>,
     log: PathBuf,
     state_dir: PathBuf,
 }
@@ -185,6 +188,7 @@ impl Lab {
             ns,
             ip,
             agent: None,
+            mount_ns: None,
         })
     }
 
@@ -250,26 +254,35 @@ impl Lab {
         if h.agent_running() {
             return Ok(());
         }
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns])
-            .arg(&bin)
-            .args([
-                "--controller",
-                &controllers,
-                "--host-name",
-                &h.name,
-                "--underlay-iface",
-                "eth0",
-            ])
-            .arg("--state-dir")
-            .arg(&h.state_dir)
-            .args(["--resync-secs", &resync])
-            .env(
-                "RUST_LOG",
-                std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .envs(tls_env)
-            .envs(env.iter().copied());
+        let mut cmd = match &h.mount_ns {
+            Some(m) => m.command(&bin.display().to_string(), &[]),
+            None => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &h.ns]).arg(&bin);
+                cmd
+            }
+        };
+        cmd.args([
+            "--controller",
+            &controllers,
+            "--host-name",
+            &h.name,
+            "--underlay-iface",
+            "eth0",
+        ])
+        .arg("--state-dir")
+        .arg(&h.state_dir)
+        // Every simulated host shares the root mount namespace: each agent gets a socket
+        // of its own (DESIGN's default, /run/overlay/agent.sock, is for one per machine).
+        .arg("--local-socket")
+        .arg(h.state_dir.join("agent.sock"))
+        .args(["--resync-secs", &resync])
+        .env(
+            "RUST_LOG",
+            std::env::var("OVERLAY_LAB_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .envs(tls_env)
+        .envs(env.iter().copied());
         h.agent = Some(Daemon::spawn(&format!("agent-{}", h.name), cmd, &h.log)?);
         Ok(())
     }
@@ -293,6 +306,8 @@ impl Lab {
             .args(["--underlay-iface", "eth0"])
             .arg("--state-dir")
             .arg(self.dir.path().join(&tag))
+            .arg("--local-socket")
+            .arg(self.dir.path().join(&tag).join("agent.sock"))
             .args(["--resync-secs", &self.resync_secs.to_string()])
             .env(
                 "RUST_LOG",
@@ -336,6 +351,22 @@ impl Lab {
     /// Process id of the agent of `host`, while one runs (`ip netns exec` execs it in place).
     pub fn agent_pid(&self, host: usize) -> Option<u32> {
         self.hosts[host].agent.as_ref().map(Daemon::pid)
+    }
+
+    /// Gives `host` a mount namespace of its own (DESIGN.md's recipe for container engines):
+    /// its agent, started afterwards, runs inside it, and so must the engine.
+    pub fn give_mount_namespace(&mut self, host: usize) -> Result<&crate::mountns::MountNs> {
+        let log = self
+            .dir
+            .path()
+            .join(format!("mountns-{}.log", self.hosts[host].name));
+        let m = crate::mountns::MountNs::new(&self.hosts[host].ns, &log)?;
+        Ok(self.hosts[host].mount_ns.insert(m))
+    }
+
+    /// Where the agent of `host` serves its local endpoint API.
+    pub fn local_socket(&self, host: usize) -> PathBuf {
+        self.hosts[host].state_dir.join("agent.sock")
     }
 
     pub fn agent_log_path(&self, host: usize) -> &std::path::Path {

@@ -10,14 +10,17 @@
 
 pub mod api;
 pub mod bins;
+pub mod cni;
 pub mod controllers;
 pub mod dns;
 pub mod fuzz;
 pub mod interrupt;
 pub mod lab;
+pub mod mountns;
 pub mod netns;
 pub mod pki;
 pub mod plaintext;
+pub mod podman;
 pub mod prereq;
 pub mod process;
 pub mod tcp;

@@ -592,11 +592,12 @@ fn a_namespace_on_two_networks_keeps_one_default_route() {
     let _ = exec_any(&c, "true", &[]);
 }
 
-/// The Agent ReleaseEndpoint call is new and reachable by every agent certificate: only the
-/// endpoint's own host may release it, only once it reported it gone; every other attempt is
-/// refused and changes nothing. (Mutual TLS, one replica on loopback, no agents needed.)
+/// The Agent SyncEndpoints and AllocateAddress calls are reachable by every agent
+/// certificate: a host reports, and removes, only its own endpoints, inside its own lease;
+/// every other attempt is refused and changes nothing. (Mutual TLS, one replica on loopback,
+/// no agents needed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_its_own_host_releases_a_gone_endpoint() {
+async fn only_its_own_host_reports_and_releases_its_endpoints() {
     use overlay_lab::controllers::{ControllerCluster, client, free_port};
     use overlay_lab::pki::{CertFiles, Pki};
     use overlay_proto::connect::Controllers;
@@ -646,51 +647,62 @@ async fn only_its_own_host_releases_a_gone_endpoint() {
         })
         .await
         .expect("create network");
-    let ep = overlay_lab::api::attach(&admin_c, "blue", "h1", "w1")
-        .await
-        .expect("attach");
-
-    async fn release(
+    async fn sync(
         c: &Controllers,
         host: &str,
-        id: u64,
-    ) -> Result<pb::ReleaseEndpointResponse, tonic::Status> {
-        let req = pb::ReleaseEndpointRequest {
+        full: bool,
+        endpoints: Vec<pb::HostEndpoint>,
+        removed: &[&str],
+    ) -> Result<pb::SyncEndpointsResponse, tonic::Status> {
+        let req = pb::SyncEndpointsRequest {
             host_name: host.into(),
-            id,
+            full,
+            endpoints,
+            removed: removed.iter().map(|k| k.to_string()).collect(),
             ..Default::default()
         };
         c.call(|ch| {
             let req = req.clone();
-            async move { AgentClient::new(ch).release_endpoint(req).await }
+            async move { AgentClient::new(ch).sync_endpoints(req).await }
         })
         .await
         .map(|r| r.into_inner())
     }
-    async fn report_gone(c: &Controllers, host: &str, id: u64) -> Result<(), tonic::Status> {
-        let req = pb::ReportStatusRequest {
-            host_name: host.into(),
-            endpoints: vec![pb::EndpointStatus {
-                id,
-                report: pb::EndpointReport::Gone as i32,
-                message: "namespace w1 not found".into(),
-            }],
-            ..Default::default()
-        };
-        c.call(|ch| {
-            let req = req.clone();
-            async move { AgentClient::new(ch).report_status(req).await }
-        })
-        .await
-        .map(|_| ())
-    }
-    let still_there = || async {
-        let eps = overlay_lab::api::endpoints(&admin_c).await.expect("list");
-        eps.iter().find(|e| e.id == ep.id).cloned()
+    let held = |key: &str, ip: &str, report: pb::EndpointReport| pb::HostEndpoint {
+        key: key.into(),
+        host_id: 1,
+        network: "blue".into(),
+        netns: "/run/netns/w1".into(),
+        ifname: "eth0".into(),
+        ip: ip.into(),
+        default_route: true,
+        owner: "cni".into(),
+        names: vec![],
+        report: report as i32,
+        message: if report == pb::EndpointReport::Gone {
+            "namespace w1 not found".into()
+        } else {
+            String::new()
+        },
     };
+    let held_by = || async {
+        let eps = overlay_lab::api::endpoints(&admin_c).await.expect("list");
+        eps.into_iter().find(|e| e.key == "c1/eth0" && e.host == "h1")
+    };
+    // h1 holds 10.1.0.0/24 (registered first), h2 10.1.1.0/24.
+    sync(
+        &h1,
+        "h1",
+        false,
+        vec![held("c1/eth0", "10.1.0.2", pb::EndpointReport::Ready)],
+        &[],
+    )
+    .await
+    .expect("h1 reports its endpoint");
+    assert!(held_by().await.is_some());
     let mut refused = 0;
     let mut check =
-        |what: &str, result: Result<pb::ReleaseEndpointResponse, tonic::Status>, code: Code| match result {
+        |what: &str, result: Result<pb::SyncEndpointsResponse, tonic::Status>, code: Code| match result {
             Ok(r) => panic!("{what}: accepted ({r:?})"),
             Err(s) => {
                 assert_eq!(s.code(), code, "{what}: {}", s.message());
@@ -699,74 +711,84 @@ async fn only_its_own_host_releases_a_gone_endpoint() {
             }
         };
     check(
-        "h1 releases its endpoint before reporting it gone",
-        release(&h1, "h1", ep.id).await,
-        Code::FailedPrecondition,
-    );
-    check(
-        "h2 releases as h1",
-        release(&h2, "h1", ep.id).await,
-        Code::PermissionDenied,
-    );
-    check(
-        "h2 releases h1's endpoint as itself",
-        release(&h2, "h2", ep.id).await,
+        "h2 reports as h1",
+        sync(&h2, "h1", true, vec![], &[]).await,
         Code::PermissionDenied,
     );
     check(
         "an admin calls the agent API",
-        release(&admin_c, "h1", ep.id).await,
+        sync(&admin_c, "h1", true, vec![], &[]).await,
         Code::PermissionDenied,
     );
-    check(
-        "h1 releases an unknown id",
-        release(&h1, "h1", 424_242).await,
-        Code::NotFound,
-    );
-    // h2 reporting h1's endpoint gone is ignored: h1 still may not release it.
-    report_gone(&h2, "h2", ep.id)
+    // As itself, h2 touches only its own records: a full report of nothing, a removal of h1's
+    // key and a report of h1's address change nothing of h1's.
+    sync(&h2, "h2", true, vec![], &["c1/eth0"])
         .await
-        .expect("a report about nothing of h2's");
-    assert!(matches!(
-        report_gone(&h2, "h1", ep.id).await.map_err(|s| s.code()),
-        Err(Code::PermissionDenied)
-    ));
-    check(
-        "h1 releases after h2 claimed it gone",
-        release(&h1, "h1", ep.id).await,
-        Code::FailedPrecondition,
+        .expect("h2 as itself");
+    let answer = sync(
+        &h2,
+        "h2",
+        false,
+        vec![held("c1/eth0", "10.1.0.2", pb::EndpointReport::Ready)],
+        &[],
+    )
+    .await
+    .expect("h2 as itself");
+    assert_eq!(answer.refused.len(), 1, "{answer:?}");
+    assert!(
+        answer.refused[0].message.contains("outside host \"h2\"'s lease"),
+        "{answer:?}"
     );
-    let kept = still_there().await.expect("every refusal leaves the endpoint");
-    assert_eq!(kept.state, pb::EndpointState::Pending as i32);
+    println!(
+        "refused  h2 reports h1's address as its own: {}",
+        answer.refused[0].message
+    );
+    refused += 1;
+    let allocate = pb::AllocateAddressRequest {
+        host_name: "h2".into(),
+        network: "blue".into(),
+        key: "x/eth0".into(),
+        netns: "/run/netns/x".into(),
+        ifname: "eth0".into(),
+        ..Default::default()
+    };
+    let asked = h2
+        .call(|ch| {
+            let req = allocate.clone();
+            async move { AgentClient::new(ch).allocate_address(req).await }
+        })
+        .await;
+    assert_eq!(
+        asked.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::InvalidArgument),
+        "a lease network's address from the controller"
+    );
+    refused += 1;
+    let kept = held_by().await.expect("every refusal leaves h1's endpoint");
+    assert_eq!(kept.state, pb::EndpointState::Ready as i32);
 
-    report_gone(&h1, "h1", ep.id).await.expect("h1 reports it gone");
-    let gone = still_there().await.expect("still held while gone");
+    // h1's own report of it gone is heard (and shown by doctor), and its removal frees it.
+    sync(
+        &h1,
+        "h1",
+        false,
+        vec![held("c1/eth0", "10.1.0.2", pb::EndpointReport::Gone)],
+        &[],
+    )
+    .await
+    .expect("h1 reports it gone");
+    let gone = held_by().await.expect("still held while gone");
     assert_eq!(gone.state, pb::EndpointState::Gone as i32);
     assert_eq!(gone.message, "namespace w1 not found");
-    check(
-        "h2 releases it once gone",
-        release(&h2, "h2", ep.id).await,
-        Code::PermissionDenied,
-    );
     let doctor = admin_c
         .call(|ch| async move { OverlayClient::new(ch).doctor(pb::DoctorRequest {}).await })
         .await
         .expect("doctor")
         .into_inner();
     assert_eq!(doctor.gone_endpoints.len(), 1, "{doctor:?}");
-
-    let done = release(&h1, "h1", ep.id)
+    sync(&h1, "h1", false, vec![], &["c1/eth0"])
         .await
-        .expect("h1 releases its gone endpoint");
-    assert_eq!(done.endpoint.map(|e| e.address), Some(ep.address.clone()));
-    assert!(still_there().await.is_none(), "released");
-    check(
-        "h1 releases it twice",
-        release(&h1, "h1", ep.id).await,
-        Code::NotFound,
-    );
-    println!(
-        "{refused} release attempts refused; the owner's one release freed {}",
-        ep.address
-    );
+        .expect("h1 removes it");
+    assert!(held_by().await.is_none(), "released");
+    println!("{refused} reports refused; the owner's own removal freed 10.1.0.2");
 }

@@ -410,64 +410,93 @@ impl Agent for AgentApi {
                 }
             });
         }
-        let changed = self.node.view.read(|s| {
-            if !s.hosts.contains_key(&req.host_name) {
-                return Err(Self::unknown_host(&req.host_name));
-            }
-            Ok(req
-                .endpoints
-                .iter()
-                .filter_map(|r| {
-                    let status = match pb::EndpointReport::try_from(r.report) {
-                        Ok(pb::EndpointReport::Ready) => EndpointStatus::Ready,
-                        Ok(pb::EndpointReport::Failed) => EndpointStatus::Failed(clip(&r.message)),
-                        Ok(pb::EndpointReport::Gone) => EndpointStatus::Gone(clip(&r.message)),
-                        _ => return None,
-                    };
-                    let ep = s.endpoints.get(&r.id)?;
-                    (ep.host == req.host_name && ep.status != status).then_some((r.id, status))
-                })
-                .collect::<Vec<_>>())
-        })?;
-        if !changed.is_empty() {
-            let reply = self
-                .node
-                .write(Command::ReportEndpoints {
-                    host: req.host_name,
-                    statuses: changed,
-                })
-                .await?;
-            reply.result?;
-        }
         Ok(Response::new(pb::ReportStatusResponse {
             revision: self.node.view.revision(),
         }))
     }
 
-    /// Frees an endpoint whose namespace is gone. Only the endpoint's own host may: the caller's
-    /// certificate must name `host_name` (here), and the state machine checks that the endpoint
-    /// is that host's and was reported gone (in `apply`, so a race with a report or a detach
-    /// is decided in log order).
-    async fn release_endpoint(
+    /// Records the endpoints the agent's host holds (its store is the authority for them):
+    /// each is checked in `apply` against the host's lease and the other endpoints.
+    async fn sync_endpoints(
         &self,
-        req: Request<pb::ReleaseEndpointRequest>,
-    ) -> Result<Response<pb::ReleaseEndpointResponse>, Status> {
+        req: Request<pb::SyncEndpointsRequest>,
+    ) -> Result<Response<pb::SyncEndpointsResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
         let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
-        self.holder(&req, host, instance, "ReleaseEndpoint")?;
+        self.holder(&req, host, instance, "SyncEndpoints")?;
         let req = req.into_inner();
-        let reply = self
-            .node
-            .write(Command::ReleaseEndpoint {
-                host: req.host_name.clone(),
-                id: req.id,
-            })
-            .await?;
-        let Done::EndpointDetached(ep) = reply.result? else {
+        self.remember(&req.host_name, 0);
+        let upsert = req
+            .endpoints
+            .iter()
+            .map(parse::host_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        let cmd = Command::SyncEndpoints {
+            host: req.host_name,
+            full: req.full,
+            upsert,
+            remove: req.removed,
+            failed: req
+                .failed
+                .into_iter()
+                .map(|f| (f.key, clip(&f.message)))
+                .collect(),
+            now_ms: now_ms(),
+        };
+        let reply = self.node.write(cmd).await?;
+        let Done::Synced { refused, .. } = reply.result? else {
             return Err(status(Code::Internal, "unexpected reply"));
         };
-        tracing::info!(host = %ep.host, id = ep.id, network = %ep.network, netns = %ep.netns, address = %ep.ip, "gone endpoint released by its agent");
-        Ok(Response::new(pb::ReleaseEndpointResponse {
+        for (key, why) in &refused {
+            tracing::warn!(%key, %why, "endpoint report refused");
+        }
+        Ok(Response::new(pb::SyncEndpointsResponse {
+            revision: reply.revision,
+            refused: refused
+                .into_iter()
+                .map(|(key, message)| pb::FailedRequest { key, message })
+                .collect(),
+        }))
+    }
+
+    /// An address of a macvlan network for one of the agent's endpoints.
+    async fn allocate_address(
+        &self,
+        req: Request<pb::AllocateAddressRequest>,
+    ) -> Result<Response<pb::AllocateAddressResponse>, Status> {
+        require_host(&req, &req.get_ref().host_name)?;
+        let (host, instance) = (&req.get_ref().host_name, &req.get_ref().instance_id);
+        self.holder(&req, host, instance, "AllocateAddress")?;
+        let req = req.into_inner();
+        let ip = match req.ip.as_str() {
+            "" => None,
+            text => Some(parse::ipv4("address", text)?),
+        };
+        let endpoint = crate::model::HostEndpoint {
+            key: req.key,
+            host_id: req.host_id,
+            network: req.network,
+            netns: req.netns,
+            ifname: req.ifname,
+            ip: std::net::Ipv4Addr::UNSPECIFIED,
+            default_route: req.default_route,
+            owner: req.owner,
+            names: req.names,
+            status: EndpointStatus::Pending,
+        };
+        let reply = self
+            .node
+            .write(Command::AllocateAddress {
+                host: req.host_name,
+                endpoint,
+                ip,
+                now_ms: now_ms(),
+            })
+            .await?;
+        let Done::Endpoint(ep) = reply.result? else {
+            return Err(status(Code::Internal, "unexpected reply"));
+        };
+        Ok(Response::new(pb::AllocateAddressResponse {
             endpoint: Some(convert::endpoint(&ep)),
             revision: reply.revision,
         }))

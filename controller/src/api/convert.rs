@@ -82,6 +82,7 @@ pub fn host(state: &ClusterState, h: &Host, now_ms: i64) -> pb::Host {
 
 pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
     let (state, message) = match &e.status {
+        EndpointStatus::Requested => (pb::EndpointState::Requested, String::new()),
         EndpointStatus::Pending => (pb::EndpointState::Pending, String::new()),
         EndpointStatus::Ready => (pb::EndpointState::Ready, String::new()),
         EndpointStatus::Failed(m) => (pb::EndpointState::Failed, m.clone()),
@@ -93,12 +94,25 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         host: e.host.clone(),
         netns: e.netns.clone(),
         ifname: e.ifname.clone(),
-        address: format!("{}/{}", e.ip, e.prefix_len),
-        mac: e.mac.to_string(),
-        gateway: e.gateway.to_string(),
+        // A request has no address yet.
+        address: match e.is_request() {
+            true => String::new(),
+            false => format!("{}/{}", e.ip, e.prefix_len),
+        },
+        mac: match e.is_request() {
+            true => String::new(),
+            false => e.mac.to_string(),
+        },
+        gateway: match e.is_request() {
+            true => String::new(),
+            false => e.gateway.to_string(),
+        },
         state: state as i32,
         message,
         default_route: e.default_route,
+        key: e.key.clone(),
+        owner: e.owner.clone(),
+        names: e.names.clone(),
     }
 }
 

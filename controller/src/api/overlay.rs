@@ -37,8 +37,8 @@ impl OverlayApi {
         Ok((reply.result?, reply.revision))
     }
 
-    /// Waits for the agent's verdict on a new endpoint. On failure or timeout the allocation is
-    /// rolled back, so a failed attach leaves nothing behind.
+    /// Waits for the agent to carry out a request. On failure or timeout the request is
+    /// withdrawn, so a failed attach leaves nothing behind.
     ///
     /// `revision` is the one the allocation created: a follower that forwarded the write may not
     /// have applied it yet, and must not mistake "not applied yet" for "detached".
@@ -60,7 +60,10 @@ impl OverlayApi {
                 None => {
                     return Err(status(
                         Code::Aborted,
-                        format!("endpoint {} was detached while being wired", ep.address),
+                        format!(
+                            "the endpoint of {} in {} was detached while being wired",
+                            ep.network, ep.netns
+                        ),
                     ));
                 }
                 Some(EndpointStatus::Ready) => {
@@ -77,7 +80,7 @@ impl OverlayApi {
                         format!("host {:?} could not wire the endpoint: {reason}", ep.host),
                     ));
                 }
-                Some(EndpointStatus::Pending) => {}
+                Some(EndpointStatus::Requested | EndpointStatus::Pending) => {}
             }
             if tokio::time::timeout_at(deadline, revisions.changed())
                 .await
@@ -598,7 +601,9 @@ impl Overlay for OverlayApi {
             0 => DEFAULT_ATTACH_WAIT,
             ms => Duration::from_millis(ms as u64).min(MAX_ATTACH_WAIT),
         };
-        let cmd = Command::AttachEndpoint {
+        // The host's agent allocates the address and wires the endpoint: the controller
+        // records the request, the agent takes it up from its Watch stream.
+        let cmd = Command::RequestEndpoint {
             network: req.network,
             host: req.host,
             netns: req.netns,
@@ -608,8 +613,9 @@ impl Overlay for OverlayApi {
                 req.ifname
             },
             ip,
-            now_ms: now_ms(),
             default_route: req.default_route,
+            names: req.names,
+            now_ms: now_ms(),
         };
         let (done, revision) = self.write(cmd).await?;
         let Done::Endpoint(ep) = done else {

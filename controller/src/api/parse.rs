@@ -83,6 +83,30 @@ pub fn netns_reference(text: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// An endpoint as an agent reports it; the state machine checks it against the state.
+pub fn host_endpoint(e: &pb::HostEndpoint) -> Result<crate::model::HostEndpoint, Status> {
+    use crate::model::EndpointStatus;
+    let clip = |m: &str| m.chars().take(1024).collect::<String>();
+    let status = match pb::EndpointReport::try_from(e.report) {
+        Ok(pb::EndpointReport::Ready) => EndpointStatus::Ready,
+        Ok(pb::EndpointReport::Failed) => EndpointStatus::Failed(clip(&e.message)),
+        Ok(pb::EndpointReport::Gone) => EndpointStatus::Gone(clip(&e.message)),
+        Ok(pb::EndpointReport::Unspecified) | Err(_) => EndpointStatus::Pending,
+    };
+    Ok(crate::model::HostEndpoint {
+        key: e.key.clone(),
+        host_id: e.host_id,
+        network: e.network.clone(),
+        netns: e.netns.clone(),
+        ifname: e.ifname.clone(),
+        ip: ipv4("endpoint address", &e.ip)?,
+        default_route: e.default_route,
+        owner: e.owner.clone(),
+        names: e.names.clone(),
+        status,
+    })
+}
+
 pub fn mode(raw: i32) -> Result<Mode, Status> {
     match pb::NetworkMode::try_from(raw) {
         Ok(pb::NetworkMode::Vxlan) => Ok(Mode::Vxlan),

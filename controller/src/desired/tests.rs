@@ -6,8 +6,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::model::NetworkSpec;
+use crate::model::{EndpointStatus, HostEndpoint};
 use crate::state::Command;
-use crate::state::tests::{op, to_command};
+use crate::state::tests::{op, to_command_in};
 
 fn setup() -> ClusterState {
     let mut s = ClusterState::default();
@@ -35,20 +36,39 @@ fn setup() -> ClusterState {
         },
         now_ms: 0,
     });
-    for (h, ns) in [("h1", "a"), ("h2", "b"), ("h1", "c")] {
-        s.apply(Command::AttachEndpoint {
-            network: "blue".into(),
-            host: h.into(),
-            netns: ns.into(),
-            ifname: "eth0".into(),
-            ip: None,
-            now_ms: 0,
-            default_route: false,
-        })
-        .result
-        .unwrap();
+    for (h, ns, ip) in [
+        ("h1", "a", "10.1.0.2"),
+        ("h2", "b", "10.1.1.2"),
+        ("h1", "c", "10.1.0.3"),
+    ] {
+        report(&mut s, h, ns, ip, true);
     }
     s
+}
+
+/// `host`'s agent reports its endpoint in namespace `netns` (key = the namespace's name).
+fn report(s: &mut ClusterState, host: &str, netns: &str, ip: &str, default_route: bool) {
+    s.apply(Command::SyncEndpoints {
+        host: host.into(),
+        full: false,
+        upsert: vec![HostEndpoint {
+            key: netns.into(),
+            host_id: 7,
+            network: "blue".into(),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            ip: ip.parse().unwrap(),
+            default_route,
+            owner: "cni".into(),
+            names: vec![],
+            status: EndpointStatus::Ready,
+        }],
+        remove: vec![],
+        failed: vec![],
+        now_ms: 0,
+    })
+    .result
+    .unwrap();
 }
 
 #[test]
@@ -86,17 +106,7 @@ fn a_new_peer_is_a_small_delta_and_unrelated_changes_are_none() {
     let mut s = setup();
     let m0 = Model::build(&s, None);
     // An endpoint on h2 changes nothing h1 programs.
-    s.apply(Command::AttachEndpoint {
-        network: "blue".into(),
-        host: "h2".into(),
-        netns: "z".into(),
-        ifname: "eth0".into(),
-        ip: None,
-        now_ms: 0,
-        default_route: false,
-    })
-    .result
-    .unwrap();
+    report(&mut s, "h2", "z", "10.1.1.9", true);
     let m1 = Model::build(&s, Some(&m0));
     assert!(m1.delta(&m0, "h1").is_none());
     assert!(m1.delta(&m0, "h2").is_some());
@@ -173,7 +183,8 @@ proptest! {
         let shared = Arc::new(std::mem::take(&mut model));
         let mut current = shared;
         for op in &ops {
-            s.apply(to_command(op));
+            let cmd = to_command_in(&s, op);
+            s.apply(cmd);
             current = Arc::new(Model::build(&s, Some(&current)));
             for h in &hosts {
                 if !current.has_host(h) {
@@ -205,82 +216,147 @@ proptest! {
     }
 }
 
-/// A namespace on several networks, its default route moving with every attach
-/// `--default-route`, detach and release: each host following the stream still holds exactly
-/// the state computed from scratch (the flag is part of what the agent programs).
+/// Endpoint records that change in place (the agent moves a default route, renames, a request
+/// gets its address, a report turns failed): each host following the stream still holds
+/// exactly the state computed from scratch.
 #[derive(Clone, Debug)]
-enum NsOp {
-    Attach {
+enum RecordOp {
+    Report {
+        net: u8,
+        host: u8,
+        key: u8,
+        default_route: bool,
+        named: bool,
+    },
+    Remove {
+        host: u8,
+        key: u8,
+    },
+    Request {
         net: u8,
         host: u8,
         ns: u8,
-        default_route: bool,
     },
     Detach {
         net: u8,
         host: u8,
         ns: u8,
     },
-    /// The host's agent reports the endpoint gone, then releases it.
-    Release {
+    /// The agent carries out the request in namespace .ns.
+    CarryOut {
+        net: u8,
         host: u8,
-        id: u8,
+        ns: u8,
     },
 }
 
-fn ns_op() -> impl Strategy<Value = NsOp> {
+fn record_op() -> impl Strategy<Value = RecordOp> {
     prop_oneof![
-        (0u8..3, 0u8..2, 0u8..3, any::<bool>()).prop_map(|(net, host, ns, default_route)| NsOp::Attach {
-            net,
-            host,
-            ns,
-            default_route
-        }),
-        (0u8..3, 0u8..2, 0u8..3).prop_map(|(net, host, ns)| NsOp::Detach { net, host, ns }),
-        (0u8..2, 0u8..30).prop_map(|(host, id)| NsOp::Release { host, id }),
+        (0u8..3, 0u8..2, 0u8..4, any::<bool>(), any::<bool>()).prop_map(
+            |(net, host, key, default_route, named)| {
+                RecordOp::Report {
+                    net,
+                    host,
+                    key,
+                    default_route,
+                    named,
+                }
+            }
+        ),
+        (0u8..2, 0u8..4).prop_map(|(host, key)| RecordOp::Remove { host, key }),
+        (0u8..3, 0u8..2, 0u8..3).prop_map(|(net, host, ns)| RecordOp::Request { net, host, ns }),
+        (0u8..3, 0u8..2, 0u8..3).prop_map(|(net, host, ns)| RecordOp::Detach { net, host, ns }),
+        (0u8..3, 0u8..2, 0u8..3).prop_map(|(net, host, ns)| RecordOp::CarryOut { net, host, ns }),
     ]
 }
 
-fn ns_commands(op: &NsOp) -> Vec<Command> {
-    match *op {
-        NsOp::Attach {
+fn record_command(s: &ClusterState, op: &RecordOp) -> Option<Command> {
+    let endpoint =
+        |net: u8, host: u8, key: String, netns: String, offset: u8, default_route: bool, named: bool| {
+            HostEndpoint {
+                key,
+                host_id: u64::from(offset),
+                network: format!("n{net}"),
+                netns,
+                ifname: format!("eth{net}"),
+                ip: format!("10.{net}.{host}.{}", 2 + offset).parse().unwrap(),
+                default_route,
+                owner: "cni".into(),
+                names: if named { vec!["web".into()] } else { vec![] },
+                status: EndpointStatus::Ready,
+            }
+        };
+    let sync = |host: u8, upsert: Vec<HostEndpoint>, remove: Vec<String>| Command::SyncEndpoints {
+        host: format!("h{host}"),
+        full: false,
+        upsert,
+        remove,
+        failed: vec![],
+        now_ms: 1,
+    };
+    Some(match *op {
+        RecordOp::Report {
             net,
             host,
-            ns,
+            key,
             default_route,
-        } => vec![Command::AttachEndpoint {
+            named,
+        } => sync(
+            host,
+            vec![endpoint(
+                net,
+                host,
+                format!("k{key}"),
+                format!("/run/netns/k{key}"),
+                key,
+                default_route,
+                named,
+            )],
+            vec![],
+        ),
+        RecordOp::Remove { host, key } => sync(host, vec![], vec![format!("k{key}")]),
+        RecordOp::Request { net, host, ns } => Command::RequestEndpoint {
             network: format!("n{net}"),
             host: format!("h{host}"),
             netns: format!("w{ns}"),
-            ifname: format!("eth{net}"),
+            ifname: format!("e{net}"),
             ip: None,
+            default_route: false,
+            names: vec![],
             now_ms: 1,
-            default_route,
-        }],
-        NsOp::Detach { net, host, ns } => vec![Command::DetachEndpoint {
+        },
+        RecordOp::Detach { net, host, ns } => Command::DetachEndpoint {
             network: format!("n{net}"),
             host: format!("h{host}"),
             netns: format!("w{ns}"),
-        }],
-        NsOp::Release { host, id } => vec![
-            Command::ReportEndpoints {
-                host: format!("h{host}"),
-                statuses: vec![(u64::from(id), crate::model::EndpointStatus::Gone("gone".into()))],
-            },
-            Command::ReleaseEndpoint {
-                host: format!("h{host}"),
-                id: u64::from(id),
-            },
-        ],
-    }
+        },
+        RecordOp::CarryOut { net, host, ns } => {
+            let req = s
+                .endpoints_of(&format!("n{net}"), &format!("h{host}"))
+                .find(|e| e.is_request() && e.netns == format!("w{ns}"))?;
+            sync(
+                host,
+                vec![endpoint(
+                    net,
+                    host,
+                    req.key.clone(),
+                    req.netns.clone(),
+                    10 + ns,
+                    true,
+                    false,
+                )],
+                vec![],
+            )
+        }
+    })
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn moving_default_routes_reach_every_follower(
-        ops in proptest::collection::vec(ns_op(), 1..60),
+    fn changed_records_reach_every_follower(
+        ops in proptest::collection::vec(record_op(), 1..60),
         batch in 1usize..4,
     ) {
         let mut s = ClusterState::default();
@@ -321,7 +397,7 @@ proptest! {
         // Several commands per model build, as when writes arrive faster than it rebuilds.
         for chunk in ops.chunks(batch) {
             for op in chunk {
-                for cmd in ns_commands(op) {
+                if let Some(cmd) = record_command(&s, op) {
                     s.apply(cmd);
                 }
             }
@@ -337,12 +413,6 @@ proptest! {
                 prop_assert_eq!(&expect, &scratch, "incremental model of {} after {:?}", host, chunk);
                 expect.revision = state.revision;
                 prop_assert_eq!(&*state, &expect, "host {} after {:?}", host, chunk);
-                // And the agent sees one default route per namespace.
-                let mut per_ns: BTreeMap<&str, usize> = BTreeMap::new();
-                for e in state.networks.iter().flat_map(|n| n.endpoints.iter()) {
-                    *per_ns.entry(e.netns.as_str()).or_default() += usize::from(e.default_route == Some(true));
-                }
-                prop_assert!(per_ns.values().all(|n| *n == 1), "{:?}", per_ns);
             }
         }
     }

@@ -343,15 +343,25 @@ mod fuzz {
             macvlan: None,
         };
         state.apply(Command::CreateNetwork { spec, now_ms: 1 });
-        for i in 0..4 {
-            state.apply(Command::AttachEndpoint {
-                network: "blue".into(),
+        for i in 0..4u8 {
+            state.apply(Command::SyncEndpoints {
                 host: format!("h{}", i % 2),
-                netns: format!("w{i}"),
-                ifname: "eth0".into(),
-                ip: None,
+                full: false,
+                upsert: vec![crate::model::HostEndpoint {
+                    key: format!("c{i}/eth0"),
+                    host_id: u64::from(i),
+                    network: "blue".into(),
+                    netns: format!("/run/netns/w{i}"),
+                    ifname: "eth0".into(),
+                    ip: std::net::Ipv4Addr::new(10, 1, i % 2, 2 + i),
+                    default_route: true,
+                    owner: "cni".into(),
+                    names: vec![],
+                    status: crate::model::EndpointStatus::Ready,
+                }],
+                remove: vec![],
+                failed: vec![],
                 now_ms: 2,
-                default_route: false,
             });
         }
         let payload = SnapshotPayloadRef {

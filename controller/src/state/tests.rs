@@ -1,12 +1,13 @@
 //! State machine tests: every bad input leaves the state unchanged; random operation
-//! sequences never hand out an address, subnet or VNI twice and never leak one.
+//! sequences never record an address twice, never lease a subnet or VNI twice and never leak
+//! one; a host's reports are checked against its own lease.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::MacvlanSpec;
+use crate::model::{EndpointStatus, MacvlanMode, MacvlanSpec};
 
 fn net(s: &str) -> Ipv4Network {
     s.parse().unwrap()
@@ -42,16 +43,94 @@ fn register(s: &mut ClusterState, name: &str, ip: &str) -> Result<Response, Stat
     .result
 }
 
-fn attach(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Result<Endpoint, StateError> {
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// An endpoint as `host`'s agent reports it.
+fn held(key: &str, network: &str, address: &str) -> HostEndpoint {
+    HostEndpoint {
+        key: key.into(),
+        host_id: 1,
+        network: network.into(),
+        netns: format!("/run/netns/{}", key.replace('/', "-")),
+        ifname: "eth0".into(),
+        ip: ip(address),
+        default_route: true,
+        owner: "cni".into(),
+        names: vec![],
+        status: EndpointStatus::Ready,
+    }
+}
+
+fn sync(s: &mut ClusterState, host: &str, full: bool, upsert: Vec<HostEndpoint>, remove: &[&str]) -> Reply {
+    s.apply(Command::SyncEndpoints {
+        host: host.into(),
+        full,
+        upsert,
+        remove: remove.iter().map(|k| k.to_string()).collect(),
+        failed: vec![],
+        now_ms: 5,
+    })
+}
+
+/// Reports one endpoint; the refusal reason, if refused.
+fn report(s: &mut ClusterState, host: &str, e: HostEndpoint) -> Result<(), String> {
+    match sync(s, host, false, vec![e], &[]).result {
+        Ok(Response::Synced { refused, .. }) if refused.is_empty() => Ok(()),
+        Ok(Response::Synced { mut refused, .. }) => Err(refused.remove(0).1),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn request(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Result<Endpoint, StateError> {
     match s
-        .apply(Command::AttachEndpoint {
+        .apply(Command::RequestEndpoint {
             network: network.into(),
             host: host.into(),
             netns: netns.into(),
             ifname: "eth0".into(),
             ip: None,
-            now_ms: 1,
             default_route: false,
+            names: vec![],
+            now_ms: 1,
+        })
+        .result?
+    {
+        Response::Endpoint(e) => Ok(e),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn macvlan(name: &str, mode: MacvlanMode, range: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        mode: Mode::Macvlan,
+        cidr: net("198.51.100.0/24"),
+        host_prefix: None,
+        vni: None,
+        mtu: None,
+        nat_egress: false,
+        macvlan: Some(MacvlanSpec {
+            parent: "eth0".into(),
+            gateway: "198.51.100.1".parse().unwrap(),
+            ip_range: net(range),
+            mode,
+        }),
+    }
+}
+
+fn allocate(s: &mut ClusterState, network: &str, host: &str, key: &str) -> Result<Endpoint, StateError> {
+    match s
+        .apply(Command::AllocateAddress {
+            host: host.into(),
+            endpoint: HostEndpoint {
+                status: EndpointStatus::Pending,
+                ip: Ipv4Addr::UNSPECIFIED,
+                ..held(key, network, "0.0.0.0")
+            },
+            ip: None,
+            now_ms: 1,
         })
         .result?
     {
@@ -99,69 +178,6 @@ fn network_gets_vni_and_per_host_leases() {
         "192.0.2.31".parse::<Ipv4Addr>().unwrap()
     );
     assert_eq!(s.networks["blue"].leases["h1"].subnet, net("10.1.0.0/24"));
-}
-
-#[test]
-fn endpoints_skip_network_gateway_and_broadcast_and_are_released() {
-    let mut s = two_hosts();
-    let mut spec = vxlan("small", "10.9.0.0/24");
-    spec.host_prefix = Some(29); // 8 addresses: .0 network, .1 gateway, .7 broadcast → 5 endpoints
-    create(&mut s, spec).unwrap();
-    let ips: Vec<Ipv4Addr> = (0..5)
-        .map(|i| attach(&mut s, "small", "h1", &format!("ns{i}")).unwrap().ip)
-        .collect();
-    let expected: Vec<Ipv4Addr> = (2..=6).map(|o| Ipv4Addr::new(10, 9, 0, o)).collect();
-    assert_eq!(ips, expected);
-    let ep = s.endpoint_by_key("small", "h1", "ns0").unwrap();
-    assert_eq!(ep.gateway, Ipv4Addr::new(10, 9, 0, 1));
-    assert_eq!(ep.prefix_len, 29);
-    assert_eq!(ep.mac.to_string(), "0a:58:0a:09:00:02");
-
-    // Exhausted: a sixth endpoint on h1 is refused, state unchanged.
-    assert_refused(
-        &mut s,
-        Command::AttachEndpoint {
-            network: "small".into(),
-            host: "h1".into(),
-            netns: "ns5".into(),
-            ifname: "eth0".into(),
-            ip: None,
-            now_ms: 1,
-            default_route: false,
-        },
-        |e| matches!(e, StateError::AddressPoolExhausted { .. }),
-    );
-    // Detach frees the address; it is handed out again.
-    s.apply(Command::DetachEndpoint {
-        network: "small".into(),
-        host: "h1".into(),
-        netns: "ns2".into(),
-    })
-    .result
-    .unwrap();
-    assert_eq!(
-        attach(&mut s, "small", "h1", "ns5").unwrap().ip,
-        Ipv4Addr::new(10, 9, 0, 4)
-    );
-}
-
-#[test]
-fn freed_address_is_not_reused_first() {
-    let mut s = two_hosts();
-    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
-    let a = attach(&mut s, "blue", "h1", "a").unwrap().ip;
-    s.apply(Command::DetachEndpoint {
-        network: "blue".into(),
-        host: "h1".into(),
-        netns: "a".into(),
-    })
-    .result
-    .unwrap();
-    let b = attach(&mut s, "blue", "h1", "b").unwrap().ip;
-    assert_ne!(
-        a, b,
-        "round-robin allocation must not hand a just-freed address out first"
-    );
 }
 
 #[test]
@@ -238,128 +254,6 @@ fn bad_network_specs_are_refused_without_change() {
 }
 
 #[test]
-fn subnet_pool_exhaustion_is_reported_at_attach() {
-    let mut s = ClusterState::default();
-    let mut spec = vxlan("tiny", "10.3.0.0/24");
-    spec.host_prefix = Some(26); // 4 host subnets
-    create(&mut s, spec).unwrap();
-    for i in 1..=5 {
-        register(&mut s, &format!("h{i}"), &format!("192.0.2.{}", 20 + i)).unwrap();
-    }
-    assert_eq!(s.networks["tiny"].leases.len(), 4);
-    assert!(!s.networks["tiny"].leases.contains_key("h5"));
-    assert_refused(
-        &mut s,
-        Command::AttachEndpoint {
-            network: "tiny".into(),
-            host: "h5".into(),
-            netns: "w".into(),
-            ifname: "eth0".into(),
-            ip: None,
-            now_ms: 1,
-            default_route: false,
-        },
-        |e| matches!(e, StateError::SubnetPoolExhausted { capacity: 4, .. }),
-    );
-    // Removing a host frees its subnet; h5 then gets one on attach.
-    s.apply(Command::RemoveHost { name: "h2".into() }).result.unwrap();
-    let ep = attach(&mut s, "tiny", "h5", "w").unwrap();
-    assert_eq!(s.networks["tiny"].leases["h5"].subnet, net("10.3.0.64/26"));
-    assert!(net("10.3.0.64/26").contains(ep.ip));
-}
-
-#[test]
-fn unknown_names_and_duplicates_are_refused() {
-    let mut s = two_hosts();
-    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
-    attach(&mut s, "blue", "h1", "w1").unwrap();
-    let att = |network: &str, host: &str, netns: &str, ifname: &str| Command::AttachEndpoint {
-        network: network.into(),
-        host: host.into(),
-        netns: netns.into(),
-        ifname: ifname.into(),
-        ip: None,
-        now_ms: 1,
-        default_route: false,
-    };
-    assert_refused(&mut s, att("nope", "h1", "w2", "eth0"), |e| {
-        matches!(e, StateError::UnknownNetwork(_))
-    });
-    assert_refused(&mut s, att("blue", "h9", "w2", "eth0"), |e| {
-        matches!(e, StateError::UnknownHost(_))
-    });
-    assert_refused(&mut s, att("blue", "h1", "w1", "eth1"), |e| {
-        matches!(e, StateError::EndpointExists { .. })
-    });
-    assert_refused(&mut s, att("blue", "h1", "../x", "eth0"), |e| {
-        matches!(e, StateError::Invalid { .. })
-    });
-    assert_refused(&mut s, att("blue", "h1", "/run/netns/../../etc", "eth0"), |e| {
-        matches!(e, StateError::Invalid { .. })
-    });
-    assert_refused(&mut s, att("blue", "h1", "w2", "this-name-is-too-long"), |e| {
-        matches!(e, StateError::Invalid { .. })
-    });
-    create(&mut s, vxlan("red", "10.2.0.0/16")).unwrap();
-    assert_refused(&mut s, att("red", "h1", "w1", "eth0"), |e| {
-        matches!(e, StateError::IfnameInUse { .. })
-    });
-    let ip = |ip: &str| Command::AttachEndpoint {
-        network: "blue".into(),
-        host: "h1".into(),
-        netns: "w9".into(),
-        ifname: "eth0".into(),
-        ip: Some(ip.parse().unwrap()),
-        now_ms: 1,
-        default_route: false,
-    };
-    let taken = s.endpoint_by_key("blue", "h1", "w1").unwrap().ip.to_string();
-    assert_refused(&mut s, ip(&taken), |e| {
-        matches!(e, StateError::AddressInUse { .. })
-    });
-    assert_refused(&mut s, ip("10.1.0.1"), |e| {
-        matches!(e, StateError::AddressNotAllowed { .. })
-    });
-    assert_refused(&mut s, ip("10.1.1.5"), |e| {
-        matches!(e, StateError::AddressNotAllowed { .. })
-    });
-    assert_refused(
-        &mut s,
-        Command::DetachEndpoint {
-            network: "blue".into(),
-            host: "h1".into(),
-            netns: "zz".into(),
-        },
-        |e| matches!(e, StateError::UnknownEndpoint { .. }),
-    );
-    assert_refused(&mut s, Command::RemoveHost { name: "h9".into() }, |e| {
-        matches!(e, StateError::UnknownHost(_))
-    });
-    assert_refused(
-        &mut s,
-        Command::Heartbeat {
-            instance: String::new(),
-            name: "h9".into(),
-            now_ms: 5,
-        },
-        |e| matches!(e, StateError::UnknownHost(_)),
-    );
-    assert_refused(
-        &mut s,
-        Command::RegisterHost {
-            instance: String::new(),
-            claim_timeout_ms: 0,
-            name: "h3".into(),
-            underlay_ip: "192.0.2.21".parse().unwrap(),
-            underlay_iface: "eth0".into(),
-            underlay_mtu: 1500,
-            now_ms: 1,
-        },
-        |e| matches!(e, StateError::Invalid { .. }),
-    );
-}
-
-#[test]
 fn update_network_changes_only_what_is_safe() {
     let mut s = two_hosts();
     create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
@@ -412,10 +306,293 @@ fn update_network_changes_only_what_is_safe() {
 }
 
 #[test]
+fn reports_are_recorded_only_inside_the_reporting_hosts_lease() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    // h1 holds 10.1.0.0/24, h2 10.1.1.0/24.
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.7")).unwrap();
+    let ep = s.endpoint_by_host_key("h1", "c1/eth0").unwrap().clone();
+    assert_eq!(
+        (ep.ip, ep.prefix_len, ep.gateway),
+        (ip("10.1.0.7"), 24, ip("10.1.0.1"))
+    );
+    assert_eq!(ep.mac.to_string(), "0a:58:0a:01:00:07");
+    for (e, says) in [
+        (held("c2/eth0", "blue", "10.1.1.7"), "outside host \"h1\"'s lease"),
+        (held("c2/eth0", "blue", "10.1.0.1"), "outside"),
+        (held("c2/eth0", "blue", "10.1.0.255"), "outside"),
+        (held("c2/eth0", "nope", "10.1.0.8"), "unknown network"),
+        (held("c2/eth0", "blue", "10.1.0.7"), "held by endpoint"),
+        (
+            held("c1/eth0", "blue", "10.1.0.9"),
+            "recorded with address 10.1.0.7",
+        ),
+        (held("bad key", "blue", "10.1.0.9"), "whitespace"),
+        (
+            HostEndpoint {
+                names: vec!["-bad".into()],
+                ..held("c3/eth0", "blue", "10.1.0.9")
+            },
+            "DNS label",
+        ),
+        (
+            HostEndpoint {
+                status: EndpointStatus::Requested,
+                ..held("c3/eth0", "blue", "10.1.0.9")
+            },
+            "not requests",
+        ),
+    ] {
+        let before = s.clone();
+        let why = report(&mut s, "h1", e.clone()).unwrap_err();
+        assert!(why.contains(says), "{e:?}: {why}");
+        assert_eq!(s, before, "a refused report changed the state");
+    }
+    // The same report again changes nothing, and is no new revision.
+    let rev = s.revision;
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.7")).unwrap();
+    assert_eq!(s.revision, rev);
+    // A status change is recorded, but wakes no Watch reader.
+    let log = s.marks.endpoint_log.len();
+    report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            status: EndpointStatus::Gone("namespace gone".into()),
+            ..held("c1/eth0", "blue", "10.1.0.7")
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        s.endpoint_by_host_key("h1", "c1/eth0").unwrap().status,
+        EndpointStatus::Gone(_)
+    ));
+    assert_eq!(s.marks.endpoint_log.len(), log, "status is not desired state");
+    // h2 can neither remove nor replace h1's endpoint: keys are per host.
+    sync(&mut s, "h2", false, vec![], &["c1/eth0"]).result.unwrap();
+    assert!(s.endpoint_by_host_key("h1", "c1/eth0").is_some());
+    assert!(
+        report(&mut s, "h2", held("c1/eth0", "blue", "10.1.0.7"))
+            .unwrap_err()
+            .contains("outside")
+    );
+    // An unknown host's report is refused as a whole.
+    assert_refused(
+        &mut s,
+        Command::SyncEndpoints {
+            host: "h9".into(),
+            full: true,
+            upsert: vec![],
+            remove: vec![],
+            failed: vec![],
+            now_ms: 1,
+        },
+        |e| matches!(e, StateError::UnknownHost(_)),
+    );
+}
+
+#[test]
+fn a_full_report_replaces_the_hosts_records_but_not_requests() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    report(&mut s, "h1", held("a/eth0", "blue", "10.1.0.2")).unwrap();
+    report(&mut s, "h1", held("b/eth0", "blue", "10.1.0.3")).unwrap();
+    report(&mut s, "h2", held("c/eth0", "blue", "10.1.1.2")).unwrap();
+    let req = request(&mut s, "blue", "h1", "w1").unwrap();
+    let r = sync(&mut s, "h1", true, vec![held("b/eth0", "blue", "10.1.0.3")], &[]);
+    assert_eq!(
+        r.result,
+        Ok(Response::Synced {
+            changed: 1,
+            refused: vec![]
+        })
+    );
+    assert!(
+        s.endpoint_by_host_key("h1", "a/eth0").is_none(),
+        "not reported: dropped"
+    );
+    assert!(s.endpoint_by_host_key("h1", "b/eth0").is_some());
+    assert!(
+        s.endpoint_by_host_key("h2", "c/eth0").is_some(),
+        "another host's stays"
+    );
+    assert!(
+        s.endpoints.contains_key(&req.id),
+        "a request stays for the agent to carry out"
+    );
+    // The freed address can be reported again.
+    report(&mut s, "h1", held("d/eth0", "blue", "10.1.0.2")).unwrap();
+}
+
+#[test]
+fn requests_have_no_address_until_the_agent_reports_them() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let req = request(&mut s, "blue", "h1", "w1").unwrap();
+    assert!(req.is_request() && req.status == EndpointStatus::Requested);
+    assert_eq!(req.key, request_key(req.id));
+    assert!(s.addresses["blue"].is_empty(), "a request holds no address");
+    let ask =
+        |network: &str, host: &str, netns: &str, ifname: &str, ip: Option<&str>| Command::RequestEndpoint {
+            network: network.into(),
+            host: host.into(),
+            netns: netns.into(),
+            ifname: ifname.into(),
+            ip: ip.map(|i| i.parse().unwrap()),
+            default_route: false,
+            names: vec![],
+            now_ms: 1,
+        };
+    assert_refused(&mut s, ask("nope", "h1", "w2", "eth0", None), |e| {
+        matches!(e, StateError::UnknownNetwork(_))
+    });
+    assert_refused(&mut s, ask("blue", "h9", "w2", "eth0", None), |e| {
+        matches!(e, StateError::UnknownHost(_))
+    });
+    assert_refused(&mut s, ask("blue", "h1", "w1", "eth1", None), |e| {
+        matches!(e, StateError::EndpointExists { .. })
+    });
+    assert_refused(&mut s, ask("blue", "h1", "../x", "eth0", None), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    assert_refused(
+        &mut s,
+        ask("blue", "h1", "w2", "this-name-is-too-long", None),
+        |e| matches!(e, StateError::Invalid { .. }),
+    );
+    assert_refused(&mut s, ask("blue", "h1", "w2", "eth0", Some("10.1.1.5")), |e| {
+        matches!(e, StateError::AddressNotAllowed { .. })
+    });
+    assert_refused(&mut s, ask("blue", "h1", "w2", "eth0", Some("10.1.0.1")), |e| {
+        matches!(e, StateError::AddressNotAllowed { .. })
+    });
+    create(&mut s, vxlan("red", "10.2.0.0/16")).unwrap();
+    assert_refused(&mut s, ask("red", "h1", "w1", "eth0", None), |e| {
+        matches!(e, StateError::IfnameInUse { .. })
+    });
+    // The agent carries it out: the same record, now with its address.
+    report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            netns: "w1".into(),
+            owner: "overlayctl".into(),
+            ..held(&req.key, "blue", "10.1.0.9")
+        },
+    )
+    .unwrap();
+    let done = &s.endpoints[&req.id];
+    assert!(!done.is_request() && done.ip == ip("10.1.0.9") && done.status == EndpointStatus::Ready);
+    assert_refused(&mut s, ask("blue", "h1", "w9", "eth0", Some("10.1.0.9")), |e| {
+        matches!(e, StateError::AddressInUse { .. })
+    });
+    // A request the agent could not carry out turns failed (and keeps no address).
+    let other = request(&mut s, "blue", "h2", "w2").unwrap();
+    s.apply(Command::SyncEndpoints {
+        host: "h2".into(),
+        full: false,
+        upsert: vec![],
+        remove: vec![],
+        failed: vec![(other.key.clone(), "namespace w2 not found".into())],
+        now_ms: 2,
+    })
+    .result
+    .unwrap();
+    assert_eq!(
+        s.endpoints[&other.id].status,
+        EndpointStatus::Failed("namespace w2 not found".into())
+    );
+    assert!(s.endpoints[&other.id].is_request());
+}
+
+#[test]
+fn detach_drops_the_record_and_refuses_what_it_cannot_tell_apart() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.2")).unwrap();
+    let detach = |netns: &str| Command::DetachEndpoint {
+        network: "blue".into(),
+        host: "h1".into(),
+        netns: netns.into(),
+    };
+    assert_refused(&mut s, detach("zz"), |e| {
+        matches!(e, StateError::UnknownEndpoint { .. })
+    });
+    // Two interfaces of one namespace on one network (a CNI runtime may do that).
+    report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            netns: "/run/netns/c1-eth0".into(),
+            ifname: "eth1".into(),
+            ..held("c1/eth1", "blue", "10.1.0.3")
+        },
+    )
+    .unwrap();
+    assert_refused(&mut s, detach("/run/netns/c1-eth0"), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    sync(&mut s, "h1", false, vec![], &["c1/eth1"]).result.unwrap();
+    let r = s.apply(detach("/run/netns/c1-eth0"));
+    assert!(matches!(r.result, Ok(Response::EndpointDetached(_))), "{r:?}");
+    assert!(s.endpoints.is_empty() && s.addresses["blue"].is_empty());
+}
+
+#[test]
+fn macvlan_addresses_are_allocated_cluster_wide_and_reports_must_match() {
+    let mut s = two_hosts();
+    create(&mut s, macvlan("lan", MacvlanMode::Bridge, "198.51.100.0/30")).unwrap();
+    // Range .0/30 clipped to host addresses and minus the gateway: only .2 and .3.
+    assert_eq!(ClusterState::capacity(&s.networks["lan"]), 2);
+    let a = allocate(&mut s, "lan", "h1", "a/eth0").unwrap();
+    let b = allocate(&mut s, "lan", "h2", "b/eth0").unwrap();
+    assert_eq!((a.ip, b.ip), (ip("198.51.100.2"), ip("198.51.100.3")));
+    assert_eq!(a.prefix_len, 24);
+    // The same key gets the same address again (a retried allocation).
+    assert_eq!(allocate(&mut s, "lan", "h1", "a/eth0").unwrap().id, a.id);
+    assert!(matches!(
+        allocate(&mut s, "lan", "h1", "c/eth0"),
+        Err(StateError::AddressPoolExhausted { capacity: 2, .. })
+    ));
+    // A report must be of what was allocated to that key.
+    report(&mut s, "h1", held("a/eth0", "lan", "198.51.100.2")).unwrap();
+    assert_eq!(s.endpoints[&a.id].status, EndpointStatus::Ready);
+    assert!(
+        report(&mut s, "h1", held("z/eth0", "lan", "198.51.100.9"))
+            .unwrap_err()
+            .contains("not allocated")
+    );
+    assert!(
+        report(&mut s, "h2", held("a/eth0", "lan", "198.51.100.2"))
+            .unwrap_err()
+            .contains("not allocated")
+    );
+    // A lease network's addresses are never the controller's to give.
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    assert!(matches!(
+        allocate(&mut s, "blue", "h1", "x/eth0"),
+        Err(StateError::Invalid { .. })
+    ));
+    s.apply(Command::DeleteNetwork {
+        name: "lan".into(),
+        force: true,
+    })
+    .result
+    .unwrap();
+    create(&mut s, macvlan("pt", MacvlanMode::Passthru, "198.51.100.0/24")).unwrap();
+    allocate(&mut s, "pt", "h1", "a/eth0").unwrap();
+    assert!(matches!(
+        allocate(&mut s, "pt", "h1", "b/eth0"),
+        Err(StateError::PassthruTaken { .. })
+    ));
+    allocate(&mut s, "pt", "h2", "b/eth0").unwrap();
+}
+
+#[test]
 fn network_with_endpoints_needs_force() {
     let mut s = two_hosts();
     create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
-    attach(&mut s, "blue", "h1", "w1").unwrap();
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.2")).unwrap();
     assert_refused(
         &mut s,
         Command::DeleteNetwork {
@@ -424,32 +601,21 @@ fn network_with_endpoints_needs_force() {
         },
         |e| matches!(e, StateError::NetworkHasEndpoints { count: 1, .. }),
     );
-    assert_refused(
-        &mut s,
-        Command::DeleteNetwork {
-            name: "nope".into(),
-            force: true,
-        },
-        |e| matches!(e, StateError::UnknownNetwork(_)),
-    );
     let r = s.apply(Command::DeleteNetwork {
         name: "blue".into(),
         force: true,
     });
     assert_eq!(r.result, Ok(Response::NetworkDeleted { removed_endpoints: 1 }));
     assert!(s.endpoints.is_empty());
-    // The CIDR and VNI are free again.
     let Ok(Response::Network(n)) = create(&mut s, vxlan("blue2", "10.1.0.0/16")) else {
         panic!()
     };
-    assert_eq!(n.vni, Some(4096));
+    assert_eq!(n.vni, Some(4096), "the CIDR and VNI are free again");
 }
 
 #[test]
-fn heartbeats_do_not_bump_revision_and_reports_only_touch_own_endpoints() {
+fn heartbeats_do_not_bump_revision() {
     let mut s = two_hosts();
-    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
-    let ep = attach(&mut s, "blue", "h1", "w1").unwrap();
     let rev = s.revision;
     s.apply(Command::Heartbeat {
         instance: String::new(),
@@ -460,85 +626,86 @@ fn heartbeats_do_not_bump_revision_and_reports_only_touch_own_endpoints() {
     .unwrap();
     assert_eq!(s.revision, rev);
     assert_eq!(s.hosts["h1"].last_seen_ms, 99);
-    let r = s.apply(Command::ReportEndpoints {
-        host: "h2".into(),
-        statuses: vec![(ep.id, EndpointStatus::Ready)],
-    });
-    assert_eq!(r.result, Ok(Response::StatusRecorded { changed: 0 }));
-    let r = s.apply(Command::ReportEndpoints {
-        host: "h1".into(),
-        statuses: vec![(ep.id, EndpointStatus::Ready)],
-    });
-    assert_eq!(r.result, Ok(Response::StatusRecorded { changed: 1 }));
-    assert_eq!(s.endpoints[&ep.id].status, EndpointStatus::Ready);
+    assert_refused(
+        &mut s,
+        Command::Heartbeat {
+            instance: String::new(),
+            name: "h9".into(),
+            now_ms: 5,
+        },
+        |e| matches!(e, StateError::UnknownHost(_)),
+    );
 }
 
 #[test]
-fn macvlan_allocates_cluster_wide_and_enforces_passthru() {
+fn removing_a_host_drops_its_records_and_requests() {
     let mut s = two_hosts();
-    let spec = |name: &str, mode: MacvlanMode| NetworkSpec {
-        name: name.into(),
-        mode: Mode::Macvlan,
-        cidr: net("198.51.100.0/24"),
-        host_prefix: None,
-        vni: None,
-        mtu: None,
-        nat_egress: false,
-        macvlan: Some(MacvlanSpec {
-            parent: "eth0".into(),
-            gateway: "198.51.100.1".parse().unwrap(),
-            ip_range: net("198.51.100.0/30"),
-            mode,
-        }),
-    };
-    create(&mut s, spec("lan", MacvlanMode::Bridge)).unwrap();
-    // Range .0/30 clipped to host addresses and minus the gateway: only .2 and .3.
-    assert_eq!(ClusterState::capacity(&s.networks["lan"]), 2);
-    let a = attach(&mut s, "lan", "h1", "a").unwrap();
-    let b = attach(&mut s, "lan", "h2", "b").unwrap();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.2")).unwrap();
+    request(&mut s, "blue", "h1", "w1").unwrap();
+    report(&mut s, "h2", held("c2/eth0", "blue", "10.1.1.2")).unwrap();
+    let r = s.apply(Command::RemoveHost { name: "h1".into() });
     assert_eq!(
-        (a.ip.to_string().as_str(), b.ip.to_string().as_str()),
-        ("198.51.100.2", "198.51.100.3")
+        r.result,
+        Ok(Response::HostRemoved {
+            removed_endpoints: 2,
+            released_leases: 1
+        })
     );
-    assert_eq!(a.prefix_len, 24);
-    assert!(matches!(
-        attach(&mut s, "lan", "h1", "c"),
-        Err(StateError::AddressPoolExhausted { capacity: 2, .. })
-    ));
-    s.apply(Command::DeleteNetwork {
-        name: "lan".into(),
-        force: true,
-    })
-    .result
-    .unwrap();
+    assert_eq!(s.endpoints.len(), 1);
+    assert_refused(&mut s, Command::RemoveHost { name: "h9".into() }, |e| {
+        matches!(e, StateError::UnknownHost(_))
+    });
+}
 
-    let mut p = spec("pt", MacvlanMode::Passthru);
-    p.macvlan.as_mut().unwrap().ip_range = net("198.51.100.0/24");
-    create(&mut s, p).unwrap();
-    attach(&mut s, "pt", "h1", "a").unwrap();
-    assert!(matches!(
-        attach(&mut s, "pt", "h1", "b"),
-        Err(StateError::PassthruTaken { .. })
-    ));
-    attach(&mut s, "pt", "h2", "b").unwrap();
+#[test]
+fn reports_are_bounded() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    let many: Vec<HostEndpoint> = (0..=MAX_HOST_ENDPOINTS)
+        .map(|i| held(&format!("k{i}"), "blue", "10.1.0.2"))
+        .collect();
+    assert_refused(
+        &mut s,
+        Command::SyncEndpoints {
+            host: "h1".into(),
+            full: false,
+            upsert: many,
+            remove: vec![],
+            failed: vec![],
+            now_ms: 1,
+        },
+        |e| matches!(e, StateError::Invalid { .. }),
+    );
+    let names = HostEndpoint {
+        names: (0..17).map(|i| format!("n{i}")).collect(),
+        ..held("k/eth0", "blue", "10.1.0.2")
+    };
+    assert!(report(&mut s, "h1", names).unwrap_err().contains("at most 16"));
+    let long = held(&"k".repeat(301), "blue", "10.1.0.2");
+    assert!(report(&mut s, "h1", long).unwrap_err().contains("1 to 300"));
 }
 
 #[test]
 fn snapshot_round_trip_rebuilds_indices() {
     let mut s = two_hosts();
     create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
-    attach(&mut s, "blue", "h1", "w1").unwrap();
+    report(&mut s, "h1", held("c1/eth0", "blue", "10.1.0.2")).unwrap();
+    request(&mut s, "blue", "h2", "w2").unwrap();
     let json = serde_json::to_vec(&s).unwrap();
     let mut restored = ClusterState::from_snapshot_json(&json).unwrap();
     assert_eq!(restored, s);
-    assert!(restored.endpoint_by_key("blue", "h1", "w1").is_some());
-    // The indices work: a duplicate is caught and a new address differs.
+    assert!(restored.endpoint_by_host_key("h1", "c1/eth0").is_some());
+    // The indices work: a held address is refused, a request is found.
+    assert!(
+        report(&mut restored, "h1", held("c2/eth0", "blue", "10.1.0.2"))
+            .unwrap_err()
+            .contains("held by")
+    );
     assert!(matches!(
-        attach(&mut restored, "blue", "h1", "w1"),
+        request(&mut restored, "blue", "h2", "w2"),
         Err(StateError::EndpointExists { .. })
     ));
-    let ep2 = attach(&mut restored, "blue", "h1", "w2").unwrap();
-    assert_ne!(ep2.ip, s.endpoint_by_key("blue", "h1", "w1").unwrap().ip);
 }
 
 #[test]
@@ -559,18 +726,13 @@ fn every_command_survives_the_log_encoding() {
             nat_egress: None,
             mtu: Some(MtuSetting::Fixed(1400)),
         },
-        Command::UpdateNetwork {
-            name: "blue".into(),
-            nat_egress: None,
-            mtu: None,
-        },
         Command::DeleteNetwork {
             name: "blue".into(),
             force: true,
         },
         Command::RegisterHost {
-            instance: String::new(),
-            claim_timeout_ms: 0,
+            instance: "0123456789abcdef0123456789abcdef".into(),
+            claim_timeout_ms: 60_000,
             name: "h1".into(),
             underlay_ip: "192.0.2.21".parse().unwrap(),
             underlay_iface: "eth0".into(),
@@ -583,49 +745,44 @@ fn every_command_survives_the_log_encoding() {
             now_ms: 2,
         },
         Command::RemoveHost { name: "h1".into() },
-        Command::AttachEndpoint {
+        Command::RequestEndpoint {
             network: "blue".into(),
             host: "h1".into(),
             netns: "w1".into(),
             ifname: "eth0".into(),
             ip: Some("10.1.0.9".parse().unwrap()),
+            default_route: true,
+            names: vec!["web".into()],
             now_ms: 3,
-            default_route: false,
-        },
-        Command::AttachEndpoint {
-            network: "blue".into(),
-            host: "h1".into(),
-            netns: "w1".into(),
-            ifname: "eth0".into(),
-            ip: None,
-            now_ms: 3,
-            default_route: false,
         },
         Command::DetachEndpoint {
             network: "blue".into(),
             host: "h1".into(),
             netns: "w1".into(),
         },
-        Command::AttachEndpoint {
-            network: "red".into(),
+        Command::AllocateAddress {
             host: "h1".into(),
-            netns: "w1".into(),
-            ifname: "eth1".into(),
+            endpoint: held("a/eth0", "lan", "0.0.0.0"),
             ip: None,
-            now_ms: 3,
-            default_route: true,
+            now_ms: 4,
         },
-        Command::ReleaseEndpoint {
+        Command::SyncEndpoints {
             host: "h1".into(),
-            id: 7,
-        },
-        Command::ReportEndpoints {
-            host: "h1".into(),
-            statuses: vec![
-                (1, EndpointStatus::Ready),
-                (2, EndpointStatus::Failed("gone".into())),
-                (3, EndpointStatus::Gone("namespace w1 is gone (not found)".into())),
+            full: true,
+            upsert: vec![
+                held("a/eth0", "blue", "10.1.0.2"),
+                HostEndpoint {
+                    status: EndpointStatus::Gone("namespace gone".into()),
+                    ..held("b/eth0", "blue", "10.1.0.3")
+                },
+                HostEndpoint {
+                    status: EndpointStatus::Failed("no bridge".into()),
+                    ..held("c/eth0", "blue", "10.1.0.4")
+                },
             ],
+            remove: vec!["d/eth0".into()],
+            failed: vec![("req-3".into(), "namespace w1 not found".into())],
+            now_ms: 5,
         },
         Command::Batch(vec![
             Command::RemoveHost { name: "h1".into() },
@@ -652,33 +809,55 @@ pub(crate) enum Op {
     Move(u8, u8),
     RemoveHost(u8),
     Create(u8, u8, Option<u8>),
+    /// A macvlan network over one shared range.
+    CreateMacvlan(u8),
     Delete(u8, bool),
-    Attach(u8, u8, u8),
-    /// Attach with `--default-route`.
-    AttachDefault(u8, u8, u8),
+    /// Host .1 reports key .2 in network .0 at address offset .3 of its lease (it may be wrong:
+    /// another host's, taken, outside).
+    Report(u8, u8, u8, u8),
+    /// Host .0 reports in full the keys in mask .1 (of its current records).
+    Full(u8, u8),
+    /// Host .1 removes key .2.
+    Remove(u8, u8),
+    Request(u8, u8, u8),
     Detach(u8, u8, u8),
-    /// The agent of host .0 reports endpoint id .1 gone.
-    Gone(u8, u8),
-    /// The agent of host .0 releases endpoint id .1.
-    Release(u8, u8),
+    /// Host .1 asks for a macvlan address of network .0 for key .2.
+    Allocate(u8, u8, u8),
 }
 
 pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..6).prop_map(Op::Register),
-        (0u8..6, 0u8..2).prop_map(|(h, v)| Op::Move(h, v)),
-        (0u8..6).prop_map(Op::RemoveHost),
-        (0u8..4, 0u8..6, proptest::option::of(26u8..29)).prop_map(|(n, c, p)| Op::Create(n, c, p)),
-        (0u8..4, any::<bool>()).prop_map(|(n, f)| Op::Delete(n, f)),
-        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Attach(n, h, w)),
-        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::AttachDefault(n, h, w)),
-        (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Detach(n, h, w)),
-        (0u8..6, 0u8..40).prop_map(|(h, id)| Op::Gone(h, id)),
-        (0u8..6, 0u8..40).prop_map(|(h, id)| Op::Release(h, id)),
+        1 => (0u8..6).prop_map(Op::Register),
+        1 => (0u8..6, 0u8..2).prop_map(|(h, v)| Op::Move(h, v)),
+        1 => (0u8..6).prop_map(Op::RemoveHost),
+        1 => (0u8..4, 0u8..6, proptest::option::of(26u8..29)).prop_map(|(n, c, p)| Op::Create(n, c, p)),
+        1 => (0u8..4).prop_map(Op::CreateMacvlan),
+        1 => (0u8..4, any::<bool>()).prop_map(|(n, f)| Op::Delete(n, f)),
+        3 => (0u8..4, 0u8..6, 0u8..12, 0u8..70).prop_map(|(n, h, k, a)| Op::Report(n, h, k, a)),
+        1 => (0u8..6, any::<u8>()).prop_map(|(h, m)| Op::Full(h, m)),
+        1 => (0u8..6, 0u8..12).prop_map(|(h, k)| Op::Remove(h, k)),
+        1 => (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Request(n, h, w)),
+        1 => (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, w)| Op::Detach(n, h, w)),
+        1 => (0u8..4, 0u8..6, 0u8..12).prop_map(|(n, h, k)| Op::Allocate(n, h, k)),
     ]
 }
 
-pub(crate) fn to_command(op: &Op) -> Command {
+/// The address a report of `op` names: offset `a` into the reporting host's lease when it has
+/// one, else into the network (so reports outside leases and of taken addresses occur).
+fn report_address(s: &ClusterState, network: &str, host: &str, a: u8) -> Ipv4Addr {
+    let base = s
+        .networks
+        .get(network)
+        .map(|n| match n.leases.get(host) {
+            Some(l) if a < 64 => u32::from(l.subnet.network()),
+            _ => u32::from(n.cidr.network()),
+        })
+        .unwrap_or(0x0a00_0000);
+    Ipv4Addr::from(base + u32::from(a))
+}
+
+/// `op` as a command, reading `s` only to pick report addresses (so replays stay the same).
+pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
     // Small CIDRs, some overlapping, so exhaustion and overlap are exercised often.
     const CIDRS: [&str; 6] = [
         "10.0.0.0/24",
@@ -717,62 +896,148 @@ pub(crate) fn to_command(op: &Op) -> Command {
             },
             now_ms: 1,
         },
+        Op::CreateMacvlan(n) => Command::CreateNetwork {
+            spec: NetworkSpec {
+                cidr: net(&format!("172.16.{n}.0/24")),
+                macvlan: Some(MacvlanSpec {
+                    parent: "eth0".into(),
+                    gateway: Ipv4Addr::new(172, 16, n, 1),
+                    ip_range: net(&format!("172.16.{n}.0/28")),
+                    mode: MacvlanMode::Bridge,
+                }),
+                ..macvlan(&format!("n{n}"), MacvlanMode::Bridge, "198.51.100.0/28")
+            },
+            now_ms: 1,
+        },
         Op::Delete(n, force) => Command::DeleteNetwork {
             name: format!("n{n}"),
             force,
         },
-        Op::Attach(n, h, w) | Op::AttachDefault(n, h, w) => Command::AttachEndpoint {
+        Op::Report(n, h, k, a) => {
+            let (network, host) = (format!("n{n}"), format!("h{h}"));
+            let address = report_address(s, &network, &host, a);
+            Command::SyncEndpoints {
+                host: host.clone(),
+                full: false,
+                upsert: vec![HostEndpoint {
+                    netns: format!("/run/netns/{host}-k{k}"),
+                    ..held(&format!("k{k}"), &network, &address.to_string())
+                }],
+                remove: vec![],
+                failed: vec![],
+                now_ms: 3,
+            }
+        }
+        Op::Full(h, mask) => {
+            let host = format!("h{h}");
+            let upsert = s
+                .endpoints
+                .values()
+                .filter(|e| e.host == host && !e.is_request())
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << (i % 8)) != 0)
+                .map(|(_, e)| HostEndpoint {
+                    key: e.key.clone(),
+                    host_id: e.host_id,
+                    network: e.network.clone(),
+                    netns: e.netns.clone(),
+                    ifname: e.ifname.clone(),
+                    ip: e.ip,
+                    default_route: e.default_route,
+                    owner: e.owner.clone(),
+                    names: e.names.clone(),
+                    status: EndpointStatus::Ready,
+                })
+                .collect();
+            Command::SyncEndpoints {
+                host,
+                full: true,
+                upsert,
+                remove: vec![],
+                failed: vec![],
+                now_ms: 4,
+            }
+        }
+        Op::Remove(h, k) => Command::SyncEndpoints {
+            host: format!("h{h}"),
+            full: false,
+            upsert: vec![],
+            remove: vec![format!("k{k}")],
+            failed: vec![],
+            now_ms: 4,
+        },
+        Op::Request(n, h, w) => Command::RequestEndpoint {
             network: format!("n{n}"),
             host: format!("h{h}"),
             netns: format!("w{w}"),
             ifname: format!("e{n}"),
             ip: None,
+            default_route: false,
+            names: vec![],
             now_ms: 1,
-            default_route: matches!(op, Op::AttachDefault(..)),
-        },
-        Op::Gone(h, id) => Command::ReportEndpoints {
-            host: format!("h{h}"),
-            statuses: vec![(u64::from(id), EndpointStatus::Gone("namespace gone".into()))],
-        },
-        Op::Release(h, id) => Command::ReleaseEndpoint {
-            host: format!("h{h}"),
-            id: u64::from(id),
         },
         Op::Detach(n, h, w) => Command::DetachEndpoint {
             network: format!("n{n}"),
             host: format!("h{h}"),
             netns: format!("w{w}"),
         },
+        Op::Allocate(n, h, k) => Command::AllocateAddress {
+            host: format!("h{h}"),
+            endpoint: HostEndpoint {
+                netns: format!("/run/netns/h{h}-m{k}"),
+                ..held(&format!("m{k}"), &format!("n{n}"), "0.0.0.0")
+            },
+            ip: None,
+            now_ms: 2,
+        },
     }
 }
 
 /// Everything that must hold after any sequence of commands.
 fn check_invariants(s: &ClusterState) {
-    let mut ips = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
     let mut vnis = BTreeSet::new();
-    let mut macs = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for ep in s.endpoints.values() {
-        assert!(ips.insert(ep.ip), "address {} handed out twice", ep.ip);
-        assert!(macs.insert(ep.mac), "MAC {} handed out twice", ep.mac);
         assert!(
-            keys.insert((&ep.network, &ep.host, &ep.netns)),
-            "duplicate endpoint key"
+            keys.insert((&ep.host, &ep.key)),
+            "key {} recorded twice on {}",
+            ep.key,
+            ep.host
         );
         let n = s
             .networks
             .get(&ep.network)
             .expect("endpoint of a deleted network");
         assert!(s.hosts.contains_key(&ep.host), "endpoint of a removed host");
-        let lease = n.leases.get(&ep.host).expect("endpoint without a lease");
-        assert!(lease.subnet.contains(ep.ip), "endpoint outside its host subnet");
-        assert_ne!(ep.ip, ipam::subnet_gateway(lease.subnet));
-        assert_ne!(ep.ip, lease.subnet.network());
-        assert_ne!(ep.ip, lease.subnet.broadcast());
+        if ep.is_request() {
+            continue;
+        }
+        assert!(
+            addresses.insert((&ep.network, ep.ip)),
+            "address {} of {} recorded twice",
+            ep.ip,
+            ep.network
+        );
+        match n.mode {
+            Mode::Vxlan | Mode::Nat => {
+                let lease = n.leases.get(&ep.host).expect("endpoint without a lease");
+                assert!(lease.subnet.contains(ep.ip), "endpoint outside its host's lease");
+                assert_ne!(ep.ip, ipam::subnet_gateway(lease.subnet));
+                assert_ne!(ep.ip, lease.subnet.network());
+                assert_ne!(ep.ip, lease.subnet.broadcast());
+            }
+            Mode::Macvlan => {
+                let m = n.macvlan.as_ref().expect("macvlan options");
+                assert!(m.ip_range.contains(ep.ip) && ep.ip != m.gateway);
+            }
+        }
     }
     let mut subnets: Vec<Ipv4Network> = Vec::new();
     for n in s.networks.values() {
-        assert!(vnis.insert(n.vni), "VNI {:?} used twice", n.vni);
+        if n.vni.is_some() {
+            assert!(vnis.insert(n.vni), "VNI {:?} used twice", n.vni);
+        }
         for (host, lease) in &n.leases {
             assert!(s.hosts.contains_key(host), "lease of a removed host");
             assert!(n.cidr.contains(lease.subnet.network()) && lease.subnet.prefix() == n.host_prefix);
@@ -784,24 +1049,26 @@ fn check_invariants(s: &ClusterState) {
             subnets.push(lease.subnet);
         }
     }
-    // Every namespace with endpoints has exactly one default route.
-    let mut holders: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for ep in s.endpoints.values() {
-        *holders.entry((&ep.host, &ep.netns)).or_default() += usize::from(ep.default_route);
-    }
-    for ((host, netns), n) in holders {
-        assert_eq!(n, 1, "namespace {netns} on {host} has {n} default routes");
-    }
     // Derived indices agree with the records (no leak: every index entry is a live endpoint).
     let indexed: usize = s.addresses.values().map(|a| a.len()).sum();
-    assert_eq!(indexed, s.endpoints.len(), "address index leaks");
-    assert_eq!(s.by_key.len(), s.endpoints.len(), "key index leaks");
-    assert_eq!(s.by_ifname.len(), s.endpoints.len(), "interface-name index leaks");
+    assert_eq!(indexed, addresses.len(), "address index leaks");
+    assert_eq!(s.by_host_key.len(), s.endpoints.len(), "key index leaks");
+    let placed: usize = s.by_place.values().map(|ids| ids.len()).sum();
+    assert_eq!(placed, s.endpoints.len(), "place index leaks");
     let mut rebuilt = s.clone();
     rebuilt.rebuild_indices();
+    assert_eq!(rebuilt.by_host_key, s.by_host_key);
+    assert_eq!(rebuilt.by_place, s.by_place);
     assert_eq!(
-        rebuilt.addresses.iter().filter(|(_, a)| !a.is_empty()).count(),
-        s.addresses.iter().filter(|(_, a)| !a.is_empty()).count()
+        rebuilt
+            .addresses
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .collect::<Vec<_>>(),
+        s.addresses
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .collect::<Vec<_>>()
     );
 }
 
@@ -809,11 +1076,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_operations_keep_allocations_unique(ops in proptest::collection::vec(op(), 1..120)) {
+    fn random_operations_keep_records_unique(ops in proptest::collection::vec(op(), 1..120)) {
         let mut s = ClusterState::default();
+        let mut log = Vec::new();
         for op in &ops {
+            let cmd = to_command_in(&s, op);
+            log.push(cmd.clone());
             let before = s.clone();
-            let reply = s.apply(to_command(op));
+            let reply = s.apply(cmd);
             if reply.result.is_err() {
                 prop_assert_eq!(&s, &before, "refused {:?} changed the state", op);
             }
@@ -821,8 +1091,8 @@ proptest! {
         }
         // Replaying the same log on another replica gives the same state.
         let mut replica = ClusterState::default();
-        for op in &ops {
-            replica.apply(to_command(op));
+        for cmd in log {
+            replica.apply(cmd);
         }
         prop_assert_eq!(&replica, &s);
     }
@@ -833,11 +1103,20 @@ proptest! {
         size in 1usize..12,
     ) {
         let mut single = ClusterState::default();
-        let one_by_one: Vec<Reply> = ops.iter().map(|op| single.apply(to_command(op))).collect();
+        let log: Vec<Command> = ops
+            .iter()
+            .map(|op| {
+                let cmd = to_command_in(&single, op);
+                single.apply(cmd.clone());
+                cmd
+            })
+            .collect();
+        let mut replay = ClusterState::default();
+        let one_by_one: Vec<Reply> = log.iter().map(|c| replay.apply(c.clone())).collect();
         let mut batched = ClusterState::default();
         let mut replies = Vec::new();
-        for chunk in ops.chunks(size) {
-            let reply = batched.apply(Command::Batch(chunk.iter().map(to_command).collect()));
+        for chunk in log.chunks(size) {
+            let reply = batched.apply(Command::Batch(chunk.to_vec()));
             prop_assert_eq!(reply.revision, batched.revision);
             match reply.result {
                 Ok(Response::Batch(r)) => replies.extend(r),
@@ -850,251 +1129,25 @@ proptest! {
     }
 
     #[test]
-    fn detach_all_then_reallocate_never_leaks(n in 1usize..40) {
+    fn reporting_and_removing_never_leaks(n in 1usize..40) {
         let mut s = two_hosts();
         let mut spec = vxlan("blue", "10.1.0.0/24");
         spec.host_prefix = Some(26); // 61 endpoint addresses per host
         create(&mut s, spec).unwrap();
         for round in 0..3 {
-            let mut got = BTreeMap::new();
             for i in 0..n {
-                let ep = attach(&mut s, "blue", "h1", &format!("r{round}-{i}")).unwrap();
-                prop_assert!(got.insert(ep.ip, i).is_none());
+                report(&mut s, "h1", held(&format!("r{round}-{i}"), "blue", &format!("10.1.0.{}", 2 + i))).unwrap();
             }
-            for i in 0..n {
-                s.apply(Command::DetachEndpoint {
-                    network: "blue".into(), host: "h1".into(), netns: format!("r{round}-{i}"),
-                }).result.unwrap();
-            }
+            let keys: Vec<String> = (0..n).map(|i| format!("r{round}-{i}")).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            sync(&mut s, "h1", false, vec![], &keys).result.unwrap();
             prop_assert!(s.endpoints.is_empty());
             prop_assert!(s.addresses["blue"].is_empty());
         }
-        // The whole pool is still available after the churn.
-        for i in 0..61 {
-            attach(&mut s, "blue", "h1", &format!("full-{i}")).unwrap();
-        }
-        let exhausted = matches!(attach(&mut s, "blue", "h1", "one-more"), Err(StateError::AddressPoolExhausted { .. }));
-        prop_assert!(exhausted, "the 62nd endpoint must exhaust the /26");
     }
 }
 
-// ---------------------------------------------------------------- default routes, gone endpoints
-
-fn attach_to(
-    s: &mut ClusterState,
-    network: &str,
-    netns: &str,
-    ifname: &str,
-    default_route: bool,
-) -> Result<Endpoint, StateError> {
-    match s
-        .apply(Command::AttachEndpoint {
-            network: network.into(),
-            host: "h1".into(),
-            netns: netns.into(),
-            ifname: ifname.into(),
-            ip: None,
-            now_ms: 1,
-            default_route,
-        })
-        .result?
-    {
-        Response::Endpoint(e) => Ok(e),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn default_of(s: &ClusterState, netns: &str) -> Vec<String> {
-    s.endpoints
-        .values()
-        .filter(|e| e.host == "h1" && e.netns == netns && e.default_route)
-        .map(|e| e.network.clone())
-        .collect()
-}
-
-fn three_networks() -> ClusterState {
-    let mut s = two_hosts();
-    for (name, cidr) in [
-        ("blue", "10.1.0.0/16"),
-        ("red", "10.2.0.0/16"),
-        ("green", "10.3.0.0/16"),
-    ] {
-        create(&mut s, vxlan(name, cidr)).unwrap();
-    }
-    s
-}
-
-#[test]
-fn the_first_endpoint_of_a_namespace_holds_its_default_route() {
-    let mut s = three_networks();
-    assert!(
-        attach_to(&mut s, "blue", "w", "eth0", false)
-            .unwrap()
-            .default_route
-    );
-    assert!(
-        !attach_to(&mut s, "red", "w", "eth1", false)
-            .unwrap()
-            .default_route
-    );
-    // Another namespace has its own.
-    assert!(
-        attach_to(&mut s, "red", "v", "eth0", false)
-            .unwrap()
-            .default_route
-    );
-    assert_eq!(default_of(&s, "w"), ["blue"]);
-    // --default-route takes it over; the previous holder is changed in the same command.
-    let rev = s.revision;
-    assert!(
-        attach_to(&mut s, "green", "w", "eth2", true)
-            .unwrap()
-            .default_route
-    );
-    assert_eq!(s.revision, rev + 1);
-    assert_eq!(default_of(&s, "w"), ["green"]);
-    assert_eq!(default_of(&s, "v"), ["red"], "other namespaces keep theirs");
-}
-
-#[test]
-fn the_oldest_endpoint_takes_over_when_the_holder_goes() {
-    let mut s = three_networks();
-    attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
-    attach_to(&mut s, "red", "w", "eth1", false).unwrap();
-    attach_to(&mut s, "green", "w", "eth2", true).unwrap();
-    let detach = |s: &mut ClusterState, network: &str| {
-        s.apply(Command::DetachEndpoint {
-            network: network.into(),
-            host: "h1".into(),
-            netns: "w".into(),
-        })
-        .result
-        .unwrap();
-    };
-    detach(&mut s, "green");
-    assert_eq!(default_of(&s, "w"), ["blue"], "blue is the oldest left");
-    // Removing a non-holder moves nothing.
-    attach_to(&mut s, "green", "w", "eth2", false).unwrap();
-    detach(&mut s, "red");
-    assert_eq!(default_of(&s, "w"), ["blue"]);
-    // A network deleted with --force hands the route over too.
-    s.apply(Command::DeleteNetwork {
-        name: "blue".into(),
-        force: true,
-    })
-    .result
-    .unwrap();
-    assert_eq!(default_of(&s, "w"), ["green"]);
-    detach(&mut s, "green");
-    assert!(default_of(&s, "w").is_empty() && s.endpoints.is_empty());
-}
-
-#[test]
-fn a_moved_default_route_reaches_the_agent_as_an_endpoint_change() {
-    use crate::desired::Model;
-    let mut s = three_networks();
-    let blue = attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
-    let before = Model::build(&s, None);
-    attach_to(&mut s, "red", "w", "eth1", true).unwrap();
-    let after = Model::build(&s, Some(&before));
-    let full = after.full("h1").unwrap();
-    let flags: Vec<(String, bool)> = full
-        .networks
-        .iter()
-        .flat_map(|n| {
-            n.endpoints
-                .iter()
-                .map(move |e| (n.name.clone(), e.default_route == Some(true)))
-        })
-        .collect();
-    assert_eq!(flags, [("blue".to_string(), false), ("red".to_string(), true)]);
-    let Some(overlay_proto::v1::WatchEvent {
-        event: Some(overlay_proto::v1::watch_event::Event::Delta(d)),
-        ..
-    }) = after.delta(&before, "h1")
-    else {
-        panic!("expected a delta")
-    };
-    let blue_change = d
-        .endpoint_changes
-        .iter()
-        .find(|c| c.network == "blue")
-        .expect("blue's endpoint list changed");
-    assert_eq!(blue_change.upsert.len(), 1);
-    assert_eq!(blue_change.upsert[0].id, blue.id);
-    assert_eq!(blue_change.upsert[0].default_route, Some(false));
-}
-
-#[test]
-fn a_snapshot_from_before_default_routes_gives_each_namespace_one() {
-    let mut s = three_networks();
-    attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
-    attach_to(&mut s, "red", "w", "eth1", false).unwrap();
-    attach_to(&mut s, "green", "v", "eth0", false).unwrap();
-    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
-    for ep in json["endpoints"].as_object_mut().unwrap().values_mut() {
-        ep.as_object_mut().unwrap().remove("default_route");
-    }
-    let old = ClusterState::from_snapshot_json(&serde_json::to_vec(&json).unwrap()).unwrap();
-    assert_eq!(
-        old, s,
-        "the oldest endpoint of each namespace holds it, as apply decided"
-    );
-}
-
-#[test]
-fn only_the_host_of_a_gone_endpoint_releases_it() {
-    let mut s = three_networks();
-    let ep = attach_to(&mut s, "blue", "w", "eth0", false).unwrap();
-    let release = |host: &str, id: u64| Command::ReleaseEndpoint {
-        host: host.into(),
-        id,
-    };
-    assert_refused(&mut s, release("h1", 999), |e| {
-        matches!(e, StateError::UnknownEndpointId(999))
-    });
-    assert_refused(&mut s, release("h2", ep.id), |e| {
-        matches!(e, StateError::EndpointOfOtherHost { .. }) && e.kind() == ErrorKind::PermissionDenied
-    });
-    assert_refused(
-        &mut s,
-        release("h1", ep.id),
-        |e| matches!(e, StateError::EndpointNotGone { state, .. } if state == "pending"),
-    );
-    // Another host's report of it is ignored; it stays unreleasable.
-    s.apply(Command::ReportEndpoints {
-        host: "h2".into(),
-        statuses: vec![(ep.id, EndpointStatus::Gone("namespace w is gone".into()))],
-    });
-    assert_refused(&mut s, release("h1", ep.id), |e| {
-        matches!(e, StateError::EndpointNotGone { .. })
-    });
-    s.apply(Command::ReportEndpoints {
-        host: "h1".into(),
-        statuses: vec![(ep.id, EndpointStatus::Gone("namespace w is gone".into()))],
-    });
-    assert_refused(&mut s, release("h2", ep.id), |e| {
-        matches!(e, StateError::EndpointOfOtherHost { .. })
-    });
-    let Ok(Response::EndpointDetached(released)) = s.apply(release("h1", ep.id)).result else {
-        panic!("release refused")
-    };
-    assert_eq!(released.ip, ep.ip);
-    assert!(s.endpoints.is_empty());
-    // The address is free again: the next namespace may ask for it.
-    let again = s
-        .apply(Command::AttachEndpoint {
-            network: "blue".into(),
-            host: "h1".into(),
-            netns: "w2".into(),
-            ifname: "eth0".into(),
-            ip: Some(ep.ip),
-            now_ms: 2,
-            default_route: false,
-        })
-        .result;
-    assert!(again.is_ok(), "{again:?}");
-}
+// ---------------------------------------------------------------- host claims
 
 fn claim(name: &str, ip: &str, instance: &str, now_ms: i64) -> Command {
     Command::RegisterHost {

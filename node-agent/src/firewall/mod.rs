@@ -397,6 +397,7 @@ mod tests {
                     gateway: "10.1.0.1".into(),
                     host_ifname: "ovv-1".into(),
                     default_route: Some(true),
+                    ..Default::default()
                 },
                 pb::LocalEndpoint {
                     id: 2,
@@ -408,6 +409,7 @@ mod tests {
                     // Passes the agent's own check, but nft would read the `*` as a wildcard.
                     host_ifname: "ovv-*".into(),
                     default_route: Some(true),
+                    ..Default::default()
                 },
             ],
             ..Default::default()

@@ -47,6 +47,7 @@ fn spec() -> HostSpec {
                 gateway: "10.1.0.1".into(),
                 host_ifname: "ovv-1a".into(),
                 default_route: Some(true),
+                ..Default::default()
             }],
             ..Default::default()
         }],
@@ -366,6 +367,7 @@ fn macvlan_spec(parent: &str) -> HostSpec {
                 gateway: "198.51.100.1".into(),
                 host_ifname: "ovv-9".into(),
                 default_route: Some(true),
+                ..Default::default()
             }],
             ..Default::default()
         }],

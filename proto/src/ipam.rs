@@ -1,13 +1,14 @@
 //! Address arithmetic: splitting a network into host subnets, picking the next free address,
-//! VNIs and MACs. Pure functions; the state machine decides *when* to call them, so every
-//! replica computes the same answer from the same state.
+//! VNIs and MACs. Pure functions shared by the two allocators: the controller's state machine
+//! (VNIs, leases, macvlan addresses: every replica computes the same answer from the same
+//! state) and each agent (the addresses of its own leases).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::MacAddr;
+use crate::mac::MacAddr;
 
 /// First VNI handed out automatically (lower ones are left to operators choosing by hand).
 pub const AUTO_VNI_START: u32 = 4096;
