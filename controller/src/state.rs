@@ -994,7 +994,7 @@ pub fn validate_netns(netns: &str) -> Result<(), StateError> {
 }
 
 mod endpoints;
-pub use endpoints::{MAX_HOST_ENDPOINTS, check_names, request_key};
+pub use endpoints::{MAX_HOST_ENDPOINTS, UNREPORTED_GRACE_MS, check_names, request_key};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -276,10 +276,12 @@ impl Attachments {
                 }
             }
         }
-        // A failed request the controller withdrew is no longer reported.
+        // A failed request the controller withdrew is no longer reported. One it still lists
+        // with an address (a macvlan request it filled before the wiring failed) is not
+        // withdrawn: its failure is what gives that address back.
         inner
             .requests_failed
-            .retain(|k, _| requested.contains(k.as_str()));
+            .retain(|k, _| requested.contains(k.as_str()) || recorded.contains_key(k.as_str()));
         for (_, e) in todo.iter() {
             inner.requests_running.insert(e.key.clone());
         }
@@ -429,6 +431,12 @@ impl Attachments {
                 };
                 let mut inner = self.lock();
                 inner.book.remove(&record.key)?;
+                // A request's failure is recorded with the removal, under one lock: a report
+                // that no longer holds the endpoint then always says why, and the controller
+                // tells `overlayctl` the reason instead of "detached while being wired".
+                if inner.requests_running.contains(&record.key) {
+                    inner.requests_failed.insert(record.key.clone(), why.clone());
+                }
                 self.publish(&mut inner);
                 Err(AttachError::new(ErrorKind::WiringFailed, why))
             }

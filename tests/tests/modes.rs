@@ -203,7 +203,7 @@ fn macvlan_vlan_parent_lifecycle() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         println!("kernel without 802.1Q: attach refused with: {}", stderr.trim());
         assert_eq!(out.status.code(), Some(1));
-        assert!(stderr.contains("create vlan eth0.50"), "{stderr}");
+        assert!(stderr.contains("create vlan eth0.50"), "{stderr}\n{}", lab.logs());
         assert_eq!(stderr.trim().lines().count(), 1);
         return;
     }

@@ -431,6 +431,14 @@ impl Agent for AgentApi {
             .iter()
             .map(parse::host_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(
+            host = %req.host_name,
+            full = req.full,
+            upsert = ?req.endpoints.iter().map(|e| &e.key).collect::<Vec<_>>(),
+            removed = ?req.removed,
+            failed = ?req.failed.iter().map(|f| &f.key).collect::<Vec<_>>(),
+            "endpoint report"
+        );
         let cmd = Command::SyncEndpoints {
             host: req.host_name,
             full: req.full,

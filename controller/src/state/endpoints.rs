@@ -32,6 +32,9 @@ pub const MAX_NAME_LABEL: usize = 63;
 /// every replica store.
 pub const MAX_HOST_ENDPOINTS: usize = 16_384;
 
+/// How long an allocated macvlan address survives full reports that do not hold it yet.
+pub const UNREPORTED_GRACE_MS: i64 = 60_000;
+
 /// The key of a request's endpoint.
 pub fn request_key(id: u64) -> String {
     format!("req-{id}")
@@ -497,9 +500,10 @@ impl ClusterState {
             n.cursor = Some(ip);
         }
         let (id, created_ms) = match request {
-            Some((id, created_ms, _)) => {
+            // Dated from the allocation: what the grace for unreported allocations counts from.
+            Some((id, _, _)) => {
                 self.forget_endpoint(id);
-                (id, created_ms)
+                (id, now_ms)
             }
             None => {
                 self.next_endpoint_id += 1;
@@ -566,7 +570,14 @@ impl ClusterState {
                 Err(why) => out.refused.push((key, why)),
             }
         }
+        // A request the agent could not carry out is reported failed, and its endpoint (which the
+        // agent rolled back) removed, in the same report: the failure wins, so the request stays
+        // for `overlayctl` to read the reason.
+        let failed_keys: BTreeSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
         for key in remove {
+            if failed_keys.contains(key.as_str()) {
+                continue;
+            }
             if let Some(id) = self.by_host_key.get(&(host.to_string(), key)).copied() {
                 self.forget_endpoint(id);
                 out.changed += 1;
@@ -575,21 +586,33 @@ impl ClusterState {
         for (key, why) in failed {
             if let Some(id) = self.by_host_key.get(&(host.to_string(), key)).copied()
                 && let Some(ep) = self.endpoints.get(&id)
-                && ep.is_request()
+                && ep.key == request_key(ep.id)
             {
                 let why: String = why.chars().take(1024).collect();
-                if ep.status != EndpointStatus::Failed(why.clone()) {
+                if ep.status != EndpointStatus::Failed(why.clone()) || !ep.is_request() {
                     let mut ep = ep.clone();
                     ep.status = EndpointStatus::Failed(why);
+                    // A macvlan request the controller had filled gives its address back: the
+                    // agent rolled the endpoint back.
+                    ep.ip = Ipv4Addr::UNSPECIFIED;
+                    ep.prefix_len = 0;
+                    ep.gateway = Ipv4Addr::UNSPECIFIED;
+                    ep.mac = overlay_proto::mac::MacAddr([0; 6]);
                     self.replace_endpoint(ep);
                     out.changed += 1;
                 }
             }
         }
         if full {
+            // A macvlan address allocated moments ago may not be in the agent's store yet when
+            // a full report it sent meanwhile arrives: such an allocation (not reported yet,
+            // `host_id` 0) is kept for a grace period, so its address is never handed to
+            // another host while this one wires it. Past the grace, the agent lost it.
+            let fresh =
+                |e: &Endpoint| e.host_id == 0 && now_ms.saturating_sub(e.created_ms) < UNREPORTED_GRACE_MS;
             let stale: Vec<u64> = self
                 .endpoints_of_host(host)
-                .filter(|e| !e.is_request() && !reported.contains(&e.key))
+                .filter(|e| !e.is_request() && !reported.contains(&e.key) && !fresh(e))
                 .map(|e| e.id)
                 .collect();
             for id in stale {

@@ -503,6 +503,39 @@ fn requests_have_no_address_until_the_agent_reports_them() {
         EndpointStatus::Failed("namespace w2 not found".into())
     );
     assert!(s.endpoints[&other.id].is_request());
+
+    // Reported while being wired, then rolled back by the agent: the report that removes it
+    // also says why, and the failure wins (the request stays, failed, its address freed).
+    let third = request(&mut s, "blue", "h1", "w3").unwrap();
+    report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            netns: "w3".into(),
+            owner: "overlayctl".into(),
+            status: EndpointStatus::Pending,
+            ..held(&third.key, "blue", "10.1.0.10")
+        },
+    )
+    .unwrap();
+    assert!(!s.endpoints[&third.id].is_request());
+    s.apply(Command::SyncEndpoints {
+        host: "h1".into(),
+        full: false,
+        upsert: vec![],
+        remove: vec![third.key.clone()],
+        failed: vec![(third.key.clone(), "create vlan eth0.50: not supported".into())],
+        now_ms: 3,
+    })
+    .result
+    .unwrap();
+    let failed = &s.endpoints[&third.id];
+    assert_eq!(
+        failed.status,
+        EndpointStatus::Failed("create vlan eth0.50: not supported".into())
+    );
+    assert!(failed.is_request(), "the rolled-back address is given back");
+    assert!(!s.addresses["blue"].contains_key(&ip("10.1.0.10")));
 }
 
 #[test]
@@ -586,6 +619,54 @@ fn macvlan_addresses_are_allocated_cluster_wide_and_reports_must_match() {
         Err(StateError::PassthruTaken { .. })
     ));
     allocate(&mut s, "pt", "h2", "b/eth0").unwrap();
+}
+
+#[test]
+fn a_full_report_racing_a_fresh_macvlan_allocation_keeps_it_until_the_grace_ends() {
+    let mut s = two_hosts();
+    create(&mut s, macvlan("lan", MacvlanMode::Bridge, "198.51.100.0/30")).unwrap();
+    let full_report_at = |s: &mut ClusterState, now_ms: i64| {
+        s.apply(Command::SyncEndpoints {
+            host: "h1".into(),
+            full: true,
+            upsert: vec![],
+            remove: vec![],
+            failed: vec![],
+            now_ms,
+        })
+        .result
+        .unwrap();
+    };
+    // As the agent asks: its own number comes with the report, after the store commit.
+    let a = match s
+        .apply(Command::AllocateAddress {
+            host: "h1".into(),
+            endpoint: HostEndpoint {
+                status: EndpointStatus::Pending,
+                ip: Ipv4Addr::UNSPECIFIED,
+                host_id: 0,
+                ..held("a/eth0", "lan", "0.0.0.0")
+            },
+            ip: None,
+            now_ms: 1_000,
+        })
+        .result
+        .unwrap()
+    {
+        Response::Endpoint(e) => e,
+        other => panic!("unexpected {other:?}"),
+    };
+    full_report_at(&mut s, 2_000);
+    assert!(
+        s.endpoints.contains_key(&a.id),
+        "kept while the agent may still be wiring it"
+    );
+    assert!(matches!(
+        allocate(&mut s, "lan", "h2", "b/eth0"),
+        Ok(b) if b.ip != a.ip
+    ));
+    full_report_at(&mut s, 1_000 + UNREPORTED_GRACE_MS);
+    assert!(!s.endpoints.contains_key(&a.id), "dropped once the grace is over");
 }
 
 #[test]
