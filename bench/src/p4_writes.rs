@@ -1,4 +1,4 @@
-//! P4: controller write throughput. 3 overlay replicas (fsync'd redb) allocating endpoints
+//! P4: controller write throughput. 3 overlay replicas (fsync'd redb) recording endpoint requests
 //! from many concurrent clients through all replicas, vs a 3-member etcd 3.4 cluster on the
 //! same loopback doing what flannel does to take a lease: a transaction "create the key if it
 //! does not exist" (compare create_revision == 0, then put).
@@ -59,7 +59,7 @@ pub fn run(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Measure> {
         rows: vec![
             Row {
                 subject: "overlay (3 replicas)".into(),
-                metric: "endpoint allocations".into(),
+                metric: "endpoint writes".into(),
                 unit: "1/s".into(),
                 summary: ours_tp.clone(),
             },
@@ -71,7 +71,7 @@ pub fn run(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Measure> {
             },
             Row {
                 subject: "overlay (3 replicas)".into(),
-                metric: "latency per allocation".into(),
+                metric: "latency per write".into(),
                 unit: "ms".into(),
                 summary: ours_lat.clone(),
             },
@@ -103,8 +103,10 @@ pub fn run(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Measure> {
         notes: vec![format!(
             "{runs} runs of {ops} operations each, clients spread over all three replicas/members (followers \
              forward to the leader in both systems). Both fsync every commit: overlay through redb, etcd \
-             through its WAL. An overlay allocation also picks a free address, which etcd's transaction \
-             leaves to the client."
+             through its WAL. An overlay write is an endpoint request (what `overlayctl endpoint attach` records before the \
+             host's agent allocates and wires it): checked against the network, the host's lease and the \
+             host's other endpoints (one per namespace and network), duplicates refused, as etcd's \
+             put-if-absent transaction does for its one key."
         )],
     })
 }
@@ -138,7 +140,7 @@ async fn overlay(ops: usize, clients: usize, runs: usize) -> anyhow::Result<Vec<
     allocation_runs(per_replica, HOSTS, ops, clients, 0..runs).await
 }
 
-/// One timed run per number in `runs` (which names its endpoints) of `ops` endpoint allocations (no agent wait) in network `bench`, spread
+/// One timed run per number in `runs` (which names its endpoints) of `ops` endpoint requests (no agent wait) in network `bench`, spread
 /// over hosts `r0001`..`r{hosts}` and over the replicas of `per_replica` in turn.
 pub(crate) async fn allocation_runs(
     per_replica: Arc<Vec<Controllers>>,

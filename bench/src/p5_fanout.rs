@@ -66,7 +66,7 @@ pub fn run(agents: usize, endpoints: usize, changes: usize) -> anyhow::Result<Me
             },
             Row {
                 subject: "overlay controller (1 replica)".into(),
-                metric: "endpoint allocations while loading".into(),
+                metric: "endpoint writes while loading".into(),
                 unit: "1/s".into(),
                 summary: Summary::of(&[outcome.attach_per_s]),
             },
@@ -128,7 +128,7 @@ async fn drive(
         .await;
     results.into_iter().collect::<anyhow::Result<()>>()?;
     let attach_per_s = endpoints as f64 / t.elapsed().as_secs_f64();
-    println!("P5: {endpoints} endpoints allocated at {attach_per_s:.0}/s");
+    println!("P5: {endpoints} endpoint requests recorded at {attach_per_s:.0}/s");
 
     // 1,000 watchers over a handful of HTTP/2 connections; each reports every revision it sees.
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();

@@ -1,7 +1,7 @@
 //! P7: what mutual TLS costs. Two 3-replica clusters side by side, one plaintext and one with
 //! every connection on mTLS (replicas among themselves too), measured in alternation so that
 //! neither gets the quieter moment: the price of a new connection plus its first call (what
-//! each overlayctl invocation pays), and endpoint allocation throughput from many clients
+//! each overlayctl invocation pays), and endpoint write throughput from many clients
 //! over long-lived connections.
 
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::stats::Summary;
 struct Side {
     connect_ms: Vec<f64>,
     runs: Vec<Run>,
-    /// CPU time of the three replicas together per allocation, one value per run (µs).
+    /// CPU time of the three replicas together per write, one value per run (µs).
     cpu_us_per_op: Vec<f64>,
 }
 
@@ -84,19 +84,19 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
         });
         rows.push(Row {
             subject: format!("overlay, {name}"),
-            metric: "endpoint allocations".into(),
+            metric: "endpoint writes".into(),
             unit: "1/s".into(),
             summary: throughput(s),
         });
         rows.push(Row {
             subject: format!("overlay, {name}"),
-            metric: "latency per allocation".into(),
+            metric: "latency per write".into(),
             unit: "ms".into(),
             summary: latency(s),
         });
         rows.push(Row {
             subject: format!("overlay, {name}"),
-            metric: "CPU of the 3 replicas per allocation".into(),
+            metric: "CPU of the 3 replicas per write".into(),
             unit: "µs".into(),
             summary: cpu(s),
         });
@@ -133,7 +133,7 @@ pub fn run(connects: usize, ops: usize, clients: usize, runs: usize) -> anyhow::
         notes: vec![format!(
             "Both clusters run at once and are measured in turn, round by round. {} sequential new \
              connections (TCP + TLS 1.3 handshake with client certificate, ECDSA P-256) each \
-             followed by one ClusterStatus; then {runs} runs of {ops} allocations over \
+             followed by one ClusterStatus; then {runs} runs of {ops} endpoint writes over \
              long-lived connections spread over the three replicas. In the TLS cluster the \
              replicas also replicate to each other over mTLS.",
             tls.connect_ms.len()
