@@ -23,6 +23,8 @@ fn controller_and_agents_expose_metrics() {
         lab.start_agent_with_env(h, &[("OVERLAY_METRICS_LISTEN", "0.0.0.0:9401")])
             .unwrap();
     }
+    // Endpoints are requested of registered hosts only.
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
     lab.ctl_ok(&[
         "network",
         "create",
