@@ -22,6 +22,8 @@ pub mod code {
     pub const WIRING_FAILED: u32 = 102;
     /// Any other failure the agent reported.
     pub const AGENT_ERROR: u32 = 103;
+    /// A port mapping's host port is already published on this host.
+    pub const PORT_IN_USE: u32 = 104;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +87,7 @@ impl CniError {
             Some(ErrorKind::UnknownEndpoint) => code::UNKNOWN_CONTAINER,
             Some(ErrorKind::PoolExhausted) => code::POOL_EXHAUSTED,
             Some(ErrorKind::AddressRefused) => code::ADDRESS_REFUSED,
+            Some(ErrorKind::PortInUse) => code::PORT_IN_USE,
             Some(ErrorKind::NamespaceRefused | ErrorKind::WiringFailed) => code::WIRING_FAILED,
             Some(ErrorKind::NotReady) => code::TRY_AGAIN_LATER,
             Some(ErrorKind::Internal) => code::AGENT_ERROR,

@@ -577,6 +577,7 @@ fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
         // A request the agent could not carry out is no longer one to act on.
         requested: request && matches!(e.status, crate::model::EndpointStatus::Requested),
         requested_ip: e.requested_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        ports: overlay_proto::ports::to_wire(&e.ports),
     }
 }
 

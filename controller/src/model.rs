@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use ipnetwork::Ipv4Network;
+pub use overlay_proto::ports::PublishedPort;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,6 +185,9 @@ pub struct Endpoint {
     /// The address a request asks for (requests only).
     #[serde(default)]
     pub requested_ip: Option<Ipv4Addr>,
+    /// Ports published on its host (asked for, or as the agent reports them).
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
 }
 
 impl Endpoint {
@@ -206,4 +210,6 @@ pub struct HostEndpoint {
     pub owner: String,
     pub names: Vec<String>,
     pub status: EndpointStatus,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
 }

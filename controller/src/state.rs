@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::limits;
+use overlay_proto::ports::PublishedPort;
 use serde::{Deserialize, Serialize};
 
 use crate::ipam;
@@ -80,6 +81,9 @@ pub enum Command {
         /// Take the namespace's default route (`--default-route`).
         default_route: bool,
         names: Vec<String>,
+        /// `--publish`: checked against the host's other endpoints here, carried out by its agent.
+        #[serde(default)]
+        ports: Vec<PublishedPort>,
         now_ms: i64,
     },
     /// `overlayctl endpoint detach`: drops the record (or the request); the agent sees its
@@ -238,6 +242,12 @@ pub enum StateError {
     },
     #[error("macvlan passthru network {network:?} already has its one endpoint on host {host:?}")]
     PassthruTaken { network: String, host: String },
+    #[error("port {port} is already published on host {host:?} (by endpoint {holder:?})")]
+    PortInUse {
+        host: String,
+        port: String,
+        holder: String,
+    },
     #[error(
         "host {host:?} is held by another agent (instance {holder}, underlay {underlay_ip}, last seen {}s ago); stop that agent, wait until it has been silent for {}s, or remove the host (`overlayctl host rm {host} --force`)",
         silent_ms / 1000,
@@ -274,7 +284,8 @@ impl StateError {
             | VniInUse { .. }
             | AddressInUse { .. }
             | EndpointExists { .. }
-            | IfnameInUse { .. } => ErrorKind::AlreadyExists,
+            | IfnameInUse { .. }
+            | PortInUse { .. } => ErrorKind::AlreadyExists,
             UnknownNetwork(_) | UnknownHost(_) | UnknownEndpoint { .. } => ErrorKind::NotFound,
             NetworkHasEndpoints { .. } | PassthruTaken { .. } | HostClaimed { .. } => {
                 ErrorKind::FailedPrecondition
@@ -469,9 +480,20 @@ impl ClusterState {
                 ip,
                 default_route,
                 names,
+                ports,
                 now_ms,
             } => self
-                .request_endpoint(network, host, netns, ifname, ip, default_route, names, now_ms)
+                .request_endpoint(
+                    network,
+                    host,
+                    netns,
+                    ifname,
+                    ip,
+                    default_route,
+                    names,
+                    ports,
+                    now_ms,
+                )
                 .map(Response::Endpoint),
             Command::DetachEndpoint { network, host, netns } => self
                 .detach_endpoint(&network, &host, &netns)

@@ -21,6 +21,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use overlay_proto::connect::Controllers;
 use overlay_proto::local_socket::ErrorKind;
+use overlay_proto::ports::Protocol;
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
@@ -61,6 +62,7 @@ impl From<BookError> for AttachError {
         let kind = match &e {
             BookError::InUse(_) | BookError::AddressRefused(_) => ErrorKind::AddressRefused,
             BookError::PoolExhausted { .. } => ErrorKind::PoolExhausted,
+            BookError::PortInUse(_) => ErrorKind::PortInUse,
             BookError::Store(_) => ErrorKind::Internal,
         };
         Self::new(kind, e.to_string())
@@ -103,6 +105,9 @@ pub struct Attachments {
     /// requests): the sync loop's wake-up.
     changed: watch::Sender<u64>,
     controller: ControllerLink,
+    /// Ports of this host that overlay itself uses (VXLAN, a controller or metrics listening
+    /// here): publishing one would hand overlay's own traffic to a workload.
+    reserved_ports: BTreeSet<(Protocol, u16)>,
 }
 
 /// The address range of `network` this host hands out, from the desired state.
@@ -127,7 +132,7 @@ fn record_of(network: &str, e: &pb::LocalEndpoint) -> Option<Record> {
         gateway: e.gateway.parse().ok()?,
         mac: e.mac.parse().ok()?,
         names: e.names.clone(),
-        ports: Vec::new(),
+        ports: overlay_proto::ports::from_wire(&e.ports).ok()?,
         owner: e.owner.clone(),
         default_route: e.default_route.unwrap_or(true),
         created_ms: 0,
@@ -153,6 +158,7 @@ fn local_endpoint(r: &Record) -> pb::LocalEndpoint {
         names: r.names.clone(),
         requested: false,
         requested_ip: String::new(),
+        ports: overlay_proto::ports::to_wire(&r.ports),
     }
 }
 
@@ -183,6 +189,7 @@ impl Attachments {
         spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
         report_rx: watch::Receiver<Option<Arc<PassReport>>>,
         controller: ControllerLink,
+        reserved_ports: BTreeSet<(Protocol, u16)>,
     ) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -198,6 +205,7 @@ impl Attachments {
             report_rx,
             changed: watch::channel(0).0,
             controller,
+            reserved_ports,
         })
     }
 
@@ -337,6 +345,20 @@ impl Attachments {
                 format!("interface name {:?}: {r}", req.ifname),
             )
         })?;
+        if let Some(p) = req
+            .ports
+            .iter()
+            .find(|p| self.reserved_ports.contains(&(p.protocol, p.host_port)))
+        {
+            return Err(AttachError::new(
+                ErrorKind::PortInUse,
+                format!(
+                    "port {}/{} of this host is overlay's own (VXLAN, a controller or metrics): publish another",
+                    p.host_port,
+                    p.protocol.as_str()
+                ),
+            ));
+        }
         // The namespace first: a path that is no network namespace, or the host's own, is
         // refused before anything is allocated.
         crate::netns::open(&reference)
@@ -551,6 +573,19 @@ impl Attachments {
 
     /// Carries out a request made through the controller; a failure is reported back.
     pub async fn carry_out(self: Arc<Self>, network: String, e: pb::LocalEndpoint) {
+        let ports = match overlay_proto::ports::from_wire(&e.ports) {
+            Ok(ports) => ports,
+            Err(why) => {
+                let mut inner = self.lock();
+                inner.requests_running.remove(&e.key);
+                inner
+                    .requests_failed
+                    .insert(e.key.clone(), format!("published ports: {why}"));
+                drop(inner);
+                self.touch();
+                return;
+            }
+        };
         let req = NewEndpoint {
             key: e.key.clone(),
             network,
@@ -558,7 +593,7 @@ impl Attachments {
             ifname: e.ifname.clone(),
             ip: e.requested_ip.parse().ok(),
             names: e.names.clone(),
-            ports: Vec::new(),
+            ports,
             owner: "overlayctl".into(),
             default_route: e.default_route.unwrap_or(false),
         };
@@ -715,6 +750,7 @@ impl Attachments {
                     names: r.names.clone(),
                     report: report_kind as i32,
                     message,
+                    ports: overlay_proto::ports::to_wire(&r.ports),
                 }
             })
             .collect();

@@ -23,7 +23,9 @@ use std::path::Path;
 use ipnetwork::Ipv4Network;
 use overlay_proto::ipam;
 
-use crate::store::{PortSpec, Record, Store, StoreError};
+use overlay_proto::ports::PublishedPort;
+
+use crate::store::{Record, Store, StoreError};
 
 /// A network's lease on this host, as the desired state gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +43,7 @@ pub struct NewEndpoint {
     pub ifname: String,
     pub ip: Option<Ipv4Addr>,
     pub names: Vec<String>,
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PublishedPort>,
     pub owner: String,
     pub default_route: bool,
 }
@@ -58,6 +60,8 @@ pub enum BookError {
     },
     #[error("{0}")]
     AddressRefused(String),
+    #[error("{0}")]
+    PortInUse(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -137,6 +141,15 @@ impl Book {
                 req.ifname, req.netns, r.network
             )));
         }
+        overlay_proto::ports::check_list(&req.ports).map_err(BookError::AddressRefused)?;
+        for r in self.records.values() {
+            if let Some((wanted, _)) = overlay_proto::ports::first_clash(&req.ports, &r.ports) {
+                return Err(BookError::PortInUse(format!(
+                    "port {wanted} is already published on this host (by {} in {})",
+                    r.key, r.netns
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -203,6 +216,11 @@ impl Book {
         now_ms: i64,
     ) -> Result<Record, BookError> {
         self.check_new(&req)?;
+        if !req.ports.is_empty() {
+            return Err(BookError::AddressRefused(
+                "a macvlan endpoint is a machine on the LAN: reach it at its own address, nothing is published".into(),
+            ));
+        }
         self.add(req, ip, prefix_len, gateway, now_ms)
     }
 

@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status};
 use crate::attachments::Attachments;
 use crate::book::NewEndpoint;
 use crate::local_socket::LocalSocket;
-use crate::store::{PortSpec, Record};
+use crate::store::Record;
+use overlay_proto::ports::PublishedPort;
 
 /// Longest key a caller may give: a CNI container id (up to 256) and an interface name.
 const MAX_KEY: usize = 300;
@@ -72,38 +73,19 @@ fn check_names(names: &[String]) -> Result<(), Status> {
     Ok(())
 }
 
-fn ports(list: &[api::PortMapping]) -> Result<Vec<PortSpec>, Status> {
+fn ports(list: &[api::PortMapping]) -> Result<Vec<PublishedPort>, Status> {
     if list.len() > MAX_PORTS {
         return Err(bad(format!("at most {MAX_PORTS} port mappings per endpoint")));
     }
-    list.iter()
+    let ports = list
+        .iter()
         .map(|p| {
-            let port = |n: u32, what: &str| {
-                u16::try_from(n)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| bad(format!("{what} {n} is out of range 1-65535")))
-            };
-            let protocol = match p.protocol.as_str() {
-                "" | "tcp" => "tcp",
-                "udp" => "udp",
-                other => return Err(bad(format!("port protocol {other:?} (expected tcp or udp)"))),
-            };
-            let host_ip = match p.host_ip.as_str() {
-                "" | "0.0.0.0" => None,
-                text => Some(
-                    text.parse::<Ipv4Addr>()
-                        .map_err(|_| bad(format!("port mapping host address {text:?} is not IPv4")))?,
-                ),
-            };
-            Ok(PortSpec {
-                host_port: port(p.host_port, "host port")?,
-                container_port: port(p.container_port, "container port")?,
-                protocol: protocol.to_string(),
-                host_ip,
-            })
+            PublishedPort::from_parts(p.host_port, p.container_port, &p.protocol, &p.host_ip)
+                .map_err(|why| bad(format!("port mapping: {why}")))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    overlay_proto::ports::check_list(&ports).map_err(|why| bad(format!("port mappings: {why}")))?;
+    Ok(ports)
 }
 
 fn owner(o: &str) -> Result<String, Status> {
@@ -151,7 +133,7 @@ impl LocalApi {
                 .map(|p| api::PortMapping {
                     host_port: u32::from(p.host_port),
                     container_port: u32::from(p.container_port),
-                    protocol: p.protocol.clone(),
+                    protocol: p.protocol.as_str().to_string(),
                     host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
                 })
                 .collect(),

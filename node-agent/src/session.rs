@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use overlay_proto::connect::Controllers;
+use overlay_proto::ports::Protocol;
 use overlay_proto::tls::{Role, Tls, TlsError};
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_client::AgentClient;
@@ -216,6 +217,7 @@ pub async fn run(
             host: config.host_name.clone(),
             instance: instance.clone(),
         },
+        reserved_ports(&config, underlay.ip),
     );
     let local = match &config.local_socket {
         Some(path) => {
@@ -974,6 +976,29 @@ async fn report_loop(
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
         }
     }
+}
+
+/// The ports of this host overlay uses itself, which no endpoint may publish: VXLAN, and a
+/// controller or this agent's metrics listening on the underlay address.
+fn reserved_ports(config: &AgentConfig, underlay_ip: Ipv4Addr) -> BTreeSet<(Protocol, u16)> {
+    let mut out = BTreeSet::from([(Protocol::Udp, crate::spec::VXLAN_PORT)]);
+    let here = |ip: std::net::IpAddr| {
+        ip.is_unspecified() || ip.is_loopback() || ip == std::net::IpAddr::V4(underlay_ip)
+    };
+    for c in &config.controllers {
+        let bare = c.split("://").last().unwrap_or(c);
+        if let Ok(addr) = bare.trim_end_matches('/').parse::<std::net::SocketAddr>()
+            && here(addr.ip())
+        {
+            out.insert((Protocol::Tcp, addr.port()));
+        }
+    }
+    if let Some(m) = config.metrics_listen
+        && here(m.ip())
+    {
+        out.insert((Protocol::Tcp, m.port()));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
+use overlay_proto::ports::PublishedPort;
 use overlay_proto::v1 as pb;
 use overlay_proto::{names, validate};
 
@@ -186,6 +187,8 @@ pub struct EndpointSpec {
     /// This endpoint's gateway is its namespace's default route (one per namespace, decided
     /// by this agent's book).
     pub default_route: bool,
+    /// Ports of the host forwarded to it.
+    pub ports: Vec<PublishedPort>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -365,6 +368,8 @@ fn network(
                 attachment,
                 cidr,
                 default_route: e.default_route.unwrap_or(true),
+                ports: overlay_proto::ports::from_wire(&e.ports)
+                    .map_err(|why| format!("published ports: {why}"))?,
             })
         })();
         match parsed {

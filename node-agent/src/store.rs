@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use overlay_proto::mac::MacAddr;
+use overlay_proto::ports::PublishedPort;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -25,16 +26,6 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CURSORS: TableDefinition<&str, u32> = TableDefinition::new("cursors");
 
 pub const STORE_FILE: &str = "endpoints.redb";
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct PortSpec {
-    pub host_port: u16,
-    pub container_port: u16,
-    /// "tcp" or "udp".
-    pub protocol: String,
-    /// `None` = every address of the host.
-    pub host_ip: Option<Ipv4Addr>,
-}
 
 /// One endpoint of this host.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -54,7 +45,7 @@ pub struct Record {
     #[serde(default)]
     pub names: Vec<String>,
     #[serde(default)]
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PublishedPort>,
     /// Who attached it (cni, docker, overlayctl).
     pub owner: String,
     #[serde(default)]

@@ -5,8 +5,11 @@
 
 use std::time::Instant;
 
-use overlay_agent::firewall::{self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity};
+use overlay_agent::firewall::{
+    self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity, Published,
+};
 use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
+use overlay_proto::ports::Protocol;
 
 fn name(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -43,6 +46,23 @@ fn spec(endpoints: usize) -> FirewallSpec {
             "192.0.2.12".parse().unwrap(),
             "192.0.2.13".parse().unwrap(),
             "192.0.2.101".parse().unwrap(),
+        ]
+        .into(),
+        published: [
+            Published {
+                host_ip: "192.0.2.11".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                host_port: 8080,
+                to_ip: "10.1.0.2".parse().unwrap(),
+                to_port: 80,
+            },
+            Published {
+                host_ip: "192.0.2.11".parse().unwrap(),
+                protocol: Protocol::Udp,
+                host_port: 5353,
+                to_ip: "10.1.0.3".parse().unwrap(),
+                to_port: 53,
+            },
         ]
         .into(),
     }
@@ -172,6 +192,18 @@ fn rules_are_written_audited_and_repaired() {
                 "{ \"ovv-0\" . 0a:58:0a:01:00:00 . 10.2.0.99 }",
             ]],
             "nftables set bridge overlay endpoints: extra ovv-0 . 0a:58:0a:01:00:00 . 10.2.0.99",
+        ),
+        (
+            "a published port redirected elsewhere",
+            vec![vec![
+                "add",
+                "element",
+                "inet",
+                "overlay",
+                "published",
+                "{ 192.0.2.11 . tcp . 2222 : 10.1.0.66 . 22 }",
+            ]],
+            "nftables set inet overlay published: extra 192.0.2.11 . tcp . 2222 : 10.1.0.66 . 22",
         ),
         (
             "a rule's body replaced, comment kept",

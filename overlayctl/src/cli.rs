@@ -264,6 +264,10 @@ pub enum EndpointCmd {
         /// A name the endpoint answers to in the network's DNS (repeatable).
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+        /// Publish a port: HOSTPORT on the host's underlay address forwards to PORT of the
+        /// endpoint, for other hosts and the host itself (repeatable; tcp unless /udp).
+        #[arg(long = "publish", short = 'p', value_name = "HOSTPORT:PORT[/tcp|udp]")]
+        publish: Vec<overlay_proto::ports::PublishedPort>,
     },
     /// Detach a namespace from a network; its address is released.
     Detach {

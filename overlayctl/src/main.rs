@@ -257,6 +257,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
             no_wait,
             default_route,
             names,
+            publish,
         }) => {
             let req = pb::AttachEndpointRequest {
                 network,
@@ -268,6 +269,7 @@ async fn run(cli: Cli, out: &mut output::Out) -> Result<(), Failure> {
                 no_wait,
                 default_route,
                 names,
+                ports: overlay_proto::ports::to_wire(&publish),
             };
             let resp = call(&controllers, |mut c| {
                 let mut request = tonic::Request::new(req.clone());

@@ -459,7 +459,27 @@ fn endpoint_json(e: &pb::Endpoint) -> Value {
         "message": (!e.message.is_empty()).then_some(&e.message),
         "default_route": e.default_route,
         "key": e.key, "owner": e.owner, "names": e.names,
+        "ports": e.ports.iter().map(|p| json!({
+            "host_port": p.host_port, "container_port": p.container_port,
+            "protocol": p.protocol, "host_ip": (!p.host_ip.is_empty()).then_some(&p.host_ip),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// `8080:80/tcp, 5353:53/udp` (empty: none).
+fn ports_text(e: &pb::Endpoint) -> String {
+    e.ports
+        .iter()
+        .map(|p| {
+            let host = if p.host_ip.is_empty() {
+                String::new()
+            } else {
+                format!("{}:", p.host_ip)
+            };
+            format!("{host}{}:{}/{}", p.host_port, p.container_port, p.protocol)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn endpoint_table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
@@ -479,6 +499,7 @@ fn endpoint_table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
                 e.address.clone(),
                 e.mac.clone(),
                 if e.default_route { "default" } else { "network" }.to_string(),
+                ports_text(e),
                 state,
             ]
         })
@@ -486,7 +507,7 @@ fn endpoint_table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
     table(
         out,
         &[
-            "NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "ROUTE", "STATE",
+            "NETWORK", "HOST", "NETNS", "IFNAME", "ADDRESS", "MAC", "ROUTE", "PORTS", "STATE",
         ],
         rows,
     )?;

@@ -26,6 +26,7 @@ pub mod local_socket;
 pub mod mac;
 pub mod metrics_http;
 pub mod names;
+pub mod ports;
 pub mod sd_notify;
 pub mod tls;
 pub mod validate;

@@ -74,6 +74,8 @@ pub enum ErrorKind {
     AddressRefused,
     /// The namespace is not one the agent may wire (not a network namespace, the host's own...).
     NamespaceRefused,
+    /// A port to publish is already published on this host.
+    PortInUse,
     /// Wiring failed in the kernel.
     WiringFailed,
     /// The agent cannot serve this network yet (no lease and no controller reachable).
@@ -82,13 +84,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::BadRequest,
         ErrorKind::UnknownNetwork,
         ErrorKind::UnknownEndpoint,
         ErrorKind::PoolExhausted,
         ErrorKind::AddressRefused,
         ErrorKind::NamespaceRefused,
+        ErrorKind::PortInUse,
         ErrorKind::WiringFailed,
         ErrorKind::NotReady,
         ErrorKind::Internal,
@@ -102,6 +105,7 @@ impl ErrorKind {
             ErrorKind::PoolExhausted => "pool-exhausted",
             ErrorKind::AddressRefused => "address-refused",
             ErrorKind::NamespaceRefused => "namespace-refused",
+            ErrorKind::PortInUse => "port-in-use",
             ErrorKind::WiringFailed => "wiring-failed",
             ErrorKind::NotReady => "not-ready",
             ErrorKind::Internal => "internal",
@@ -116,6 +120,7 @@ impl ErrorKind {
                 Code::InvalidArgument
             }
             ErrorKind::UnknownNetwork | ErrorKind::UnknownEndpoint => Code::NotFound,
+            ErrorKind::PortInUse => Code::AlreadyExists,
             ErrorKind::PoolExhausted => Code::ResourceExhausted,
             ErrorKind::WiringFailed => Code::FailedPrecondition,
             ErrorKind::NotReady => Code::Unavailable,

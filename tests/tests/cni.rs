@@ -412,6 +412,16 @@ fn container_ip(
 }
 
 /// ICMP echo from the network namespace of process `pid` (a container's).
+/// The body of `GET http://host:port/` from namespace `ns` (2 s timeout), trimmed.
+fn http_get(ns: &str, host: &str, port: u16) -> Option<String> {
+    let script = "import sys, urllib.request\n\
+        print(urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}/', timeout=2).read().decode().strip())";
+    let out = overlay_lab::netns::exec_any(ns, "python3", &["-c", script, host, &port.to_string()]).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn ping_from_pid(pid: u32, ip: Ipv4Addr) -> bool {
     let path = format!("/proc/{pid}/ns/net");
     let Ok(file) = std::fs::File::open(&path) else {
@@ -504,6 +514,51 @@ fn podman_containers_on_two_hosts() {
     println!("podman run c1 on h1 took {took:?}: c1 {ip1}, c2 {ip2}");
     assert!(ping_from_pid(pid1, ip2), "c1 on h1 cannot reach c2 on h2");
     assert!(ping_from_pid(pid2, ip1), "c2 on h2 cannot reach c1 on h1");
+
+    // `podman run -p`: portMappings through CNI, published at h1's underlay address.
+    let m1 = lab.hosts[0].mount_ns.as_ref().unwrap();
+    let out = hosts[0]
+        .podman
+        .run_container(
+            m1,
+            "web",
+            &["--network", "blue", "-p", "8085:80"],
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo hello-from-podman > /www/index.html && exec httpd -f -p 80 -h /www",
+            ],
+        )
+        .expect("podman run web");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let h2 = lab.hosts[1].ns.clone();
+    let mut page = None;
+    Lab::wait_until(Duration::from_secs(10), || {
+        page = http_get(&h2, "192.0.2.11", 8085);
+        page.is_some()
+    });
+    println!("h2 -> 192.0.2.11:8085 (podman -p 8085:80): {page:?}");
+    assert_eq!(
+        page.as_deref(),
+        Some("hello-from-podman"),
+        "published: {}\nendpoints: {}\nweb: {}",
+        lab.on_host(0, "nft", &["list", "map", "inet", "overlay", "published"])
+            .unwrap_or_default(),
+        lab.ctl_ok(&["endpoint", "ls", "--host", "h1"])
+            .unwrap_or_default(),
+        hosts[0]
+            .podman
+            .run(m1, &["logs", "web"])
+            .map(|o| String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout))
+            .unwrap_or_default()
+    );
+    let out = hosts[0].podman.run(m1, &["rm", "-f", "-t", "0", "web"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        http_get(&h2, "192.0.2.11", 8085),
+        None,
+        "8085 answers after podman rm"
+    );
 
     // podman rm -f: the veth goes and the address is free.
     let veths = |lab: &Lab| {

@@ -678,6 +678,7 @@ async fn only_its_own_host_reports_and_releases_its_endpoints() {
         default_route: true,
         owner: "cni".into(),
         names: vec![],
+        ports: vec![],
         report: report as i32,
         message: if report == pb::EndpointReport::Gone {
             "namespace w1 not found".into()

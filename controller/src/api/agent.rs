@@ -491,6 +491,8 @@ impl Agent for AgentApi {
             owner: req.owner,
             names: req.names,
             status: EndpointStatus::Pending,
+            // macvlan: nothing to publish (refused for any non-empty list).
+            ports: Vec::new(),
         };
         let reply = self
             .node

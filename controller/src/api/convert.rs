@@ -113,6 +113,7 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         key: e.key.clone(),
         owner: e.owner.clone(),
         names: e.names.clone(),
+        ports: overlay_proto::ports::to_wire(&e.ports),
     }
 }
 

@@ -597,6 +597,8 @@ impl Overlay for OverlayApi {
         } else {
             Some(parse::ipv4("--ip", &req.ip)?)
         };
+        let ports = overlay_proto::ports::from_wire(&req.ports)
+            .map_err(|why| invalid(format!("--publish: {why}")))?;
         let wait = match req.wait_ms {
             0 => DEFAULT_ATTACH_WAIT,
             ms => Duration::from_millis(ms as u64).min(MAX_ATTACH_WAIT),
@@ -615,6 +617,7 @@ impl Overlay for OverlayApi {
             ip,
             default_route: req.default_route,
             names: req.names,
+            ports,
             now_ms: now_ms(),
         };
         let (done, revision) = self.write(cmd).await?;

@@ -104,6 +104,8 @@ pub fn host_endpoint(e: &pb::HostEndpoint) -> Result<crate::model::HostEndpoint,
         owner: e.owner.clone(),
         names: e.names.clone(),
         status,
+        ports: overlay_proto::ports::from_wire(&e.ports)
+            .map_err(|why| invalid(format!("endpoint {:?}: published ports: {why}", e.key)))?,
     })
 }
 

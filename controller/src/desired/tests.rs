@@ -61,6 +61,7 @@ fn report(s: &mut ClusterState, host: &str, netns: &str, ip: &str, default_route
             default_route,
             owner: "cni".into(),
             names: vec![],
+            ports: vec![],
             status: EndpointStatus::Ready,
         }],
         remove: vec![],
@@ -283,6 +284,7 @@ fn record_command(s: &ClusterState, op: &RecordOp) -> Option<Command> {
                 default_route,
                 owner: "cni".into(),
                 names: if named { vec!["web".into()] } else { vec![] },
+                ports: vec![],
                 status: EndpointStatus::Ready,
             }
         };
@@ -323,6 +325,7 @@ fn record_command(s: &ClusterState, op: &RecordOp) -> Option<Command> {
             ip: None,
             default_route: false,
             names: vec![],
+            ports: vec![],
             now_ms: 1,
         },
         RecordOp::Detach { net, host, ns } => Command::DetachEndpoint {

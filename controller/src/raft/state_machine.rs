@@ -357,6 +357,7 @@ mod fuzz {
                     default_route: true,
                     owner: "cni".into(),
                     names: vec![],
+                    ports: vec![],
                     status: crate::model::EndpointStatus::Ready,
                 }],
                 remove: vec![],

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use super::{ClusterState, EndpointEvent, StateError, invalid, validate_ifname, validate_netns};
 use crate::ipam;
-use crate::model::{Endpoint, EndpointStatus, HostEndpoint, MacvlanMode, Mode};
+use crate::model::{Endpoint, EndpointStatus, HostEndpoint, MacvlanMode, Mode, PublishedPort};
 
 /// Longest endpoint key: CNI container ids are up to 256 characters (`<id>/<ifname>`).
 pub const MAX_KEY_LEN: usize = 300;
@@ -258,6 +258,7 @@ impl ClusterState {
         ip: Option<Ipv4Addr>,
         default_route: bool,
         names: Vec<String>,
+        ports: Vec<PublishedPort>,
         now_ms: i64,
     ) -> Result<Endpoint, StateError> {
         validate_netns(&netns)?;
@@ -270,6 +271,7 @@ impl ClusterState {
         if !self.hosts.contains_key(&host) {
             return Err(StateError::UnknownHost(host));
         }
+        self.check_ports(&host, None, n.mode, &ports)?;
         if !self.in_namespace(&network, &host, &netns).is_empty() {
             return Err(StateError::EndpointExists { network, host, netns });
         }
@@ -350,9 +352,47 @@ impl ClusterState {
             owner: "overlayctl".into(),
             names,
             requested_ip: ip,
+            ports,
         };
         self.insert_endpoint(ep.clone());
         Ok(ep)
+    }
+
+    /// `ports` may be published by endpoint `key` (`None`: a new one) of a `mode` network on
+    /// `host`: a valid list, on a network with a bridge, and no host port another endpoint of
+    /// the host holds.
+    fn check_ports(
+        &self,
+        host: &str,
+        key: Option<&str>,
+        mode: Mode,
+        ports: &[PublishedPort],
+    ) -> Result<(), StateError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        overlay_proto::ports::check_list(ports)
+            .map_err(|why| invalid("published ports", ports.len(), why))?;
+        if mode == Mode::Macvlan {
+            return Err(invalid(
+                "published ports",
+                ports.len(),
+                "a macvlan endpoint is a machine on the LAN: reach it at its own address",
+            ));
+        }
+        let others = self
+            .endpoints_of_host(host)
+            .filter(|e| Some(e.key.as_str()) != key);
+        for other in others {
+            if let Some((wanted, _)) = overlay_proto::ports::first_clash(ports, &other.ports) {
+                return Err(StateError::PortInUse {
+                    host: host.to_string(),
+                    port: wanted.to_string(),
+                    holder: format!("{} in {}", other.network, other.netns),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn endpoints_of_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
@@ -409,6 +449,13 @@ impl ClusterState {
         check_owner(&endpoint.owner)?;
         validate_netns(&endpoint.netns)?;
         validate_ifname("interface name", &endpoint.ifname)?;
+        if !endpoint.ports.is_empty() {
+            return Err(invalid(
+                "published ports",
+                endpoint.ports.len(),
+                "a macvlan endpoint is a machine on the LAN: reach it at its own address",
+            ));
+        }
         let network_name = endpoint.network.clone();
         let n = self
             .networks
@@ -528,6 +575,7 @@ impl ClusterState {
             owner: endpoint.owner,
             names: endpoint.names,
             requested_ip: None,
+            ports: Vec::new(),
         };
         self.insert_endpoint(ep.clone());
         Ok(ep)
@@ -697,6 +745,8 @@ impl ClusterState {
                 "host {host:?} holds {MAX_HOST_ENDPOINTS} endpoints already"
             ));
         }
+        self.check_ports(host, Some(&e.key), mode, &e.ports)
+            .map_err(|err| err.to_string())?;
         let record = Endpoint {
             id: existing.as_ref().map(|o| o.id).unwrap_or(0),
             network: e.network,
@@ -715,6 +765,7 @@ impl ClusterState {
             owner: e.owner,
             names: e.names,
             requested_ip: None,
+            ports: e.ports,
         };
         match existing {
             Some(old) if old == record => Ok(false),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{EndpointStatus, MacvlanMode, MacvlanSpec};
+use crate::model::{EndpointStatus, MacvlanMode, MacvlanSpec, PublishedPort};
 
 fn net(s: &str) -> Ipv4Network {
     s.parse().unwrap()
@@ -59,6 +59,7 @@ fn held(key: &str, network: &str, address: &str) -> HostEndpoint {
         default_route: true,
         owner: "cni".into(),
         names: vec![],
+        ports: vec![],
         status: EndpointStatus::Ready,
     }
 }
@@ -93,6 +94,7 @@ fn request(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Resu
             ip: None,
             default_route: false,
             names: vec![],
+            ports: vec![],
             now_ms: 1,
         })
         .result?
@@ -441,6 +443,7 @@ fn requests_have_no_address_until_the_agent_reports_them() {
             ip: ip.map(|i| i.parse().unwrap()),
             default_route: false,
             names: vec![],
+            ports: vec![],
             now_ms: 1,
         };
     assert_refused(&mut s, ask("nope", "h1", "w2", "eth0", None), |e| {
@@ -670,6 +673,73 @@ fn a_full_report_racing_a_fresh_macvlan_allocation_keeps_it_until_the_grace_ends
 }
 
 #[test]
+fn a_host_port_is_published_once_per_host_and_never_for_macvlan() {
+    let mut s = two_hosts();
+    create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
+    create(&mut s, macvlan("lan", MacvlanMode::Bridge, "198.51.100.0/28")).unwrap();
+    let port = |text: &str| text.parse::<PublishedPort>().unwrap();
+    let ask = |network: &str, host: &str, netns: &str, ports: &[&str]| Command::RequestEndpoint {
+        network: network.into(),
+        host: host.into(),
+        netns: netns.into(),
+        ifname: "eth0".into(),
+        ip: None,
+        default_route: false,
+        names: vec![],
+        ports: ports.iter().map(|p| port(p)).collect(),
+        now_ms: 1,
+    };
+    s.apply(ask("blue", "h1", "w1", &["8080:80"])).result.unwrap();
+    // The same host port (and protocol) on the same host: refused, whatever the target.
+    assert_refused(
+        &mut s,
+        ask("blue", "h1", "w2", &["8080:81"]),
+        |e| matches!(e, StateError::PortInUse { port, .. } if port == "8080:81/tcp"),
+    );
+    // Another protocol, another host: fine.
+    s.apply(ask("blue", "h1", "w3", &["8080:80/udp"])).result.unwrap();
+    s.apply(ask("blue", "h2", "w4", &["8080:80"])).result.unwrap();
+    assert_refused(&mut s, ask("blue", "h1", "w5", &["9000:1", "9000:2"]), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    assert_refused(
+        &mut s,
+        ask("lan", "h1", "w6", &["8081:80"]),
+        |e| matches!(e, StateError::Invalid { reason, .. } if reason.contains("macvlan")),
+    );
+    // An agent's report is held to the same rule.
+    let refused = report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            ports: vec![port("8080:9")],
+            ..held("c9/eth0", "blue", "10.1.0.9")
+        },
+    )
+    .unwrap_err();
+    assert!(refused.contains("8080:9/tcp is already published"), "{refused}");
+    report(
+        &mut s,
+        "h1",
+        HostEndpoint {
+            ports: vec![port("8082:9")],
+            ..held("c9/eth0", "blue", "10.1.0.9")
+        },
+    )
+    .unwrap();
+    let shown = convert_ports(&s, "c9/eth0");
+    assert_eq!(shown, vec![port("8082:9")]);
+}
+
+fn convert_ports(s: &ClusterState, key: &str) -> Vec<PublishedPort> {
+    s.endpoints
+        .values()
+        .find(|e| e.key == key)
+        .map(|e| e.ports.clone())
+        .unwrap_or_default()
+}
+
+#[test]
 fn network_with_endpoints_needs_force() {
     let mut s = two_hosts();
     create(&mut s, vxlan("blue", "10.1.0.0/16")).unwrap();
@@ -834,6 +904,7 @@ fn every_command_survives_the_log_encoding() {
             ip: Some("10.1.0.9".parse().unwrap()),
             default_route: true,
             names: vec!["web".into()],
+            ports: vec![],
             now_ms: 3,
         },
         Command::DetachEndpoint {
@@ -1027,6 +1098,7 @@ pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
                     default_route: e.default_route,
                     owner: e.owner.clone(),
                     names: e.names.clone(),
+                    ports: vec![],
                     status: EndpointStatus::Ready,
                 })
                 .collect();
@@ -1055,6 +1127,7 @@ pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
             ip: None,
             default_route: false,
             names: vec![],
+            ports: vec![],
             now_ms: 1,
         },
         Op::Detach(n, h, w) => Command::DetachEndpoint {

@@ -93,16 +93,22 @@ impl Listing {
             let table = listing.tables.entry(family).or_default();
             match kind.as_str() {
                 "table" => {}
-                "set" => {
+                "set" | "map" => {
                     let elements = body
                         .get("elem")
                         .and_then(Value::as_array)
                         .map(|a| a.iter().map(Value::to_string).collect())
                         .unwrap_or_default();
+                    let types = body.get("type").cloned().unwrap_or(Value::Null);
+                    // A map's kind carries its value type too, as `Set::type_json` writes it.
+                    let set_kind = match body.get("map") {
+                        Some(data) if kind == "map" => serde_json::json!({ "type": types, "map": data }),
+                        _ => types,
+                    };
                     table.sets.insert(
                         text(body, "name"),
                         SetView {
-                            kind: body.get("type").cloned().unwrap_or(Value::Null),
+                            kind: set_kind,
                             elements,
                         },
                     );
@@ -159,20 +165,24 @@ fn zero_counters(v: &mut Value) {
 fn shown(json: &str) -> String {
     let value: Value = serde_json::from_str(json).unwrap_or(Value::Null);
     let text = match &value {
-        Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("concat") => o["concat"]
-            .as_array()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .map(|p| p.as_str().map(str::to_string).unwrap_or_else(|| p.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(" . ")
-            })
-            .unwrap_or_default(),
+        // A map element: key and value.
+        Value::Array(pair) if pair.len() == 2 => format!("{} : {}", atoms(&pair[0]), atoms(&pair[1])),
+        Value::String(_) | Value::Object(_) | Value::Number(_) => atoms(&value),
         _ => json.to_string(),
     };
     truncate(text)
+}
+
+/// One value or a concatenation, as a ruleset writes it.
+fn atoms(value: &Value) -> String {
+    let one = |p: &Value| p.as_str().map(str::to_string).unwrap_or_else(|| p.to_string());
+    match value {
+        Value::Object(o) if o.contains_key("concat") => o["concat"]
+            .as_array()
+            .map(|parts| parts.iter().map(one).collect::<Vec<_>>().join(" . "))
+            .unwrap_or_default(),
+        other => one(other),
+    }
 }
 
 fn truncate(mut text: String) -> String {
@@ -391,10 +401,14 @@ mod tests {
                 let elem: Vec<Value> = s.elements.iter().map(|e| e.json()).collect();
                 let mut set = serde_json::json!({"family": family, "name": s.name, "table": "overlay",
                     "type": s.type_json(), "handle": 3});
+                if s.is_map() {
+                    set["type"] = s.type_json()["type"].clone();
+                    set["map"] = s.type_json()["map"].clone();
+                }
                 if !elem.is_empty() {
                     set["elem"] = Value::Array(elem);
                 }
-                items.push(serde_json::json!({ "set": set }));
+                items.push(serde_json::json!({ s.keyword(): set }));
             }
             for c in &t.chains {
                 let mut chain =

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use overlay_proto::mac::MacAddr;
+use overlay_proto::ports::Protocol;
 
 pub use generation::Changes;
 pub use rules::{Name, TABLE};
@@ -60,6 +61,18 @@ pub struct FirewallSpec {
     pub peers: BTreeSet<Ipv4Addr>,
     /// Addresses no NAT egress may reach: the peers and the controllers.
     pub underlay_hosts: BTreeSet<Ipv4Addr>,
+    /// Ports of this host forwarded to its endpoints (DNAT).
+    pub published: BTreeSet<Published>,
+}
+
+/// `host_ip:host_port/protocol` of this host forwards to `to_ip:to_port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    pub host_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub host_port: u16,
+    pub to_ip: Ipv4Addr,
+    pub to_port: u16,
 }
 
 impl FirewallSpec {
@@ -112,6 +125,14 @@ impl FirewallSpec {
                         mac: ep.mac,
                         ip: ep.address.ip(),
                     });
+                    // On the underlay address unless the endpoint names another of the host's.
+                    out.published.extend(ep.ports.iter().map(|p| Published {
+                        host_ip: p.host_ip.unwrap_or(underlay_ip),
+                        protocol: p.protocol,
+                        host_port: p.host_port,
+                        to_ip: ep.address.ip(),
+                        to_port: p.container_port,
+                    }));
                 }
             }
             out.peers.extend(
@@ -174,7 +195,7 @@ pub enum FirewallError {
 }
 
 /// The start-up check: `nft` is there and the kernel accepts every construct the rules use
-/// (the bridge family, concatenated sets, conntrack, masquerade), checked on a sample
+/// (the bridge family, concatenated sets and maps, conntrack, masquerade, DNAT), checked on a sample
 /// ruleset without committing anything.
 pub fn preflight() -> Result<(), FirewallError> {
     let sample = FirewallSpec {
@@ -193,6 +214,14 @@ pub fn preflight() -> Result<(), FirewallError> {
         .into(),
         peers: [Ipv4Addr::new(192, 0, 2, 3)].into(),
         underlay_hosts: [Ipv4Addr::new(192, 0, 2, 3)].into(),
+        published: [Published {
+            host_ip: Ipv4Addr::new(192, 0, 2, 1),
+            protocol: Protocol::Tcp,
+            host_port: 8080,
+            to_ip: Ipv4Addr::new(192, 0, 2, 2),
+            to_port: 80,
+        }]
+        .into(),
     };
     nft::check(&rules::transaction(&rules::tables(&sample))).map_err(|e| match e {
         FirewallError::Failed { detail, .. } => FirewallError::Failed {

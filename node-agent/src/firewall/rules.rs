@@ -37,6 +37,7 @@ use std::net::Ipv4Addr;
 
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
+use overlay_proto::ports::Protocol;
 
 use super::FirewallSpec;
 use crate::spec::VXLAN_PORT;
@@ -101,6 +102,8 @@ pub enum Atom {
     Name(Name),
     Mac(MacAddr),
     Ip(Ipv4Addr),
+    Proto(Protocol),
+    Port(u16),
 }
 
 impl Atom {
@@ -110,50 +113,109 @@ impl Atom {
             Atom::Name(n) => format!("\"{}\"", n.as_str()),
             Atom::Mac(m) => m.to_string(),
             Atom::Ip(ip) => ip.to_string(),
+            Atom::Proto(p) => p.as_str().to_string(),
+            Atom::Port(port) => port.to_string(),
         }
     }
 
     /// As `nft -j` lists it.
     fn json(&self) -> serde_json::Value {
-        serde_json::Value::String(match self {
-            Atom::Name(n) => n.as_str().to_string(),
-            Atom::Mac(m) => m.to_string(),
-            Atom::Ip(ip) => ip.to_string(),
-        })
-    }
-}
-
-/// A set element: one value, or a concatenation.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Element(pub Vec<Atom>);
-
-impl Element {
-    pub fn text(&self) -> String {
-        self.0.iter().map(Atom::text).collect::<Vec<_>>().join(" . ")
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        match self.0.as_slice() {
-            [one] => one.json(),
-            many => serde_json::json!({ "concat": many.iter().map(Atom::json).collect::<Vec<_>>() }),
+        match self {
+            Atom::Name(n) => n.as_str().into(),
+            Atom::Mac(m) => m.to_string().into(),
+            Atom::Ip(ip) => ip.to_string().into(),
+            Atom::Proto(p) => p.as_str().into(),
+            Atom::Port(port) => (*port).into(),
         }
     }
 }
 
+/// A set element (one value, or a concatenation), or a map element: a key and its value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Element {
+    pub key: Vec<Atom>,
+    /// Empty in a set.
+    pub value: Vec<Atom>,
+}
+
+impl Element {
+    pub fn new(key: Vec<Atom>) -> Self {
+        Self {
+            key,
+            value: Vec::new(),
+        }
+    }
+
+    pub fn map(key: Vec<Atom>, value: Vec<Atom>) -> Self {
+        Self { key, value }
+    }
+
+    fn join(atoms: &[Atom]) -> String {
+        atoms.iter().map(Atom::text).collect::<Vec<_>>().join(" . ")
+    }
+
+    fn concat_json(atoms: &[Atom]) -> serde_json::Value {
+        match atoms {
+            [one] => one.json(),
+            many => serde_json::json!({ "concat": many.iter().map(Atom::json).collect::<Vec<_>>() }),
+        }
+    }
+
+    /// As written in a ruleset (`key : value` in a map).
+    pub fn text(&self) -> String {
+        if self.value.is_empty() {
+            Self::join(&self.key)
+        } else {
+            format!("{} : {}", Self::join(&self.key), Self::join(&self.value))
+        }
+    }
+
+    /// What `delete element` names: the key alone.
+    pub fn key_text(&self) -> String {
+        Self::join(&self.key)
+    }
+
+    /// As `nft -j` lists it (`[key, value]` in a map).
+    pub fn json(&self) -> serde_json::Value {
+        if self.value.is_empty() {
+            Self::concat_json(&self.key)
+        } else {
+            serde_json::json!([Self::concat_json(&self.key), Self::concat_json(&self.value)])
+        }
+    }
+}
+
+/// A named set, or a map when it has `data` types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Set {
     pub name: &'static str,
-    /// nft data types; more than one makes a concatenation.
+    /// nft data types of the key; more than one makes a concatenation.
     pub types: &'static [&'static str],
+    /// A map's value types (empty for a set).
+    pub data: &'static [&'static str],
     pub elements: BTreeSet<Element>,
 }
 
 impl Set {
-    /// The `type` as `nft -j` lists it.
+    pub fn is_map(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    /// `set` or `map`, as rulesets and `nft -j` name the object.
+    pub fn keyword(&self) -> &'static str {
+        if self.is_map() { "map" } else { "set" }
+    }
+
+    /// The `type` (and a map's `map`) as `nft -j` lists them.
     pub fn type_json(&self) -> serde_json::Value {
-        match self.types {
+        let types = match self.types {
             [one] => serde_json::Value::String(one.to_string()),
             many => serde_json::json!(many),
+        };
+        if self.is_map() {
+            serde_json::json!({ "type": types, "map": self.data.join(" . ") })
+        } else {
+            types
         }
     }
 }
@@ -199,7 +261,7 @@ impl Table {
                 .sets
                 .iter()
                 .zip(&other.sets)
-                .all(|(a, b)| a.name == b.name && a.types == b.types)
+                .all(|(a, b)| a.name == b.name && a.types == b.types && a.data == b.data)
     }
 }
 
@@ -222,18 +284,35 @@ fn set(
     Set {
         name,
         types,
+        data: &[],
+        elements: elements.into_iter().collect(),
+    }
+}
+
+fn map(
+    name: &'static str,
+    types: &'static [&'static str],
+    data: &'static [&'static str],
+    elements: impl IntoIterator<Item = Element>,
+) -> Set {
+    Set {
+        name,
+        types,
+        data,
         elements: elements.into_iter().collect(),
     }
 }
 
 fn pair(a: &Name, b: &Name) -> Element {
-    Element(vec![Atom::Name(a.clone()), Atom::Name(b.clone())])
+    Element::new(vec![Atom::Name(a.clone()), Atom::Name(b.clone())])
 }
 
-/// Priorities as nft names them: `filter` in the bridge family, `filter` and `srcnat` in inet.
+/// Priorities as nft names them: `filter` in the bridge family, `filter`, `dstnat` and `srcnat`
+/// in inet.
 const BRIDGE_FILTER: i32 = -200;
 const FILTER: i32 = 0;
 const SRCNAT: i32 = 100;
+const DSTNAT: i32 = -100;
 
 /// The tables `spec` calls for; none when no network has a bridge on this host.
 pub fn tables(spec: &FirewallSpec) -> Vec<Table> {
@@ -251,16 +330,16 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
             set(
                 "endpoints",
                 &["ifname", "ether_addr", "ipv4_addr"],
-                spec.endpoints
-                    .iter()
-                    .map(|e| Element(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac), Atom::Ip(e.ip)])),
+                spec.endpoints.iter().map(|e| {
+                    Element::new(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac), Atom::Ip(e.ip)])
+                }),
             ),
             set(
                 "endpoint_macs",
                 &["ifname", "ether_addr"],
                 spec.endpoints
                     .iter()
-                    .map(|e| Element(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)])),
+                    .map(|e| Element::new(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)])),
             ),
         ],
         chains: vec![
@@ -341,11 +420,14 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let mut vxlan_gateways = BTreeSet::new();
     for n in &spec.networks {
         same_network.insert(pair(&n.bridge, &n.bridge));
-        gateways.insert(Element(vec![Atom::Name(n.bridge.clone()), Atom::Ip(n.gateway)]));
+        gateways.insert(Element::new(vec![
+            Atom::Name(n.bridge.clone()),
+            Atom::Ip(n.gateway),
+        ]));
         if let Some(vx) = &n.vxlan {
             same_network.insert(pair(&n.bridge, vx));
             same_network.insert(pair(vx, &n.bridge));
-            vxlan_gateways.insert(Element(vec![Atom::Name(vx.clone()), Atom::Ip(n.gateway)]));
+            vxlan_gateways.insert(Element::new(vec![Atom::Name(vx.clone()), Atom::Ip(n.gateway)]));
         }
         if n.nat_egress
             && let Some(underlay) = &spec.underlay
@@ -356,7 +438,7 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let ips = |addrs: &BTreeSet<Ipv4Addr>| {
         addrs
             .iter()
-            .map(|ip| Element(vec![Atom::Ip(*ip)]))
+            .map(|ip| Element::new(vec![Atom::Ip(*ip)]))
             .collect::<Vec<_>>()
     };
     // Without a usable underlay name, VXLAN is refused from everyone (fail closed).
@@ -430,6 +512,11 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                     "iifname . oifname @same_network accept",
                     "within a network: its bridge and its vxlan",
                 ),
+                // Before NAT egress, whose guard would drop replies to other overlay hosts.
+                rule(
+                    format!("iifname {bridges} ct status dnat accept"),
+                    "replies from published ports",
+                ),
                 rule(
                     "iifname . oifname @nat_egress jump nat_egress",
                     "out to the underlay (NAT egress)",
@@ -484,16 +571,48 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             rules: vec![rule("iifname . oifname @nat_egress masquerade", "NAT egress")],
         });
     }
+    let mut sets = vec![
+        set("peers", &["ipv4_addr"], ips(&spec.peers)),
+        set("underlay_hosts", &["ipv4_addr"], ips(&spec.underlay_hosts)),
+        set("gateways", &["ifname", "ipv4_addr"], gateways),
+        set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
+        set("same_network", &["ifname", "ifname"], same_network),
+        set("nat_egress", &["ifname", "ifname"], nat_egress),
+    ];
+    if !spec.published.is_empty() {
+        // Published ports, likewise only while there are some. Arriving from anywhere
+        // (prerouting) and sent by the host itself (output); the forward chain lets DNAT'd
+        // connections in and their replies out.
+        let dnat = "dnat ip to ip daddr . meta l4proto . th dport map @published";
+        chains.push(Chain {
+            name: "published",
+            base: base("nat", "prerouting", DSTNAT),
+            rules: vec![rule(dnat, "published ports")],
+        });
+        chains.push(Chain {
+            name: "published_local",
+            base: base("nat", "output", DSTNAT),
+            rules: vec![rule(dnat, "published ports, from the host itself")],
+        });
+        sets.push(map(
+            "published",
+            &["ipv4_addr", "inet_proto", "inet_service"],
+            &["ipv4_addr", "inet_service"],
+            spec.published.iter().map(|p| {
+                Element::map(
+                    vec![
+                        Atom::Ip(p.host_ip),
+                        Atom::Proto(p.protocol),
+                        Atom::Port(p.host_port),
+                    ],
+                    vec![Atom::Ip(p.to_ip), Atom::Port(p.to_port)],
+                )
+            }),
+        ));
+    }
     Table {
         family: Family::Inet,
-        sets: vec![
-            set("peers", &["ipv4_addr"], ips(&spec.peers)),
-            set("underlay_hosts", &["ipv4_addr"], ips(&spec.underlay_hosts)),
-            set("gateways", &["ifname", "ipv4_addr"], gateways),
-            set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
-            set("same_network", &["ifname", "ifname"], same_network),
-            set("nat_egress", &["ifname", "ifname"], nat_egress),
-        ],
+        sets,
         chains,
     }
 }
@@ -527,7 +646,11 @@ pub fn delta(old: &[Table], new: &[Table]) -> Option<String> {
     for (o, n) in old.iter().zip(new) {
         for (os, ns) in o.sets.iter().zip(&n.sets) {
             let head = format!("{} {TABLE} {}", n.family.as_str(), ns.name);
-            let gone: Vec<String> = os.elements.difference(&ns.elements).map(Element::text).collect();
+            let gone: Vec<String> = os
+                .elements
+                .difference(&ns.elements)
+                .map(Element::key_text)
+                .collect();
             let came: Vec<String> = ns.elements.difference(&os.elements).map(Element::text).collect();
             if !gone.is_empty() {
                 let _ = writeln!(deletes, "delete element {head} {{ {} }}", gone.join(", "));
@@ -543,8 +666,12 @@ pub fn delta(old: &[Table], new: &[Table]) -> Option<String> {
 fn render_table(out: &mut String, table: &Table) {
     let _ = writeln!(out, "table {} {TABLE} {{", table.family.as_str());
     for s in &table.sets {
-        let _ = writeln!(out, "\tset {} {{", s.name);
-        let _ = writeln!(out, "\t\ttype {}", s.types.join(" . "));
+        let _ = writeln!(out, "\t{} {} {{", s.keyword(), s.name);
+        if s.is_map() {
+            let _ = writeln!(out, "\t\ttype {} : {}", s.types.join(" . "), s.data.join(" . "));
+        } else {
+            let _ = writeln!(out, "\t\ttype {}", s.types.join(" . "));
+        }
         if !s.elements.is_empty() {
             let elements: Vec<String> = s.elements.iter().map(Element::text).collect();
             let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t"));
@@ -602,6 +729,7 @@ pub(crate) mod tests {
             .into(),
             peers: ["192.0.2.12".parse().unwrap()].into(),
             underlay_hosts: ["192.0.2.12".parse().unwrap(), "192.0.2.101".parse().unwrap()].into(),
+            published: BTreeSet::new(),
         }
     }
 
@@ -722,9 +850,63 @@ pub(crate) mod tests {
         assert!(delta(&old, &[]).is_none());
     }
 
+    fn published(host_port: u16, to: &str, to_port: u16) -> crate::firewall::Published {
+        crate::firewall::Published {
+            host_ip: "192.0.2.11".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            host_port,
+            to_ip: to.parse().unwrap(),
+            to_port,
+        }
+    }
+
+    #[test]
+    fn published_ports_are_a_dnat_map_present_only_while_there_are_some() {
+        let none = tables(&sample());
+        let inet = |t: &[Table]| t.iter().find(|t| t.family == Family::Inet).cloned().unwrap();
+        assert!(!inet(&none).sets.iter().any(|s| s.name == "published"));
+        assert!(!inet(&none).chains.iter().any(|c| c.name.starts_with("published")));
+        let mut spec = sample();
+        spec.published.insert(published(8080, "10.1.0.2", 80));
+        let with = tables(&spec);
+        let text = transaction(&with);
+        assert!(text.contains("\tmap published {\n\t\ttype ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service\n"), "{text}");
+        assert!(text.contains("192.0.2.11 . tcp . 8080 : 10.1.0.2 . 80"), "{text}");
+        assert!(text.contains("type nat hook prerouting priority -100;"), "{text}");
+        assert!(text.contains("type nat hook output priority -100;"), "{text}");
+        assert!(
+            text.contains("dnat ip to ip daddr . meta l4proto . th dport map @published"),
+            "{text}"
+        );
+        // The first published port changes the shape (a rebuild); the next ones are elements.
+        assert!(delta(&none, &with).is_none());
+        let mut more = spec.clone();
+        more.published.insert(published(8081, "10.1.0.3", 80));
+        more.published.remove(&published(8080, "10.1.0.2", 80));
+        more.published.insert(published(8080, "10.1.0.4", 8000));
+        assert_eq!(
+            delta(&with, &tables(&more)).unwrap(),
+            "delete element inet overlay published { 192.0.2.11 . tcp . 8080 }\n\
+             add element inet overlay published { 192.0.2.11 . tcp . 8080 : 10.1.0.4 . 8000, 192.0.2.11 . tcp . 8081 : 10.1.0.3 . 80 }\n"
+        );
+        let map = inet(&with)
+            .sets
+            .into_iter()
+            .find(|s| s.name == "published")
+            .unwrap();
+        assert_eq!(
+            map.elements.iter().next().unwrap().json(),
+            serde_json::json!([{"concat": ["192.0.2.11", "tcp", 8080]}, {"concat": ["10.1.0.2", 80]}])
+        );
+        assert_eq!(
+            map.type_json(),
+            serde_json::json!({"type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "ipv4_addr . inet_service"})
+        );
+    }
+
     #[test]
     fn elements_as_nft_lists_them() {
-        let e = Element(vec![
+        let e = Element::new(vec![
             Atom::Name(name("ovv-1a")),
             Atom::Mac("0a:58:0a:01:00:02".parse().unwrap()),
             Atom::Ip("10.1.0.2".parse().unwrap()),
@@ -734,7 +916,7 @@ pub(crate) mod tests {
             serde_json::json!({"concat": ["ovv-1a", "0a:58:0a:01:00:02", "10.1.0.2"]})
         );
         assert_eq!(
-            Element(vec![Atom::Ip("192.0.2.1".parse().unwrap())]).json(),
+            Element::new(vec![Atom::Ip("192.0.2.1".parse().unwrap())]).json(),
             "192.0.2.1"
         );
     }
