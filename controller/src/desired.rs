@@ -578,6 +578,9 @@ fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
         requested: request && matches!(e.status, crate::model::EndpointStatus::Requested),
         requested_ip: e.requested_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         ports: overlay_proto::ports::to_wire(&e.ports),
+        // The host's agent knows which of its endpoints a runtime wired; the controller's
+        // list only tells it what it recorded.
+        runtime_wired: false,
     }
 }
 

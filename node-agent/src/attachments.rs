@@ -26,6 +26,10 @@ use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
 
+mod runtime;
+
+pub use runtime::LeasedNetwork;
+
 use crate::book::{Book, BookError, Lease, NewEndpoint};
 use crate::reconcile::PassReport;
 use crate::spec::{HostSpec, NetnsRef};
@@ -137,6 +141,11 @@ fn record_of(network: &str, e: &pb::LocalEndpoint) -> Option<Record> {
         default_route: e.default_route.unwrap_or(true),
         created_ms: 0,
         reported: true,
+        // Docker moved its interface itself: never re-wired by the agent.
+        runtime: (e.owner == "docker").then(|| crate::store::RuntimeLink {
+            endpoint_id: String::new(),
+            joined: true,
+        }),
     })
 }
 
@@ -159,6 +168,7 @@ fn local_endpoint(r: &Record) -> pb::LocalEndpoint {
         requested: false,
         requested_ip: String::new(),
         ports: overlay_proto::ports::to_wire(&r.ports),
+        runtime_wired: r.runtime.as_ref().is_some_and(|l| l.joined),
     }
 }
 
@@ -234,7 +244,7 @@ impl Attachments {
             n.endpoints = inner
                 .book
                 .records()
-                .filter(|r| r.network == n.name)
+                .filter(|r| r.network == n.name && !r.is_reservation())
                 .map(local_endpoint)
                 .collect();
         }
@@ -335,6 +345,33 @@ impl Attachments {
         inner.desired.as_ref()?.networks.iter().find(|n| n.name == name)
     }
 
+    /// The addresses the controller has recorded for this host in `network`: never handed
+    /// out again, even by a book rebuilt without them.
+    fn controller_used(inner: &Inner, network: &str) -> BTreeSet<Ipv4Addr> {
+        Self::network(inner, network)
+            .map(|n| {
+                n.endpoints
+                    .iter()
+                    .filter_map(|e| e.address.parse::<Ipv4Network>().ok())
+                    .map(|a| a.ip())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The Docker plugin's networks (see [`crate::docker`]).
+    pub fn docker_networks(&self) -> Result<Vec<(String, String)>, AttachError> {
+        Ok(self.lock().book.docker_networks()?)
+    }
+
+    pub fn put_docker_network(&self, id: &str, network: &str) -> Result<(), AttachError> {
+        Ok(self.lock().book.put_docker_network(id, network)?)
+    }
+
+    pub fn remove_docker_network(&self, id: &str) -> Result<(), AttachError> {
+        Ok(self.lock().book.remove_docker_network(id)?)
+    }
+
     /// Attaches an endpoint (see the module docs): the record once it is wired.
     pub async fn attach(&self, req: NewEndpoint) -> Result<Record, AttachError> {
         let reference =
@@ -424,12 +461,7 @@ impl Attachments {
                         format!("this host holds no lease in network {:?} yet", req.network),
                     )
                 })?;
-                let controller_used: BTreeSet<Ipv4Addr> = network
-                    .endpoints
-                    .iter()
-                    .filter_map(|e| e.address.parse::<Ipv4Network>().ok())
-                    .map(|a| a.ip())
-                    .collect();
+                let controller_used = Self::controller_used(&inner, &network.name);
                 inner
                     .book
                     .add_from_lease(req, lease, &controller_used, now_ms())?
@@ -728,6 +760,9 @@ impl Attachments {
         let endpoints = inner
             .book
             .records()
+            // An address held for a runtime is this host's business until the runtime
+            // joins it to a sandbox (a matter of moments): then it is an endpoint like any.
+            .filter(|r| !r.is_reservation())
             .map(|r| {
                 let (report_kind, message) = match report.as_ref().and_then(|p| {
                     let gone = p.gone.get(&r.id).cloned();

@@ -79,6 +79,7 @@ pub fn drift(
             EndpointOp::Blocked { device, reason, .. } => {
                 Some(format!("endpoint blocked: {device}: {reason}"))
             }
+            EndpointOp::Gone { id, reason } => Some(format!("endpoint {id} gone: {reason}")),
             // Checked inside the namespace only by deep passes.
             EndpointOp::Verify { .. } | EndpointOp::VerifyMacvlan { .. } => None,
         }),

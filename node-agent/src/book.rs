@@ -25,7 +25,7 @@ use overlay_proto::ipam;
 
 use overlay_proto::ports::PublishedPort;
 
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, RuntimeLink, Store, StoreError};
 
 /// A network's lease on this host, as the desired state gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,11 @@ pub struct Book {
     cursors: BTreeMap<String, Ipv4Addr>,
     /// Bumped on every change, so readers can tell a new book from the one they have seen.
     generation: u64,
+}
+
+/// The key of an address held for `owner` before its endpoint exists.
+pub fn reservation_key(owner: &str, network: &str, ip: Ipv4Addr) -> String {
+    format!("{owner}/{network}/{ip}")
 }
 
 impl Book {
@@ -163,47 +168,143 @@ impl Book {
         now_ms: i64,
     ) -> Result<Record, BookError> {
         self.check_new(&req)?;
+        let ip = self.pick(&req.network, req.ip, lease, controller_used)?;
+        self.add(req, ip, lease.subnet.prefix(), lease.gateway, now_ms)
+    }
+
+    /// The address to give in `network`: `wanted` if it is this host's and free, else the
+    /// next free one after the network's cursor.
+    fn pick(
+        &self,
+        network: &str,
+        wanted: Option<Ipv4Addr>,
+        lease: Lease,
+        controller_used: &BTreeSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, BookError> {
         let (first, last) = ipam::endpoint_range(lease.subnet).ok_or_else(|| BookError::PoolExhausted {
-            network: req.network.clone(),
+            network: network.to_string(),
             subnet: lease.subnet,
             capacity: 0,
         })?;
         let used: BTreeMap<Ipv4Addr, ()> = self
             .records
             .values()
-            .filter(|r| r.network == req.network)
+            .filter(|r| r.network == network)
             .map(|r| r.ip)
             .chain(controller_used.iter().copied())
             .map(|ip| (ip, ()))
             .collect();
-        let ip = match req.ip {
+        match wanted {
             Some(ip) => {
                 if !(first..=last).contains(&ip) || ip == lease.gateway {
                     return Err(BookError::AddressRefused(format!(
-                        "address {ip} is not this host's to give in network {:?}: its lease {} allows {first} to {last}, except the gateway {}",
-                        req.network, lease.subnet, lease.gateway
+                        "address {ip} is not this host's to give in network {network:?}: its lease {} allows {first} to {last}, except the gateway {}",
+                        lease.subnet, lease.gateway
                     )));
                 }
                 if used.contains_key(&ip) {
                     return Err(BookError::AddressRefused(format!(
-                        "address {ip} is already used in network {:?}",
-                        req.network
+                        "address {ip} is already used in network {network:?}"
                     )));
                 }
-                ip
+                Ok(ip)
             }
             None => {
-                let cursor = self.cursors.get(&req.network).copied();
+                let cursor = self.cursors.get(network).copied();
                 ipam::next_free_ip(first, last, cursor, &used, &[lease.gateway]).ok_or_else(|| {
                     BookError::PoolExhausted {
-                        network: req.network.clone(),
+                        network: network.to_string(),
                         subnet: lease.subnet,
                         capacity: ipam::range_len(first, last),
                     }
-                })?
+                })
             }
+        }
+    }
+
+    /// Holds an address of `network` for a runtime that names its endpoint later (Docker's
+    /// IPAM asks before the endpoint exists): a record without a namespace, keyed by the
+    /// address, committed like any other so the address is never given twice.
+    pub fn reserve(
+        &mut self,
+        network: &str,
+        wanted: Option<Ipv4Addr>,
+        lease: Lease,
+        controller_used: &BTreeSet<Ipv4Addr>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Record, BookError> {
+        let ip = self.pick(network, wanted, lease, controller_used)?;
+        let floor = self.records.values().map(|r| r.id + 1).max().unwrap_or(1);
+        let id = self.store.take_id(floor)?;
+        let record = Record {
+            key: reservation_key(owner, network, ip),
+            id,
+            network: network.to_string(),
+            netns: String::new(),
+            ifname: String::new(),
+            ip,
+            prefix_len: lease.subnet.prefix(),
+            gateway: lease.gateway,
+            mac: ipam::mac_from_ip(ip),
+            names: Vec::new(),
+            ports: Vec::new(),
+            owner: owner.to_string(),
+            default_route: false,
+            created_ms: now_ms,
+            reported: false,
+            runtime: Some(RuntimeLink::default()),
         };
-        self.add(req, ip, lease.subnet.prefix(), lease.gateway, now_ms)
+        self.store.put_new(&record)?;
+        self.cursors.insert(record.network.clone(), ip);
+        self.records.insert(record.key.clone(), record.clone());
+        self.generation += 1;
+        Ok(record)
+    }
+
+    /// The record of a runtime's endpoint (`endpoint_id`), if any.
+    pub fn by_runtime_id(&self, endpoint_id: &str) -> Option<&Record> {
+        self.records.values().find(|r| {
+            r.runtime
+                .as_ref()
+                .is_some_and(|l| !l.endpoint_id.is_empty() && l.endpoint_id == endpoint_id)
+        })
+    }
+
+    /// Changes a runtime-held record (its link, namespace, interface name or ports); the new
+    /// ports are checked against every other record's first.
+    pub fn update_runtime(
+        &mut self,
+        key: &str,
+        change: impl FnOnce(&mut Record),
+    ) -> Result<Record, BookError> {
+        let Some(old) = self.records.get(key) else {
+            return Err(BookError::InUse(format!("no endpoint {key:?} on this host")));
+        };
+        let mut r = old.clone();
+        change(&mut r);
+        if r.runtime.is_none() || r.key != key || r.ip != old.ip || r.network != old.network {
+            return Err(BookError::InUse(format!(
+                "endpoint {key:?} is not a runtime's to change"
+            )));
+        }
+        if r.ports != old.ports {
+            overlay_proto::ports::check_list(&r.ports).map_err(BookError::AddressRefused)?;
+            for other in self.records.values().filter(|o| o.key != key) {
+                if let Some((wanted, _)) = overlay_proto::ports::first_clash(&r.ports, &other.ports) {
+                    return Err(BookError::PortInUse(format!(
+                        "port {wanted} is already published on this host (by {} in {})",
+                        other.key, other.netns
+                    )));
+                }
+            }
+        }
+        if r != *old {
+            self.store.put(&r)?;
+            self.records.insert(r.key.clone(), r.clone());
+            self.generation += 1;
+        }
+        Ok(r)
     }
 
     /// A new endpoint whose address the controller allocated (macvlan).
@@ -257,6 +358,7 @@ impl Book {
             default_route,
             created_ms: now_ms,
             reported: false,
+            runtime: None,
         };
         self.store.put_new(&record)?;
         self.cursors.insert(record.network.clone(), ip);
@@ -317,6 +419,20 @@ impl Book {
             self.records.insert(r.key.clone(), r);
         }
         Ok(())
+    }
+
+    /// Docker networks and the overlay network each joins (the Docker plugin's one piece of
+    /// state of its own).
+    pub fn docker_networks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.store.docker_networks()
+    }
+
+    pub fn put_docker_network(&self, id: &str, network: &str) -> Result<(), StoreError> {
+        self.store.put_docker_network(id, network)
+    }
+
+    pub fn remove_docker_network(&self, id: &str) -> Result<(), StoreError> {
+        self.store.remove_docker_network(id)
     }
 
     /// Fills a new store from the controller's records of this host (see `needs_import`).

@@ -101,7 +101,9 @@ fn nl_err(e: NetlinkError) -> String {
 
 fn veth_names(ep: &EndpointSpec) -> Result<(&str, &str), String> {
     match &ep.attachment {
-        Attachment::Veth { bridge, host_ifname } => Ok((bridge, host_ifname)),
+        Attachment::Veth {
+            bridge, host_ifname, ..
+        } => Ok((bridge, host_ifname)),
         Attachment::Macvlan { .. } => Err("not a veth endpoint".into()),
     }
 }

@@ -12,6 +12,7 @@ pub mod attachments;
 pub mod audit;
 pub mod book;
 pub mod dns;
+pub mod docker;
 pub mod endpoint;
 pub mod events;
 pub mod firewall;

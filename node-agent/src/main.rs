@@ -44,6 +44,13 @@ struct Args {
     /// plugin and a local overlayctl; "" serves none.
     #[arg(long, env = "OVERLAY_LOCAL_SOCKET", default_value = overlay_proto::local_socket::DEFAULT_SOCKET)]
     local_socket: PathBuf,
+    /// Also serve Docker's network and IPAM plugin API (driver `overlay-net`), on
+    /// --docker-plugin-socket.
+    #[arg(long, env = "OVERLAY_DOCKER_PLUGIN")]
+    docker_plugin: bool,
+    /// Where dockerd finds the plugin (root only).
+    #[arg(long, env = "OVERLAY_DOCKER_PLUGIN_SOCKET", default_value = overlay_agent::docker::DEFAULT_SOCKET)]
+    docker_plugin_socket: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -115,6 +122,7 @@ async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Resu
         tls,
         gone_endpoint_grace: args.gone_endpoint_grace,
         local_socket: (!args.local_socket.as_os_str().is_empty()).then_some(args.local_socket),
+        docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
     };
     run(config, shutdown_signal()).await?;
     Ok(())

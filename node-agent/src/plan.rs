@@ -133,6 +133,9 @@ pub enum EndpointOp {
     RemoveMacvlan { record: MacvlanRecord },
     /// The endpoint cannot be worked on because `device` is missing; the reason is reported.
     Blocked { id: u64, device: String, reason: String },
+    /// A runtime-wired endpoint whose veth pair is gone: so is its sandbox (released after
+    /// the grace period, like any endpoint whose namespace went).
+    Gone { id: u64, reason: String },
 }
 
 /// Links to create, change or delete. `underlay_index` is the device VXLAN sends through.
@@ -278,6 +281,12 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
             Attachment::Macvlan { .. } => None,
         })
         .collect();
+    // Workload ends waiting for their runtime to take them into its sandbox.
+    let runtime_peers: BTreeSet<&str> = spec
+        .endpoints()
+        .filter(|e| matches!(e.attachment, Attachment::Veth { runtime: true, .. }))
+        .map(|e| e.peer_ifname.as_str())
+        .collect();
     for l in kernel.links.values() {
         let stray_device = (l.name.starts_with(names::BRIDGE_PREFIX)
             || l.name.starts_with(names::VXLAN_PREFIX))
@@ -286,7 +295,8 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
             l.name.starts_with(names::ENDPOINT_PREFIX) && !endpoint_names.contains(l.name.as_str());
         // A workload end still in the host namespace is left over from an interrupted wiring
         // (wiring moves it out within the same reconcile).
-        let stranded_peer = l.name.starts_with(names::PEER_PREFIX);
+        let stranded_peer = l.name.starts_with(names::PEER_PREFIX)
+            || (l.name.starts_with(names::RUNTIME_PEER_PREFIX) && !runtime_peers.contains(l.name.as_str()));
         if stray_device || stray_endpoint || stranded_peer {
             ops.push(LinkOp::Delete {
                 name: l.name.clone(),
@@ -438,7 +448,11 @@ pub fn endpoints(spec: &HostSpec, kernel: &Kernel, deep: bool, known: Known<'_>)
         // The routes inside the namespace are not what the endpoint's role now asks for.
         let role_changed = routes.get(&ep.id) != Some(&ep.default_route);
         match &ep.attachment {
-            Attachment::Veth { bridge, host_ifname } => {
+            Attachment::Veth {
+                bridge,
+                host_ifname,
+                runtime,
+            } => {
                 let Some(bridge) = kernel.link(bridge) else {
                     ops.push(EndpointOp::Blocked {
                         id: ep.id,
@@ -448,6 +462,28 @@ pub fn endpoints(spec: &HostSpec, kernel: &Kernel, deep: bool, known: Known<'_>)
                     continue;
                 };
                 let bridge_index = bridge.index;
+                if *runtime {
+                    // The runtime owns the workload end and the sandbox: only the host end is
+                    // the agent's. Without it the pair is gone, and with it the sandbox's end.
+                    match kernel.link(host_ifname) {
+                        Some(l) if l.kind == LinkKind::Veth => {
+                            if l.master != Some(bridge_index) || l.mtu != ep.mtu || !l.up {
+                                ops.push(EndpointOp::FixHostSide {
+                                    spec: ep.clone(),
+                                    index: l.index,
+                                    master: bridge_index,
+                                });
+                            }
+                        }
+                        _ => ops.push(EndpointOp::Gone {
+                            id: ep.id,
+                            reason: format!(
+                                "its veth pair ({host_ifname}) is gone: the container's sandbox was destroyed"
+                            ),
+                        }),
+                    }
+                    continue;
+                }
                 match kernel.link(host_ifname) {
                     Some(l) if l.kind == LinkKind::Veth && l.peer_in_other_netns => {
                         let stale = vec![(l.name.clone(), l.index)];

@@ -487,6 +487,7 @@ impl Reconciler {
                 None
             }
             EndpointOp::Blocked { id, reason, .. } => Some((id, Err(EndpointError::Failed(reason)))),
+            EndpointOp::Gone { id, reason } => Some((id, Err(EndpointError::Gone(reason)))),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub gone_endpoint_grace: Duration,
     /// Where to serve the host-local endpoint API (`None`: not at all).
     pub local_socket: Option<PathBuf>,
+    /// Where to serve Docker's network and IPAM plugin API (`None`: not at all).
+    pub docker_plugin: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +229,19 @@ pub async fn run(
         }
         None => None,
     };
+    let docker = match &config.docker_plugin {
+        Some(path) => {
+            let socket = crate::docker::bind(path).await?;
+            tracing::info!(socket = %path.display(), driver = crate::docker::DRIVER, "docker network plugin listening");
+            let attachments = attachments.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::docker::serve(socket, attachments).await {
+                    tracing::error!(error = %e, "docker network plugin stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let (sessions_tx, sessions_rx) = watch::channel(0u64);
     let tasks = [
         tokio::spawn(reconcile_loop(
@@ -285,6 +300,9 @@ pub async fn run(
     }
     for t in tasks.into_iter().chain(local) {
         t.abort();
+    }
+    if let Some(d) = docker {
+        d.abort();
     }
     Ok(())
 }

@@ -127,7 +127,13 @@ impl MacvlanMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attachment {
     /// A veth pair whose host end `host_ifname` is enslaved to `bridge` (vxlan, nat).
-    Veth { bridge: String, host_ifname: String },
+    /// `runtime`: a container runtime (Docker) moves the workload end into its sandbox and
+    /// configures it there; the agent keeps the host side and never enters the sandbox.
+    Veth {
+        bridge: String,
+        host_ifname: String,
+        runtime: bool,
+    },
     /// A macvlan sub-interface of `parent`, moved whole into the namespace.
     Macvlan { parent: String, mode: MacvlanMode },
 }
@@ -348,7 +354,11 @@ fn network(
                 (Some(b), _) => Attachment::Veth {
                     bridge: b.name.clone(),
                     host_ifname: owned_name("endpoint device", &e.host_ifname, names::ENDPOINT_PREFIX)?,
+                    runtime: e.runtime_wired,
                 },
+                (None, Some(_)) if e.runtime_wired => {
+                    return Err("a runtime-wired endpoint needs a network with a bridge".into());
+                }
                 (None, Some(m)) => Attachment::Macvlan {
                     parent: m.name.clone(),
                     mode: m.mode,
@@ -364,7 +374,15 @@ fn network(
                 mac: mac("endpoint MAC", &e.mac)?,
                 gateway: ipv4("endpoint gateway", &e.gateway)?,
                 mtu: n.mtu,
-                peer_ifname: format!("{}{:x}", names::PEER_PREFIX, e.id),
+                peer_ifname: format!(
+                    "{}{:x}",
+                    if e.runtime_wired {
+                        names::RUNTIME_PEER_PREFIX
+                    } else {
+                        names::PEER_PREFIX
+                    },
+                    e.id
+                ),
                 attachment,
                 cidr,
                 default_route: e.default_route.unwrap_or(true),

@@ -24,6 +24,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Network -> the last address handed out in it (IPv4 as u32): allocation goes on after it
 /// across restarts, so a freed address is not the next one given.
 const CURSORS: TableDefinition<&str, u32> = TableDefinition::new("cursors");
+/// Docker network id -> the overlay network it joins (the Docker plugin: docker never tells a
+/// plugin its networks again after a restart).
+const DOCKER_NETWORKS: TableDefinition<&str, &str> = TableDefinition::new("docker_networks");
 
 pub const STORE_FILE: &str = "endpoints.redb";
 
@@ -56,6 +59,29 @@ pub struct Record {
     /// to be told.
     #[serde(default)]
     pub reported: bool,
+    /// Set for endpoints whose interface a container runtime moves into its sandbox itself
+    /// (Docker): see [`RuntimeLink`]. `None`: the agent wires the namespace.
+    #[serde(default)]
+    pub runtime: Option<RuntimeLink>,
+}
+
+/// Docker's side of an endpoint. Docker asks for the address first (IPAM), then for the
+/// endpoint, then joins it to a sandbox that does not exist yet: the agent creates the veth
+/// pair in its own namespace and Docker moves the workload end into the container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeLink {
+    /// Docker's endpoint id, once the endpoint is created ("" while only the address is held).
+    pub endpoint_id: String,
+    /// The veth pair exists and the workload end was handed to Docker (`netns` then names
+    /// the sandbox, `ifname` the name the workload end was handed over with).
+    pub joined: bool,
+}
+
+impl Record {
+    /// Held for a runtime that has not joined it to a sandbox yet: no namespace to wire.
+    pub fn is_reservation(&self) -> bool {
+        self.runtime.as_ref().is_some_and(|r| !r.joined)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +132,7 @@ impl Store {
             txn.open_table(ENDPOINTS)?;
             txn.open_table(META)?;
             txn.open_table(CURSORS)?;
+            txn.open_table(DOCKER_NETWORKS)?;
             Ok(())
         })?;
         Ok(store)
@@ -214,6 +241,32 @@ impl Store {
         })
     }
 
+    /// Docker networks and the overlay network each joins.
+    pub fn docker_networks(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(DOCKER_NETWORKS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    pub fn put_docker_network(&self, id: &str, network: &str) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(DOCKER_NETWORKS)?.insert(id, network)?;
+            Ok(())
+        })
+    }
+
+    pub fn remove_docker_network(&self, id: &str) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(DOCKER_NETWORKS)?.remove(id)?;
+            Ok(())
+        })
+    }
+
     /// Removes the record with `key`, durably; whether there was one.
     pub fn remove(&self, key: &str) -> Result<bool, StoreError> {
         self.write(|txn| {
@@ -244,6 +297,7 @@ mod tests {
             default_route: true,
             created_ms: 1,
             reported: false,
+            runtime: None,
         }
     }
 

@@ -48,3 +48,6 @@ pub const VXLAN_PREFIX: &str = "ovx-";
 pub const ENDPOINT_PREFIX: &str = "ovv-";
 /// Temporary name of the peer end of a veth before it moves into the workload namespace.
 pub const PEER_PREFIX: &str = "ovp-";
+/// The workload end of a runtime-wired endpoint (Docker), waiting in the host namespace for
+/// the runtime to move it into its sandbox.
+pub const RUNTIME_PEER_PREFIX: &str = "ovr-";

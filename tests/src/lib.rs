@@ -13,6 +13,7 @@ pub mod bins;
 pub mod cni;
 pub mod controllers;
 pub mod dns;
+pub mod docker;
 pub mod fuzz;
 pub mod interrupt;
 pub mod lab;

@@ -338,6 +338,62 @@ fn endpoint_repairs() {
     ));
 }
 
+/// `spec()` with its endpoint wired by a container runtime (Docker): the agent keeps the host
+/// end only.
+fn runtime_spec() -> HostSpec {
+    let mut s = spec();
+    for ep in &mut s.networks[0].endpoints {
+        ep.attachment = Attachment::Veth {
+            bridge: "ovb-1".into(),
+            host_ifname: "ovv-1a".into(),
+            runtime: true,
+        };
+        ep.peer_ifname = "ovr-1a".into();
+    }
+    s
+}
+
+#[test]
+fn runtime_endpoints_keep_their_host_end_and_never_enter_the_sandbox() {
+    let s = runtime_spec();
+    // Converged, even on a deep pass: nothing to check inside (the runtime owns the sandbox).
+    let k = converged();
+    assert!(plan_eps(&s, &k, true, &BTreeMap::new()).is_empty());
+    // The workload end still waits in the host namespace for the runtime: left alone.
+    let mut k = converged();
+    k.links.get_mut("ovv-1a").unwrap().peer_in_other_netns = false;
+    k.links
+        .insert("ovr-1a".into(), link(13, "ovr-1a", LinkKind::Veth, 1450));
+    assert!(plan_eps(&s, &k, true, &BTreeMap::new()).is_empty());
+    assert!(
+        !links(&s, &k, UNDERLAY)
+            .iter()
+            .any(|op| matches!(op, LinkOp::Delete { name, .. } if name == "ovr-1a"))
+    );
+    // One of no endpoint is a leftover: removed.
+    k.links
+        .insert("ovr-9".into(), link(14, "ovr-9", LinkKind::Veth, 1450));
+    assert!(
+        links(&s, &k, UNDERLAY)
+            .iter()
+            .any(|op| matches!(op, LinkOp::Delete { name, .. } if name == "ovr-9"))
+    );
+    // Not on the bridge yet (just created): put it there, nothing more.
+    let mut k = converged();
+    k.links.get_mut("ovv-1a").unwrap().master = None;
+    assert!(matches!(
+        &plan_eps(&s, &k, false, &BTreeMap::new())[..],
+        [EndpointOp::FixHostSide { master: 10, .. }]
+    ));
+    // The pair is gone, so is the sandbox: never re-created by the agent.
+    let mut k = converged();
+    k.links.remove("ovv-1a");
+    assert!(matches!(
+        &plan_eps(&s, &k, false, &BTreeMap::new())[..],
+        [EndpointOp::Gone { id: 26, .. }]
+    ));
+}
+
 fn macvlan_spec(parent: &str) -> HostSpec {
     let d = pb::HostDesiredState {
         revision: 3,
@@ -478,6 +534,7 @@ fn two_networks(default_on_red: bool) -> HostSpec {
     ep.attachment = Attachment::Veth {
         bridge: "ovb-2".into(),
         host_ifname: "ovv-1b".into(),
+        runtime: false,
     };
     red.endpoints = vec![ep];
     s.networks[0].endpoints[0].default_route = !default_on_red;

@@ -1,0 +1,442 @@
+//! The Docker network and IPAM plugin (issue 16) with real dockerd (Debian's docker.io), one
+//! per simulated host, each in its host's mount namespace with that host's agent serving
+//! `/run/docker/plugins/overlay-net.sock` there (DESIGN.md's recipe): containers on two hosts
+//! reach each other on one overlay network, `--ip` and `-p` work, `docker rm -f` frees the
+//! address and the veth, one host's `docker network rm` leaves the other's containers alone,
+//! and every bad request is refused in docker's own output with nothing left half done.
+
+use std::net::Ipv4Addr;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use overlay_lab::docker::{Dockerd, IMAGE};
+use overlay_lab::lab::{Lab, LabConfig};
+use overlay_lab::mountns::MountNs;
+
+/// POSTs BODY to PATH on the unix socket SOCK (HTTP/1.1); prints the status and the body.
+/// A BODY of `@bytes:N` is N bytes of filler.
+const PLUGIN_CALL: &str = r#"
+import socket, sys
+sock, path, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+if body.startswith(b"@bytes:"):
+    body = b"x" * int(body[7:])
+s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sock)
+s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: plugin\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk: break
+    data += chunk
+head, _, rest = data.partition(b"\r\n\r\n")
+print(head.split(b" ")[1].decode(), rest.decode(errors="replace"))
+"#;
+
+struct Host {
+    dockerd: Dockerd,
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Asserts that docker failed and said one of `says`.
+fn refused(what: &str, out: Output, says: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    println!("refused {what}: {stderr}");
+    assert!(!out.status.success(), "{what} succeeded");
+    assert!(
+        says.iter().any(|s| stderr.contains(s)),
+        "{what}: expected one of {says:?} in {stderr:?}"
+    );
+    stderr
+}
+
+fn mount_ns(lab: &Lab, h: usize) -> &MountNs {
+    lab.hosts[h].mount_ns.as_ref().expect("mount namespace")
+}
+
+fn docker(lab: &Lab, hosts: &[Host], h: usize, args: &[&str]) -> Output {
+    hosts[h].dockerd.docker(mount_ns(lab, h), args).expect("docker")
+}
+
+fn container_ip(lab: &Lab, hosts: &[Host], h: usize, name: &str) -> Ipv4Addr {
+    let text = ok(
+        "docker inspect",
+        docker(
+            lab,
+            hosts,
+            h,
+            &[
+                "inspect",
+                "-f",
+                "{{.NetworkSettings.Networks.blue.IPAddress}}",
+                name,
+            ],
+        ),
+    );
+    text.parse()
+        .unwrap_or_else(|_| panic!("{name} has no address on blue: {text:?}"))
+}
+
+fn pings(lab: &Lab, hosts: &[Host], h: usize, from: &str, to: Ipv4Addr) -> bool {
+    docker(
+        lab,
+        hosts,
+        h,
+        &["exec", from, "ping", "-c", "1", "-W", "2", &to.to_string()],
+    )
+    .status
+    .success()
+}
+
+fn veths(lab: &Lab, h: usize) -> usize {
+    lab.on_host(h, "ip", &["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(": ovv-") || l.contains(": ovr-"))
+        .count()
+}
+
+fn recorded(lab: &Lab, ip: Ipv4Addr) -> bool {
+    lab.ctl_json(&["endpoint", "ls"])
+        .map(|v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|e| e["ip"] == ip.to_string()))
+        })
+        .unwrap_or(false)
+}
+
+/// The body of `GET http://host:port/` from namespace `ns` (2 s timeout), trimmed.
+fn http_get(ns: &str, host: &str, port: u16) -> Option<String> {
+    let script = "import sys, urllib.request\n\
+        print(urllib.request.urlopen(f'http://{sys.argv[1]}:{sys.argv[2]}/', timeout=2).read().decode().strip())";
+    let out = overlay_lab::netns::exec_any(ns, "python3", &["-c", script, host, &port.to_string()]).ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn docker_containers_on_two_hosts() {
+    if !overlay_lab::prereq::on_path("dockerd") {
+        panic!("dockerd is not installed: apt-get install docker.io (CI installs it)");
+    }
+    let mut lab = Lab::start(LabConfig {
+        hosts: 2,
+        controllers: 1,
+        tag: "dk",
+        resync_secs: 10,
+    })
+    .expect("lab");
+    for h in 0..2 {
+        lab.give_mount_namespace(h).unwrap();
+        lab.start_agent_with_env(h, &[("OVERLAY_DOCKER_PLUGIN", "true")])
+            .unwrap();
+    }
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    lab.ctl_ok(&[
+        "network",
+        "create",
+        "blue",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.40.0.0/16",
+    ])
+    .unwrap();
+    let mut hosts = Vec::new();
+    for h in 0..2 {
+        let dockerd =
+            Dockerd::start(mount_ns(&lab, h), lab.dir(), &format!("dockerd-h{}", h + 1)).expect("dockerd");
+        hosts.push(Host { dockerd });
+    }
+    let leases = lab.ctl_json(&["network", "inspect", "blue"]).unwrap()["host_leases"].clone();
+    let lease_of = |host: &str| -> ipnetwork::Ipv4Network {
+        leases
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["host"] == host))
+            .and_then(|l| l["subnet"].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no lease of {host} in {leases}"))
+    };
+    let (lease1, lease2) = (lease_of("h1"), lease_of("h2"));
+
+    // Each host joins its docker network "blue" to overlay network blue (the overlay CIDR as
+    // --subnet, so that --ip works), then runs a container on it.
+    for h in 0..2 {
+        let t = Instant::now();
+        ok(
+            "docker network create",
+            docker(
+                &lab,
+                &hosts,
+                h,
+                &[
+                    "network",
+                    "create",
+                    "--driver",
+                    "overlay-net",
+                    "--ipam-driver",
+                    "overlay-net",
+                    "--subnet",
+                    "10.40.0.0/16",
+                    "blue",
+                ],
+            ),
+        );
+        println!("docker network create on h{}: {:?}", h + 1, t.elapsed());
+    }
+    let run = |lab: &Lab, hosts: &[Host], h: usize, name: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name, "--network", "blue"];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        let t = Instant::now();
+        let out = docker(lab, hosts, h, &args);
+        (out, t.elapsed())
+    };
+    let (out, took) = run(&lab, &hosts, 0, "c1", &[], &["sleep", "3600"]);
+    ok("docker run c1", out);
+    let (out, _) = run(&lab, &hosts, 1, "c2", &[], &["sleep", "3600"]);
+    ok("docker run c2", out);
+    let (ip1, ip2) = (
+        container_ip(&lab, &hosts, 0, "c1"),
+        container_ip(&lab, &hosts, 1, "c2"),
+    );
+    println!("docker run c1 on h1 took {took:?}: c1 {ip1}, c2 {ip2}");
+    assert!(
+        lease1.contains(ip1) && lease2.contains(ip2),
+        "addresses come from each host's lease"
+    );
+    assert!(
+        pings(&lab, &hosts, 0, "c1", ip2),
+        "c1 on h1 cannot reach c2 on h2"
+    );
+    assert!(
+        pings(&lab, &hosts, 1, "c2", ip1),
+        "c2 on h2 cannot reach c1 on h1"
+    );
+    let seen = Lab::wait_until(Duration::from_secs(10), || {
+        recorded(&lab, ip1) && recorded(&lab, ip2)
+    });
+    assert!(seen.is_some(), "endpoint ls does not show the containers");
+
+    // --ip: one of this host's lease.
+    let wanted = Ipv4Addr::from(u32::from(lease1.network()) + 50);
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        0,
+        "c3",
+        &["--ip", &wanted.to_string()],
+        &["sleep", "3600"],
+    );
+    ok("docker run --ip", out);
+    assert_eq!(container_ip(&lab, &hosts, 0, "c3"), wanted);
+    assert!(pings(&lab, &hosts, 0, "c3", ip2), "c3 (--ip) cannot reach c2");
+
+    // -p: published at h1's underlay address, for another host's namespace and h1 itself.
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        0,
+        "web",
+        &["-p", "8086:80"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-docker > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    ok("docker run -p", out);
+    let h2 = lab.hosts[1].ns.clone();
+    let h1 = lab.hosts[0].ns.clone();
+    let mut page = None;
+    Lab::wait_until(Duration::from_secs(10), || {
+        page = http_get(&h2, "192.0.2.11", 8086);
+        page.is_some()
+    });
+    println!("h2 -> 192.0.2.11:8086 (docker run -p 8086:80): {page:?}");
+    assert_eq!(page.as_deref(), Some("hello-from-docker"));
+    assert_eq!(
+        http_get(&h1, "192.0.2.11", 8086).as_deref(),
+        Some("hello-from-docker")
+    );
+
+    // Bad input, each refused in docker's own output, nothing left behind.
+    let before = (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap());
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        0,
+        "bad1",
+        &[
+            "--ip",
+            &Ipv4Addr::from(u32::from(lease2.network()) + 9).to_string(),
+        ],
+        &["sleep", "1"],
+    );
+    // Docker itself checks the address against the pool (this host's lease) first.
+    refused(
+        "--ip of another host's lease",
+        out,
+        &[
+            "not this host's to give",
+            "does not belong to any of this network's subnets",
+        ],
+    );
+    let (out, _) = run(&lab, &hosts, 0, "bad2", &["-p", "8086:80"], &["sleep", "3600"]);
+    refused("-p of a port already published", out, &["already published"]);
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        0,
+        "bad3",
+        &["-p", "4789:80/udp"],
+        &["sleep", "3600"],
+    );
+    refused("-p of the VXLAN port", out, &["overlay's own"]);
+    for bad in ["bad1", "bad2", "bad3"] {
+        let _ = docker(&lab, &hosts, 0, &["rm", "-f", bad]);
+    }
+    let settled = Lab::wait_until(Duration::from_secs(10), || {
+        (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap()) == before
+    });
+    assert!(
+        settled.is_some(),
+        "refused containers left devices or records behind"
+    );
+    let create = |args: &[&str]| {
+        let mut all = vec![
+            "network",
+            "create",
+            "--driver",
+            "overlay-net",
+            "--ipam-driver",
+            "overlay-net",
+        ];
+        all.extend_from_slice(args);
+        docker(&lab, &hosts, 0, &all)
+    };
+    refused(
+        "an unknown overlay network",
+        create(&["--ipam-opt", "network=nosuch", "x1"]),
+        &["unknown overlay network"],
+    );
+    refused(
+        "a subnet of no overlay network",
+        create(&["--subnet", "172.31.0.0/16", "x2"]),
+        &["not inside any overlay network"],
+    );
+    refused(
+        "no way to tell the network",
+        create(&["x3"]),
+        &["say which overlay network"],
+    );
+    refused(
+        "--opt network disagreeing with --subnet",
+        create(&["--subnet", "10.40.0.0/16", "--opt", "network=red", "x4"]),
+        &["--opt network=red"],
+    );
+
+    // The plugin socket, tried directly: only root may connect; garbage, oversized and
+    // unknown requests get an error, never a change.
+    let m1 = mount_ns(&lab, 0);
+    let call = |user: Option<&str>, path: &str, body: &str| -> String {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(u) = user {
+            args.extend(
+                [
+                    "setpriv",
+                    &format!("--reuid={u}"),
+                    &format!("--regid={u}"),
+                    "--clear-groups",
+                ]
+                .map(String::from),
+            );
+        }
+        args.extend(
+            [
+                "/usr/bin/python3",
+                "-c",
+                PLUGIN_CALL,
+                "/run/docker/plugins/overlay-net.sock",
+                path,
+                body,
+            ]
+            .map(String::from),
+        );
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = m1.run(argv[0], &argv[1..]).expect("plugin call");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    let as_nobody = call(Some("65534"), "/Plugin.Activate", "");
+    println!("plugin socket as uid 65534: {as_nobody}");
+    assert!(
+        as_nobody.contains("PermissionError") || as_nobody.contains("Errno 13"),
+        "{as_nobody}"
+    );
+    let garbage = call(None, "/IpamDriver.RequestAddress", "{not json");
+    println!("garbage request: {garbage}");
+    assert!(
+        garbage.contains("200") && garbage.contains("\"Error\":\"malformed request"),
+        "{garbage}"
+    );
+    let big = call(None, "/NetworkDriver.CreateEndpoint", "@bytes:300000");
+    println!("300 kB request: {}", big.chars().take(80).collect::<String>());
+    assert!(big.starts_with("413"), "{big}");
+    let unknown = call(
+        None,
+        "/NetworkDriver.Join",
+        r#"{"NetworkID":"nope","EndpointID":"e1","SandboxKey":"/proc/1/ns/net"}"#,
+    );
+    println!("join of an unknown endpoint: {unknown}");
+    assert!(
+        unknown.contains("\"Err\"") && unknown.contains("unknown to overlay-net"),
+        "{unknown}"
+    );
+
+    // docker rm -f: the veth goes and the address is free.
+    let before = veths(&lab, 0);
+    ok("docker rm -f c1", docker(&lab, &hosts, 0, &["rm", "-f", "c1"]));
+    assert_eq!(veths(&lab, 0), before - 1, "the veth goes with the container");
+    let gone = Lab::wait_until(Duration::from_secs(10), || !recorded(&lab, ip1));
+    assert!(gone.is_some(), "{ip1} still recorded after docker rm -f");
+
+    // The agent restarted: running containers stay connected.
+    lab.stop_agent(0);
+    lab.start_agent_with_env(0, &[("OVERLAY_DOCKER_PLUGIN", "true")])
+        .unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    assert!(
+        pings(&lab, &hosts, 0, "c3", ip2),
+        "c3 lost c2 through an agent restart"
+    );
+
+    // One host's docker network removed: the other host's containers carry on.
+    ok("docker rm -f c2", docker(&lab, &hosts, 1, &["rm", "-f", "c2"]));
+    ok(
+        "docker network rm",
+        docker(&lab, &hosts, 1, &["network", "rm", "blue"]),
+    );
+    let (out, _) = run(&lab, &hosts, 0, "c4", &[], &["sleep", "3600"]);
+    ok("docker run c4", out);
+    let ip4 = container_ip(&lab, &hosts, 0, "c4");
+    assert!(
+        pings(&lab, &hosts, 0, "c3", ip4),
+        "h1's containers lost each other after h2's docker network rm"
+    );
+
+    for (h, host) in hosts.iter_mut().enumerate() {
+        host.dockerd.shut_down(mount_ns(&lab, h));
+    }
+}
