@@ -297,7 +297,10 @@ fn agent_in(lab: &Lab, host: usize, state: &Path) -> Command {
         .args(["--host-name", &lab.hosts[host].name])
         .args(["--underlay-iface", "eth0"])
         .arg("--state-dir")
-        .arg(state);
+        .arg(state)
+        // Its own socket: the default /run/overlay/agent.sock is shared by every test at once.
+        .arg("--local-socket")
+        .arg(state.with_extension("sock"));
     without_transport_choice(&mut cmd);
     cmd
 }

@@ -420,6 +420,8 @@ fn spawn_agent_in(lab: &Lab, host: usize, files: &CertFiles, name: &str) -> Outp
         .args(["--underlay-iface", "eth0"])
         .arg("--state-dir")
         .arg(&state)
+        .arg("--local-socket")
+        .arg(state.with_extension("sock"))
         .args(files.args())
         .output()
         .expect("run agent")
