@@ -110,6 +110,20 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
         2 * attaches
     );
 
+    // The agent's side of an attach (both paths): from the request to the answer, and the
+    // part of it before the pass (namespace checks, allocation, store commit).
+    let attached = log_events(lab.agent_log_path(0), "endpoint attached");
+    let agent_total: Vec<f64> = attached
+        .iter()
+        .filter_map(|e| e["took_us"].as_f64())
+        .map(|us| us / 1000.0)
+        .collect();
+    let agent_stored: Vec<f64> = attached
+        .iter()
+        .filter_map(|e| e["stored_us"].as_f64())
+        .map(|us| us / 1000.0)
+        .collect();
+    let (agent_total, agent_stored) = (Summary::of(&agent_total), Summary::of(&agent_stored));
     let (ours, wiring) = (Summary::of(&ours), Summary::of(&wiring));
     let (ours_cni, cni, netavark) = (Summary::of(&ours_cni), Summary::of(&cni), Summary::of(&netavark));
     println!(
@@ -137,6 +151,12 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
             row("overlay-cni ADD", to_ping, &ours_cni),
             row("overlayctl endpoint attach (3 replicas)", to_ping, &ours),
             row("overlay agent alone", "wiring (veth, address, route)", &wiring),
+            row("overlay agent alone", "attach: request to answer", &agent_total),
+            row(
+                "overlay agent alone",
+                "attach: up to the stored record",
+                &agent_stored,
+            ),
             row("CNI bridge + host-local", to_ping, &cni),
             row("netavark setup", to_ping, &netavark),
         ],

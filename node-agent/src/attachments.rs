@@ -374,6 +374,7 @@ impl Attachments {
 
     /// Attaches an endpoint (see the module docs): the record once it is wired.
     pub async fn attach(&self, req: NewEndpoint) -> Result<Record, AttachError> {
+        let started = std::time::Instant::now();
         let reference =
             netns_reference(&req.netns).map_err(|e| AttachError::new(ErrorKind::BadRequest, e))?;
         overlay_proto::validate::ifname(&req.ifname).map_err(|r| {
@@ -471,12 +472,19 @@ impl Attachments {
                 return Err(AttachError::new(ErrorKind::Internal, "network of unknown mode"));
             }
         };
+        let stored_us = started.elapsed().as_micros() as u64;
         let generation = {
             let mut inner = self.lock();
             self.publish(&mut inner)
         };
         match self.wait_pass(record.id, generation, WIRING_WAIT).await {
-            Some(Ok(())) => Ok(record),
+            Some(Ok(())) => {
+                // Where an attach spends its time: everything up to the durable record,
+                // then the reconcile pass that wires it.
+                let took_us = started.elapsed().as_micros() as u64;
+                tracing::info!(key = %record.key, address = %record.ip, stored_us, took_us, "endpoint attached");
+                Ok(record)
+            }
             outcome => {
                 // Not wired: nothing stays behind.
                 let why = match outcome {
