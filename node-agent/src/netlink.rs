@@ -187,10 +187,16 @@ impl Netlink {
 
     pub async fn apply_link(&self, op: &LinkOp) -> Result<(), NetlinkError> {
         match op {
-            LinkOp::CreateBridge { name, mtu } => self
+            LinkOp::CreateBridge { name, mtu, mac } => self
                 .handle
                 .link()
-                .add(LinkBridge::new(name).mtu(*mtu).up().build())
+                .add(
+                    LinkBridge::new(name)
+                        .mtu(*mtu)
+                        .address(mac.0.to_vec())
+                        .up()
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(op_err(format!("create bridge {name}"))),

@@ -21,6 +21,7 @@ pub enum LinkOp {
     CreateBridge {
         name: String,
         mtu: u32,
+        mac: MacAddr,
     },
     CreateVxlan {
         spec: VxlanSpec,
@@ -149,6 +150,7 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
                 None => ops.push(LinkOp::CreateBridge {
                     name: bridge.name.clone(),
                     mtu: bridge.mtu,
+                    mac: bridge.mac,
                 }),
                 Some(l) if l.kind != LinkKind::Bridge => {
                     ops.push(LinkOp::Delete {
@@ -159,6 +161,7 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
                     ops.push(LinkOp::CreateBridge {
                         name: bridge.name.clone(),
                         mtu: bridge.mtu,
+                        mac: bridge.mac,
                     });
                 }
                 Some(l) => {
@@ -167,6 +170,13 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
                             name: l.name.clone(),
                             index: l.index,
                             mtu: bridge.mtu,
+                        });
+                    }
+                    if l.mac != Some(bridge.mac) {
+                        ops.push(LinkOp::SetMac {
+                            name: l.name.clone(),
+                            index: l.index,
+                            mac: bridge.mac,
                         });
                     }
                     if !l.up {

@@ -648,7 +648,7 @@ fn log_repairs(spec: &EndpointSpec, repairs: usize, report: &mut PassReport) {
 
 fn log_link(op: &LinkOp) {
     match op {
-        LinkOp::CreateBridge { name, mtu } => tracing::info!(%name, mtu, "bridge created"),
+        LinkOp::CreateBridge { name, mtu, mac } => tracing::info!(%name, mtu, %mac, "bridge created"),
         LinkOp::CreateVxlan { spec, .. } => {
             tracing::info!(name = %spec.name, vni = spec.vni, local = %spec.local, mtu = spec.mtu, "vxlan created")
         }

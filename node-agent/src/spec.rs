@@ -79,6 +79,11 @@ pub struct BridgeSpec {
     /// Gateway address with the subnet's prefix, e.g. 10.1.0.1/24.
     pub address: Ipv4Network,
     pub mtu: u32,
+    /// Set, never inherited: a bridge without an address of its own takes the lowest MAC of
+    /// its ports and changes it when that port goes, and every workload that cached the
+    /// gateway's old MAC loses its gateway until its ARP entry expires. Derived from the
+    /// gateway address like endpoint MACs are from theirs, so it is unique in the network.
+    pub mac: MacAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +308,7 @@ fn network(
                 name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
                 address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
                 mtu: n.mtu,
+                mac: overlay_proto::ipam::mac_from_ip(gateway),
             };
             (Some(bridge), None)
         }

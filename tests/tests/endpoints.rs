@@ -793,3 +793,76 @@ async fn only_its_own_host_reports_and_releases_its_endpoints() {
     assert!(held_by().await.is_none(), "released");
     println!("{refused} reports refused; the owner's own removal freed 10.1.0.2");
 }
+
+/// The MAC of each bridge port's device (`ip -j link`), and the bridge's own.
+fn bridge_macs(lab: &Lab, host: usize) -> (String, Vec<String>) {
+    let links: Value =
+        serde_json::from_str(&lab.on_host(host, "ip", &["-j", "link", "show"]).expect("ip link"))
+            .expect("ip -j link");
+    let links = links.as_array().cloned().unwrap_or_default();
+    let name = |l: &Value| l["ifname"].as_str().unwrap_or_default().to_string();
+    let bridge = links
+        .iter()
+        .find(|l| name(l).starts_with("ovb-"))
+        .map(|l| l["address"].as_str().unwrap_or_default().to_string())
+        .expect("an overlay bridge");
+    let ports = links
+        .iter()
+        .filter(|l| name(l).starts_with("ovv-"))
+        .map(|l| l["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (bridge, ports)
+}
+
+/// A bridge that takes its ports' lowest MAC changes it when that port goes, and every other
+/// workload of the host loses its gateway (its ARP entry names a MAC nobody answers to) until
+/// the entry expires: found with Docker, where a `docker rm -f` cut its neighbours off. The
+/// bridge has a MAC of its own, derived from the gateway, whatever ports come and go.
+#[test]
+fn gateway_mac_stays_when_ports_come_and_go() {
+    let mut lab = lab(2, "gmac", 10, "30s");
+    network(&lab, "blue", "10.63.0.0/16");
+    let far = lab.add_workload("far").unwrap();
+    let far_ip = attach_ok(&lab, "blue", 1, &far, &[]);
+    let mut near = Vec::new();
+    for i in 0..6 {
+        let ns = lab.add_workload(&format!("w{i}")).unwrap();
+        attach_ok(&lab, "blue", 0, &ns, &[]);
+        near.push(ns);
+    }
+    let keeper = near.pop().expect("a workload that stays");
+    let gateway: Ipv4Addr = endpoint_of(&lab, "blue", &keeper).expect("record")["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .expect("gateway");
+    let want = overlay_proto::ipam::mac_from_ip(gateway).to_string();
+    let (mac, ports) = bridge_macs(&lab, 0);
+    assert_eq!(mac, want, "the bridge's MAC is derived from its gateway");
+    println!("bridge MAC {mac} (gateway {gateway}); port MACs {ports:?}");
+    assert!(lab.ping(&keeper, far_ip), "keeper reaches far before");
+    // The keeper has the gateway's MAC cached; every other port goes, lowest MAC first.
+    for ns in near {
+        lab.ctl_ok(&[
+            "endpoint",
+            "detach",
+            "blue",
+            "--host",
+            &lab.hosts[0].name,
+            "--netns",
+            &ns,
+        ])
+        .unwrap();
+        assert_eq!(
+            bridge_macs(&lab, 0).0,
+            want,
+            "the bridge's MAC moved when {ns} left"
+        );
+        assert!(
+            lab.ping(&keeper, far_ip),
+            "keeper lost its gateway when {ns} left"
+        );
+    }
+    let neigh = stdout(&exec(&keeper, "ip", &["neigh", "show", &gateway.to_string()]).unwrap());
+    assert!(neigh.contains(&want), "keeper's entry for the gateway: {neigh}");
+    println!("five ports detached: the bridge kept {want} and the keeper reached {far_ip} after each");
+}

@@ -112,7 +112,10 @@ fn converged() -> Kernel {
         link(1, "lo", LinkKind::Other("".into()), 65536),
         link(UNDERLAY, "eth0", LinkKind::Veth, 1500),
         link(3, "docker0", LinkKind::Bridge, 1500),
-        link(10, "ovb-1", LinkKind::Bridge, 1450),
+        Link {
+            mac: Some(overlay_proto::ipam::mac_from_ip("10.1.0.1".parse().unwrap())),
+            ..link(10, "ovb-1", LinkKind::Bridge, 1450)
+        },
         vx,
         veth,
     ] {
@@ -190,7 +193,8 @@ fn empty_kernel_creates_devices_then_entries() {
         ops[0],
         LinkOp::CreateBridge {
             name: "ovb-1".into(),
-            mtu: 1450
+            mtu: 1450,
+            mac: overlay_proto::ipam::mac_from_ip("10.1.0.1".parse().unwrap()),
         }
     );
     assert!(matches!(&ops[1], LinkOp::CreateVxlan { spec, underlay_index: UNDERLAY } if spec.vni == 4096));
@@ -279,6 +283,26 @@ fn stray_overlay_devices_go_foreign_ones_stay() {
         })
         .collect();
     assert_eq!(deleted, ["ovb-9", "ovp-1a", "ovv-ff", "ovx-9"]);
+}
+
+/// A bridge keeps the MAC it was created with: one that took another (a bridge without an
+/// address of its own follows its ports') gets it back.
+#[test]
+fn bridge_mac_is_set_back() {
+    let s = spec();
+    let mut k = converged();
+    if let Some(l) = k.links.get_mut("ovb-1") {
+        l.mac = Some("02:11:22:33:44:55".parse().unwrap());
+    }
+    let want = overlay_proto::ipam::mac_from_ip("10.1.0.1".parse().unwrap());
+    assert_eq!(
+        links(&s, &k, UNDERLAY),
+        vec![LinkOp::SetMac {
+            name: "ovb-1".into(),
+            index: 10,
+            mac: want
+        }]
+    );
 }
 
 #[test]
@@ -525,6 +549,7 @@ fn two_networks(default_on_red: bool) -> HostSpec {
         name: "ovb-2".into(),
         address: "10.2.0.1/24".parse().unwrap(),
         mtu: 1450,
+        mac: overlay_proto::ipam::mac_from_ip("10.2.0.1".parse().unwrap()),
     });
     let mut ep = red.endpoints[0].clone();
     ep.id = 27;
@@ -543,8 +568,13 @@ fn two_networks(default_on_red: bool) -> HostSpec {
 }
 
 fn with_red(mut k: Kernel) -> Kernel {
-    k.links
-        .insert("ovb-2".into(), link(20, "ovb-2", LinkKind::Bridge, 1450));
+    k.links.insert(
+        "ovb-2".into(),
+        Link {
+            mac: Some(overlay_proto::ipam::mac_from_ip("10.2.0.1".parse().unwrap())),
+            ..link(20, "ovb-2", LinkKind::Bridge, 1450)
+        },
+    );
     let mut veth = link(21, "ovv-1b", LinkKind::Veth, 1450);
     veth.master = Some(20);
     veth.peer_in_other_netns = true;
