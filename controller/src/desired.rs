@@ -212,6 +212,10 @@ impl Model {
                     if !changes.upsert.is_empty() || !changes.remove.is_empty() {
                         d.endpoint_changes.push(changes);
                     }
+                    let names = directory_changes(name, &o.endpoints, &n.endpoints);
+                    if !names.upsert.is_empty() || !names.remove.is_empty() {
+                        d.directory_changes.push(names);
+                    }
                 }
             }
         }
@@ -219,7 +223,8 @@ impl Model {
             && d.upsert_networks.is_empty()
             && d.remove_networks.is_empty()
             && d.peer_changes.is_empty()
-            && d.endpoint_changes.is_empty();
+            && d.endpoint_changes.is_empty()
+            && d.directory_changes.is_empty();
         if empty {
             return None;
         }
@@ -335,7 +340,72 @@ fn endpoint_changes(
     out
 }
 
+/// An endpoint's entry in its network's DNS: only endpoints with names and an address.
+fn name_record(host: &str, e: &pb::LocalEndpoint) -> Option<pb::NameRecord> {
+    if e.names.is_empty() || e.address.is_empty() {
+        return None;
+    }
+    let address = e.address.split('/').next().unwrap_or_default();
+    Some(pb::NameRecord {
+        endpoint_id: e.id,
+        host: host.to_string(),
+        address: address.to_string(),
+        names: e.names.clone(),
+    })
+}
+
+/// Names that appeared, changed or went away between two models of a network, on any host.
+/// Only the hosts whose endpoint list changed are compared (the others keep their `Arc`).
+fn directory_changes(name: &str, old: &Arc<EndpointLists>, new: &Arc<EndpointLists>) -> pb::DirectoryChanges {
+    let mut out = pb::DirectoryChanges {
+        network: name.to_string(),
+        ..Default::default()
+    };
+    if Arc::ptr_eq(old, new) {
+        return out;
+    }
+    let hosts: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for host in hosts {
+        let (a, b) = (old.get(host), new.get(host));
+        if let (Some(a), Some(b)) = (a, b)
+            && Arc::ptr_eq(a, b)
+        {
+            continue;
+        }
+        let records = |list: Option<&Arc<Vec<Arc<pb::LocalEndpoint>>>>| -> BTreeMap<u64, pb::NameRecord> {
+            list.map(|l| {
+                l.iter()
+                    .filter_map(|e| name_record(host, e))
+                    .map(|r| (r.endpoint_id, r))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (before, after) = (records(a), records(b));
+        out.remove
+            .extend(before.keys().filter(|id| !after.contains_key(id)).copied());
+        out.upsert.extend(
+            after
+                .into_iter()
+                .filter(|(id, r)| before.get(id) != Some(r))
+                .map(|(_, r)| r),
+        );
+    }
+    out
+}
+
 impl NetModel {
+    /// Every named endpoint of the network, on any host, by endpoint id.
+    fn directory(&self) -> Vec<pb::NameRecord> {
+        let mut out: Vec<pb::NameRecord> = self
+            .endpoints
+            .iter()
+            .flat_map(|(host, list)| list.iter().filter_map(|e| name_record(host, e)))
+            .collect();
+        out.sort_by_key(|r| r.endpoint_id);
+        out
+    }
+
     /// The network as `host` (a member) must program it.
     fn view_for(&self, host: &str) -> pb::NetworkState {
         let me = &self.members[host];
@@ -354,6 +424,7 @@ impl NetModel {
                 .get(host)
                 .map(|v| v.iter().map(|e| (**e).clone()).collect())
                 .unwrap_or_default(),
+            directory: self.directory(),
             ..self.base.clone()
         }
     }

@@ -31,6 +31,7 @@ mod runtime;
 pub use runtime::LeasedNetwork;
 
 use crate::book::{Book, BookError, Lease, NewEndpoint};
+use crate::dns::Zone;
 use crate::reconcile::PassReport;
 use crate::spec::{HostSpec, NetnsRef};
 use crate::store::{Record, StoreError};
@@ -112,6 +113,10 @@ pub struct Attachments {
     /// Ports of this host that overlay itself uses (VXLAN, a controller or metrics listening
     /// here): publishing one would hand overlay's own traffic to a workload.
     reserved_ports: BTreeSet<(Protocol, u16)>,
+    /// What the DNS server answers, rebuilt with every spec (see [`crate::dns::feed`]).
+    zones: watch::Sender<Arc<Vec<Zone>>>,
+    /// Whether a DNS server answers on the gateways (workloads are then pointed at it).
+    dns_served: std::sync::atomic::AtomicBool,
 }
 
 /// The address range of `network` this host hands out, from the desired state.
@@ -216,7 +221,32 @@ impl Attachments {
             changed: watch::channel(0).0,
             controller,
             reserved_ports,
+            zones: watch::channel(Arc::new(Vec::new())).0,
+            dns_served: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Says that the DNS server runs: from now on [`Attachments::dns_of`] points workloads at it.
+    pub fn serve_dns(&self) {
+        self.dns_served.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where a workload of `network` resolves names: its gateway and the network's domain
+    /// (without the trailing dot); `None` without a DNS server or for a network it does not
+    /// serve (macvlan).
+    pub fn dns_of(&self, network: &str) -> Option<(Ipv4Addr, String)> {
+        if !self.dns_served.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let zones = self.zones.borrow();
+        let z = zones.iter().find(|z| z.network == network)?;
+        Some((z.gateway, z.domain.trim_end_matches('.').to_string()))
+    }
+
+    /// Each network's names as the DNS server should answer them; changes with the desired
+    /// state and with this host's own endpoints.
+    pub fn zones(&self) -> watch::Receiver<Arc<Vec<Zone>>> {
+        self.zones.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -251,6 +281,14 @@ impl Attachments {
         let mut spec = HostSpec::from_proto(&d, self.underlay_ip);
         spec.generation = generation;
         self.spec_tx.send_replace(Some(Arc::new(spec)));
+        let zones = crate::dns::feed::zones_of(&d);
+        self.zones.send_if_modified(|z| {
+            let changed = **z != zones;
+            if changed {
+                *z = Arc::new(zones);
+            }
+            changed
+        });
         self.touch();
         generation
     }

@@ -23,7 +23,7 @@ use overlay_proto::ports::PublishedPort;
 
 /// Longest key a caller may give: a CNI container id (up to 256) and an interface name.
 const MAX_KEY: usize = 300;
-const MAX_NAMES: usize = 16;
+const MAX_NAMES: usize = overlay_proto::validate::MAX_ENDPOINT_NAMES;
 const MAX_PORTS: usize = 64;
 /// Largest request: a few hundred bytes of fields, generously bounded.
 const MAX_REQUEST: usize = 64 << 10;
@@ -57,18 +57,8 @@ fn check_names(names: &[String]) -> Result<(), Status> {
         return Err(bad(format!("at most {MAX_NAMES} names per endpoint")));
     }
     for n in names {
-        let ok = !n.is_empty()
-            && n.len() <= 63
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && !n.starts_with('-')
-            && !n.ends_with('-');
-        if !ok {
-            return Err(bad(format!(
-                "name {:?} is not a DNS label (letters, digits, '-', '_'; at most 63)",
-                n.chars().take(64).collect::<String>()
-            )));
-        }
+        overlay_proto::validate::endpoint_name(n)
+            .map_err(|why| bad(format!("name {:?} {why}", n.chars().take(64).collect::<String>())))?;
     }
     Ok(())
 }
@@ -124,7 +114,15 @@ impl LocalApi {
             mac: r.mac.to_string(),
             mtu,
             routes: vec![route],
-            dns: None,
+            // The agent's DNS server on the gateway, with the network's domain to search.
+            dns: self
+                .attachments
+                .dns_of(&r.network)
+                .map(|(server, domain)| api::Dns {
+                    nameservers: vec![server.to_string()],
+                    search: vec![domain.clone()],
+                    domain,
+                }),
             host_ifname: format!("{}{:x}", overlay_proto::names::ENDPOINT_PREFIX, r.id),
             names: r.names.clone(),
             ports: r

@@ -48,9 +48,17 @@ struct Args {
     /// --docker-plugin-socket.
     #[arg(long, env = "OVERLAY_DOCKER_PLUGIN")]
     docker_plugin: bool,
+    /// dockerd's API socket: the plugin asks it for containers' names and network aliases,
+    /// their names in the network's DNS; "" asks nothing (containers get no names).
+    #[arg(long, env = "OVERLAY_DOCKER_API", default_value = overlay_agent::docker::engine::DEFAULT_SOCKET)]
+    docker_api: PathBuf,
     /// Where dockerd finds the plugin (root only).
     #[arg(long, env = "OVERLAY_DOCKER_PLUGIN_SOCKET", default_value = overlay_agent::docker::DEFAULT_SOCKET)]
     docker_plugin_socket: PathBuf,
+    /// Port of the DNS server on each network's gateway address (each network's names,
+    /// everything else forwarded to /etc/resolv.conf's servers); 0 serves none.
+    #[arg(long, env = "OVERLAY_DNS_PORT", default_value_t = 53)]
+    dns_port: u16,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9401).
     #[arg(long, env = "OVERLAY_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -123,6 +131,8 @@ async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Resu
         gone_endpoint_grace: args.gone_endpoint_grace,
         local_socket: (!args.local_socket.as_os_str().is_empty()).then_some(args.local_socket),
         docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
+        dns_port: (args.dns_port != 0).then_some(args.dns_port),
+        docker_engine: (!args.docker_api.as_os_str().is_empty()).then_some(args.docker_api),
     };
     run(config, shutdown_signal()).await?;
     Ok(())

@@ -53,6 +53,10 @@ pub struct AgentConfig {
     pub local_socket: Option<PathBuf>,
     /// Where to serve Docker's network and IPAM plugin API (`None`: not at all).
     pub docker_plugin: Option<PathBuf>,
+    /// dockerd's API socket, where the plugin learns containers' names (`None`: it does not).
+    pub docker_engine: Option<PathBuf>,
+    /// The port of the DNS server on every gateway (`None`: no DNS server).
+    pub dns_port: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +90,8 @@ pub enum AgentError {
     /// Without nftables there is no isolation between networks and no NAT: refuse to run.
     #[error(transparent)]
     Firewall(#[from] crate::firewall::FirewallError),
+    #[error("DNS server: {0}")]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 /// Finds the underlay interface, its IPv4 address (unless given) and MTU.
@@ -163,6 +169,10 @@ pub async fn run(
     if let Some(tls) = &config.tls {
         tls.register_expiry(&mut metrics.registry);
     }
+    let dns_metrics = crate::metrics::DnsMetrics::default();
+    if config.dns_port.is_some() {
+        dns_metrics.register(&mut metrics.registry);
+    }
     let metrics = Arc::new(metrics);
     if let Some(addr) = config.metrics_listen {
         let listener = overlay_proto::metrics_http::bind(addr)
@@ -234,11 +244,28 @@ pub async fn run(
             let socket = crate::docker::bind(path).await?;
             tracing::info!(socket = %path.display(), driver = crate::docker::DRIVER, "docker network plugin listening");
             let attachments = attachments.clone();
+            let engine = config
+                .docker_engine
+                .clone()
+                .map(crate::docker::engine::Engine::new);
             Some(tokio::spawn(async move {
-                if let Err(e) = crate::docker::serve(socket, attachments).await {
+                if let Err(e) = crate::docker::serve(socket, attachments, engine).await {
                     tracing::error!(error = %e, "docker network plugin stopped");
                 }
             }))
+        }
+        None => None,
+    };
+    let (dns_tx, dns_rx) = watch::channel(Vec::<String>::new());
+    let dns = match config.dns_port {
+        Some(port) => {
+            let server = crate::dns::DnsServer::start(crate::dns::DnsConfig {
+                port,
+                metrics: dns_metrics,
+                ..Default::default()
+            })?;
+            attachments.serve_dns();
+            Some(tokio::spawn(feed_dns(server, attachments.zones(), dns_tx)))
         }
         None => None,
     };
@@ -272,6 +299,7 @@ pub async fn run(
             instance.clone(),
             report_rx,
             drift_rx,
+            dns_rx,
         )),
         tokio::spawn(offline_start(
             config.clone(),
@@ -298,7 +326,7 @@ pub async fn run(
             tracing::info!("shutting down; the datapath stays as it is");
         }
     }
-    for t in tasks.into_iter().chain(local) {
+    for t in tasks.into_iter().chain(local).chain(dns) {
         t.abort();
     }
     if let Some(d) = docker {
@@ -942,6 +970,7 @@ async fn report_loop(
     instance: Arc<str>,
     mut report_rx: watch::Receiver<Option<Arc<PassReport>>>,
     mut drift_rx: watch::Receiver<Drift>,
+    mut dns_rx: watch::Receiver<Vec<String>>,
 ) {
     type Sent = (u64, Vec<String>);
     let mut last_sent: Option<Sent> = None;
@@ -956,6 +985,7 @@ async fn report_loop(
             tokio::select! {
                 r = report_rx.changed() => r.is_ok(),
                 d = drift_rx.changed() => d.is_ok(),
+                d = dns_rx.changed() => d.is_ok(),
             }
         };
         if retry {
@@ -967,7 +997,9 @@ async fn report_loop(
         let Some(report) = report_rx.borrow_and_update().clone() else {
             continue;
         };
-        let drift = drift_rx.borrow_and_update().clone();
+        let mut drift = drift_rx.borrow_and_update().clone();
+        // What `doctor` must also hear: a gateway the DNS server cannot answer on.
+        drift.items.extend(dns_rx.borrow_and_update().iter().cloned());
         let current = (report.revision, drift.items.clone());
         if last_sent.as_ref() == Some(&current) {
             continue;
@@ -992,6 +1024,39 @@ async fn report_loop(
         match sent {
             Ok(_) => last_sent = Some(current),
             Err(status) => tracing::warn!(error = %status.message(), "status report failed; will retry"),
+        }
+    }
+}
+
+/// Keeps the DNS server's zones those of the latest spec, and publishes the gateways it
+/// cannot listen on (one `dns: ...` line each) for the status report.
+async fn feed_dns(
+    server: crate::dns::DnsServer,
+    mut zones: watch::Receiver<Arc<Vec<crate::dns::Zone>>>,
+    problems: watch::Sender<Vec<String>>,
+) {
+    loop {
+        let current = zones.borrow_and_update().clone();
+        let report = server.update(current.to_vec());
+        tracing::debug!(zones = report.zones, names = report.names, "DNS zones updated");
+        let mut lines: Vec<String> = report.problems.iter().map(|p| format!("dns: {p}")).collect();
+        let status = server.settled().await;
+        lines.extend(
+            status
+                .values()
+                .filter_map(|s| s.as_ref().err())
+                .map(|e| format!("dns: {e}")),
+        );
+        problems.send_if_modified(|p| {
+            let changed = *p != lines;
+            *p = lines;
+            changed
+        });
+        // A listener that failed is retried by the server; look again while any is down.
+        let failing = status.values().any(Result::is_err);
+        tokio::select! {
+            changed = zones.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)), if failing => {}
         }
     }
 }

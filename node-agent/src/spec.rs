@@ -459,6 +459,7 @@ mod tests {
                     default_route: Some(true),
                     ..Default::default()
                 }],
+                directory: vec![],
             }],
         }
     }

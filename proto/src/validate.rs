@@ -37,6 +37,28 @@ pub fn netns(netns: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// At most this many names per endpoint (controller, agent and the Docker plugin agree).
+pub const MAX_ENDPOINT_NAMES: usize = 16;
+/// The longest endpoint name: one DNS label.
+pub const MAX_NAME_LABEL: usize = 63;
+
+/// An endpoint name is one DNS label of its network's zone: 1 to 63 letters, digits, `-` or
+/// `_`, not starting or ending with `-`.
+pub fn endpoint_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LABEL
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("must be a DNS label: 1 to 63 letters, digits, '-' or '_', not starting or ending with '-'")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -21,6 +21,7 @@ pub fn canonicalize(state: &mut pb::HostDesiredState) {
     for n in &mut state.networks {
         n.peers.sort_by(|a, b| a.host.cmp(&b.host));
         n.endpoints.sort_by_key(|e| e.id);
+        n.directory.sort_by_key(|r| r.endpoint_id);
     }
 }
 
@@ -79,6 +80,25 @@ pub fn apply(state: &mut pb::HostDesiredState, event: pb::WatchEvent) -> Result<
                     match network.endpoints.iter_mut().find(|e| e.id == ep.id) {
                         Some(existing) => *existing = ep,
                         None => network.endpoints.push(ep),
+                    }
+                }
+            }
+            for changes in delta.directory_changes {
+                let network = state
+                    .networks
+                    .iter_mut()
+                    .find(|n| n.name == changes.network)
+                    .ok_or_else(|| ApplyError::UnknownNetwork(changes.network.clone()))?;
+                let gone: std::collections::BTreeSet<u64> = changes.remove.into_iter().collect();
+                network.directory.retain(|r| !gone.contains(&r.endpoint_id));
+                for record in changes.upsert {
+                    match network
+                        .directory
+                        .iter_mut()
+                        .find(|r| r.endpoint_id == record.endpoint_id)
+                    {
+                        Some(existing) => *existing = record,
+                        None => network.directory.push(record),
                     }
                 }
             }

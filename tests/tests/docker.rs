@@ -111,6 +111,24 @@ fn recorded(lab: &Lab, ip: Ipv4Addr) -> bool {
         .unwrap_or(false)
 }
 
+/// The controller's record of the endpoint with address `ip` (`Null` if none).
+fn record_of(lab: &Lab, ip: Ipv4Addr) -> serde_json::Value {
+    lab.ctl_json(&["endpoint", "ls"])
+        .ok()
+        .and_then(|v| {
+            v.as_array()
+                .and_then(|a| a.iter().find(|e| e["ip"] == ip.to_string()).cloned())
+        })
+        .unwrap_or_default()
+}
+
+fn names_of(lab: &Lab, ip: Ipv4Addr) -> Vec<String> {
+    record_of(lab, ip)["names"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
 /// The body of `GET http://host:port/` from namespace `ns` (2 s timeout), trimmed.
 fn http_get(ns: &str, host: &str, port: u16) -> Option<String> {
     let script = "import sys, urllib.request\n\
@@ -268,6 +286,72 @@ fn docker_containers_on_two_hosts() {
         Some("hello-from-docker")
     );
 
+    // Names: the plugin learns each container's name and network aliases from dockerd, and
+    // every host's agent answers them on its gateway. Docker's own resolver (127.0.0.11 in
+    // the container) answers this engine's containers and forwards the rest to the gateway
+    // given with --dns.
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        1,
+        "c5",
+        &["--network-alias", "api"],
+        &["sleep", "3600"],
+    );
+    ok("docker run --network-alias", out);
+    let ip5 = container_ip(&lab, &hosts, 1, "c5");
+    let learnt = Lab::wait_until(Duration::from_secs(10), || {
+        names_of(&lab, ip2) == ["c2"]
+            && names_of(&lab, ip5) == ["c5", "api"]
+            && names_of(&lab, ip1) == ["c1"]
+            && !names_of(&lab, container_ip(&lab, &hosts, 0, "web")).is_empty()
+    });
+    assert!(
+        learnt.is_some(),
+        "names not recorded: c2 {:?}, c5 {:?}",
+        names_of(&lab, ip2),
+        names_of(&lab, ip5)
+    );
+    let gw1 = record_of(&lab, ip1)["gateway"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        0,
+        "asker",
+        &["--dns", &gw1, "--dns-search", "blue.overlay"],
+        &["sleep", "3600"],
+    );
+    ok("docker run --dns", out);
+    for (name, want) in [("c2", ip2), ("api", ip5), ("c5.blue.overlay", ip5), ("c1", ip1)] {
+        let mut text = String::new();
+        let found = Lab::wait_until(Duration::from_secs(10), || {
+            let out = docker(&lab, &hosts, 0, &["exec", "asker", "nslookup", name]);
+            text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains(&want.to_string())
+        });
+        assert!(
+            found.is_some(),
+            "asker on h1 cannot resolve {name} ({want}): {text}"
+        );
+    }
+    assert!(
+        docker(
+            &lab,
+            &hosts,
+            0,
+            &["exec", "asker", "ping", "-c", "1", "-W", "2", "c2"]
+        )
+        .status
+        .success(),
+        "asker on h1 cannot ping c2 (h2) by name"
+    );
+    println!(
+        "docker containers by name across engines: asker on h1 resolves and pings c2, api (c5's alias) on h2 through --dns {gw1}"
+    );
+
     // Bad input, each refused in docker's own output, nothing left behind.
     let before = (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap());
     let (out, _) = run(
@@ -423,7 +507,9 @@ fn docker_containers_on_two_hosts() {
     );
 
     // One host's docker network removed: the other host's containers carry on.
-    ok("docker rm -f c2", docker(&lab, &hosts, 1, &["rm", "-f", "c2"]));
+    for c in ["c2", "c5"] {
+        ok("docker rm -f", docker(&lab, &hosts, 1, &["rm", "-f", c]));
+    }
     ok(
         "docker network rm",
         docker(&lab, &hosts, 1, &["network", "rm", "blue"]),

@@ -48,6 +48,17 @@ fn setup() -> ClusterState {
 
 /// `host`'s agent reports its endpoint in namespace `netns` (key = the namespace's name).
 fn report(s: &mut ClusterState, host: &str, netns: &str, ip: &str, default_route: bool) {
+    report_named(s, host, netns, ip, default_route, &[]);
+}
+
+fn report_named(
+    s: &mut ClusterState,
+    host: &str,
+    netns: &str,
+    ip: &str,
+    default_route: bool,
+    names: &[&str],
+) {
     s.apply(Command::SyncEndpoints {
         host: host.into(),
         full: false,
@@ -60,7 +71,7 @@ fn report(s: &mut ClusterState, host: &str, netns: &str, ip: &str, default_route
             ip: ip.parse().unwrap(),
             default_route,
             owner: "cni".into(),
-            names: vec![],
+            names: names.iter().map(|n| n.to_string()).collect(),
             ports: vec![],
             status: EndpointStatus::Ready,
         }],
@@ -133,6 +144,52 @@ fn a_new_peer_is_a_small_delta_and_unrelated_changes_are_none() {
     assert_eq!(d.peer_changes.len(), 1);
     assert_eq!(d.peer_changes[0].upsert.len(), 1);
     assert_eq!(d.peer_changes[0].upsert[0].host, "h4");
+}
+
+#[test]
+fn a_named_endpoint_reaches_every_host_of_its_network_as_a_directory_entry() {
+    let mut s = setup();
+    let m0 = Model::build(&s, None);
+    report_named(&mut s, "h2", "db", "10.1.1.9", true, &["db", "pg"]);
+    let m1 = Model::build(&s, Some(&m0));
+    let Some(pb::WatchEvent {
+        event: Some(watch_event::Event::Delta(d)),
+        ..
+    }) = m1.delta(&m0, "h1")
+    else {
+        panic!("h1 should hear of a name on h2")
+    };
+    assert!(d.upsert_networks.is_empty() && d.endpoint_changes.is_empty() && d.peer_changes.is_empty());
+    assert_eq!(d.directory_changes.len(), 1);
+    let record = &d.directory_changes[0].upsert[0];
+    assert_eq!(
+        (record.host.as_str(), record.address.as_str()),
+        ("h2", "10.1.1.9")
+    );
+    assert_eq!(record.names, ["db", "pg"]);
+    let full = m1.full("h3").unwrap();
+    assert_eq!(full.networks[0].directory, vec![record.clone()]);
+    // Gone from h2: a removal for every host.
+    s.apply(Command::SyncEndpoints {
+        host: "h2".into(),
+        full: false,
+        upsert: vec![],
+        remove: vec!["db".into()],
+        failed: vec![],
+        now_ms: 0,
+    })
+    .result
+    .unwrap();
+    let m2 = Model::build(&s, Some(&m1));
+    let Some(pb::WatchEvent {
+        event: Some(watch_event::Event::Delta(d)),
+        ..
+    }) = m2.delta(&m1, "h3")
+    else {
+        panic!("h3 should hear the name went away")
+    };
+    assert_eq!(d.directory_changes[0].remove, vec![record.endpoint_id]);
+    assert!(m2.full("h1").unwrap().networks[0].directory.is_empty());
 }
 
 #[test]

@@ -25,9 +25,8 @@ use crate::model::{Endpoint, EndpointStatus, HostEndpoint, MacvlanMode, Mode, Pu
 
 /// Longest endpoint key: CNI container ids are up to 256 characters (`<id>/<ifname>`).
 pub const MAX_KEY_LEN: usize = 300;
-/// Most names one endpoint answers to, and the longest (a DNS label is at most 63 bytes).
-pub const MAX_NAMES: usize = 16;
-pub const MAX_NAME_LABEL: usize = 63;
+/// Most names one endpoint answers to (each one DNS label: `validate::endpoint_name`).
+pub const MAX_NAMES: usize = overlay_proto::validate::MAX_ENDPOINT_NAMES;
 /// Most endpoints one host may hold in the records: bounds what one agent certificate can make
 /// every replica store.
 pub const MAX_HOST_ENDPOINTS: usize = 16_384;
@@ -75,21 +74,8 @@ pub fn check_names(names: &[String]) -> Result<(), StateError> {
         ));
     }
     for n in names {
-        let ok = !n.is_empty()
-            && n.len() <= MAX_NAME_LABEL
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && !n.starts_with('-')
-            && !n.ends_with('-');
-        if !ok {
-            return Err(invalid(
-                "name",
-                n.chars().take(64).collect::<String>(),
-                format!(
-                    "must be a DNS label: 1 to {MAX_NAME_LABEL} letters, digits, '-' or '_', not starting or ending with '-'"
-                ),
-            ));
-        }
+        overlay_proto::validate::endpoint_name(n)
+            .map_err(|why| invalid("name", n.chars().take(64).collect::<String>(), why))?;
     }
     Ok(())
 }

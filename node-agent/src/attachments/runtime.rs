@@ -297,6 +297,26 @@ impl Attachments {
         Ok(())
     }
 
+    /// Records the names runtime endpoint `endpoint_id` answers to in its network's DNS (the
+    /// container's name and aliases, learnt after it joined); the controller hears of them with
+    /// the next sync, every other host with its Watch stream.
+    pub fn set_runtime_names(&self, endpoint_id: &str, names: Vec<String>) -> Result<(), AttachError> {
+        let mut inner = self.lock();
+        let key = inner
+            .book
+            .by_runtime_id(endpoint_id)
+            .map(|r| r.key.clone())
+            .ok_or_else(|| {
+                AttachError::new(
+                    ErrorKind::UnknownEndpoint,
+                    format!("no endpoint {endpoint_id:?} on this host"),
+                )
+            })?;
+        inner.book.update_runtime(&key, |r| r.names = names)?;
+        self.publish(&mut inner);
+        Ok(())
+    }
+
     /// Publishes `ports` for runtime endpoint `endpoint_id` (Docker's external connectivity),
     /// replacing what it published; once the rules are in.
     pub async fn set_runtime_ports(

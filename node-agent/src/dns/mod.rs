@@ -19,12 +19,13 @@
 //! does not own) at it: `nameserver <gateway>` and `search <network>.overlay` in the
 //! namespace's resolv.conf, e.g. `/etc/netns/<name>/resolv.conf` for `ip netns exec`.
 //!
-//! Modules: [`zone`] (the answering policy, pure), [`reply`] (wire in and out, by
+//! Modules: [`feed`] (zones from the desired state), [`zone`] (the answering policy, pure), [`reply`] (wire in and out, by
 //! hickory-proto), [`cache`] and [`forward`] (upstreams), [`resolv`] (resolv.conf),
 //! [`listener`] (sockets and bounds), [`server`] (the table and the listeners' lifecycle).
 //! Counters: [`crate::metrics::DnsMetrics`].
 
 pub mod cache;
+pub mod feed;
 pub mod forward;
 pub mod listener;
 pub mod reply;

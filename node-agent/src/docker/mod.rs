@@ -10,10 +10,15 @@
 //! which Docker network joins which overlay network, in the agent's store, since Docker never
 //! tells a plugin about its networks again after a restart.
 //!
+//! Docker never tells a plugin which container an endpoint is for: after each Join the plugin
+//! asks dockerd's Engine API ([`engine`]) for the container's name and network aliases, which
+//! become the endpoint's names in the network's DNS on every host.
+//!
 //! The socket is root only (mode 0600, peer credentials checked per connection): dockerd runs
 //! as root, and whoever can talk to it can make the agent wire interfaces.
 
 pub mod api;
+pub mod engine;
 mod plugin;
 
 use std::path::Path;
@@ -44,8 +49,12 @@ pub async fn bind(path: &Path) -> Result<LocalSocket, SocketError> {
 }
 
 /// Serves Docker on `socket` until the process ends.
-pub async fn serve(socket: LocalSocket, attachments: Arc<Attachments>) -> std::io::Result<()> {
-    let plugin = Arc::new(Plugin::new(attachments));
+pub async fn serve(
+    socket: LocalSocket,
+    attachments: Arc<Attachments>,
+    engine: Option<engine::Engine>,
+) -> std::io::Result<()> {
+    let plugin = Arc::new(Plugin::new(attachments, engine));
     axum::serve(RootOnly(socket), router(plugin)).await
 }
 

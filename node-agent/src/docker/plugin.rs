@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::Reply;
 use super::api;
+use super::engine::Engine;
 use crate::attachments::{AttachError, Attachments};
 
 /// Who the book says holds Docker's endpoints.
@@ -28,6 +29,8 @@ pub struct Plugin {
     attachments: Arc<Attachments>,
     /// Docker network id -> overlay network (also in the agent's store).
     networks: Mutex<BTreeMap<String, String>>,
+    /// dockerd's own API, where containers' names are learnt (`None`: endpoints get none).
+    engine: Option<Engine>,
 }
 
 fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
@@ -79,13 +82,14 @@ fn pool_network(pool_id: &str) -> Result<&str, String> {
 }
 
 impl Plugin {
-    pub fn new(attachments: Arc<Attachments>) -> Self {
+    pub fn new(attachments: Arc<Attachments>, engine: Option<Engine>) -> Self {
         let networks = attachments.docker_networks().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the docker networks from the store");
             Vec::new()
         });
         Self {
             attachments,
+            engine,
             networks: Mutex::new(networks.into_iter().collect()),
         }
     }
@@ -326,6 +330,7 @@ impl Plugin {
     /// Names the endpoint on the address IPAM held; answers with its MAC (the anti-spoofing
     /// rules know the endpoint by address and MAC, so the MAC is overlay's to choose).
     pub fn create_endpoint(&self, body: &[u8]) -> Reply {
+        tracing::debug!(body = %String::from_utf8_lossy(body), "docker: CreateEndpoint");
         driver((|| {
             let req: api::CreateEndpoint = parse(body)?;
             let network = self.network_of(&req.network_id)?;
@@ -384,6 +389,7 @@ impl Plugin {
 
     /// Creates the veth pair; Docker moves `SrcName` into the sandbox and names it eth<n>.
     pub fn join<'a>(&'a self, body: &'a [u8]) -> Pending<'a> {
+        tracing::debug!(body = %String::from_utf8_lossy(body), "docker: Join");
         Box::pin(async move {
             let result = async {
                 let req: api::Join = parse(body)?;
@@ -393,6 +399,14 @@ impl Plugin {
                     .join_runtime(&req.endpoint_id, &req.sandbox_key)
                     .await
                     .map_err(text)?;
+                if let Some(engine) = &self.engine {
+                    tokio::spawn(super::engine::learn_names(
+                        engine.clone(),
+                        self.attachments.clone(),
+                        req.network_id.clone(),
+                        req.endpoint_id.clone(),
+                    ));
+                }
                 Ok(json!(api::Joined {
                     interface_name: api::InterfaceName {
                         src_name: peer,
