@@ -1,6 +1,7 @@
 //! overlay-cni against real agents: the CNI spec's commands with their results and errors,
-//! real podman on two simulated hosts, a container started while every controller is down,
-//! and 200 parallel ADDs on one host while its agent is killed (no address ever twice).
+//! real podman on two simulated hosts (by address and by container name), a container started
+//! while every controller is down, and 200 parallel ADDs on one host while its agent is killed
+//! (no address ever twice).
 //! Needs `cargo build --workspace` (the plugin binary) and root.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -514,6 +515,48 @@ fn podman_containers_on_two_hosts() {
     println!("podman run c1 on h1 took {took:?}: c1 {ip1}, c2 {ip2}");
     assert!(ping_from_pid(pid1, ip2), "c1 on h1 cannot reach c2 on h2");
     assert!(ping_from_pid(pid2, ip1), "c2 on h2 cannot reach c1 on h1");
+
+    // Names: podman passes the container name through the aliases capability; c1 on h1 finds
+    // c2 on h2 by name, through the DNS the ADD result named.
+    let m1 = lab.hosts[0].mount_ns.as_ref().unwrap();
+    let resolv = hosts[0]
+        .podman
+        .run(m1, &["exec", "c1", "cat", "/etc/resolv.conf"])
+        .unwrap();
+    let resolv = String::from_utf8_lossy(&resolv.stdout).to_string();
+    let gateway = lab
+        .ctl_json(&["endpoint", "ls"])
+        .ok()
+        .and_then(|v| {
+            v.as_array()
+                .and_then(|a| a.iter().find(|e| e["ip"] == ip1.to_string()))
+                .and_then(|e| e["gateway"].as_str().map(str::to_string))
+        })
+        .expect("c1's gateway");
+    assert!(
+        resolv.contains(&format!("nameserver {gateway}")) && resolv.contains("search blue.overlay"),
+        "podman wrote the result's dns into resolv.conf: {resolv}"
+    );
+    let mut text = String::new();
+    let found = Lab::wait_until(Duration::from_secs(10), || {
+        let out = hosts[0]
+            .podman
+            .run(m1, &["exec", "c1", "nslookup", "c2"])
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        text.contains(&ip2.to_string())
+    });
+    assert!(found.is_some(), "c1 on h1 cannot resolve c2: {text}");
+    let out = hosts[0]
+        .podman
+        .run(m1, &["exec", "c1", "ping", "-c", "1", "-W", "2", "c2"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "c1 cannot ping c2 by name: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    println!("podman containers by name across hosts: c1 on h1 resolves and pings c2 on h2");
 
     // `podman run -p`: portMappings through CNI, published at h1's underlay address.
     let m1 = lab.hosts[0].mount_ns.as_ref().unwrap();

@@ -303,3 +303,90 @@ fn names_resolve_across_hosts_and_without_controllers() {
 fn gw_of(result: &Value) -> Value {
     result["ips"][0]["gateway"].clone()
 }
+
+/// A gateway the DNS server cannot listen on (another program holds the port) is what
+/// `doctor` reports of that host, and answering starts once the port is free.
+#[test]
+fn a_dns_server_that_cannot_listen_is_reported_by_doctor() {
+    let mut lab = Lab::start(LabConfig {
+        hosts: 1,
+        controllers: 1,
+        tag: "nmd",
+        resync_secs: 10,
+    })
+    .expect("lab");
+    // Another server on the port, on every address of h1.
+    let squatter = "import socket, time\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.bind(('0.0.0.0', 5353))\n\
+        time.sleep(3600)";
+    let ns = lab.hosts[0].ns.clone();
+    let holder = lab
+        .spawn_in(&ns, "python3", &["-c", squatter], "squatter")
+        .unwrap();
+    let bound = Lab::wait_until(Duration::from_secs(10), || {
+        lab.on_host(0, "ss", &["-Hunl", "sport", "= :5353"])
+            .is_ok_and(|t| t.contains("0.0.0.0:5353"))
+    });
+    assert!(
+        bound.is_some(),
+        "the squatter never bound: {}",
+        std::fs::read_to_string(lab.dir().join("squatter.log")).unwrap_or_default()
+    );
+    lab.start_agent_with_env(0, &[("OVERLAY_DNS_PORT", "5353")])
+        .unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    lab.ctl_ok(&[
+        "network",
+        "create",
+        "blue",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.52.0.0/16",
+    ])
+    .unwrap();
+    let web = lab.add_workload("web").unwrap();
+    attach_named(&lab, "blue", 0, &web, &["web"]);
+    let gw = ip_of(&endpoint_of(&lab, &web), "gateway");
+    let mut seen = String::new();
+    let reported = Lab::wait_until(Duration::from_secs(20), || {
+        let out = lab.ctl(&["--output", "json", "doctor"]).expect("doctor");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        seen = v["hosts"][0]["drift"].to_string();
+        !out.status.success() && seen.contains(&format!("dns: cannot listen on {gw}:5353"))
+    });
+    assert!(
+        reported.is_some(),
+        "doctor does not report the DNS listener: {seen}"
+    );
+    println!("doctor, with port 5353 taken on h1: {seen}");
+    holder.stop(Duration::from_secs(2));
+    let answering = Lab::wait_until(Duration::from_secs(20), || {
+        // From the host itself (workloads may reach port 53 only): any answer shows the
+        // server listens.
+        query(
+            &ns,
+            SocketAddrV4::new(gw, 5353),
+            "web",
+            RecordType::A,
+            Transport::Udp,
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    });
+    assert!(
+        answering.is_some(),
+        "the DNS server never took the freed port: {}\n{:?}",
+        lab.agent_log(0),
+        lab.on_host(0, "ss", &["-Hunlp"])
+    );
+    let cleared = Lab::wait_until(Duration::from_secs(20), || {
+        lab.ctl(&["doctor"]).is_ok_and(|o| o.status.success())
+    });
+    assert!(
+        cleared.is_some(),
+        "doctor still reports a problem after the port was freed"
+    );
+    println!("port freed: answering on {gw}:5353 within {answering:?}, doctor clear");
+}
