@@ -64,6 +64,9 @@ impl Dockerd {
                 "/run/docker.pid",
                 "--storage-driver",
                 "vfs",
+                // Containers keep running while dockerd restarts (what an operator upgrading
+                // dockerd sets), so a restart shows whether the plugin's state survives it.
+                "--live-restore",
             ],
         );
         self.daemon = Some(Daemon::spawn(&self.name, cmd, &self.log)?);
@@ -86,7 +89,7 @@ impl Dockerd {
         }
     }
 
-    /// Stops dockerd (SIGTERM: it stops its containers first, calling the plugin) and starts
+    /// Stops dockerd (SIGTERM; with `--live-restore` its containers keep running) and starts
     /// it again.
     pub fn restart(&mut self, mount_ns: &MountNs) -> Result<()> {
         if let Some(d) = self.daemon.take() {

@@ -506,6 +506,30 @@ fn docker_containers_on_two_hosts() {
         "c3 lost c2 through an agent restart"
     );
 
+    // dockerd restarted (--live-restore): running containers stay connected, and the plugin
+    // serves the restarted engine (a new container, then its removal).
+    let t = Instant::now();
+    hosts[0]
+        .dockerd
+        .restart(mount_ns(&lab, 0))
+        .expect("dockerd restart");
+    println!("dockerd on h1 restarted in {:?}", t.elapsed());
+    assert!(
+        pings(&lab, &hosts, 0, "c3", ip2),
+        "c3 lost c2 through a dockerd restart"
+    );
+    let (out, _) = run(&lab, &hosts, 0, "c6", &[], &["sleep", "3600"]);
+    ok("docker run after a dockerd restart", out);
+    let ip6 = container_ip(&lab, &hosts, 0, "c6");
+    assert!(
+        pings(&lab, &hosts, 0, "c6", ip2),
+        "c6 (after the restart) cannot reach c2"
+    );
+    ok("docker rm -f c6", docker(&lab, &hosts, 0, &["rm", "-f", "c6"]));
+    let released = Lab::wait_until(Duration::from_secs(10), || !recorded(&lab, ip6));
+    assert!(released.is_some(), "{ip6} still recorded after docker rm -f");
+    println!("after the dockerd restart: c3 still reaches c2; c6 ran, reached c2 and was removed");
+
     // One host's docker network removed: the other host's containers carry on.
     for c in ["c2", "c5"] {
         ok("docker rm -f", docker(&lab, &hosts, 1, &["rm", "-f", c]));
