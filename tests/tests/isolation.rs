@@ -205,7 +205,8 @@ fn workloads_cannot_cross_networks_spoof_or_reach_hosts() {
     assert!(all_up.is_some(), "the networks never came up\n{}", lab.logs());
 
     // Services: a TCP listener on every address of h1 and h2, DNS stand-ins (UDP and TCP 53)
-    // on h1, a TCP listener in a workload of each network and on the internet.
+    // on h1's underlay address (the gateways' port 53 is the agent's own DNS server), a TCP
+    // listener in a workload of each network and on the internet.
     let lab_bin = bins::bin("overlay-lab").unwrap();
     let lab_bin = lab_bin.to_str().unwrap();
     let serve =
@@ -213,14 +214,14 @@ fn workloads_cannot_cross_networks_spoof_or_reach_hosts() {
     let _servers = [
         serve(&h1, "0.0.0.0:2222", "h1-2222"),
         serve(&h2, "0.0.0.0:2222", "h2-2222"),
-        serve(&h1, "0.0.0.0:53", "h1-dns-tcp"),
+        serve(&h1, &format!("{u1}:53"), "h1-dns-tcp"),
         serve(&b1.ns, "0.0.0.0:7000", "b1-7000"),
         serve(&r1.ns, "0.0.0.0:7000", "r1-7000"),
         serve(&inet, "0.0.0.0:8080", "inet-8080"),
         lab.spawn_in(
             &h1,
             "python3",
-            &[s.to_str().unwrap(), "udp-echo", "0.0.0.0", "53"],
+            &[s.to_str().unwrap(), "udp-echo", &u1, "53"],
             "h1-dns-udp",
         )
         .unwrap(),
@@ -262,7 +263,7 @@ fn workloads_cannot_cross_networks_spoof_or_reach_hosts() {
         ),
         (
             "blue: DNS over UDP to the gateway".into(),
-            Box::new(|| py(s, &b1.ns, &["udp", &blue_gw1, "53"])),
+            Box::new(|| py(s, &b1.ns, &["dns", &blue_gw1, "53"])),
         ),
         (
             "blue: DNS over TCP to the gateway".into(),

@@ -85,6 +85,24 @@ def main(argv):
         except OSError as e:
             print(e)
             return 1
+    if cmd == "dns":
+        # A real query in blue's zone (the agent's DNS server drops what is not DNS; a name
+        # outside its zones goes upstream): any answer with our id.
+        qname = b"".join(bytes([len(l)]) + l for l in b"probe.blue.overlay".split(b".")) + b"\0"
+        query = struct.pack("!HHHHHH", 0x4F56, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        try:
+            s.sendto(query, (argv[2], int(argv[3])))
+            reply = s.recv(512)
+            if reply[:2] == query[:2]:
+                print("answered")
+                return 0
+            print("wrong id")
+            return 1
+        except OSError as e:
+            print(e)
+            return 1
     if cmd == "udp-echo":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((argv[2], int(argv[3])))
