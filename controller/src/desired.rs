@@ -430,14 +430,6 @@ impl NetModel {
     }
 }
 
-fn mode(m: Mode) -> pb::NetworkMode {
-    match m {
-        Mode::Vxlan => pb::NetworkMode::Vxlan,
-        Mode::Macvlan => pb::NetworkMode::Macvlan,
-        Mode::Nat => pb::NetworkMode::Nat,
-    }
-}
-
 /// The model of network `n`. With an `old` model, only what changed is rebuilt: the settings
 /// and members when `settings_changed`, and the endpoint lists of `lists_changed` hosts.
 fn net_model(
@@ -494,16 +486,16 @@ fn net_base(n: &Network) -> pb::NetworkState {
     pb::NetworkState {
         name: n.name.clone(),
         id: n.id,
-        mode: mode(n.mode) as i32,
+        mode: n.mode.wire() as i32,
         cidr: n.cidr.to_string(),
         vni: n.vni.unwrap_or(0),
         nat_egress: n.nat_egress,
-        bridge_name: if n.mode == Mode::Macvlan {
-            String::new()
-        } else {
+        bridge_name: if n.mode.has_bridge() {
             bridge_name(n.id)
+        } else {
+            String::new()
         },
-        vxlan_name: if n.mode == Mode::Vxlan {
+        vxlan_name: if n.mode.tunnels() {
             vxlan_name(n.id)
         } else {
             String::new()
@@ -532,20 +524,23 @@ fn smallest_member_underlay(state: &ClusterState, n: &Network) -> Option<u32> {
 /// derived (vxlan: the smallest member underlay minus the overhead; nat: the host's own
 /// underlay; macvlan: 0, the parent's).
 fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32 {
-    n.mtu.unwrap_or(match n.mode {
-        Mode::Vxlan => smallest_underlay
-            .unwrap_or(underlay)
-            .saturating_sub(VXLAN_OVERHEAD),
-        Mode::Nat => underlay,
-        Mode::Macvlan => 0,
-    })
+    if n.mode.on_the_lan() {
+        return n.mtu.unwrap_or(0);
+    }
+    // Tunnelled traffic must fit the smallest member's underlay; the rest only this host's.
+    let base = if n.mode.tunnels() {
+        smallest_underlay.unwrap_or(underlay)
+    } else {
+        underlay
+    };
+    n.mtu.unwrap_or(base.saturating_sub(n.mode.overhead()))
 }
 
 /// The MTU `network ls` shows: what the devices get, the same derivation as the desired
 /// state (for a nat network whose members differ, the smallest). `None` while no host holds
 /// a lease, and for a macvlan network that inherits its parent's.
 pub fn effective_mtu(state: &ClusterState, n: &Network) -> Option<u32> {
-    if n.mtu.is_some() || n.mode == Mode::Macvlan {
+    if n.mtu.is_some() || n.mode.on_the_lan() {
         return n.mtu;
     }
     let smallest = smallest_member_underlay(state, n)?;
@@ -563,7 +558,7 @@ fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Me
                 let Some(h) = state.hosts.get(host) else { continue };
                 let subnet = lease.subnet.to_string();
                 let mtu = device_mtu(n, smallest_underlay, h.underlay_mtu);
-                let peer = (n.mode == Mode::Vxlan).then(|| pb::Peer {
+                let peer = n.mode.tunnels().then(|| pb::Peer {
                     host: host.clone(),
                     underlay_ip: h.underlay_ip.to_string(),
                     vtep_mac: h.vtep_mac.to_string(),

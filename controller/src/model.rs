@@ -1,72 +1,13 @@
 //! The records the replicated state machine holds. Plain data: no I/O, no clocks.
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use ipnetwork::Ipv4Network;
 pub use overlay_proto::ports::PublishedPort;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Vxlan,
-    Macvlan,
-    Nat,
-}
-
-impl Mode {
-    /// Modes that split the network into per-host subnets (leases).
-    pub fn uses_leases(self) -> bool {
-        matches!(self, Mode::Vxlan | Mode::Nat)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Vxlan => "vxlan",
-            Mode::Macvlan => "macvlan",
-            Mode::Nat => "nat",
-        })
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MacvlanMode {
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
-}
-
-impl MacvlanMode {
-    pub fn label(self) -> &'static str {
-        match self {
-            MacvlanMode::Bridge => "bridge",
-            MacvlanMode::Private => "private",
-            MacvlanMode::Vepa => "vepa",
-            MacvlanMode::Passthru => "passthru",
-        }
-    }
-}
-
-impl FromStr for MacvlanMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "" | "bridge" => Ok(MacvlanMode::Bridge),
-            "private" => Ok(MacvlanMode::Private),
-            "vepa" => Ok(MacvlanMode::Vepa),
-            "passthru" => Ok(MacvlanMode::Passthru),
-            other => Err(format!(
-                "unknown macvlan mode {other:?} (expected bridge, private, vepa or passthru)"
-            )),
-        }
-    }
-}
+/// The modes and their capabilities are the proto crate's, shared with the agent and the CLI.
+pub use overlay_proto::modes::{MacvlanMode, Mode};
 
 pub use overlay_proto::mac::MacAddr;
 

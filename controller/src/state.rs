@@ -758,14 +758,15 @@ impl ClusterState {
             .networks
             .get(name)
             .ok_or_else(|| StateError::UnknownNetwork(name.to_string()))?;
-        if let Some(nat) = nat_egress
-            && network.mode != Mode::Vxlan
+        // Only a vxlan network chooses; the others' egress is their mode's.
+        let fixed_egress = match network.mode {
+            Mode::Vxlan => None,
+            Mode::Nat => Some("nat networks always masquerade"),
+            Mode::Macvlan => Some("macvlan workloads egress through the LAN gateway"),
+        };
+        if let (Some(nat), Some(why)) = (nat_egress, fixed_egress)
             && nat != network.nat_egress
         {
-            let why = match network.mode {
-                Mode::Nat => "nat networks always masquerade",
-                _ => "macvlan workloads egress through the LAN gateway",
-            };
             return Err(invalid("option", "--nat-egress", why));
         }
         if let Some(MtuSetting::Fixed(m)) = mtu {

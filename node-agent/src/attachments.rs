@@ -21,6 +21,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use overlay_proto::connect::Controllers;
 use overlay_proto::local_socket::ErrorKind;
+use overlay_proto::modes::Mode;
 use overlay_proto::ports::Protocol;
 use overlay_proto::v1 as pb;
 use overlay_proto::v1::agent_client::AgentClient;
@@ -483,10 +484,10 @@ impl Attachments {
                     "this host's endpoint store is new (state directory lost?) and no controller has told it which addresses are in use yet",
                 ));
             }
-            pb::NetworkMode::try_from(network.mode).unwrap_or(pb::NetworkMode::Unspecified)
+            Mode::from_wire(network.mode).map_err(|e| AttachError::new(ErrorKind::Internal, e))?
         };
         let record = match mode {
-            pb::NetworkMode::Vxlan | pb::NetworkMode::Nat => {
+            Mode::Vxlan | Mode::Nat => {
                 let mut inner = self.lock();
                 let network = Self::network(&inner, &req.network).ok_or_else(|| {
                     AttachError::new(
@@ -505,10 +506,7 @@ impl Attachments {
                     .book
                     .add_from_lease(req, lease, &controller_used, now_ms())?
             }
-            pb::NetworkMode::Macvlan => self.attach_macvlan(req).await?,
-            pb::NetworkMode::Unspecified => {
-                return Err(AttachError::new(ErrorKind::Internal, "network of unknown mode"));
-            }
+            Mode::Macvlan => self.attach_macvlan(req).await?,
         };
         let stored_us = started.elapsed().as_micros() as u64;
         let generation = {
@@ -768,13 +766,11 @@ impl Attachments {
                 format!("network {network:?} is not among this host's networks"),
             ));
         };
-        match pb::NetworkMode::try_from(n.mode) {
-            Ok(pb::NetworkMode::Vxlan | pb::NetworkMode::Nat) if lease_of(n).is_none() => {
-                Err(AttachError::new(
-                    ErrorKind::NotReady,
-                    format!("this host holds no lease in network {network:?}"),
-                ))
-            }
+        match Mode::from_wire(n.mode) {
+            Ok(m) if m.uses_leases() && lease_of(n).is_none() => Err(AttachError::new(
+                ErrorKind::NotReady,
+                format!("this host holds no lease in network {network:?}"),
+            )),
             _ => Ok(()),
         }
     }

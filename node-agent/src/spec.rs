@@ -14,12 +14,7 @@ use overlay_proto::{names, validate};
 /// UDP port of every VXLAN device (IANA).
 pub const VXLAN_PORT: u16 = 4789;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Vxlan,
-    Nat,
-    Macvlan,
-}
+pub use overlay_proto::modes::{MacvlanMode, Mode};
 
 /// Where a workload's network namespace is.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,27 +102,6 @@ pub struct PeerSpec {
     pub subnet: Ipv4Network,
 }
 
-/// macvlan modes, as the kernel knows them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MacvlanMode {
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
-}
-
-impl MacvlanMode {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "" | "bridge" => Ok(Self::Bridge),
-            "private" => Ok(Self::Private),
-            "vepa" => Ok(Self::Vepa),
-            "passthru" => Ok(Self::Passthru),
-            other => Err(format!("unknown macvlan mode {other:?}")),
-        }
-    }
-}
-
 /// How an endpoint reaches its network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attachment {
@@ -172,7 +146,7 @@ impl MacvlanParent {
         Ok(Self {
             name: parent.to_string(),
             vlan,
-            mode: MacvlanMode::parse(mode)?,
+            mode: mode.parse()?,
         })
     }
 }
@@ -289,16 +263,11 @@ fn network(
     vtep_mac: MacAddr,
     underlay_ip: Ipv4Addr,
 ) -> Result<(NetworkSpec, Vec<(String, String)>), String> {
-    let mode = match pb::NetworkMode::try_from(n.mode) {
-        Ok(pb::NetworkMode::Vxlan) => Mode::Vxlan,
-        Ok(pb::NetworkMode::Nat) => Mode::Nat,
-        Ok(pb::NetworkMode::Macvlan) => Mode::Macvlan,
-        _ => return Err(format!("unknown mode {}", n.mode)),
-    };
+    let mode = Mode::from_wire(n.mode)?;
     let cidr = net("cidr", &n.cidr)?;
     let subnet = net("subnet", &n.subnet)?;
     let gateway = ipv4("gateway", &n.gateway)?;
-    let inherit_mtu = mode == Mode::Macvlan && n.mtu == 0;
+    let inherit_mtu = mode.on_the_lan() && n.mtu == 0;
     if !inherit_mtu {
         overlay_proto::limits::mtu(n.mtu).map_err(|why| format!("invalid MTU {}: {why}", n.mtu))?;
     }
@@ -317,7 +286,7 @@ fn network(
             (None, Some(MacvlanParent::parse(&opts.parent, &opts.mode)?))
         }
     };
-    let vxlan = if mode == Mode::Vxlan {
+    let vxlan = if mode.tunnels() {
         if n.vni == 0 || n.vni > 16_777_215 {
             return Err(format!("invalid VNI {}", n.vni));
         }
@@ -334,7 +303,7 @@ fn network(
     };
     let mut rejected = Vec::new();
     let mut peers = Vec::new();
-    if mode == Mode::Vxlan {
+    if mode.tunnels() {
         for p in &n.peers {
             let parsed = (|| -> Result<PeerSpec, String> {
                 let subnet = net("peer subnet", &p.subnet)?;

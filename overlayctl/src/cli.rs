@@ -163,18 +163,11 @@ pub enum HostCmd {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    Vxlan,
-    Macvlan,
-    Nat,
-}
-
 #[derive(Args, Debug)]
 pub struct CreateArgs {
     pub name: String,
     #[arg(long, value_enum)]
-    pub mode: ModeArg,
+    pub mode: overlay_proto::modes::Mode,
     /// The network's address space, e.g. 10.1.0.0/16 (for macvlan: the LAN subnet).
     #[arg(long)]
     pub subnet: String,

@@ -17,9 +17,7 @@ use tonic::transport::Channel;
 
 use overlay_proto::tls::{Purpose, Role, Tls};
 use overlayctl::certs;
-use overlayctl::cli::{
-    CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, HostCmd, ModeArg, NetworkCmd,
-};
+use overlayctl::cli::{CertsCmd, Cli, ClusterCmd, Command, CreateArgs, EndpointCmd, HostCmd, NetworkCmd};
 
 /// Why a command failed: exit code 1 and one line on stderr.
 enum Failure {
@@ -355,21 +353,16 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
             a.subnet.trim()
         )));
     }
-    let mode = match a.mode {
-        ModeArg::Vxlan => pb::NetworkMode::Vxlan,
-        ModeArg::Macvlan => pb::NetworkMode::Macvlan,
-        ModeArg::Nat => pb::NetworkMode::Nat,
-    };
     let macvlan_given =
         a.parent.is_some() || a.gateway.is_some() || a.ip_range.is_some() || a.macvlan_mode.is_some();
-    if macvlan_given && !matches!(a.mode, ModeArg::Macvlan) {
+    if macvlan_given && !a.mode.on_the_lan() {
         return Err(Failure::Message(
             "--parent, --gateway, --ip-range and --macvlan-mode apply to --mode macvlan only".into(),
         ));
     }
     Ok(pb::CreateNetworkRequest {
         name: a.name,
-        mode: mode as i32,
+        mode: a.mode.wire() as i32,
         subnet: a.subnet,
         host_prefix: a.host_prefix,
         vni: a.vni,

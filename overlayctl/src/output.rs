@@ -130,9 +130,7 @@ fn table(out: &mut Out, header: &[&str], rows: Vec<Vec<String>>) -> io::Result<(
 }
 
 fn mode(n: &pb::Network) -> &'static str {
-    pb::NetworkMode::try_from(n.mode)
-        .unwrap_or(pb::NetworkMode::Unspecified)
-        .label()
+    overlay_proto::modes::Mode::from_wire(n.mode).map_or("unspecified", |m| m.name())
 }
 
 fn ep_state(e: &pb::Endpoint) -> &'static str {

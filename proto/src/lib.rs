@@ -25,6 +25,7 @@ pub mod limits;
 pub mod local_socket;
 pub mod mac;
 pub mod metrics_http;
+pub mod modes;
 pub mod names;
 pub mod ports;
 pub mod sd_notify;

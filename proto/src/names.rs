@@ -1,32 +1,12 @@
 //! Text forms shared by the controller, the agent and the CLI, so that every tool spells a
-//! mode or a state the same way.
+//! state the same way (modes: [`crate::modes`]).
 
-use crate::v1::{EndpointState, NetworkMode};
+use crate::v1::EndpointState;
 
 /// Metadata key the controller sets on every status it produces itself. A status without it
 /// came from the transport (connection refused, reset, h2 error): the client may try another
 /// replica.
 pub const SERVER_ERROR_KEY: &str = "x-overlay-error";
-
-impl NetworkMode {
-    pub fn label(self) -> &'static str {
-        match self {
-            NetworkMode::Vxlan => "vxlan",
-            NetworkMode::Macvlan => "macvlan",
-            NetworkMode::Nat => "nat",
-            NetworkMode::Unspecified => "unspecified",
-        }
-    }
-
-    pub fn from_label(label: &str) -> Option<Self> {
-        match label {
-            "vxlan" => Some(NetworkMode::Vxlan),
-            "macvlan" => Some(NetworkMode::Macvlan),
-            "nat" => Some(NetworkMode::Nat),
-            _ => None,
-        }
-    }
-}
 
 impl EndpointState {
     pub fn label(self) -> &'static str {

@@ -3,22 +3,14 @@
 use overlay_proto::v1 as pb;
 
 use crate::ipam;
-use crate::model::{Endpoint, EndpointStatus, Host, Mode, Network};
+use crate::model::{Endpoint, EndpointStatus, Host, Network};
 use crate::state::{ClusterState, HOST_DOWN_AFTER_MS};
-
-pub fn mode(mode: Mode) -> pb::NetworkMode {
-    match mode {
-        Mode::Vxlan => pb::NetworkMode::Vxlan,
-        Mode::Macvlan => pb::NetworkMode::Macvlan,
-        Mode::Nat => pb::NetworkMode::Nat,
-    }
-}
 
 pub fn network(state: &ClusterState, n: &Network) -> pb::Network {
     pb::Network {
         name: n.name.clone(),
         id: n.id,
-        mode: mode(n.mode) as i32,
+        mode: n.mode.wire() as i32,
         subnet: n.cidr.to_string(),
         host_prefix: n.host_prefix as u32,
         vni: n.vni.unwrap_or(0),
@@ -120,7 +112,7 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NetworkSpec;
+    use crate::model::{Mode, NetworkSpec};
     use crate::state::{Command, MtuSetting, Reply, Response};
 
     fn register(s: &mut ClusterState, name: &str, ip: &str, underlay_mtu: u32) {

@@ -110,12 +110,10 @@ pub fn host_endpoint(e: &pb::HostEndpoint) -> Result<crate::model::HostEndpoint,
 }
 
 pub fn mode(raw: i32) -> Result<Mode, Status> {
-    match pb::NetworkMode::try_from(raw) {
-        Ok(pb::NetworkMode::Vxlan) => Ok(Mode::Vxlan),
-        Ok(pb::NetworkMode::Macvlan) => Ok(Mode::Macvlan),
-        Ok(pb::NetworkMode::Nat) => Ok(Mode::Nat),
-        _ => Err(invalid("network mode is required: vxlan, macvlan or nat")),
-    }
+    Mode::from_wire(raw).map_err(|_| {
+        let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        invalid(format!("network mode is required: {}", names.join(", ")))
+    })
 }
 
 pub fn network_spec(req: &pb::CreateNetworkRequest) -> Result<NetworkSpec, Status> {

@@ -359,7 +359,7 @@ impl ClusterState {
         }
         overlay_proto::ports::check_list(ports)
             .map_err(|why| invalid("published ports", ports.len(), why))?;
-        if mode == Mode::Macvlan {
+        if !mode.publishes_ports() {
             return Err(invalid(
                 "published ports",
                 ports.len(),

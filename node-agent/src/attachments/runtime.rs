@@ -18,8 +18,8 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::local_socket::ErrorKind;
+use overlay_proto::modes::Mode;
 use overlay_proto::ports::PublishedPort;
-use overlay_proto::v1 as pb;
 
 use super::{AttachError, Attachments, UNWIRING_WAIT, WIRING_WAIT, lease_of, now_ms};
 use crate::book::{Lease, reservation_key};
@@ -53,8 +53,8 @@ impl Attachments {
                 format!("unknown overlay network {name:?} (not among this host's networks)"),
             )
         })?;
-        match pb::NetworkMode::try_from(n.mode) {
-            Ok(pb::NetworkMode::Vxlan | pb::NetworkMode::Nat) => {}
+        match Mode::from_wire(n.mode) {
+            Ok(m) if m.has_bridge() => {}
             _ => {
                 return Err(AttachError::new(
                     ErrorKind::BadRequest,

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use overlay_proto::v1 as pb;
 
+use overlay_proto::modes::Mode;
+
 use super::zone::{Zone, network_domain};
 
 /// One zone per network this host serves a gateway for (vxlan and nat: the gateway is this
@@ -19,12 +21,7 @@ pub fn zones_of(desired: &pb::HostDesiredState) -> Vec<Zone> {
     desired
         .networks
         .iter()
-        .filter(|n| {
-            matches!(
-                pb::NetworkMode::try_from(n.mode),
-                Ok(pb::NetworkMode::Vxlan | pb::NetworkMode::Nat)
-            )
-        })
+        .filter(|n| Mode::from_wire(n.mode).is_ok_and(Mode::serves_dns))
         .filter_map(|n| zone_of(&desired.host_name, n))
         .collect()
 }
