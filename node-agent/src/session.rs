@@ -26,7 +26,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::attachments::{Attachments, ControllerLink};
-use crate::events::{self, Changes, EventsOptions, KernelEvents};
+use crate::events::{Changes, EventsOptions, KernelEvents};
 use crate::firewall;
 use crate::metrics::AgentMetrics;
 use crate::netlink::Netlink;
@@ -656,9 +656,9 @@ struct Converger {
     /// (the periodic pass does).
     unresolved: BTreeSet<String>,
     repaired: Repaired,
-    /// Overlay's nftables tables as listed right after the agent last wrote them (`None`:
-    /// unknown), to tell a change behind its back from its own rebuild.
-    firewall_baseline: Option<String>,
+    /// The nftables ruleset generation right after the agent last wrote its tables (`None`:
+    /// unknown), to tell a change behind its back from its own write.
+    firewall_baseline: Option<u32>,
     last_event_pass: Option<Instant>,
 }
 
@@ -723,7 +723,12 @@ impl Converger {
             tracing::warn!(error = %e, "reconcile");
         }
         if report.firewall_rebuilt {
-            self.firewall_baseline = events::nft::fingerprint(firewall::TABLE).await.ok();
+            // The ruleset generation right after the agent's own write: one netlink round
+            // trip, where listing the tables would cost three `nft` runs on every attach.
+            self.firewall_baseline = tokio::task::spawn_blocking(firewall::generation::current)
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         if !self.ready {
             // systemd's READY: registered (or working offline) and the kernel converged once.
@@ -744,8 +749,11 @@ impl Converger {
         let spec = self.converged.clone()?;
         let mut firewall_changed = false;
         if changes.contains(Changes::NFT) {
-            let now = events::nft::fingerprint(firewall::TABLE).await;
-            if now.is_err() || now.ok() != self.firewall_baseline {
+            let now = tokio::task::spawn_blocking(firewall::generation::current)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            if now.is_none() || now != self.firewall_baseline {
                 firewall_changed = true;
                 self.reconciler.forget_firewall();
             } else if changes == Changes::NFT {

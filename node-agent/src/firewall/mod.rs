@@ -14,7 +14,7 @@
 //! ([`preflight`]), and a later failure to write is reported (pass errors, audit drift) until
 //! a write succeeds.
 
-mod generation;
+pub mod generation;
 pub mod listing;
 mod nft;
 pub mod rules;
