@@ -527,8 +527,8 @@ fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32
     if n.mode.on_the_lan() {
         return n.mtu.unwrap_or(0);
     }
-    // Tunnelled traffic must fit the smallest member's underlay; the rest only this host's.
-    let base = if n.mode.tunnels() {
+    // Traffic between hosts must fit the smallest member's underlay; the rest only this host's.
+    let base = if n.mode.crosses_hosts() {
         smallest_underlay.unwrap_or(underlay)
     } else {
         underlay
@@ -553,12 +553,12 @@ fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Me
     let old_member = |host: &str| old.and_then(|o| o.members.get(host));
     let mut members = BTreeMap::new();
     match n.mode {
-        Mode::Vxlan | Mode::Nat => {
+        Mode::Vxlan | Mode::Route | Mode::Nat => {
             for (host, lease) in &n.leases {
                 let Some(h) = state.hosts.get(host) else { continue };
                 let subnet = lease.subnet.to_string();
                 let mtu = device_mtu(n, smallest_underlay, h.underlay_mtu);
-                let peer = n.mode.tunnels().then(|| pb::Peer {
+                let peer = n.mode.crosses_hosts().then(|| pb::Peer {
                     host: host.clone(),
                     underlay_ip: h.underlay_ip.to_string(),
                     vtep_mac: h.vtep_mac.to_string(),

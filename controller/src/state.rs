@@ -610,7 +610,7 @@ impl ClusterState {
             limits::mtu(mtu).map_err(|why| invalid("MTU", mtu, why))?;
         }
         let host_prefix = match spec.mode {
-            Mode::Vxlan | Mode::Nat => {
+            Mode::Vxlan | Mode::Route | Mode::Nat => {
                 let hp = spec.host_prefix.unwrap_or(DEFAULT_HOST_PREFIX);
                 if hp <= cidr.prefix() {
                     return Err(invalid(
@@ -641,7 +641,7 @@ impl ClusterState {
         };
         let vni = match spec.mode {
             Mode::Vxlan => Some(self.choose_vni(spec.vni)?),
-            Mode::Macvlan | Mode::Nat => {
+            Mode::Route | Mode::Macvlan | Mode::Nat => {
                 if spec.vni.is_some() {
                     return Err(invalid(
                         "VNI",
@@ -654,7 +654,7 @@ impl ClusterState {
         };
         let nat_egress = match spec.mode {
             Mode::Nat => true,
-            Mode::Vxlan => spec.nat_egress,
+            Mode::Vxlan | Mode::Route => spec.nat_egress,
             Mode::Macvlan if spec.nat_egress => {
                 return Err(invalid(
                     "option",
@@ -758,9 +758,9 @@ impl ClusterState {
             .networks
             .get(name)
             .ok_or_else(|| StateError::UnknownNetwork(name.to_string()))?;
-        // Only a vxlan network chooses; the others' egress is their mode's.
+        // Only vxlan and route networks choose; the others' egress is their mode's.
         let fixed_egress = match network.mode {
-            Mode::Vxlan => None,
+            Mode::Vxlan | Mode::Route => None,
             Mode::Nat => Some("nat networks always masquerade"),
             Mode::Macvlan => Some("macvlan workloads egress through the LAN gateway"),
         };

@@ -487,7 +487,7 @@ impl Attachments {
             Mode::from_wire(network.mode).map_err(|e| AttachError::new(ErrorKind::Internal, e))?
         };
         let record = match mode {
-            Mode::Vxlan | Mode::Nat => {
+            Mode::Vxlan | Mode::Route | Mode::Nat => {
                 let mut inner = self.lock();
                 let network = Self::network(&inner, &req.network).ok_or_else(|| {
                     AttachError::new(

@@ -36,22 +36,27 @@ pub fn drift(
             LinkOp::SetUp { name, .. } => format!("device {name} is down"),
         })
         .collect();
-    out.extend(plan::entries(spec, kernel).iter().map(|op| match op {
-        EntryOp::AddAddress { index, addr } => format!("missing address {addr} on {}", name(*index)),
-        EntryOp::DelAddress { index, addr } => format!("extra address {addr} on {}", name(*index)),
-        EntryOp::SetNeighbour { index, ip, mac } => {
-            format!("missing or different neigh {ip} lladdr {mac} on {}", name(*index))
-        }
-        EntryOp::DelNeighbour { index, ip } => format!("extra neigh {ip} on {}", name(*index)),
-        EntryOp::SetFdb { index, mac, dst } => {
-            format!("missing or different fdb {mac} dst {dst} on {}", name(*index))
-        }
-        EntryOp::DelFdb { index, mac, .. } => format!("extra fdb {mac} on {}", name(*index)),
-        EntryOp::SetRoute { dst, via, index } => {
-            format!("missing or different route {dst} via {via} dev {}", name(*index))
-        }
-        EntryOp::DelRoute { route } => format!("extra route {}", route.dst),
-    }));
+    out.extend(
+        plan::entries(spec, kernel, underlay_index)
+            .iter()
+            .map(|op| match op {
+                EntryOp::AddAddress { index, addr } => format!("missing address {addr} on {}", name(*index)),
+                EntryOp::DelAddress { index, addr } => format!("extra address {addr} on {}", name(*index)),
+                EntryOp::SetNeighbour { index, ip, mac } => {
+                    format!("missing or different neigh {ip} lladdr {mac} on {}", name(*index))
+                }
+                EntryOp::DelNeighbour { index, ip } => format!("extra neigh {ip} on {}", name(*index)),
+                EntryOp::SetFdb { index, mac, dst } => {
+                    format!("missing or different fdb {mac} dst {dst} on {}", name(*index))
+                }
+                EntryOp::DelFdb { index, mac, .. } => format!("extra fdb {mac} on {}", name(*index)),
+                EntryOp::SetRoute { dst, via, index } => {
+                    format!("missing or different route {dst} via {via} dev {}", name(*index))
+                }
+                EntryOp::DelRoute { route } => format!("extra route {}", route.dst),
+            }),
+    );
+    out.extend(plan::unreachable_peers(spec, kernel, underlay_index));
     out.extend(
         plan::endpoints(
             spec,

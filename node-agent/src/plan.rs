@@ -318,9 +318,35 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
     ops
 }
 
+/// Whether `ip` is on one of the underlay's own subnets: a peer there is reached directly.
+fn on_segment(kernel: &Kernel, underlay_index: u32, ip: Ipv4Addr) -> bool {
+    kernel
+        .addresses_of(underlay_index)
+        .iter()
+        .any(|net| net.prefix() < 32 && net.contains(ip))
+}
+
+/// Peers of route networks that are not on this host's underlay segment: no route can reach
+/// their workloads without a tunnel. One line each, for the audit (and so `doctor`).
+pub fn unreachable_peers(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<String> {
+    spec.networks
+        .iter()
+        .filter(|n| n.mode.routes_to_peers())
+        .flat_map(|n| n.peers.iter().map(move |p| (n, p)))
+        .filter(|(_, p)| !on_segment(kernel, underlay_index, p.underlay_ip))
+        .map(|(n, p)| {
+            format!(
+                "route network {}: peer {} ({}) is not on this host's underlay segment; its workloads are unreachable without a tunnel (use --mode vxlan)",
+                n.name, p.host, p.underlay_ip
+            )
+        })
+        .collect()
+}
+
 /// Addresses, neighbours, FDB entries and routes. Links must already exist (see [`links`]);
 /// a network whose devices are still missing is skipped and picked up by the next reconcile.
-pub fn entries(spec: &HostSpec, kernel: &Kernel) -> Vec<EntryOp> {
+/// `underlay_index`: the device route networks reach their peers through.
+pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<EntryOp> {
     let mut ops = Vec::new();
     let mut wanted_routes: BTreeMap<Ipv4Network, (Ipv4Addr, u32)> = BTreeMap::new();
     for network in &spec.networks {
@@ -333,6 +359,15 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel) -> Vec<EntryOp> {
                 &kernel.addresses_of(l.index),
                 &[bridge.address],
             );
+        }
+        if network.mode.routes_to_peers() {
+            // host-gw: each peer's subnet via its underlay address, on the segment they share.
+            for p in &network.peers {
+                if on_segment(kernel, underlay_index, p.underlay_ip) {
+                    wanted_routes.insert(p.subnet, (p.underlay_ip, underlay_index));
+                }
+            }
+            continue;
         }
         let Some(vx) = &network.vxlan else { continue };
         let Some(l) = kernel.link(&vx.name) else { continue };

@@ -265,7 +265,7 @@ impl Reconciler {
             kernel = self.nl.dump().await?;
         }
 
-        let entry_ops = plan::entries(spec, &kernel);
+        let entry_ops = plan::entries(spec, &kernel, underlay_index);
         // Removals first, then additions, each as many requests in flight as the socket takes:
         // the kernel handles them independently, and waiting for every ack in turn would make
         // a thousand peers cost a thousand round trips.

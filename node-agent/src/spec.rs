@@ -272,7 +272,7 @@ fn network(
         overlay_proto::limits::mtu(n.mtu).map_err(|why| format!("invalid MTU {}: {why}", n.mtu))?;
     }
     let (bridge, macvlan) = match mode {
-        Mode::Vxlan | Mode::Nat => {
+        Mode::Vxlan | Mode::Route | Mode::Nat => {
             let bridge = BridgeSpec {
                 name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
                 address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
@@ -303,7 +303,7 @@ fn network(
     };
     let mut rejected = Vec::new();
     let mut peers = Vec::new();
-    if mode.tunnels() {
+    if mode.crosses_hosts() {
         for p in &n.peers {
             let parsed = (|| -> Result<PeerSpec, String> {
                 let subnet = net("peer subnet", &p.subnet)?;

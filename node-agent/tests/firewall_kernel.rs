@@ -24,12 +24,22 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 vxlan: Some(name("ovx-1")),
                 gateway: "10.1.0.1".parse().unwrap(),
                 nat_egress: false,
+                routed: None,
             },
             NetworkPorts {
                 bridge: name("ovb-2"),
                 vxlan: Some(name("ovx-2")),
                 gateway: "10.2.0.1".parse().unwrap(),
                 nat_egress: true,
+                routed: None,
+            },
+            // A route network with NAT egress: its own forward and no-masquerade rules.
+            NetworkPorts {
+                bridge: name("ovb-3"),
+                vxlan: None,
+                gateway: "10.3.0.1".parse().unwrap(),
+                nat_egress: true,
+                routed: Some("10.3.0.0/16".parse().unwrap()),
             },
         ],
         endpoints: (0..endpoints)
@@ -316,6 +326,7 @@ fn rules_are_written_audited_and_repaired() {
     // A change that is not only elements (NAT egress off) rebuilds.
     let mut no_nat = spec(3);
     no_nat.networks[1].nat_egress = false;
+    no_nat.networks[2].nat_egress = false;
     let (back, rebuilt) = inside(&ns, move || {
         let r = fw.converge(&no_nat);
         (fw, r)

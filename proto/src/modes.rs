@@ -22,16 +22,20 @@ pub enum Mode {
     Macvlan,
     /// A host-local bridge with masquerade for egress; no path between hosts.
     Nat,
+    /// Per-host subnets routed host to host on one L2 segment (host-gw): no tunnel, the
+    /// underlay's MTU; peers behind a router are reported, not reached.
+    Route,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Vxlan, Mode::Macvlan, Mode::Nat];
+    pub const ALL: [Mode; 4] = [Mode::Vxlan, Mode::Route, Mode::Macvlan, Mode::Nat];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Vxlan => "vxlan",
             Mode::Macvlan => "macvlan",
             Mode::Nat => "nat",
+            Mode::Route => "route",
         }
     }
 
@@ -40,6 +44,7 @@ impl Mode {
             Mode::Vxlan => pb::NetworkMode::Vxlan,
             Mode::Macvlan => pb::NetworkMode::Macvlan,
             Mode::Nat => pb::NetworkMode::Nat,
+            Mode::Route => pb::NetworkMode::Route,
         }
     }
 
@@ -49,6 +54,7 @@ impl Mode {
             Ok(pb::NetworkMode::Vxlan) => Ok(Mode::Vxlan),
             Ok(pb::NetworkMode::Macvlan) => Ok(Mode::Macvlan),
             Ok(pb::NetworkMode::Nat) => Ok(Mode::Nat),
+            Ok(pb::NetworkMode::Route) => Ok(Mode::Route),
             Ok(pb::NetworkMode::Unspecified) | Err(_) => Err(format!("unknown network mode {value}")),
         }
     }
@@ -57,7 +63,7 @@ impl Mode {
     /// addresses; otherwise the controller hands out every address (the LAN's range).
     pub fn uses_leases(self) -> bool {
         match self {
-            Mode::Vxlan | Mode::Nat => true,
+            Mode::Vxlan | Mode::Route | Mode::Nat => true,
             Mode::Macvlan => false,
         }
     }
@@ -71,7 +77,25 @@ impl Mode {
     pub fn tunnels(self) -> bool {
         match self {
             Mode::Vxlan => true,
+            Mode::Route | Mode::Macvlan | Mode::Nat => false,
+        }
+    }
+
+    /// Each host's workloads reach the other hosts' (every peer is programmed): by tunnel, or
+    /// routed through the peer's underlay address.
+    pub fn crosses_hosts(self) -> bool {
+        match self {
+            Mode::Vxlan | Mode::Route => true,
             Mode::Macvlan | Mode::Nat => false,
+        }
+    }
+
+    /// Peers are reached through their underlay address, with no tunnel: they must share
+    /// this host's L2 segment.
+    pub fn routes_to_peers(self) -> bool {
+        match self {
+            Mode::Route => true,
+            Mode::Vxlan | Mode::Macvlan | Mode::Nat => false,
         }
     }
 
@@ -95,7 +119,7 @@ impl Mode {
     pub fn overhead(self) -> u32 {
         match self {
             Mode::Vxlan => crate::limits::VXLAN_OVERHEAD,
-            Mode::Macvlan | Mode::Nat => 0,
+            Mode::Route | Mode::Macvlan | Mode::Nat => 0,
         }
     }
 }
@@ -167,10 +191,10 @@ mod tests {
         }
         assert!(Mode::from_wire(0).is_err() && Mode::from_wire(99).is_err());
         assert!(
-            "route"
+            "bgp"
                 .parse::<Mode>()
                 .unwrap_err()
-                .contains("vxlan, macvlan, nat")
+                .contains("vxlan, route, macvlan, nat")
         );
     }
 }

@@ -286,7 +286,7 @@ impl ClusterState {
         if let Some(ip) = ip {
             // Checked now as far as the controller can (the host decides in the end).
             let (first, last, gateway) = match n.mode {
-                Mode::Vxlan | Mode::Nat => {
+                Mode::Vxlan | Mode::Route | Mode::Nat => {
                     let (first, last, gateway, _) = self.lease_range(&network, &host).map_err(|reason| {
                         StateError::AddressNotAllowed {
                             ip,
@@ -682,7 +682,7 @@ impl ClusterState {
             ));
         }
         let (prefix_len, gateway) = match mode {
-            Mode::Vxlan | Mode::Nat => {
+            Mode::Vxlan | Mode::Route | Mode::Nat => {
                 let (first, last, gateway, prefix) = self.lease_range(&e.network, host)?;
                 if !(first..=last).contains(&e.ip) || e.ip == gateway {
                     return Err(format!(

@@ -1044,6 +1044,8 @@ pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
         Op::Create(n, c, p) => Command::CreateNetwork {
             spec: NetworkSpec {
                 host_prefix: p,
+                // Odd networks are routed (host-gw): per-host leases and peers, no VNI.
+                mode: if n % 2 == 1 { Mode::Route } else { Mode::Vxlan },
                 ..vxlan(&format!("n{n}"), CIDRS[c as usize])
             },
             now_ms: 1,
@@ -1174,7 +1176,7 @@ fn check_invariants(s: &ClusterState) {
             ep.network
         );
         match n.mode {
-            Mode::Vxlan | Mode::Nat => {
+            Mode::Vxlan | Mode::Route | Mode::Nat => {
                 let lease = n.leases.get(&ep.host).expect("endpoint without a lease");
                 assert!(lease.subnet.contains(ep.ip), "endpoint outside its host's lease");
                 assert_ne!(ep.ip, ipam::subnet_gateway(lease.subnet));

@@ -39,6 +39,8 @@ pub struct NetworkPorts {
     /// This host's gateway address in the network (the bridge's).
     pub gateway: Ipv4Addr,
     pub nat_egress: bool,
+    /// Route mode: the network's CIDR, exchanged with the other hosts over the underlay.
+    pub routed: Option<ipnetwork::Ipv4Network>,
 }
 
 /// Who may send from a workload port: the endpoint's MAC and address.
@@ -115,6 +117,7 @@ impl FirewallSpec {
                 vxlan,
                 gateway: bridge.address.ip(),
                 nat_egress: n.nat_egress,
+                routed: n.mode.routes_to_peers().then_some(n.cidr),
             });
             for ep in &n.endpoints {
                 if let Attachment::Veth { host_ifname, .. } = &ep.attachment
@@ -205,6 +208,8 @@ pub fn preflight() -> Result<(), FirewallError> {
             vxlan: Name::new("ovx-0").ok(),
             gateway: Ipv4Addr::new(192, 0, 2, 1),
             nat_egress: true,
+            // Not a combination the controller makes: here only to check the rules parse.
+            routed: "192.0.2.0/24".parse().ok(),
         }],
         endpoints: [PortIdentity {
             port: Name::new("ovv-0").map_err(FirewallError::Spawn)?,

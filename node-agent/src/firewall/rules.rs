@@ -457,6 +457,28 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     }
     vxlan_in.push(rule("counter drop", "VXLAN from anyone else"));
     let nat = !nat_egress.is_empty();
+    // Route networks: their traffic with the other hosts crosses the underlay device itself,
+    // limited to the network's own addresses (and never masqueraded).
+    let mut routed = Vec::new();
+    let mut unmasqueraded = Vec::new();
+    if let Some(u) = &spec.underlay {
+        for n in &spec.networks {
+            let Some(cidr) = n.routed else { continue };
+            let (b, u) = (n.bridge.as_str(), u.as_str());
+            routed.push(rule(
+                format!("iifname \"{b}\" oifname \"{u}\" ip daddr {cidr} accept"),
+                "route network: to its other hosts",
+            ));
+            routed.push(rule(
+                format!("iifname \"{u}\" oifname \"{b}\" ip saddr {cidr} accept"),
+                "route network: from its other hosts",
+            ));
+            unmasqueraded.push(rule(
+                format!("iifname \"{b}\" ip daddr {cidr} return"),
+                "route network: its other hosts see the workload's address",
+            ));
+        }
+    }
     let mut chains = vec![
         Chain {
             name: "untracked",
@@ -529,11 +551,13 @@ fn inet_table(spec: &FirewallSpec) -> Table {
         Chain {
             name: "forward",
             base: base("filter", "forward", FILTER),
-            rules: vec![
-                rule(
-                    "iifname . oifname @same_network accept",
-                    "within a network: its bridge and its vxlan",
-                ),
+            rules: [rule(
+                "iifname . oifname @same_network accept",
+                "within a network: its bridge and its vxlan",
+            )]
+            .into_iter()
+            .chain(routed)
+            .chain([
                 // Before NAT egress, whose guard would drop replies to other overlay hosts.
                 rule(
                     format!("iifname {bridges} ct status dnat accept"),
@@ -555,7 +579,8 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                     format!("oifname {bridges} jump into_workloads"),
                     "from outside into an overlay network",
                 ),
-            ],
+            ])
+            .collect(),
         },
         Chain {
             name: "nat_egress",
@@ -590,7 +615,10 @@ fn inet_table(spec: &FirewallSpec) -> Table {
         chains.push(Chain {
             name: "postrouting",
             base: base("nat", "postrouting", SRCNAT),
-            rules: vec![rule("iifname . oifname @nat_egress masquerade", "NAT egress")],
+            rules: unmasqueraded
+                .into_iter()
+                .chain([rule("iifname . oifname @nat_egress masquerade", "NAT egress")])
+                .collect(),
         });
     }
     let mut sets = vec![
@@ -735,12 +763,14 @@ pub(crate) mod tests {
                     vxlan: Some(name("ovx-1")),
                     gateway: "10.1.0.1".parse().unwrap(),
                     nat_egress: false,
+                    routed: None,
                 },
                 NetworkPorts {
                     bridge: name("ovb-2"),
                     vxlan: Some(name("ovx-2")),
                     gateway: "10.2.0.1".parse().unwrap(),
                     nat_egress: true,
+                    routed: None,
                 },
             ],
             endpoints: [PortIdentity {

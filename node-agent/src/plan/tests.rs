@@ -175,7 +175,7 @@ fn converged() -> Kernel {
 fn converged_kernel_plans_nothing() {
     let (s, k) = (spec(), converged());
     assert_eq!(links(&s, &k, UNDERLAY), vec![]);
-    assert_eq!(entries(&s, &k), vec![]);
+    assert_eq!(entries(&s, &k, UNDERLAY), vec![]);
     assert_eq!(plan_eps(&s, &k, false, &BTreeMap::new()), vec![]);
     let deep = plan_eps(&s, &k, true, &BTreeMap::new());
     assert!(matches!(deep.as_slice(), [EndpointOp::Verify { .. }]), "{deep:?}");
@@ -199,7 +199,7 @@ fn empty_kernel_creates_devices_then_entries() {
     );
     assert!(matches!(&ops[1], LinkOp::CreateVxlan { spec, underlay_index: UNDERLAY } if spec.vni == 4096));
     // Until the devices exist, no entry can be planned and endpoints are reported blocked.
-    assert_eq!(entries(&s, &k), vec![]);
+    assert_eq!(entries(&s, &k, UNDERLAY), vec![]);
     assert!(matches!(
         &plan_eps(&s, &k, false, &BTreeMap::new())[..],
         [EndpointOp::Blocked { id: 26, .. }]
@@ -211,7 +211,7 @@ fn empty_kernel_creates_devices_then_entries() {
     k.fdb.clear();
     k.routes.retain(|r| r.protocol != ROUTE_PROTOCOL);
     k.addresses.remove(&11);
-    let ops = entries(&s, &k);
+    let ops = entries(&s, &k, UNDERLAY);
     let count = |f: fn(&EntryOp) -> bool| ops.iter().filter(|o| f(o)).count();
     assert_eq!(count(|o| matches!(o, EntryOp::SetNeighbour { index: 11, .. })), 2);
     assert_eq!(count(|o| matches!(o, EntryOp::SetFdb { index: 11, .. })), 2);
@@ -224,7 +224,7 @@ fn empty_kernel_creates_devices_then_entries() {
 fn removed_peer_loses_its_entries_and_nothing_else() {
     let mut s = spec();
     s.networks[0].peers.retain(|p| p.host != "h3");
-    let ops = entries(&s, &converged());
+    let ops = entries(&s, &converged(), UNDERLAY);
     assert_eq!(ops.len(), 3, "{ops:?}");
     assert!(ops.contains(&EntryOp::DelNeighbour {
         index: 11,
@@ -244,7 +244,7 @@ fn removed_peer_loses_its_entries_and_nothing_else() {
 fn moved_peer_is_replaced() {
     let mut s = spec();
     s.networks[0].peers[0].underlay_ip = "192.0.2.99".parse().unwrap();
-    let ops = entries(&s, &converged());
+    let ops = entries(&s, &converged(), UNDERLAY);
     assert_eq!(
         ops,
         vec![
