@@ -44,7 +44,7 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
     let mut route_ns = Vec::new();
     let mut route_ip = Vec::new();
     for host in 0..2 {
-        let ns = lab.add_workload(&format!("r{host}"))?;
+        let ns = lab.add_workload(&format!("hg{host}"))?;
         route_ip.push(lab.attach("benchr", host, &ns)?);
         route_ns.push(ns);
     }
