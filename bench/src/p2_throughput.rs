@@ -38,7 +38,15 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
         "10.71.0.0/16",
     ])?;
     // The same two hosts, host-gw: overlay's route mode, for the modes issue's goal.
-    lab.ctl_ok(&["network", "create", "benchr", "--mode", "route", "--subnet", "10.72.0.0/16"])?;
+    lab.ctl_ok(&[
+        "network",
+        "create",
+        "benchr",
+        "--mode",
+        "route",
+        "--subnet",
+        "10.72.0.0/16",
+    ])?;
     lab.start_agents()?;
     lab.wait_hosts_up(Duration::from_secs(30))?;
     let mut route_ns = Vec::new();
