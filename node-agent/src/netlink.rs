@@ -325,20 +325,6 @@ impl Netlink {
             .map_err(op_err(format!("create veth {host}/{peer}")))
     }
 
-    /// Moves a link into the namespace open at `ns`.
-    pub async fn move_to_netns(
-        &self,
-        index: u32,
-        name: &str,
-        ns: &std::fs::File,
-    ) -> Result<(), NetlinkError> {
-        self.set_link(
-            LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()),
-            &format!("move {name} to its namespace"),
-        )
-        .await
-    }
-
     // ------------------------------------------------------------------ entries
 
     pub async fn apply_entry(&self, op: &EntryOp) -> Result<(), NetlinkError> {
