@@ -61,51 +61,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Bound on the runtime's own shutdown once serving has ended: a blocking storage task (a
-/// snapshot being written) must not hold the exit up past the graceful stop.
-const RUNTIME_STOP: Duration = Duration::from_secs(1);
-
-/// Errors end in one line on stderr and exit code 1. Not `main() -> anyhow::Result`: that
-/// prints the error's `Debug` form, a full backtrace under `RUST_BACKTRACE=1`.
+/// Errors end in one line on stderr and exit code 1 ([`overlay_proto::daemon::run`]).
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    overlay_proto::daemon::init_logging(&args.log_format, "info,openraft=warn");
     // Before anything is bound or written: plaintext only when asked for (one line, exit 1).
     let tls = args.tls.load().unwrap_or_else(|e| {
         let _ = writeln!(std::io::stderr(), "overlay-controller: {e}");
         std::process::exit(1)
     });
-    let outcome = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => {
-            let outcome = runtime.block_on(run(args, tls));
-            runtime.shutdown_timeout(RUNTIME_STOP);
-            outcome
-        }
-        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = overlay_proto::error_line::error_line(e.as_ref());
-            let _ = writeln!(std::io::stderr(), "overlay-controller: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    overlay_proto::daemon::run("overlay-controller", run(args, tls))
 }
 
 async fn run(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result<()> {
@@ -141,21 +106,9 @@ async fn run(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result
             ));
         }
     });
-    let served = controller.serve(shutdown_signal()).await;
+    let served = controller.serve(overlay_proto::daemon::shutdown_signal()).await;
     overlay_proto::sd_notify::notify_or_log("STOPPING=1");
     served?;
     tracing::info!("controller stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
 }

@@ -69,52 +69,16 @@ struct Args {
     log_format: String,
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Bound on the runtime's own shutdown after the agent stopped: a blocking task (a namespace
-/// being programmed) must not hold a SIGTERM up; the kernel state it leaves is reconciled at
-/// the next start.
-const RUNTIME_STOP: Duration = Duration::from_secs(1);
-
-/// Errors end in one line on stderr and exit code 1. Not `main() -> anyhow::Result`: that
-/// prints the error's `Debug` form, a full backtrace under `RUST_BACKTRACE=1`.
+/// Errors end in one line on stderr and exit code 1 ([`overlay_proto::daemon::run`]).
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    overlay_proto::daemon::init_logging(&args.log_format, "info");
     // Before anything is bound, written or programmed: plaintext only when asked for.
     let tls = args.tls.load().unwrap_or_else(|e| {
         let _ = writeln!(std::io::stderr(), "overlay-agent: {e}");
         std::process::exit(1)
     });
-    let outcome = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => {
-            let outcome = runtime.block_on(agent(args, tls));
-            runtime.shutdown_timeout(RUNTIME_STOP);
-            outcome
-        }
-        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = overlay_proto::error_line::error_line(e.as_ref());
-            let _ = writeln!(std::io::stderr(), "overlay-agent: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    overlay_proto::daemon::run("overlay-agent", agent(args, tls))
 }
 
 async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Result<()> {
@@ -134,7 +98,7 @@ async fn agent(args: Args, tls: Option<overlay_proto::tls::Tls>) -> anyhow::Resu
         dns_port: (args.dns_port != 0).then_some(args.dns_port),
         docker_engine: (!args.docker_api.as_os_str().is_empty()).then_some(args.docker_api),
     };
-    run(config, shutdown_signal()).await?;
+    run(config, overlay_proto::daemon::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -157,18 +121,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .filter(|ms| *ms <= 7 * 24 * 3_600_000)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{text:?} is too long (at most a week)"))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod local {
 }
 
 pub mod connect;
+pub mod daemon;
 pub mod error_line;
 pub mod instance;
 pub mod ipam;
