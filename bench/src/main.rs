@@ -48,6 +48,10 @@ enum Cmd {
         seconds: u32,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Also measure the overlay path with its firewall taken apart chain by chain
+        /// (the agents are stopped for it): where the filtering cost is.
+        #[arg(long)]
+        ablate: bool,
     },
     /// P3: convergence with N hosts running agents (a new host joins; a change is pushed).
     P3 {
@@ -126,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             peers::ensure()?;
             let rounds = if quick { 3 } else { 5 };
             report::save(&p1_attach::run(if quick { 30 } else { 100 })?)?;
-            report::save(&p2_throughput::run(if quick { 2 } else { 5 }, 3)?)?;
+            report::save(&p2_throughput::run(if quick { 2 } else { 5 }, 3, false)?)?;
             report::save(&p3_convergence::run(&[10, 25, 50], 3, rounds)?)?;
             report::save(&p4_writes::run(if quick { 1000 } else { 5000 }, 64, 3)?)?;
             report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
@@ -138,9 +142,13 @@ fn main() -> anyhow::Result<()> {
             peers::ensure()?;
             report::save(&p1_attach::run(attaches)?)?
         }
-        Cmd::P2 { seconds, rounds } => {
+        Cmd::P2 {
+            seconds,
+            rounds,
+            ablate,
+        } => {
             peers::ensure()?;
-            report::save(&p2_throughput::run(seconds, rounds)?)?
+            report::save(&p2_throughput::run(seconds, rounds, ablate)?)?
         }
         Cmd::P3 {
             hosts,

@@ -21,7 +21,7 @@ struct Path {
     watched: Vec<String>,
 }
 
-pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
+pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure> {
     let mut lab = Lab::start(LabConfig {
         hosts: 2,
         controllers: 1,
@@ -103,6 +103,11 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
         .zip(&before)
         .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
         .collect();
+    let ablation = if ablate {
+        ablation(&mut lab, &paths[0], seconds, rounds)?
+    } else {
+        Vec::new()
+    };
     drop(servers);
     let mtu = workload_mtu(&paths[0].client_ns)?;
 
@@ -113,12 +118,14 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
     );
     let rows = paths
         .iter()
-        .zip(&sums)
-        .map(|(p, s)| Row {
-            subject: p.name.into(),
+        .map(|p| p.name.to_string())
+        .zip(sums.iter().cloned())
+        .chain(ablation.iter().cloned())
+        .map(|(subject, summary)| Row {
+            subject,
             metric: format!("iperf3 TCP, {seconds} s"),
             unit: "Gbit/s".into(),
-            summary: s.clone(),
+            summary,
         })
         .collect();
     let ratio = sums[0].median / sums[1].median;
@@ -164,6 +171,58 @@ pub fn run(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
              CPU-bound, which is where encapsulation overhead shows."
         )],
     })
+}
+
+/// What each part of overlay's firewall costs: the agents are killed (the datapath stays in
+/// the kernel) and the overlay path measured again after each base chain is deleted in both
+/// hosts, cumulatively, in the order a packet meets them. The last row has no overlay rules
+/// at all, so its distance to the hand-built vxlan is the datapath's, not the filtering's.
+fn ablation(
+    lab: &mut Lab,
+    ours: &Path,
+    seconds: u32,
+    rounds: usize,
+) -> anyhow::Result<Vec<(String, Summary)>> {
+    for host in 0..2 {
+        lab.kill_agent(host);
+    }
+    let steps: [(&str, &[(&str, &str)]); 5] = [
+        ("bridge per-port source checks", &[("bridge", "prerouting")]),
+        (
+            "bridge per-port delivery checks",
+            &[("bridge", "forward"), ("bridge", "output")],
+        ),
+        ("inet forward (isolation)", &[("inet", "forward")]),
+        ("inet input (host policy, VXLAN peers)", &[("inet", "input")]),
+        (
+            "raw notrack chains (no conntrack left)",
+            &[("inet", "untracked"), ("inet", "untracked_local")],
+        ),
+    ];
+    let mut out = Vec::new();
+    let mut label = String::from("overlay vxlan, agents stopped, all rules");
+    for step in std::iter::once(None).chain(steps.iter().map(Some)) {
+        if let Some((what, chains)) = step {
+            for host in 0..2 {
+                for (family, chain) in chains.iter() {
+                    exec(
+                        &lab.hosts[host].ns,
+                        "nft",
+                        &["delete", "chain", family, "overlay", chain],
+                    )?;
+                }
+            }
+            label = format!("overlay vxlan, also without {what}");
+        }
+        let mut runs = Vec::new();
+        for _ in 0..rounds {
+            runs.push(iperf(ours, seconds)?);
+        }
+        let summary = Summary::of(&runs);
+        println!("P2 ablation: {label}: {:.2} Gbit/s", summary.median);
+        out.push((label.clone(), summary));
+    }
+    Ok(out)
 }
 
 fn iperf(p: &Path, seconds: u32) -> anyhow::Result<f64> {
