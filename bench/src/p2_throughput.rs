@@ -104,7 +104,7 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
         .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
         .collect();
     let ablation = if ablate {
-        ablation(&mut lab, &paths[0], seconds, rounds)?
+        ablation(&mut lab, &paths[0], &paths[1], seconds, rounds)?
     } else {
         Vec::new()
     };
@@ -175,11 +175,14 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
 
 /// What each part of overlay's firewall costs: the agents are killed (the datapath stays in
 /// the kernel) and the overlay path measured again after each base chain is deleted in both
-/// hosts, cumulatively, in the order a packet meets them. The last row has no overlay rules
-/// at all, so its distance to the hand-built vxlan is the datapath's, not the filtering's.
+/// hosts, cumulatively, in the order a packet meets them, interleaved with runs of the
+/// hand-built vxlan (`peer`) so that each step has its own ratio. The last step has no
+/// overlay rules at all, so its distance to the hand-built vxlan is the datapath's, not the
+/// filtering's.
 fn ablation(
     lab: &mut Lab,
     ours: &Path,
+    peer: &Path,
     seconds: u32,
     rounds: usize,
 ) -> anyhow::Result<Vec<(String, Summary)>> {
@@ -214,13 +217,18 @@ fn ablation(
             }
             label = format!("overlay vxlan, also without {what}");
         }
-        let mut runs = Vec::new();
+        let (mut runs, mut peer_runs) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             runs.push(iperf(ours, seconds)?);
+            peer_runs.push(iperf(peer, seconds)?);
         }
-        let summary = Summary::of(&runs);
-        println!("P2 ablation: {label}: {:.2} Gbit/s", summary.median);
-        out.push((label.clone(), summary));
+        let (summary, peer_summary) = (Summary::of(&runs), Summary::of(&peer_runs));
+        let ratio = summary.median / peer_summary.median;
+        println!(
+            "P2 ablation: {label}: {:.2} Gbit/s, hand-built {:.2}: {ratio:.3}x",
+            summary.median, peer_summary.median
+        );
+        out.push((format!("{label} ({ratio:.2}x the hand-built vxlan)"), summary));
     }
     Ok(out)
 }
