@@ -93,9 +93,12 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<u64> = paths.iter().map(|p| fragments(&p.watched)).collect();
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-    for _ in 0..rounds {
-        for (i, p) in paths.iter().enumerate() {
-            gbps[i].push(iperf(p, seconds)?);
+    // Interleaved, and each round starts one path later, so no path always runs first (or
+    // right after the same neighbour).
+    for round in 0..rounds {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            gbps[i].push(iperf(&paths[i], seconds)?);
         }
     }
     let fragmented: Vec<u64> = paths
@@ -218,9 +221,14 @@ fn ablation(
             label = format!("overlay vxlan, also without {what}");
         }
         let (mut runs, mut peer_runs) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        for round in 0..rounds {
+            if round % 2 == 1 {
+                peer_runs.push(iperf(peer, seconds)?);
+            }
             runs.push(iperf(ours, seconds)?);
-            peer_runs.push(iperf(peer, seconds)?);
+            if round % 2 == 0 {
+                peer_runs.push(iperf(peer, seconds)?);
+            }
         }
         let (summary, peer_summary) = (Summary::of(&runs), Summary::of(&peer_runs));
         let ratio = summary.median / peer_summary.median;
