@@ -25,7 +25,6 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 gateway: "10.1.0.1".parse().unwrap(),
                 nat_egress: false,
                 routed: None,
-                spans_hosts: Some("10.1.0.0/16".parse().unwrap()),
             },
             NetworkPorts {
                 bridge: name("ovb-2"),
@@ -33,7 +32,6 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 gateway: "10.2.0.1".parse().unwrap(),
                 nat_egress: true,
                 routed: None,
-                spans_hosts: Some("10.2.0.0/16".parse().unwrap()),
             },
             // A route network with NAT egress: its own forward and no-masquerade rules.
             NetworkPorts {
@@ -42,7 +40,6 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 gateway: "10.3.0.1".parse().unwrap(),
                 nat_egress: true,
                 routed: Some("10.3.0.0/16".parse().unwrap()),
-                spans_hosts: Some("10.3.0.0/16".parse().unwrap()),
             },
         ],
         endpoints: (0..endpoints)

@@ -41,9 +41,6 @@ pub struct NetworkPorts {
     pub nat_egress: bool,
     /// Route mode: the network's CIDR, exchanged with the other hosts over the underlay.
     pub routed: Option<ipnetwork::Ipv4Network>,
-    /// The network's CIDR when its workloads talk to other hosts' (vxlan, route): that
-    /// traffic is isolated by interface alone, so it is not tracked.
-    pub spans_hosts: Option<ipnetwork::Ipv4Network>,
 }
 
 /// Who may send from a workload port: the endpoint's MAC and address.
@@ -121,7 +118,6 @@ impl FirewallSpec {
                 gateway: bridge.address.ip(),
                 nat_egress: n.nat_egress,
                 routed: n.mode.routes_to_peers().then_some(n.cidr),
-                spans_hosts: n.mode.crosses_hosts().then_some(n.cidr),
             });
             for ep in &n.endpoints {
                 if let Attachment::Veth { host_ifname, .. } = &ep.attachment
@@ -214,7 +210,6 @@ pub fn preflight() -> Result<(), FirewallError> {
             nat_egress: true,
             // Not a combination the controller makes: here only to check the rules parse.
             routed: "192.0.2.0/24".parse().ok(),
-            spans_hosts: "192.0.2.0/24".parse().ok(),
         }],
         endpoints: [PortIdentity {
             port: Name::new("ovv-0").map_err(FirewallError::Spawn)?,
