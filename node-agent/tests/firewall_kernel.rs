@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use overlay_agent::firewall::{
-    self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity, Published,
+    self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity, Published, Write,
 };
 use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
 use overlay_proto::ports::Protocol;
@@ -312,6 +312,7 @@ fn rules_are_written_audited_and_repaired() {
             let r = fw.converge(&spec(n));
             let took = t.elapsed();
             assert_eq!(r, Ok(Converged::Written));
+            assert_eq!(fw.last_write(), Some(Write::Elements), "in place, over nfnetlink");
             // A listing, not the generation, says whether the kernel holds exactly this.
             let mut fresh = Firewall::default();
             let audit = fresh.audit(&spec(n));
@@ -323,6 +324,46 @@ fn rules_are_written_audited_and_repaired() {
         assert_eq!(elements.matches("ovv-").count(), n);
         println!("update to {n} endpoints: {took:?}");
     }
+    // Every other kind of element, in place too: a map's values (a published port moved to
+    // another endpoint, one added, one gone), the VXLAN peers, NAT egress's guard list.
+    let mut moved = spec(3);
+    moved.published = [
+        Published {
+            host_ip: "192.0.2.11".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            host_port: 8080,
+            to_ip: "10.1.0.4".parse().unwrap(),
+            to_port: 8000,
+        },
+        Published {
+            host_ip: "192.0.2.11".parse().unwrap(),
+            protocol: Protocol::Udp,
+            host_port: 9999,
+            to_ip: "10.1.0.3".parse().unwrap(),
+            to_port: 99,
+        },
+    ]
+    .into();
+    moved.peers = ["192.0.2.14".parse().unwrap()].into();
+    moved.underlay_hosts = ["192.0.2.14".parse().unwrap(), "192.0.2.101".parse().unwrap()].into();
+    let (back, how, audit) = inside(&ns, move || {
+        let r = fw.converge(&moved);
+        assert_eq!(r, Ok(Converged::Written));
+        let how = fw.last_write();
+        let audit = Firewall::default().audit(&moved);
+        (fw, how, audit)
+    });
+    fw = back;
+    assert_eq!(how, Some(Write::Elements));
+    assert_eq!(audit, Vec::<String>::new(), "maps and peers written in place");
+    let published = stdout(&exec(&ns, "nft", &["list", "map", "inet", "overlay", "published"]).unwrap());
+    assert!(
+        published.contains("192.0.2.11 . tcp . 8080 : 10.1.0.4 . 8000")
+            && published.contains("192.0.2.11 . udp . 9999 : 10.1.0.3 . 99")
+            && !published.contains("5353"),
+        "{published}"
+    );
+
     // A change that is not only elements (NAT egress off) rebuilds.
     let mut no_nat = spec(3);
     no_nat.networks[1].nat_egress = false;
@@ -333,6 +374,7 @@ fn rules_are_written_audited_and_repaired() {
     });
     fw = back;
     assert_eq!(rebuilt, Ok(Converged::Written));
+    assert_eq!(fw.last_write(), Some(Write::Rebuild));
     let inet = stdout(&exec(&ns, "nft", &["list", "table", "inet", "overlay"]).unwrap());
     assert!(
         !inet.contains("@nat_egress masquerade") && !inet.contains("postrouting"),

@@ -14,6 +14,7 @@
 //! ([`preflight`]), and a later failure to write is reported (pass errors, audit drift) until
 //! a write succeeds.
 
+mod elements;
 pub mod generation;
 pub mod listing;
 mod nft;
@@ -26,6 +27,7 @@ use overlay_proto::mac::MacAddr;
 use overlay_proto::ports::Protocol;
 
 pub use generation::Changes;
+
 pub use rules::{Name, TABLE};
 
 use crate::spec::{Attachment, HostSpec};
@@ -261,6 +263,17 @@ pub struct Firewall {
     generation: Option<u32>,
     /// Why the last write failed, until one succeeds.
     error: Option<FirewallError>,
+    /// How the last successful write was made.
+    last_write: Option<Write>,
+}
+
+/// How the rules were last written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Set elements added and removed, in-process over nfnetlink.
+    Elements,
+    /// Every table rebuilt by `nft -f`.
+    Rebuild,
 }
 
 impl Firewall {
@@ -268,6 +281,11 @@ impl Firewall {
     /// audit or pass lists them instead of trusting the generation it saw last.
     pub fn invalidate(&mut self) {
         self.generation = None;
+    }
+
+    /// How the last successful write was made (`None` before the first).
+    pub fn last_write(&self) -> Option<Write> {
+        self.last_write
     }
 
     /// Makes the kernel hold the rules for `wanted`: nothing when it does, set elements
@@ -285,10 +303,15 @@ impl Firewall {
             None => (Converged::Written, None),
         };
         let result = match small_step {
-            Some(written) => self.update(&written, wanted).or_else(|e| {
-                tracing::debug!(error = %e, "set update refused; rebuilding the tables");
-                self.write(wanted)
-            }),
+            Some(written) => match self.update(&written, wanted) {
+                Ok(true) => Ok(()),
+                // More than elements differ: a rebuild is the way.
+                Ok(false) => self.write(wanted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "set elements not updated in place; rebuilding the tables");
+                    self.write(wanted)
+                }
+            },
             None => self.write(wanted),
         };
         match result {
@@ -337,8 +360,14 @@ impl Firewall {
 
     /// Commits `transaction`; the generation stays known if no one else committed meanwhile.
     fn commit(&mut self, transaction: &str) -> Result<(), FirewallError> {
+        self.committing(|| nft::apply(transaction))
+    }
+
+    /// Runs `write`, one transaction; the generation stays known if no one else committed
+    /// meanwhile.
+    fn committing(&mut self, write: impl FnOnce() -> Result<(), FirewallError>) -> Result<(), FirewallError> {
         let before = generation::current().ok();
-        nft::apply(transaction)?;
+        write()?;
         let after = generation::current().ok();
         self.generation = match (before, after) {
             (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
@@ -347,15 +376,24 @@ impl Firewall {
         Ok(())
     }
 
-    /// From `written` (which the kernel holds) to `wanted` by set elements alone.
-    fn update(&mut self, written: &FirewallSpec, wanted: &FirewallSpec) -> Result<(), FirewallError> {
-        let text = rules::delta(&rules::tables(written), &rules::tables(wanted))
-            .ok_or_else(|| FirewallError::Mismatch("more than set elements differ".into()))?;
-        if !text.is_empty() {
-            self.commit(&text)?;
+    /// From `written` (which the kernel holds) to `wanted` by set elements alone, over
+    /// nfnetlink in this process (no `nft` to start: see [`elements`]); `false` when more
+    /// than elements differ.
+    fn update(&mut self, written: &FirewallSpec, wanted: &FirewallSpec) -> Result<bool, FirewallError> {
+        let Some(changes) = rules::changes(&rules::tables(written), &rules::tables(wanted)) else {
+            return Ok(false);
+        };
+        if !changes.is_empty() {
+            self.committing(|| {
+                elements::apply(&changes).map_err(|e| FirewallError::Failed {
+                    what: "set elements",
+                    detail: e.to_string(),
+                })
+            })?;
         }
         self.written = Some(wanted.clone());
-        Ok(())
+        self.last_write = Some(Write::Elements);
+        Ok(true)
     }
 
     /// Rebuilds every table.
@@ -374,6 +412,7 @@ impl Firewall {
             self.generation = current;
         }
         self.written = Some(wanted.clone());
+        self.last_write = Some(Write::Rebuild);
         Ok(())
     }
 }

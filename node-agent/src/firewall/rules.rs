@@ -45,6 +45,7 @@ use overlay_proto::names;
 use overlay_proto::ports::Protocol;
 
 use super::FirewallSpec;
+use super::elements::SetChange;
 use crate::spec::VXLAN_PORT;
 
 /// Name of every table overlay owns, in each of [`Family::ALL`].
@@ -682,35 +683,31 @@ pub fn transaction(tables: &[Table]) -> String {
     out
 }
 
-/// A transaction that turns the kernel's `old` tables into `new` by adding and deleting set
-/// elements only, when nothing else differs (the common change: an endpoint or peer comes or
-/// goes). Much cheaper than a rebuild: no chain is unhooked, and an addition costs no RCU grace
-/// period. `None` when more than elements differ; empty when nothing does.
-pub fn delta(old: &[Table], new: &[Table]) -> Option<String> {
+/// The set elements that turn the kernel's `old` tables into `new`, when nothing else differs
+/// (the common change: an endpoint or peer comes or goes). Much cheaper than a rebuild: no
+/// chain is unhooked, and an addition costs no RCU grace period. `None` when more than
+/// elements differ; empty when nothing does.
+pub fn changes(old: &[Table], new: &[Table]) -> Option<Vec<SetChange>> {
     let same_shape = old.len() == new.len() && old.iter().zip(new).all(|(o, n)| o.same_shape(n));
     if !same_shape {
         return None;
     }
-    let mut deletes = String::new();
-    let mut adds = String::new();
+    let mut out = Vec::new();
     for (o, n) in old.iter().zip(new) {
         for (os, ns) in o.sets.iter().zip(&n.sets) {
-            let head = format!("{} {TABLE} {}", n.family.as_str(), ns.name);
-            let gone: Vec<String> = os
-                .elements
-                .difference(&ns.elements)
-                .map(Element::key_text)
-                .collect();
-            let came: Vec<String> = ns.elements.difference(&os.elements).map(Element::text).collect();
-            if !gone.is_empty() {
-                let _ = writeln!(deletes, "delete element {head} {{ {} }}", gone.join(", "));
-            }
-            if !came.is_empty() {
-                let _ = writeln!(adds, "add element {head} {{ {} }}", came.join(", "));
+            let gone: Vec<Element> = os.elements.difference(&ns.elements).cloned().collect();
+            let came: Vec<Element> = ns.elements.difference(&os.elements).cloned().collect();
+            if !gone.is_empty() || !came.is_empty() {
+                out.push(SetChange {
+                    family: n.family,
+                    set: ns.name,
+                    gone,
+                    came,
+                });
             }
         }
     }
-    Some(deletes + &adds)
+    Some(out)
 }
 
 fn render_table(out: &mut String, table: &Table) {
@@ -749,6 +746,25 @@ fn render_table(out: &mut String, table: &Table) {
 pub(crate) mod tests {
     use super::*;
     use crate::firewall::{NetworkPorts, PortIdentity};
+
+    /// [`changes`] as the `nft -f` transaction it stands for (deletions first); empty when nothing differs.
+    fn delta(old: &[Table], new: &[Table]) -> Option<String> {
+        let changes = changes(old, new)?;
+        let mut deletes = String::new();
+        let mut adds = String::new();
+        for c in &changes {
+            let head = format!("{} {TABLE} {}", c.family.as_str(), c.set);
+            let gone: Vec<String> = c.gone.iter().map(Element::key_text).collect();
+            let came: Vec<String> = c.came.iter().map(Element::text).collect();
+            if !gone.is_empty() {
+                let _ = writeln!(deletes, "delete element {head} {{ {} }}", gone.join(", "));
+            }
+            if !came.is_empty() {
+                let _ = writeln!(adds, "add element {head} {{ {} }}", came.join(", "));
+            }
+        }
+        Some(deletes + &adds)
+    }
 
     fn name(s: &str) -> Name {
         Name::new(s).unwrap()
