@@ -59,22 +59,21 @@ fn spec(endpoints: usize) -> FirewallSpec {
         ]
         .into(),
         published: [
-            Published {
-                host_ip: "192.0.2.11".parse().unwrap(),
-                protocol: Protocol::Tcp,
-                host_port: 8080,
-                to_ip: "10.1.0.2".parse().unwrap(),
-                to_port: 80,
-            },
-            Published {
-                host_ip: "192.0.2.11".parse().unwrap(),
-                protocol: Protocol::Udp,
-                host_port: 5353,
-                to_ip: "10.1.0.3".parse().unwrap(),
-                to_port: 53,
-            },
+            published(Protocol::Tcp, 8080, "10.1.0.2", 80),
+            published(Protocol::Udp, 5353, "10.1.0.3", 53),
         ]
         .into(),
+    }
+}
+
+/// Port `host_port` of 192.0.2.11 forwarded to `to:to_port`.
+fn published(protocol: Protocol, host_port: u16, to: &str, to_port: u16) -> Published {
+    Published {
+        host_ip: "192.0.2.11".parse().unwrap(),
+        protocol,
+        host_port,
+        to_ip: to.parse().unwrap(),
+        to_port,
     }
 }
 
@@ -328,20 +327,8 @@ fn rules_are_written_audited_and_repaired() {
     // another endpoint, one added, one gone), the VXLAN peers, NAT egress's guard list.
     let mut moved = spec(3);
     moved.published = [
-        Published {
-            host_ip: "192.0.2.11".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            host_port: 8080,
-            to_ip: "10.1.0.4".parse().unwrap(),
-            to_port: 8000,
-        },
-        Published {
-            host_ip: "192.0.2.11".parse().unwrap(),
-            protocol: Protocol::Udp,
-            host_port: 9999,
-            to_ip: "10.1.0.3".parse().unwrap(),
-            to_port: 99,
-        },
+        published(Protocol::Tcp, 8080, "10.1.0.4", 8000),
+        published(Protocol::Udp, 9999, "10.1.0.3", 99),
     ]
     .into();
     moved.peers = ["192.0.2.14".parse().unwrap()].into();

@@ -13,7 +13,9 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
+
+use super::nfnetlink::{self, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR, u16_at, u32_at};
 
 use super::rules::{Atom, Element, Family, TABLE};
 
@@ -26,7 +28,6 @@ pub struct SetChange {
     pub came: Vec<Element>,
 }
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -39,10 +40,8 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_BRIDGE: u8 = 7;
 /// Bigger batches go to `nft` instead: the socket's send buffer is ~200 KiB by default.
@@ -57,12 +56,7 @@ pub fn apply(changes: &[SetChange]) -> io::Result<()> {
     if acks == 0 {
         return Ok(());
     }
-    let sock = Socket::new(
-        Domain::from(nix::libc::AF_NETLINK),
-        Type::RAW,
-        Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
-    )?;
-    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let sock = nfnetlink::socket(Some(Duration::from_secs(1)))?;
     let sent = sock.send(&batch)?;
     if sent != batch.len() {
         return Err(io::Error::other("nfnetlink: batch sent in part"));
@@ -233,14 +227,6 @@ fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_i
     out.extend_from_slice(&res_id.to_be_bytes());
     out.extend_from_slice(body);
     out.resize(out.len().next_multiple_of(4), 0);
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 #[cfg(test)]

@@ -9,26 +9,20 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+use super::nfnetlink::{self, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR, u16_at, u32_at};
+
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
 /// nlmsghdr (16 bytes) and nfgenmsg (4 bytes).
 const HEADERS: usize = 20;
 const SEQ: u32 = 0x6f76_6c79;
 
 /// The current generation (blocking, bounded by a 1 s timeout).
 pub fn current() -> io::Result<u32> {
-    let sock = Socket::new(
-        Domain::from(nix::libc::AF_NETLINK),
-        Type::RAW,
-        Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
-    )?;
-    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let sock = nfnetlink::socket(Some(Duration::from_secs(1)))?;
     sock.send(&request())?;
     let mut buf = [0u8; 512];
     let n = (&sock).read(&mut buf)?;
@@ -47,11 +41,7 @@ pub struct Changes {
 impl Changes {
     /// Subscribes, in the namespace of the calling thread.
     pub fn subscribe() -> io::Result<Self> {
-        let sock = Socket::new(
-            Domain::from(nix::libc::AF_NETLINK),
-            Type::RAW,
-            Some(Protocol::from(nix::libc::NETLINK_NETFILTER)),
-        )?;
+        let sock = nfnetlink::socket(None)?;
         // SAFETY: an all-zero sockaddr_nl is valid (pid 0: the kernel picks a port id); the
         // pointer and length describe that struct, and the descriptor is open.
         let bound = unsafe {
@@ -119,14 +109,6 @@ fn request() -> Vec<u8> {
 
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("nftables generation: {what}"))
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// The generation id out of the kernel's NEWGEN answer (or the error it sent instead).

@@ -17,6 +17,7 @@
 mod elements;
 pub mod generation;
 pub mod listing;
+mod nfnetlink;
 mod nft;
 pub mod rules;
 
