@@ -71,15 +71,23 @@ mod libc_enoent {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    /// A second socket with strict checking (NETLINK_GET_STRICT_CHK), for the dumps the
+    /// kernel filters only then: the FDB and neighbours of one device. Without it each pass
+    /// read every bridge port's FDB on the host (thousands of entries next to a few hundred
+    /// containers) to keep the few on overlay's vxlan devices.
+    strict: Handle,
 }
 
 impl Netlink {
-    /// Opens a socket in the calling thread's network namespace; the connection task runs on
-    /// the current tokio runtime.
+    /// Opens the sockets in the calling thread's network namespace; the connection tasks run
+    /// on the current tokio runtime.
     pub fn connect() -> Result<Self, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        let (conn, strict, _) =
+            rtnetlink::new_connection_with_strict_check().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Self { handle, strict })
     }
 
     pub fn handle(&self) -> &Handle {
@@ -115,10 +123,10 @@ impl Netlink {
     }
 
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Network)>, NetlinkError> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
+        let mut request = self.handle.address().get();
+        // IPv4 only: every link's IPv6 link-local address would be read to be dropped.
+        request.message_mut().header.family = AddressFamily::Inet;
+        let msgs: Vec<AddressMessage> = request
             .execute()
             .try_collect()
             .await
@@ -135,36 +143,41 @@ impl Netlink {
         for (index, addr) in self.addresses().await? {
             kernel.addresses.entry(index).or_default().insert(addr);
         }
-        let ours = kernel.vxlan_indexes();
-        if !ours.is_empty() {
-            let neigh: Vec<NeighbourMessage> = self
-                .handle
+        // Only overlay's vxlan devices' entries are of interest: one filtered dump each.
+        for index in kernel.vxlan_indexes() {
+            let mut neigh = self
+                .strict
                 .neighbours()
                 .get()
-                .set_address_family(AddressFamily::Inet)
+                .set_address_family(AddressFamily::Inet);
+            neigh
+                .message_mut()
+                .attributes
+                .push(NeighbourAttribute::IfIndex(index));
+            let neigh: Vec<NeighbourMessage> = neigh
                 .execute()
                 .try_collect()
                 .await
                 .map_err(op_err("dump neighbours"))?;
-            kernel.neighbours = neigh
-                .iter()
-                .filter(|m| ours.contains(&m.header.ifindex))
-                .filter_map(parse_neighbour)
-                .collect();
-            let fdb: Vec<NeighbourMessage> = self
-                .handle
+            kernel.neighbours.extend(
+                neigh
+                    .iter()
+                    .filter(|m| m.header.ifindex == index)
+                    .filter_map(parse_neighbour),
+            );
+            // In a strict FDB dump the header's index selects the port (`bridge fdb show brport`).
+            let mut fdb = self
+                .strict
                 .neighbours()
                 .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(op_err("dump fdb"))?;
-            kernel.fdb = fdb
-                .iter()
-                .filter(|m| ours.contains(&m.header.ifindex))
-                .filter_map(parse_fdb)
-                .collect();
+                .set_address_family(AddressFamily::Bridge);
+            fdb.message_mut().header.ifindex = index;
+            let fdb: Vec<NeighbourMessage> = fdb.execute().try_collect().await.map_err(op_err("dump fdb"))?;
+            kernel.fdb.extend(
+                fdb.iter()
+                    .filter(|m| m.header.ifindex == index)
+                    .filter_map(parse_fdb),
+            );
         }
         kernel.routes = self.routes().await?;
         Ok(kernel)
