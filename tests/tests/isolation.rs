@@ -768,9 +768,14 @@ fn nft_missing_failing_or_tampered_is_never_silent() {
     assert!(ping(&w1, &gw), "w1 reaches its gateway");
     wait_drift(&lab, "a clean start", |d| d.is_empty());
 
+    // A network with NAT egress changes the rules' shape (a nat chain): a rebuild by nft,
+    // which now fails. (New endpoints and networks alone are set elements, written over
+    // nfnetlink without nft.)
     std::fs::write(&flag, "").unwrap();
+    network(&lab, "green", "10.2.0.0/16", &["--nat-egress"]);
     let w2 = lab.add_workload("w2").unwrap();
-    lab.attach("blue", 0, &w2).unwrap();
+    lab.attach("green", 0, &w2).unwrap();
+    let green_gw = address(&h1, "ovb-2").to_string();
     let reported = wait_drift(&lab, "the failed write reported", |d| {
         d.iter()
             .any(|l| l.contains("nft") && l.contains("simulated nft failure"))
@@ -780,14 +785,14 @@ fn nft_missing_failing_or_tampered_is_never_silent() {
         doctor_drift(&lab, "h1")
     );
     assert!(
-        !ping(&w2, &gw),
+        !ping(&w2, &green_gw),
         "a port whose rules could not be written stays closed"
     );
     assert!(ping(&w1, &gw), "the rules already in the kernel stay");
     std::fs::remove_file(&flag).unwrap();
     let recovered = wait_drift(&lab, "the failure cleared", |d| d.is_empty());
     assert!(
-        Lab::wait_until(Duration::from_secs(5), || ping(&w2, &gw)).is_some(),
+        Lab::wait_until(Duration::from_secs(5), || ping(&w2, &green_gw)).is_some(),
         "w2 works once its rules are written"
     );
     println!("write succeeded again and doctor cleared {recovered:?} after nft recovered");
