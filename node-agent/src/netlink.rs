@@ -12,8 +12,7 @@ use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -35,6 +34,8 @@ use crate::spec::VXLAN_PORT;
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(std::io::Error),
+    #[error("dump links: {0}")]
+    Dump(std::io::Error),
     #[error("{op}: {source}")]
     Op { op: String, source: rtnetlink::Error },
     #[error("{0}")]
@@ -68,6 +69,8 @@ mod libc_enoent {
     pub const ENODEV: i32 = 19;
 }
 
+mod links;
+
 /// A netlink connection in the namespace of the thread that opened it.
 #[derive(Clone)]
 pub struct Netlink {
@@ -77,6 +80,8 @@ pub struct Netlink {
     /// read every bridge port's FDB on the host (thousands of entries next to a few hundred
     /// containers) to keep the few on overlay's vxlan devices.
     strict: Handle,
+    /// Link dumps, decoded lazily (see [`links`]).
+    dumper: std::sync::Arc<links::LinkDumper>,
 }
 
 impl Netlink {
@@ -88,7 +93,12 @@ impl Netlink {
         let (conn, strict, _) =
             rtnetlink::new_connection_with_strict_check().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
-        Ok(Self { handle, strict })
+        let dumper = std::sync::Arc::new(links::LinkDumper::open().map_err(NetlinkError::Socket)?);
+        Ok(Self {
+            handle,
+            strict,
+            dumper,
+        })
     }
 
     pub fn handle(&self) -> &Handle {
@@ -98,19 +108,11 @@ impl Netlink {
     // ------------------------------------------------------------------ reading
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        let mut request = self.handle.link().get();
-        // Without the counters: nothing reads them, and they are a third of every message
-        // of a dump that covers every interface on the host.
-        request
-            .message_mut()
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        let msgs: Vec<LinkMessage> = request
-            .execute()
-            .try_collect()
+        let dumper = self.dumper.clone();
+        tokio::task::spawn_blocking(move || dumper.links())
             .await
-            .map_err(op_err("dump links"))?;
-        Ok(msgs.iter().filter_map(parse_link).collect())
+            .map_err(|e| NetlinkError::Dump(std::io::Error::other(e)))?
+            .map_err(NetlinkError::Dump)
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
@@ -661,7 +663,7 @@ mod fuzz {
 
     use overlay_lab::fuzz::{mutations, run_for};
     use proptest::prelude::*;
-    use rtnetlink::packet_core::{Emitable, ParseableParametrized};
+    use rtnetlink::packet_core::{Emitable, Parseable, ParseableParametrized};
     use rtnetlink::packet_route::RouteNetlinkMessage;
 
     use super::*;
@@ -673,6 +675,9 @@ mod fuzz {
 
     /// Decodes `bytes` as a reply of `kind` and feeds whatever decodes to the agent's parsers.
     fn feed(kind: u16, bytes: &[u8]) {
+        if kind == RTM_NEWLINK {
+            let _ = links::decode(bytes);
+        }
         let Ok(msg) = RouteNetlinkMessage::parse_with_param(bytes, kind) else {
             return;
         };
@@ -761,6 +766,34 @@ mod fuzz {
                 )),
             ),
         ]
+    }
+
+    #[test]
+    fn lazy_link_decode_agrees_with_the_full_one() {
+        let mut port = LinkVeth::new("ovv-1", "ovp-1").mtu(1450).up().build();
+        port.attributes.push(LinkAttribute::Controller(3));
+        port.attributes.push(LinkAttribute::LinkNetNsId(1));
+        port.attributes.push(LinkAttribute::IfAlias(OWNED_ALIAS.into()));
+        port.attributes
+            .push(LinkAttribute::Address(vec![0x0a, 0x58, 0, 0, 0, 2]));
+        let vlan = LinkVlan::new("eth0.10", 2, 10).build();
+        let mut plain = LinkMessage::default();
+        plain.header.index = 2;
+        plain.attributes.push(LinkAttribute::IfName("eth0".into()));
+        plain.attributes.push(LinkAttribute::Mtu(1500));
+        plain.attributes.push(LinkAttribute::Link(9));
+        let links = [
+            emitted(&port),
+            emitted(&LinkBridge::new("ovb-1").mtu(1450).build()),
+            emitted(&vlan),
+            emitted(&plain),
+            seeds()[2].1.clone(),
+        ];
+        for bytes in links {
+            let full = parse_link(&LinkMessage::parse(&bytes[..]).unwrap());
+            assert!(full.is_some());
+            assert_eq!(links::decode(&bytes), full);
+        }
     }
 
     #[test]
