@@ -108,11 +108,7 @@ impl Netlink {
     // ------------------------------------------------------------------ reading
 
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
-        let dumper = self.dumper.clone();
-        tokio::task::spawn_blocking(move || dumper.links())
-            .await
-            .map_err(|e| NetlinkError::Dump(std::io::Error::other(e)))?
-            .map_err(NetlinkError::Dump)
+        self.dumper.links().map_err(NetlinkError::Dump)
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
