@@ -140,10 +140,10 @@ fn encode(changes: &[SetChange], first_seq: u32) -> io::Result<(Vec<u8>, usize)>
     Ok((out, acks))
 }
 
-/// Reads until `acks` answers have come; the first error the kernel reported wins.
+/// Reads until `acks` answers have come, or the first error (the batch was then aborted
+/// whole; what else the kernel says about it is left unread on a socket that is dropped).
 fn read_acks(sock: &Socket, mut acks: usize) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut first_error = None;
     while acks > 0 {
         let n = (&*sock).read(&mut buf)?;
         let mut rest = &buf[..n];
@@ -157,18 +157,15 @@ fn read_acks(sock: &Socket, mut acks: usize) -> io::Result<()> {
                     return Err(io::Error::other("nfnetlink: short error"));
                 }
                 let code = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
-                if code != 0 && first_error.is_none() {
-                    first_error = Some(io::Error::from_raw_os_error(code.saturating_neg()));
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(code.saturating_neg()));
                 }
                 acks = acks.saturating_sub(1);
             }
             rest = &rest[((len + 3) & !3).min(rest.len())..];
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// A key or map value as `NFTA_DATA_VALUE`: one field as it is, the fields of a
@@ -258,6 +255,47 @@ mod tests {
         assert_eq!(u16_at(&one, 0), 8);
         let port = value(&[Atom::Proto(overlay_proto::ports::Protocol::Tcp), Atom::Port(8080)]).unwrap();
         assert_eq!(&port[4..12], &[6, 0, 0, 0, 0x1f, 0x90, 0, 0]);
+    }
+
+    /// In a namespace of its own: a batch the kernel refuses changes nothing and says why; a
+    /// good one lands whole.
+    #[test]
+    fn a_refused_batch_changes_nothing() {
+        use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
+        let mut namespaces = Namespaces::default();
+        let ns = format!("{}-el", unique_prefix("el"));
+        namespaces.add(&ns).unwrap();
+        exec(
+            &ns,
+            "nft",
+            &["add table inet overlay; add set inet overlay peers { type ipv4_addr; elements = { 192.0.2.12 } }"],
+        )
+        .unwrap();
+        let ip = |s: &str| Element::new(vec![Atom::Ip(s.parse().unwrap())]);
+        let change = |gone: Vec<Element>, came: Vec<Element>| SetChange {
+            family: Family::Inet,
+            set: "peers",
+            gone,
+            came,
+        };
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        let (refused, accepted) = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Adds 192.0.2.13, but deletes an element that is not there: all or nothing.
+            let refused = apply(&[change(vec![ip("192.0.2.99")], vec![ip("192.0.2.13")])]);
+            let accepted = apply(&[change(vec![ip("192.0.2.12")], vec![ip("192.0.2.14")])]);
+            (refused, accepted)
+        })
+        .join()
+        .unwrap();
+        let err = refused.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOENT), "{err}");
+        accepted.unwrap();
+        let listed = stdout(&exec(&ns, "nft", &["list set inet overlay peers"]).unwrap());
+        assert!(
+            listed.contains("192.0.2.14") && !listed.contains("192.0.2.12") && !listed.contains("192.0.2.13"),
+            "{listed}"
+        );
     }
 
     #[test]
