@@ -78,8 +78,9 @@ pub struct Netlink {
     /// A second socket with strict checking (NETLINK_GET_STRICT_CHK), for the dumps the
     /// kernel filters only then: the FDB and neighbours of one device. Without it each pass
     /// read every bridge port's FDB on the host (thousands of entries next to a few hundred
-    /// containers) to keep the few on overlay's vxlan devices.
-    strict: Handle,
+    /// containers) to keep the few on overlay's vxlan devices. Opened on first use: most
+    /// connections (one per wiring inside a workload's namespace) never dump.
+    strict: std::sync::Arc<std::sync::OnceLock<Handle>>,
     /// Link dumps, decoded lazily (see [`links`]).
     dumper: std::sync::Arc<links::LinkDumper>,
 }
@@ -90,15 +91,25 @@ impl Netlink {
     pub fn connect() -> Result<Self, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
-        let (conn, strict, _) =
-            rtnetlink::new_connection_with_strict_check().map_err(NetlinkError::Socket)?;
-        tokio::spawn(conn);
         let dumper = std::sync::Arc::new(links::LinkDumper::open().map_err(NetlinkError::Socket)?);
         Ok(Self {
             handle,
-            strict,
+            strict: Default::default(),
             dumper,
         })
+    }
+
+    /// The strict-checking connection, opened in this thread's namespace, which is this
+    /// connection's: a `Netlink` is used only where it was opened (the host's on the agent's
+    /// runtime, a workload's on the thread that entered it).
+    fn strict(&self) -> Result<&Handle, NetlinkError> {
+        if let Some(h) = self.strict.get() {
+            return Ok(h);
+        }
+        let (conn, handle, _) =
+            rtnetlink::new_connection_with_strict_check().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(self.strict.get_or_init(|| handle))
     }
 
     pub fn handle(&self) -> &Handle {
@@ -149,11 +160,8 @@ impl Netlink {
         }
         // Only overlay's vxlan devices' entries are of interest: one filtered dump each.
         for index in kernel.vxlan_indexes() {
-            let mut neigh = self
-                .strict
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Inet);
+            let strict = self.strict()?;
+            let mut neigh = strict.neighbours().get().set_address_family(AddressFamily::Inet);
             neigh
                 .message_mut()
                 .attributes
@@ -170,8 +178,7 @@ impl Netlink {
                     .filter_map(parse_neighbour),
             );
             // In a strict FDB dump the header's index selects the port (`bridge fdb show brport`).
-            let mut fdb = self
-                .strict
+            let mut fdb = strict
                 .neighbours()
                 .get()
                 .set_address_family(AddressFamily::Bridge);
