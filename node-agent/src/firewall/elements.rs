@@ -6,9 +6,10 @@
 //!
 //! What is encoded is exactly what `nft` sends for `add element` / `delete element` on these
 //! sets: the key (and a map's value) as the kernel stores it, each field of a concatenation
-//! padded to 32 bits. The agent's audit lists the tables with `nft -j` afterwards like after
-//! any write, so an element the kernel stored differently from the model shows as drift and
-//! is rebuilt by `nft`.
+//! padded to 32 bits. The first time the agent writes a set this way, the next look lists
+//! the tables with `nft -j` and compares them with the model (see `Firewall::update`), so an
+//! element the kernel stored differently shows as drift and is rebuilt by `nft`;
+//! `firewall_kernel.rs` does the same for every set and map type.
 
 use std::io::{self, Read};
 use std::time::Duration;
@@ -46,6 +47,9 @@ const NFPROTO_INET: u8 = 1;
 const NFPROTO_BRIDGE: u8 = 7;
 /// Bigger batches go to `nft` instead: the socket's send buffer is ~200 KiB by default.
 const MAX_BATCH: usize = 128 * 1024;
+/// Elements per message: the biggest (a port's identity, or a published port with its
+/// value) takes 40 bytes on the wire, so a message's list stays near 20 KiB.
+const PER_MESSAGE: usize = 512;
 /// Same as an interface name in the kernel (IFNAMSIZ).
 const IFNAMSIZ: usize = 16;
 
@@ -83,23 +87,27 @@ fn encode(changes: &[SetChange], first_seq: u32) -> io::Result<(Vec<u8>, usize)>
         .iter()
         .map(|c| (c, NFT_MSG_DELSETELEM, &c.gone))
         .chain(changes.iter().map(|c| (c, NFT_MSG_NEWSETELEM, &c.came)));
+    // A message per `PER_MESSAGE` elements: an attribute's length is 16 bits, and a list
+    // that overflowed it would be read short by the kernel without an error.
+    let steps = steps.flat_map(|(change, kind, elements)| {
+        elements
+            .chunks(PER_MESSAGE)
+            .map(move |chunk| (change, kind, chunk))
+    });
     for (change, kind, elements) in steps {
-        if elements.is_empty() {
-            continue;
-        }
         let mut list = Vec::new();
         for e in elements {
             let mut elem = Vec::new();
-            attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value(&e.key)?);
+            attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &value(&e.key)?)?;
             if kind == NFT_MSG_NEWSETELEM && !e.value.is_empty() {
-                attr(&mut elem, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &value(&e.value)?);
+                attr(&mut elem, NFTA_SET_ELEM_DATA | NLA_F_NESTED, &value(&e.value)?)?;
             }
-            attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
+            attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem)?;
         }
         let mut body = Vec::new();
-        attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE));
-        attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(change.set));
-        attr(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
+        attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE))?;
+        attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(change.set))?;
+        attr(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list)?;
         let flags = match kind {
             NFT_MSG_NEWSETELEM => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
             _ => NLM_F_REQUEST | NLM_F_ACK,
@@ -143,7 +151,8 @@ fn encode(changes: &[SetChange], first_seq: u32) -> io::Result<(Vec<u8>, usize)>
 /// Reads until `acks` answers have come, or the first error (the batch was then aborted
 /// whole; what else the kernel says about it is left unread on a socket that is dropped).
 fn read_acks(sock: &Socket, mut acks: usize) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+    // An error echoes the message it is about, whole: room for the biggest.
+    let mut buf = vec![0u8; 2 * MAX_BATCH];
     while acks > 0 {
         let n = (&*sock).read(&mut buf)?;
         let mut rest = &buf[..n];
@@ -193,7 +202,7 @@ fn value(atoms: &[Atom]) -> io::Result<Vec<u8>> {
         }
     }
     let mut out = Vec::new();
-    attr(&mut out, NFTA_DATA_VALUE, &data);
+    attr(&mut out, NFTA_DATA_VALUE, &data)?;
     Ok(out)
 }
 
@@ -204,11 +213,15 @@ fn cstr(s: &str) -> Vec<u8> {
 }
 
 /// A netlink attribute: length (header and payload, unpadded), type, payload padded to 4.
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+/// A payload too long for the 16-bit length is refused, never truncated.
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(4 + payload.len())
+        .map_err(|_| io::Error::other("nfnetlink: attribute longer than 64 KiB"))?;
+    out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
     out.resize(out.len().next_multiple_of(4), 0);
+    Ok(())
 }
 
 /// nlmsghdr, nfgenmsg (family, version 0, resource id in network order), then `body`.
@@ -325,6 +338,42 @@ mod tests {
                 (NFNL_MSG_BATCH_END, 10, 0),
             ]
         );
+        // Long lists are split over messages, all in the one batch: 1100 ports' identities
+        // would overflow one attribute's 16-bit length.
+        let many: Vec<Element> = (0..1100u32)
+            .map(|i| {
+                let [_, _, hi, lo] = i.to_be_bytes();
+                Element::new(vec![
+                    name(&format!("ovv-{i:x}")),
+                    Atom::Mac(overlay_proto::mac::MacAddr([0x0a, 0x58, 10, 1, hi, lo])),
+                    Atom::Ip(std::net::Ipv4Addr::new(10, 1, hi, lo)),
+                ])
+            })
+            .collect();
+        let big = [SetChange {
+            family: Family::Bridge,
+            set: "endpoints",
+            gone: Vec::new(),
+            came: many,
+        }];
+        let (batch, acks) = encode(&big, 1).unwrap();
+        assert_eq!(acks, 3, "512 + 512 + 76");
+        let mut rest = &batch[..];
+        let mut elements = 0;
+        while !rest.is_empty() {
+            let len = u32_at(rest, 0) as usize;
+            if u16_at(rest, 4) == (10 << 8) | NFT_MSG_NEWSETELEM {
+                // The list attribute comes after the table and set names.
+                let body = &rest[20..len];
+                let table = (u16_at(body, 0) as usize).next_multiple_of(4);
+                let set = (u16_at(body, table) as usize).next_multiple_of(4);
+                let list_len = u16_at(body, table + set) as usize;
+                assert_eq!(table + set + list_len, body.len(), "the list fills the message");
+                elements += (list_len - 4) / 40;
+            }
+            rest = &rest[len.next_multiple_of(4)..];
+        }
+        assert_eq!(elements, 1100);
         // Nothing to do: no messages but the frame, no acks.
         let (_, none) = encode(&[], 1).unwrap();
         assert_eq!(none, 0);

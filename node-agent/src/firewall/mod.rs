@@ -29,6 +29,7 @@ use overlay_proto::ports::Protocol;
 
 pub use generation::Changes;
 
+use rules::Family;
 pub use rules::{Name, TABLE};
 
 use crate::spec::{Attachment, HostSpec};
@@ -266,6 +267,9 @@ pub struct Firewall {
     error: Option<FirewallError>,
     /// How the last successful write was made.
     last_write: Option<Write>,
+    /// Sets written in place at least once and then listed: the encoding of their elements
+    /// has been seen to match what the kernel stores.
+    verified: BTreeSet<(Family, &'static str)>,
 }
 
 /// How the rules were last written.
@@ -391,6 +395,17 @@ impl Firewall {
                     detail: e.to_string(),
                 })
             })?;
+            // A set written this way for the first time: the next look lists the tables
+            // instead of trusting the generation, so a wrong encoding shows as drift once.
+            let first: Vec<(Family, &'static str)> = changes
+                .iter()
+                .map(|c| (c.family, c.set))
+                .filter(|k| !self.verified.contains(k))
+                .collect();
+            if !first.is_empty() {
+                self.generation = None;
+                self.verified.extend(first);
+            }
         }
         self.written = Some(wanted.clone());
         self.last_write = Some(Write::Elements);
