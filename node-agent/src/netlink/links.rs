@@ -24,6 +24,9 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
+/// Set on a dump's messages when what it covers changed while it ran.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const DUMP_ATTEMPTS: usize = 3;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
@@ -65,10 +68,25 @@ impl LinkDumper {
     /// workload namespace a new thread, +0.5 ms).
     pub fn links(&self) -> io::Result<Vec<Link>> {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        // Links that come or go during a dump make the kernel flag it inconsistent: read it
+        // again, a few times, rather than plan from a snapshot that never existed.
+        for _ in 0..DUMP_ATTEMPTS {
+            if let Some(links) = self.dump_once(&sock)? {
+                return Ok(links);
+            }
+        }
+        Err(io::Error::other(format!(
+            "link dump: interrupted by changes {DUMP_ATTEMPTS} times in a row"
+        )))
+    }
+
+    /// One dump: `None` if the kernel flagged it interrupted (NLM_F_DUMP_INTR).
+    fn dump_once(&self, sock: &Socket) -> io::Result<Option<Vec<Link>>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         sock.send(&request(seq), 0)?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut out = Vec::new();
+        let mut interrupted = false;
         loop {
             let n = sock.recv(&mut &mut buf[..], 0)?;
             let mut rest = &buf[..n];
@@ -78,6 +96,7 @@ impl LinkDumper {
                     return Err(io::Error::other("link dump: bad message length"));
                 }
                 let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                let flags = u16::from_ne_bytes([rest[6], rest[7]]);
                 let msg_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
                 let payload = &rest[16..len];
                 rest = &rest[len.next_multiple_of(4).min(rest.len())..];
@@ -85,27 +104,25 @@ impl LinkDumper {
                     // Left over from an earlier dump that stopped half way.
                     continue;
                 }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                // NLMSG_DONE and NLMSG_ERROR both start with the error code (0: none).
+                let code = || {
+                    payload
+                        .get(..4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        .unwrap_or(-nix::libc::EIO)
+                };
                 match kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-libc_eio());
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(code.saturating_neg()));
-                        }
+                    NLMSG_DONE | NLMSG_ERROR if code() != 0 => {
+                        return Err(io::Error::from_raw_os_error(code().saturating_neg()));
                     }
+                    NLMSG_DONE => return Ok((!interrupted).then_some(out)),
                     RTM_NEWLINK => out.extend(decode(payload)),
                     _ => {}
                 }
             }
         }
     }
-}
-
-fn libc_eio() -> i32 {
-    nix::libc::EIO
 }
 
 /// RTM_GETLINK, dump, ifinfomsg of zeros, IFLA_EXT_MASK.
