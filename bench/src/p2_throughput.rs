@@ -49,39 +49,8 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
     ])?;
     lab.start_agents()?;
     lab.wait_hosts_up(Duration::from_secs(30))?;
-    let mut route_ns = Vec::new();
-    let mut route_ip = Vec::new();
-    for host in 0..2 {
-        let ns = lab.add_workload(&format!("hg{host}"))?;
-        route_ip.push(lab.attach("benchr", host, &ns)?);
-        route_ns.push(ns);
-    }
-    let ours_route = Path {
-        name: "overlay route (host-gw)",
-        client_ns: route_ns[0].clone(),
-        server_ns: route_ns[1].clone(),
-        server_ip: route_ip[1],
-        watched: vec![route_ns[0].clone(), route_ns[1].clone()],
-    };
-    let mut ours_ns = Vec::new();
-    let mut ours_ip = Vec::new();
-    for host in 0..2 {
-        let ns = lab.add_workload(&format!("o{host}"))?;
-        ours_ip.push(lab.attach("bench", host, &ns)?);
-        ours_ns.push(ns);
-    }
-    let ours = Path {
-        name: "overlay vxlan",
-        client_ns: ours_ns[0].clone(),
-        server_ns: ours_ns[1].clone(),
-        server_ip: ours_ip[1],
-        watched: vec![
-            lab.hosts[0].ns.clone(),
-            lab.hosts[1].ns.clone(),
-            ours_ns[0].clone(),
-            ours_ns[1].clone(),
-        ],
-    };
+    let ours_route = overlay_path(&mut lab, "benchr", "hg", "overlay route (host-gw)", false)?;
+    let ours = overlay_path(&mut lab, "bench", "o", "overlay vxlan", true)?;
     let flannel = hand_built(&mut lab, Recipe::Vxlan)?;
     let routed = hand_built(&mut lab, Recipe::Routed)?;
     let paths = [ours, flannel, routed, ours_route];
@@ -239,6 +208,36 @@ fn ablation(
         out.push((format!("{label} ({ratio:.2}x the hand-built vxlan)"), summary));
     }
     Ok(out)
+}
+
+/// A workload on each of the lab's two hosts, attached to `network`: the path between them.
+/// `watch_hosts`: the hosts' fragment counters are watched too, not only the workloads'.
+fn overlay_path(
+    lab: &mut Lab,
+    network: &str,
+    tag: &str,
+    name: &'static str,
+    watch_hosts: bool,
+) -> anyhow::Result<Path> {
+    let mut ns = Vec::new();
+    let mut ip = Vec::new();
+    for host in 0..2 {
+        let w = lab.add_workload(&format!("{tag}{host}"))?;
+        ip.push(lab.attach(network, host, &w)?);
+        ns.push(w);
+    }
+    let mut watched = Vec::new();
+    if watch_hosts {
+        watched.extend([lab.hosts[0].ns.clone(), lab.hosts[1].ns.clone()]);
+    }
+    watched.extend(ns.iter().cloned());
+    Ok(Path {
+        name,
+        client_ns: ns[0].clone(),
+        server_ns: ns[1].clone(),
+        server_ip: ip[1],
+        watched,
+    })
 }
 
 fn iperf(p: &Path, seconds: u32) -> anyhow::Result<f64> {
