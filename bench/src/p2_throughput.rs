@@ -76,7 +76,11 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
         .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
         .collect();
     let ablation = if ablate {
-        ablation(&mut lab, &paths[0], &paths[1], seconds, rounds)?
+        // The control: the same hand-built recipe on two more hosts, so that the distance left
+        // once every overlay rule is gone can be told from what two identical paths differ by.
+        let control = hand_built_as(&mut lab, Recipe::Vxlan, "g", 83)?;
+        let _control_server = lab.spawn_in(&control.server_ns, "iperf3", &["-s"], "iperf3-control")?;
+        ablation(&mut lab, &paths[0], &paths[1], &control, seconds, rounds)?
     } else {
         Vec::new()
     };
@@ -148,20 +152,25 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
 /// What each part of overlay's firewall costs: the agents are killed (the datapath stays in
 /// the kernel) and the overlay path measured again after each base chain is deleted in both
 /// hosts, cumulatively, in the order a packet meets them, interleaved with runs of the
-/// hand-built vxlan (`peer`) so that each step has its own ratio. The last step has no
-/// overlay rules at all, so its distance to the hand-built vxlan is the datapath's, not the
-/// filtering's.
+/// hand-built vxlan (`peer`) so that each step has its own ratio. The last step deletes the
+/// tables themselves: only then is conntrack off (the regular chains' `ct` rules hold it),
+/// and its distance to the hand-built vxlan is the datapath's, not the filtering's.
+/// `control` is a second hand-built vxlan, measured the same way at the end: what two
+/// identical paths on different hosts differ by.
 fn ablation(
     lab: &mut Lab,
     ours: &Path,
     peer: &Path,
+    control: &Path,
     seconds: u32,
     rounds: usize,
 ) -> anyhow::Result<Vec<(String, Summary)>> {
     for host in 0..2 {
         lab.kill_agent(host);
     }
-    let steps: [(&str, &[(&str, &str)]); 5] = [
+    // An empty chain list: the tables themselves (`nft flush ruleset`), so nothing of
+    // overlay's is left in the hosts' netfilter.
+    let steps: [(&str, &[(&str, &str)]); 6] = [
         ("bridge per-port source checks", &[("bridge", "prerouting")]),
         (
             "bridge per-port delivery checks",
@@ -170,44 +179,63 @@ fn ablation(
         ("inet forward (isolation)", &[("inet", "forward")]),
         ("inet input (host policy, VXLAN peers)", &[("inet", "input")]),
         (
-            "raw notrack chains (no conntrack left)",
+            // Conntrack stays on: the `ct` rules in the regular chains keep the namespace's
+            // conntrack hooks registered until the tables go.
+            "raw notrack chains (conntrack on for every packet)",
             &[("inet", "untracked"), ("inet", "untracked_local")],
         ),
+        ("overlay's tables (nft flush ruleset: no conntrack)", &[]),
     ];
     let mut out = Vec::new();
     let mut label = String::from("overlay vxlan, agents stopped, all rules");
     for step in std::iter::once(None).chain(steps.iter().map(Some)) {
         if let Some((what, chains)) = step {
             for host in 0..2 {
+                let ns = &lab.hosts[host].ns;
+                if chains.is_empty() {
+                    exec(ns, "nft", &["flush", "ruleset"])?;
+                }
                 for (family, chain) in chains.iter() {
-                    exec(
-                        &lab.hosts[host].ns,
-                        "nft",
-                        &["delete", "chain", family, "overlay", chain],
-                    )?;
+                    exec(ns, "nft", &["delete", "chain", family, "overlay", chain])?;
                 }
             }
             label = format!("overlay vxlan, also without {what}");
         }
-        let (mut runs, mut peer_runs) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            if round % 2 == 1 {
-                peer_runs.push(iperf(peer, seconds)?);
-            }
-            runs.push(iperf(ours, seconds)?);
-            if round % 2 == 0 {
-                peer_runs.push(iperf(peer, seconds)?);
-            }
-        }
-        let (summary, peer_summary) = (Summary::of(&runs), Summary::of(&peer_runs));
-        let ratio = summary.median / peer_summary.median;
+        let (summary, ratio) = against(ours, peer, seconds, rounds)?;
         println!(
-            "P2 ablation: {label}: {:.2} Gbit/s, hand-built {:.2}: {ratio:.3}x",
-            summary.median, peer_summary.median
+            "P2 ablation: {label}: {:.2} Gbit/s: {ratio:.3}x the hand-built vxlan",
+            summary.median
         );
         out.push((format!("{label} ({ratio:.2}x the hand-built vxlan)"), summary));
     }
+    let (summary, ratio) = against(control, peer, seconds, rounds)?;
+    println!(
+        "P2 ablation: control, the hand-built vxlan on two other hosts: {:.2} Gbit/s: {ratio:.3}x",
+        summary.median
+    );
+    out.push((
+        format!("control: hand-built vxlan on two other hosts ({ratio:.2}x the first)"),
+        summary,
+    ));
     Ok(out)
+}
+
+/// `rounds` runs over `path` interleaved with as many over `peer` (which of the two goes
+/// first alternates): `path`'s figures and its median's ratio to `peer`'s.
+fn against(path: &Path, peer: &Path, seconds: u32, rounds: usize) -> anyhow::Result<(Summary, f64)> {
+    let (mut runs, mut peer_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 1 {
+            peer_runs.push(iperf(peer, seconds)?);
+        }
+        runs.push(iperf(path, seconds)?);
+        if round % 2 == 0 {
+            peer_runs.push(iperf(peer, seconds)?);
+        }
+    }
+    let (summary, peer_summary) = (Summary::of(&runs), Summary::of(&peer_runs));
+    let ratio = summary.median / peer_summary.median;
+    Ok((summary, ratio))
 }
 
 /// A workload on each of the lab's two hosts, attached to `network`: the path between them.
@@ -303,9 +331,17 @@ enum Recipe {
 
 /// Two more hosts on the lab's underlay, a workload on each, joined by `recipe` with iproute2.
 fn hand_built(lab: &mut Lab, recipe: Recipe) -> anyhow::Result<Path> {
-    let (tag, net, mtu) = match recipe {
-        Recipe::Vxlan => ("f", 81, "1450"),
-        Recipe::Routed => ("r", 82, "1500"),
+    match recipe {
+        Recipe::Vxlan => hand_built_as(lab, recipe, "f", 81),
+        Recipe::Routed => hand_built_as(lab, recipe, "r", 82),
+    }
+}
+
+/// [`hand_built`] with its workloads named `tag`0/1 and its subnets in 10.`net`.0.0/16.
+fn hand_built_as(lab: &mut Lab, recipe: Recipe, tag: &str, net: u8) -> anyhow::Result<Path> {
+    let mtu = match recipe {
+        Recipe::Vxlan => "1450",
+        Recipe::Routed => "1500",
     };
     let hosts = [lab.add_host()?, lab.add_host()?];
     let mut workloads = Vec::new();
@@ -407,7 +443,7 @@ fn hand_built(lab: &mut Lab, recipe: Recipe) -> anyhow::Result<Path> {
             }
         }
     }
-    let server_ip: Ipv4Addr = format!("10.{net}.1.2").parse()?;
+    let server_ip = Ipv4Addr::new(10, net, 1, 2);
     let path = Path {
         name: match recipe {
             Recipe::Vxlan => "hand-built vxlan (flannel recipe)",

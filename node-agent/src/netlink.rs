@@ -155,9 +155,11 @@ impl Netlink {
         for l in self.links().await? {
             kernel.links.insert(l.name.clone(), l);
         }
+        let links_us = started.elapsed().as_micros() as u64;
         for (index, addr) in self.addresses().await? {
             kernel.addresses.entry(index).or_default().insert(addr);
         }
+        let addresses_us = started.elapsed().as_micros() as u64 - links_us;
         // Only overlay's vxlan devices' entries are of interest: one filtered dump each.
         for index in kernel.vxlan_indexes() {
             let strict = self.strict()?;
@@ -190,13 +192,19 @@ impl Netlink {
                     .filter_map(parse_fdb),
             );
         }
+        let before_routes = started.elapsed().as_micros() as u64;
         kernel.routes = self.routes().await?;
+        let took_us = started.elapsed().as_micros() as u64;
         // What a pass costs grows with every interface on the host, overlay's or not.
         tracing::debug!(
             links = kernel.links.len(),
             routes = kernel.routes.len(),
             fdb = kernel.fdb.len(),
-            took_us = started.elapsed().as_micros() as u64,
+            links_us,
+            addresses_us,
+            entries_us = before_routes - links_us - addresses_us,
+            routes_us = took_us - before_routes,
+            took_us,
             "kernel dumped"
         );
         Ok(kernel)
