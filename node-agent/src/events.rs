@@ -22,7 +22,7 @@ pub mod rtnl;
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtnetlink::MulticastGroup;
@@ -146,12 +146,18 @@ pub enum EventsError {
 struct Shared {
     pending: AtomicU32,
     notify: Notify,
+    /// rtnetlink changes concerning overlay (or lost notifications) seen so far: a dump taken
+    /// while it stays the same is still what the kernel holds of overlay's objects.
+    rtnl_seen: Arc<AtomicU64>,
 }
 
 impl Shared {
     fn raise(&self, changes: Changes) {
         if changes.is_empty() {
             return;
+        }
+        if changes.0 & !Changes::NFT.0 != 0 {
+            self.rtnl_seen.fetch_add(1, Ordering::AcqRel);
         }
         self.pending.fetch_or(changes.0, Ordering::AcqRel);
         self.notify.notify_one();
@@ -245,6 +251,12 @@ impl KernelEvents {
             options,
             last_overflow: None,
         })
+    }
+
+    /// A count of the rtnetlink notifications concerning overlay (and of lost ones), raised
+    /// as the reader classifies them: see [`crate::reconcile::Reconciler::with_kernel_changes`].
+    pub fn rtnl_changes(&self) -> Arc<AtomicU64> {
+        self.shared.rtnl_seen.clone()
     }
 
     /// What was raised so far, without waiting (for a pass about to run anyway).

@@ -12,13 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use crate::endpoint::{self, Checked, EndpointError};
 use crate::firewall::{Converged, Firewall, FirewallSpec};
-use crate::kernel::MacvlanRecord;
+use crate::kernel::{Kernel, MacvlanRecord};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{self, Namespace};
 use crate::pins::{Pins, Verdict};
@@ -73,6 +75,8 @@ pub struct PassReport {
     pub took: Duration,
     /// The pass wrote overlay's nftables table (so the kernel's copy is now the agent's own).
     pub firewall_rebuilt: bool,
+    /// The pass planned from the last dump instead of a new one (see [`Snapshot`]).
+    pub snapshot_reused: bool,
 }
 
 pub struct Reconciler {
@@ -93,7 +97,29 @@ pub struct Reconciler {
     gone_grace: Duration,
     /// Endpoint id → whether its namespace side was last configured holding the default route.
     routes: BTreeMap<u64, bool>,
+    /// The last dump, for a pass that follows it with nothing changed in between.
+    snapshot: Option<Snapshot>,
+    /// The count of kernel notifications concerning overlay (`None`: not subscribed, every
+    /// pass dumps).
+    kernel_changes: Option<Arc<AtomicU64>>,
 }
+
+/// A dump and the notification count read just before it was taken. While the count stays
+/// the same no change to overlay's links, addresses, entries or routes has been heard of
+/// since, so a pass may plan from it instead of dumping again: at a few hundred interfaces
+/// the dump is most of what a pass that wires one endpoint costs. A change the reader has
+/// not counted yet is missed by that pass the way a change right after a dump is: its
+/// notification brings the look and the repair.
+struct Snapshot {
+    kernel: Arc<Kernel>,
+    changes: u64,
+    taken: Instant,
+}
+
+/// How long a snapshot serves. Devices that are not overlay's (the underlay, a NIC a later
+/// VLAN parent is made on) raise no counted notification, so this bounds how stale what is
+/// known of them can be.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Gone {
@@ -133,7 +159,57 @@ impl Reconciler {
             gone: BTreeMap::new(),
             gone_grace: DEFAULT_GONE_GRACE,
             routes: BTreeMap::new(),
+            snapshot: None,
+            kernel_changes: None,
         }
+    }
+
+    /// Lets passes reuse the last dump while `counter` (see
+    /// [`crate::events::KernelEvents::rtnl_changes`]) has not moved.
+    pub fn with_kernel_changes(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.kernel_changes = Some(counter);
+        self
+    }
+
+    /// A dump, kept as the snapshot when notifications are counted.
+    async fn dump_fresh(&mut self) -> Result<Arc<Kernel>, NetlinkError> {
+        // Read before the dump: a change counted after it may or may not be in the dump, so
+        // it makes the snapshot stale.
+        let changes = self.kernel_changes.as_ref().map(|c| c.load(Ordering::Acquire));
+        let kernel = Arc::new(self.nl.dump().await?);
+        self.snapshot = changes.map(|changes| Snapshot {
+            kernel: kernel.clone(),
+            changes,
+            taken: Instant::now(),
+        });
+        Ok(kernel)
+    }
+
+    /// The kernel a pass starts from: the snapshot if nothing concerning overlay changed
+    /// since it was taken, otherwise a new dump. A deep pass and a host with macvlan networks
+    /// (whose parents are NICs nobody reports on) always dump.
+    async fn dump_for_pass(
+        &mut self,
+        spec: &HostSpec,
+        deep: bool,
+    ) -> Result<(Arc<Kernel>, bool), NetlinkError> {
+        let reusable = self.snapshot.as_ref().filter(|s| {
+            !deep
+                && spec.networks.iter().all(|n| n.macvlan.is_none())
+                && s.taken.elapsed() < SNAPSHOT_TTL
+                && self
+                    .kernel_changes
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::Acquire) == s.changes)
+        });
+        if let Some(kernel) = reusable.map(|s| s.kernel.clone()) {
+            // The underlay is no device of overlay's: one lookup that it is still the same.
+            let now = self.nl.link_by_name(&self.underlay.iface).await?.map(|l| l.index);
+            if now.is_some() && now == kernel.link(&self.underlay.iface).map(|l| l.index) {
+                return Ok((kernel, true));
+            }
+        }
+        Ok((self.dump_fresh().await?, false))
     }
 
     /// How long an endpoint whose namespace is gone is kept before it is listed for release.
@@ -200,7 +276,7 @@ impl Reconciler {
 
     /// Where the kernel differs from `spec`, without changing anything (see [`crate::audit`]).
     pub async fn audit(&mut self, spec: &HostSpec) -> Result<Vec<String>, ReconcileError> {
-        let kernel = self.nl.dump().await?;
+        let kernel = self.dump_fresh().await?;
         let underlay_index = kernel
             .link(&self.underlay.iface)
             .map(|l| l.index)
@@ -231,13 +307,19 @@ impl Reconciler {
             ..Default::default()
         };
 
-        let mut kernel = self.nl.dump().await?;
+        let (mut kernel, reused) = self.dump_for_pass(spec, deep).await?;
+        report.snapshot_reused = reused;
         let underlay_index = kernel
             .link(&self.underlay.iface)
             .map(|l| l.index)
             .ok_or_else(|| ReconcileError::NoUnderlay(self.underlay.iface.clone()))?;
 
         let link_ops = plan::links(spec, &kernel, underlay_index);
+        // Whatever this pass writes makes the snapshot stale, whether or not its
+        // notifications have been counted yet.
+        if !link_ops.is_empty() {
+            self.snapshot = None;
+        }
         // Devices that could not be created, so endpoints needing them say why.
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for op in &link_ops {
@@ -262,10 +344,13 @@ impl Reconciler {
             }
         }
         if !link_ops.is_empty() {
-            kernel = self.nl.dump().await?;
+            kernel = Arc::new(self.nl.dump().await?);
         }
 
         let entry_ops = plan::entries(spec, &kernel, underlay_index);
+        if !entry_ops.is_empty() {
+            self.snapshot = None;
+        }
         // Removals first, then additions, each as many requests in flight as the socket takes:
         // the kernel handles them independently, and waiting for every ack in turn would make
         // a thousand peers cost a thousand round trips.
@@ -305,6 +390,7 @@ impl Reconciler {
             routes: &routes_before,
         };
         for op in plan::endpoints(spec, &kernel, deep, known) {
+            self.snapshot = None;
             let op = match op {
                 EndpointOp::Blocked { id, device, reason } => match failed.get(&device) {
                     Some(err) => EndpointOp::Blocked {

@@ -709,6 +709,7 @@ impl Converger {
                 errors = report.errors.len(),
                 deep,
                 took_us,
+                snapshot_reused = report.snapshot_reused,
                 "reconciled"
             );
         } else {
@@ -716,6 +717,7 @@ impl Converger {
                 revision = report.revision,
                 deep,
                 took_us,
+                snapshot_reused = report.snapshot_reused,
                 "reconcile pass: nothing to do"
             );
         }
@@ -910,6 +912,12 @@ async fn reconcile_loop(
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut audit_timer = tokio::time::interval(audit_every);
     audit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // With notifications counted, a pass right after a look at an unchanged kernel plans
+    // from that look's dump.
+    let reconciler = match &events {
+        Some(e) => reconciler.with_kernel_changes(e.rtnl_changes()),
+        None => reconciler,
+    };
     let mut c = Converger {
         reconciler,
         out,

@@ -300,3 +300,77 @@ fn forged_notifications_from_a_process_are_ignored() {
         .await;
     });
 }
+
+/// Waits until `counter` differs from `from` (a notification was counted).
+async fn counted(counter: &std::sync::atomic::AtomicU64, from: u64, what: &str) {
+    let started = std::time::Instant::now();
+    while counter.load(std::sync::atomic::Ordering::Acquire) == from {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}: not counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn a_pass_plans_from_the_last_dump_until_a_change_concerning_overlay_is_heard() {
+    use overlay_agent::reconcile::{Reconciler, Underlay};
+    in_fresh_netns("ksnap", || async {
+        host();
+        let (mut events, _spec) = start(EventsOptions::default()).await;
+        let counter = events.rtnl_changes();
+        let underlay = Underlay {
+            iface: "d0".into(),
+            ip: "192.0.2.5".parse().unwrap(),
+            mtu: 1500,
+        };
+        let nl = Netlink::connect().expect("netlink");
+        let mut r = Reconciler::new(nl, underlay, None).with_kernel_changes(counter.clone());
+        let spec = spec();
+
+        // The first pass makes the bridge: it dumped, and its own writes make what it saw
+        // stale.
+        let first = r.pass(&spec, false).await.expect("first pass");
+        assert!(!first.snapshot_reused);
+        assert!(first.changes > 0, "the first pass made nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = events.take();
+        let again = r.pass(&spec, false).await.expect("pass after own writes");
+        assert!(
+            !again.snapshot_reused,
+            "a pass after the agent's own writes must dump"
+        );
+
+        // A look (audit) at the converged kernel: the next pass plans from it, also after
+        // churn that is none of overlay's business.
+        assert_eq!(r.audit(&spec).await.expect("audit"), Vec::<String>::new());
+        ip("route add 198.51.100.0/24 dev d0");
+        ip("link add other1 type bridge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reused = r.pass(&spec, false).await.expect("pass after a look");
+        assert!(
+            reused.snapshot_reused,
+            "nothing of overlay's changed: the look's dump serves"
+        );
+        assert!(reused.errors.is_empty(), "{:?}", reused.errors);
+
+        // Behind the agent's back: its bridge goes down. Once counted, a pass dumps again and
+        // repairs it.
+        r.audit(&spec).await.expect("audit");
+        let before = counter.load(std::sync::atomic::Ordering::Acquire);
+        ip("link set ovb-1 down");
+        counted(&counter, before, "bridge down").await;
+        let repaired = r.pass(&spec, false).await.expect("repair pass");
+        assert!(
+            !repaired.snapshot_reused,
+            "a counted change must make the pass dump"
+        );
+        assert!(repaired.changes > 0, "the bridge was not brought back up");
+        let nl = Netlink::connect().expect("netlink");
+        let bridge = nl.link_by_name("ovb-1").await.expect("lookup").expect("ovb-1");
+        assert!(bridge.up, "ovb-1 is still down after the repair");
+
+        // A deep pass always dumps.
+        r.audit(&spec).await.expect("audit");
+        let deep = r.pass(&spec, true).await.expect("deep pass");
+        assert!(!deep.snapshot_reused, "a deep pass must dump");
+    });
+}

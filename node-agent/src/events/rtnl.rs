@@ -35,16 +35,21 @@ const RTM_DELNEIGH: u16 = 29;
 enum Role {
     /// `ovx-*`: carries overlay's neighbours and FDB entries too.
     Vxlan,
-    /// Bridges, endpoint veths, owned VLAN parents.
+    /// Bridges, endpoint veths (both ends, a container runtime's too), owned VLAN parents.
     Device,
 }
 
 fn role(name: &str, alias: Option<&str>) -> Option<Role> {
     if name.starts_with(names::VXLAN_PREFIX) {
         Some(Role::Vxlan)
-    } else if [names::BRIDGE_PREFIX, names::ENDPOINT_PREFIX, names::PEER_PREFIX]
-        .iter()
-        .any(|p| name.starts_with(p))
+    } else if [
+        names::BRIDGE_PREFIX,
+        names::ENDPOINT_PREFIX,
+        names::PEER_PREFIX,
+        names::RUNTIME_PEER_PREFIX,
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
         || alias == Some(OWNED_ALIAS)
     {
         Some(Role::Device)
