@@ -658,3 +658,70 @@ fn hostile_clients_leave_it_answering_and_bounded() {
     assert!(counts.cache_bytes <= 8 << 20, "{counts:?}");
     up("the cache flood");
 }
+
+/// A burst from one client, as fast as it can send: the server takes queued datagrams in
+/// batches (`recvmmsg`), and each query must still get exactly its own answer.
+#[test]
+fn a_burst_of_queries_is_answered_one_for_one() {
+    let s = setup("dnsd");
+    let resolv = s.lab.resolv_conf("resolv.conf", &[UPSTREAM]).unwrap();
+    let server = ServerInNs::start(&s.lab.host, config(resolv)).unwrap();
+    server.update(zones(true)).unwrap();
+    const BURST: u16 = 2000;
+    const WAVE: u16 = 100;
+    let answers = overlay_lab::netns::blocking_in(&s.web, move || {
+        let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        sock.connect(blue()).unwrap();
+        // Room for every answer, so none is lost on our side.
+        socket2::SockRef::from(&sock)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
+        let names = ["web.", "db."];
+        let mut answers = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        // Waves of WAVE outstanding queries (as dnsperf keeps them): the server finds them
+        // queued, and they fit the smallest default socket buffer (212992 bytes).
+        for wave in (0..BURST).step_by(usize::from(WAVE)) {
+            for id in wave..wave + WAVE {
+                sock.send(&raw_query(id, names[usize::from(id % 2)], RecordType::A))
+                    .unwrap();
+            }
+            while answers.len() < usize::from(wave + WAVE) {
+                let Ok(len) = sock.recv(&mut buf) else { break };
+                answers.push(Message::from_vec(&buf[..len]).unwrap());
+            }
+        }
+        answers
+    })
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &answers {
+        assert!(seen.insert(m.metadata.id), "id {} answered twice", m.metadata.id);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::NoError,
+            "id {}",
+            m.metadata.id
+        );
+        let want = match m.metadata.id % 2 {
+            0 => Ipv4Addr::new(10, 31, 0, 2),
+            _ => Ipv4Addr::new(10, 31, 0, 5),
+        };
+        let got: Vec<Ipv4Addr> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![want], "id {}", m.metadata.id);
+    }
+    assert_eq!(
+        answers.len(),
+        usize::from(BURST),
+        "answered {} of {BURST}",
+        answers.len()
+    );
+}
