@@ -65,22 +65,18 @@ fn docker(lab: &Lab, hosts: &[Host], h: usize, args: &[&str]) -> Output {
 }
 
 fn container_ip(lab: &Lab, hosts: &[Host], h: usize, name: &str) -> Ipv4Addr {
+    container_ip_on(lab, hosts, h, name, "blue")
+}
+
+/// Container `name`'s address on docker network `network`.
+fn container_ip_on(lab: &Lab, hosts: &[Host], h: usize, name: &str, network: &str) -> Ipv4Addr {
+    let format = format!("{{{{.NetworkSettings.Networks.{network}.IPAddress}}}}");
     let text = ok(
         "docker inspect",
-        docker(
-            lab,
-            hosts,
-            h,
-            &[
-                "inspect",
-                "-f",
-                "{{.NetworkSettings.Networks.blue.IPAddress}}",
-                name,
-            ],
-        ),
+        docker(lab, hosts, h, &["inspect", "-f", &format, name]),
     );
     text.parse()
-        .unwrap_or_else(|_| panic!("{name} has no address on blue: {text:?}"))
+        .unwrap_or_else(|_| panic!("{name} has no address on {network}: {text:?}"))
 }
 
 fn pings(lab: &Lab, hosts: &[Host], h: usize, from: &str, to: Ipv4Addr) -> bool {
@@ -352,6 +348,95 @@ fn docker_containers_on_two_hosts() {
         "docker containers by name across engines: asker on h1 resolves and pings c2, api (c5's alias) on h2 through --dns {gw1}"
     );
 
+    // Neither --subnet nor --ipam-opt: the docker network joins the overlay network of its own
+    // name (h1) or the one --opt network= names (h2); the pool Docker records is a
+    // placeholder, the addresses are each host's lease's.
+    lab.ctl_ok(&[
+        "network",
+        "create",
+        "green",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.41.0.0/16",
+    ])
+    .unwrap();
+    let plain = |h: usize, args: &[&str]| {
+        let mut all = vec![
+            "network",
+            "create",
+            "--driver",
+            "overlay-net",
+            "--ipam-driver",
+            "overlay-net",
+        ];
+        all.extend_from_slice(args);
+        docker(&lab, &hosts, h, &all)
+    };
+    let joined = Lab::wait_until(Duration::from_secs(10), || plain(0, &["green"]).status.success());
+    assert!(
+        joined.is_some(),
+        "docker network create green (no options) failed"
+    );
+    ok(
+        "docker network create --opt network=green",
+        plain(1, &["--opt", "network=green", "g2"]),
+    );
+    let on = |h: usize, name: &str, network: &str| {
+        let out = docker(
+            &lab,
+            &hosts,
+            h,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                network,
+                IMAGE,
+                "sleep",
+                "3600",
+            ],
+        );
+        ok(&format!("docker run --network {network}"), out);
+        container_ip_on(&lab, &hosts, h, name, network)
+    };
+    let (g1, g2) = (on(0, "gc1", "green"), on(1, "gc2", "g2"));
+    let green: ipnetwork::Ipv4Network = "10.41.0.0/16".parse().unwrap();
+    println!("docker networks without --subnet: gc1 {g1} (green on h1), gc2 {g2} (g2 on h2)");
+    assert!(
+        green.contains(g1) && green.contains(g2),
+        "addresses come from overlay network green"
+    );
+    assert!(
+        pings(&lab, &hosts, 0, "gc1", g2),
+        "gc1 (green, h1) cannot reach gc2 (g2, h2)"
+    );
+    assert!(
+        pings(&lab, &hosts, 1, "gc2", g1),
+        "gc2 (g2, h2) cannot reach gc1 (green, h1)"
+    );
+    assert!(
+        recorded(&lab, g1) && recorded(&lab, g2),
+        "endpoint ls does not show gc1 and gc2"
+    );
+    for (h, c) in [(0, "gc1"), (1, "gc2")] {
+        ok("docker rm -f", docker(&lab, &hosts, h, &["rm", "-f", c]));
+    }
+    let freed = Lab::wait_until(Duration::from_secs(10), || {
+        !recorded(&lab, g1) && !recorded(&lab, g2)
+    });
+    assert!(freed.is_some(), "gc1/gc2 still recorded after docker rm -f");
+    ok(
+        "docker network rm green",
+        docker(&lab, &hosts, 0, &["network", "rm", "green"]),
+    );
+    ok(
+        "docker network rm g2",
+        docker(&lab, &hosts, 1, &["network", "rm", "g2"]),
+    );
+
     // Bad input, each refused in docker's own output, nothing left behind.
     let before = (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap());
     let (out, _) = run(
@@ -417,10 +502,34 @@ fn docker_containers_on_two_hosts() {
         create(&["--subnet", "172.31.0.0/16", "x2"]),
         &["not inside any overlay network"],
     );
+    // No overlay network of that name: Docker creates its network before saying the name,
+    // so the first container is what is refused.
+    ok("docker network create x3 (no options)", create(&["x3"]));
+    let out = docker(
+        &lab,
+        &hosts,
+        0,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "bad4",
+            "--network",
+            "x3",
+            IMAGE,
+            "sleep",
+            "1",
+        ],
+    );
     refused(
-        "no way to tell the network",
-        create(&["x3"]),
-        &["say which overlay network"],
+        "a docker network named after no overlay network",
+        out,
+        &["means overlay network \"x3\""],
+    );
+    let _ = docker(&lab, &hosts, 0, &["rm", "-f", "bad4"]);
+    ok(
+        "docker network rm x3",
+        docker(&lab, &hosts, 0, &["network", "rm", "x3"]),
     );
     refused(
         "--opt network disagreeing with --subnet",

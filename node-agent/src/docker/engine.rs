@@ -97,6 +97,16 @@ impl Engine {
         Ok(value)
     }
 
+    /// The docker networks of driver `overlay-net` as dockerd lists them (their inspect
+    /// objects: Id, Name, Options, IPAM).
+    pub async fn overlay_networks(&self) -> Result<Vec<Value>, EngineError> {
+        // filters={"driver":{"overlay-net":true}}, URL-encoded.
+        let listed = self
+            .get("/networks?filters=%7B%22driver%22%3A%7B%22overlay-net%22%3Atrue%7D%7D")
+            .await?;
+        Ok(listed.as_array().cloned().unwrap_or_default())
+    }
+
     /// The names of the container holding endpoint `endpoint_id` of docker network
     /// `network_id`, once dockerd lists it there (`None`: not yet).
     pub async fn names_of(
@@ -124,7 +134,7 @@ impl Engine {
 }
 
 /// Docker's ids: 64 hex digits.
-fn is_docker_id(id: &str) -> bool {
+pub fn is_docker_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -92,7 +92,7 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .route("/IpamDriver.GetDefaultAddressSpaces", r(Plugin::address_spaces))
         .route("/IpamDriver.RequestPool", r(Plugin::request_pool))
         .route("/IpamDriver.ReleasePool", r(Plugin::nothing))
-        .route("/IpamDriver.RequestAddress", r(Plugin::request_address))
+        .route("/IpamDriver.RequestAddress", a(Plugin::request_address))
         .route("/IpamDriver.ReleaseAddress", a(Plugin::release_address))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(plugin)

@@ -22,6 +22,15 @@ use crate::attachments::{AttachError, Attachments};
 pub const OWNER: &str = "docker";
 /// The prefix of the pool ids handed to Docker: `overlay-net/<overlay network>`.
 const POOL_PREFIX: &str = "overlay-net/";
+/// The prefix of a deferred pool's id: `overlay-net/deferred/<placeholder CIDR>`.
+///
+/// `docker network create --driver overlay-net --ipam-driver overlay-net NAME` says nothing
+/// to IPAM about which overlay network is meant: Docker asks for the pool before the network
+/// exists and never tells a plugin the network's name. Such a pool is a placeholder, a /24
+/// of 0.0.0.0/8 ("this network", never a destination), and the overlay network (NAME, or
+/// the driver's `--opt network=`) is looked up in dockerd's own view of the network once it
+/// exists: when the first container asks for an address.
+const DEFERRED_PREFIX: &str = "overlay-net/deferred/";
 
 pub type Pending<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
 
@@ -29,6 +38,9 @@ pub struct Plugin {
     attachments: Arc<Attachments>,
     /// Docker network id -> overlay network (also in the agent's store).
     networks: Mutex<BTreeMap<String, String>>,
+    /// Placeholder pools handed out (see [`DEFERRED_PREFIX`]) -> the overlay network, once
+    /// known.
+    deferred: Mutex<BTreeMap<Ipv4Network, Option<String>>>,
     /// dockerd's own API, where containers' names are learnt (`None`: endpoints get none).
     engine: Option<Engine>,
 }
@@ -73,12 +85,55 @@ fn text(e: AttachError) -> String {
     e.message
 }
 
-/// The overlay network a pool id names.
-fn pool_network(pool_id: &str) -> Result<&str, String> {
+/// What a pool id handed to Docker names.
+enum Pool<'a> {
+    /// The host's lease of this overlay network.
+    Network(&'a str),
+    /// A placeholder, until dockerd says which network holds it.
+    Deferred(Ipv4Network),
+}
+
+fn pool_of(pool_id: &str) -> Result<Pool<'_>, String> {
+    let foreign = || format!("pool {pool_id:?} is not one overlay-net handed out");
+    if let Some(cidr) = pool_id.strip_prefix(DEFERRED_PREFIX) {
+        let cidr: Ipv4Network = cidr.parse().map_err(|_| foreign())?;
+        return is_placeholder(cidr)
+            .then_some(Pool::Deferred(cidr))
+            .ok_or_else(foreign);
+    }
     pool_id
         .strip_prefix(POOL_PREFIX)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| format!("pool {pool_id:?} is not one overlay-net handed out"))
+        .map(Pool::Network)
+        .ok_or_else(foreign)
+}
+
+/// One of the placeholder pools of [`DEFERRED_PREFIX`].
+fn is_placeholder(cidr: Ipv4Network) -> bool {
+    cidr.prefix() == 24 && cidr.ip().octets()[0] == 0 && cidr.ip().octets()[3] == 0
+}
+
+/// The gateway Docker records for a placeholder pool (containers get the real one at Join).
+fn placeholder_gateway(cidr: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()) + 1)
+}
+
+/// The overlay network a docker network means, from dockerd's inspect of it: `--opt
+/// network=` or else its own name.
+fn meant_network(inspect: &Value) -> Option<String> {
+    inspect["Options"]["network"]
+        .as_str()
+        .or_else(|| inspect["Name"].as_str())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// The (only) IPv4 subnet of a docker network's IPAM configuration.
+fn ipam_subnet(inspect: &Value) -> Option<Ipv4Network> {
+    inspect["IPAM"]["Config"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["Subnet"].as_str()?.parse().ok())
 }
 
 impl Plugin {
@@ -91,7 +146,89 @@ impl Plugin {
             attachments,
             engine,
             networks: Mutex::new(networks.into_iter().collect()),
+            deferred: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A placeholder pool no other network of this agent's holds. Which of the 65,535 comes
+    /// from the clock: two docker networks given the same one (across an agent restart) are
+    /// told apart when resolved, and refused with a clear message if they cannot be.
+    fn new_placeholder(&self) -> Result<Ipv4Network, String> {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let start = (seed % 65_535) as u16;
+        let pick = (0..=u16::MAX)
+            .map(|i| start.wrapping_add(i))
+            .filter(|k| *k != 0)
+            .map(|k| {
+                let [a, b] = k.to_be_bytes();
+                Ipv4Network::new(Ipv4Addr::new(0, a, b, 0), 24).ok()
+            })
+            .find_map(|c| c.filter(|c| !deferred.contains_key(c)))
+            .ok_or("every placeholder pool is in use: remove a docker network created without --subnet")?;
+        deferred.insert(pick, None);
+        Ok(pick)
+    }
+
+    /// The overlay network behind placeholder pool `cidr`: dockerd's inspect of the docker
+    /// network holding it says (see [`DEFERRED_PREFIX`]). Remembered, and the docker network's
+    /// id recorded like one created with `--subnet`.
+    async fn resolve(&self, cidr: Ipv4Network) -> Result<String, String> {
+        let known = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cidr)
+            .cloned()
+            .flatten();
+        if let Some(network) = known {
+            return Ok(network);
+        }
+        let engine = self.engine.as_ref().ok_or_else(|| {
+            format!(
+                "pool {cidr} waits for dockerd to say its network's name, and the agent has no --docker-api"
+            )
+        })?;
+        let listed = engine.overlay_networks().await.map_err(|e| e.to_string())?;
+        let holding: Vec<&Value> = listed.iter().filter(|n| ipam_subnet(n) == Some(cidr)).collect();
+        let inspect = match holding.as_slice() {
+            [one] => *one,
+            [] => return Err(format!("no docker network holds pool {cidr} (yet)")),
+            _ => {
+                return Err(format!(
+                    "{} docker networks hold placeholder pool {cidr}: remove all but one and create them again",
+                    holding.len()
+                ));
+            }
+        };
+        let network = meant_network(inspect)
+            .ok_or_else(|| format!("dockerd lists the network of pool {cidr} without a name"))?;
+        self.attachments.leased_network(&network).map_err(|e| {
+            format!(
+                "docker network {:?} means overlay network {network:?}: {} (name another with --opt network=NAME)",
+                inspect["Name"].as_str().unwrap_or_default(),
+                e.message
+            )
+        })?;
+        if let Some(id) = inspect["Id"]
+            .as_str()
+            .filter(|id| super::engine::is_docker_id(id))
+        {
+            self.attachments.put_docker_network(id, &network).map_err(text)?;
+            self.networks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), network.clone());
+        }
+        tracing::info!(pool = %cidr, %network, "docker network without --subnet joined to its overlay network");
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cidr, Some(network.clone()));
+        Ok(network)
     }
 
     fn network_of(&self, docker_id: &str) -> Result<String, String> {
@@ -176,9 +313,21 @@ impl Plugin {
                 }
                 (Some(n), _) => n,
                 (None, Some(s)) => s,
+                (None, None) if self.engine.is_some() => {
+                    // Which overlay network is learnt once the docker network exists.
+                    let cidr = self.new_placeholder()?;
+                    return Ok(json!(api::PoolAnswer {
+                        pool_id: format!("{DEFERRED_PREFIX}{cidr}"),
+                        pool: cidr.to_string(),
+                        data: BTreeMap::from([(
+                            api::GATEWAY_REQUEST.to_string(),
+                            format!("{}/24", placeholder_gateway(cidr)),
+                        )]),
+                    }));
+                }
                 (None, None) => {
                     return Err(
-                        "say which overlay network: --subnet <its CIDR> (what docker run --ip needs) or --ipam-opt network=NAME (Docker does not tell IPAM plugins a network's name)"
+                        "say which overlay network: --subnet <its CIDR> (what docker run --ip needs) or --ipam-opt network=NAME (Docker does not tell IPAM plugins a network's name, and this agent has no --docker-api to ask dockerd)"
                             .into(),
                     );
                 }
@@ -196,49 +345,67 @@ impl Plugin {
     }
 
     /// An address for a container (before its endpoint exists), or the gateway's.
-    pub fn request_address(&self, body: &[u8]) -> Reply {
-        ipam((|| {
-            let req: api::RequestAddress = parse(body)?;
-            let network = pool_network(&req.pool_id)?;
-            let n = self.attachments.leased_network(network).map_err(text)?;
-            let prefix = n.lease.subnet.prefix();
-            let wanted = match req.address.as_str() {
-                "" => None,
-                a => Some(ipv4("address", a)?),
-            };
-            let gateway_asked = req
-                .options
-                .as_ref()
-                .and_then(|o| o.get(api::REQUEST_ADDRESS_TYPE))
-                .is_some_and(|t| t == api::GATEWAY_REQUEST);
-            if gateway_asked {
-                return match wanted {
-                    Some(ip) if ip != n.lease.gateway => Err(format!(
-                        "the gateway of overlay network {network:?} on this host is {}, not {ip}",
-                        n.lease.gateway
-                    )),
-                    _ => Ok(json!(api::AddressAnswer {
-                        address: format!("{}/{prefix}", n.lease.gateway),
-                        data: BTreeMap::new(),
-                    })),
-                };
+    pub fn request_address<'a>(&'a self, body: &'a [u8]) -> Pending<'a> {
+        Box::pin(async move { ipam(self.address_for(body).await) })
+    }
+
+    async fn address_for(&self, body: &[u8]) -> Result<Value, String> {
+        let req: api::RequestAddress = parse(body)?;
+        let gateway_asked = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(api::REQUEST_ADDRESS_TYPE))
+            .is_some_and(|t| t == api::GATEWAY_REQUEST);
+        let network = match pool_of(&req.pool_id)? {
+            // The placeholder's own gateway, while the network is being created.
+            Pool::Deferred(cidr) if gateway_asked => {
+                return Ok(json!(api::AddressAnswer {
+                    address: format!("{}/24", placeholder_gateway(cidr)),
+                    data: BTreeMap::new(),
+                }));
             }
-            let record = self.attachments.reserve(network, wanted, OWNER).map_err(text)?;
-            Ok(json!(api::AddressAnswer {
-                address: format!("{}/{prefix}", record.ip),
-                data: BTreeMap::new(),
-            }))
-        })())
+            Pool::Deferred(cidr) => self.resolve(cidr).await?,
+            Pool::Network(n) => n.to_string(),
+        };
+        let network = network.as_str();
+        let n = self.attachments.leased_network(network).map_err(text)?;
+        let prefix = n.lease.subnet.prefix();
+        let wanted = match req.address.as_str() {
+            "" => None,
+            a => Some(ipv4("address", a)?),
+        };
+        if gateway_asked {
+            return match wanted {
+                Some(ip) if ip != n.lease.gateway => Err(format!(
+                    "the gateway of overlay network {network:?} on this host is {}, not {ip}",
+                    n.lease.gateway
+                )),
+                _ => Ok(json!(api::AddressAnswer {
+                    address: format!("{}/{prefix}", n.lease.gateway),
+                    data: BTreeMap::new(),
+                })),
+            };
+        }
+        let record = self.attachments.reserve(network, wanted, OWNER).map_err(text)?;
+        Ok(json!(api::AddressAnswer {
+            address: format!("{}/{prefix}", record.ip),
+            data: BTreeMap::new(),
+        }))
     }
 
     pub fn release_address<'a>(&'a self, body: &'a [u8]) -> Pending<'a> {
         Box::pin(async move {
             let result = async {
                 let req: api::ReleaseAddress = parse(body)?;
-                let network = pool_network(&req.pool_id)?;
                 let ip = ipv4("address", &req.address)?;
+                let network = match pool_of(&req.pool_id)? {
+                    // The placeholder's gateway was never anybody's.
+                    Pool::Deferred(cidr) if ip == placeholder_gateway(cidr) => return Ok(json!({})),
+                    Pool::Deferred(cidr) => self.resolve(cidr).await?,
+                    Pool::Network(n) => n.to_string(),
+                };
                 self.attachments
-                    .release_reserved(network, ip, OWNER)
+                    .release_reserved(&network, ip, OWNER)
                     .await
                     .map_err(text)?;
                 Ok(json!({}))
@@ -282,6 +449,27 @@ impl Plugin {
                     pool.pool
                 )
             })?;
+            if is_placeholder(subnet) {
+                // Created without --subnet: with --opt network= the overlay network is known
+                // now; otherwise it is the docker network's own name, which dockerd lists
+                // once this call returns (see DEFERRED_PREFIX).
+                if let Some(named) = &opt {
+                    self.attachments.leased_network(named).map_err(text)?;
+                    self.attachments
+                        .put_docker_network(&req.network_id, named)
+                        .map_err(text)?;
+                    self.networks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(req.network_id.clone(), named.clone());
+                    self.deferred
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(subnet, Some(named.clone()));
+                    tracing::info!(docker_network = %req.network_id, network = %named, "docker network joined to overlay network");
+                }
+                return Ok(json!({}));
+            }
             let network = self.attachments.network_holding(subnet).ok_or_else(|| {
                 format!(
                     "pool {subnet} is not this host's lease of an overlay network: create the docker network with --ipam-driver overlay-net"
