@@ -675,3 +675,40 @@ fn published(b: &api::PortBinding) -> Result<PublishedPort, String> {
     }
     PublishedPort::from_parts(b.host_port, b.port, protocol.as_str(), &b.host_ip)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_ids_name_a_network_or_a_placeholder_and_nothing_else() {
+        assert!(matches!(pool_of("overlay-net/blue"), Ok(Pool::Network("blue"))));
+        let Ok(Pool::Deferred(cidr)) = pool_of("overlay-net/deferred/0.12.34.0/24") else {
+            panic!("a placeholder pool id");
+        };
+        assert_eq!(placeholder_gateway(cidr), Ipv4Addr::new(0, 12, 34, 1));
+        // Only placeholders defer: a real prefix under the deferred id is not ours.
+        for bad in [
+            "overlay-net/deferred/10.0.0.0/24",
+            "overlay-net/deferred/0.1.2.0/16",
+            "overlay-net/deferred/0.1.2.5/24",
+            "overlay-net/deferred/",
+            "overlay-net/",
+            "default/blue",
+        ] {
+            assert!(pool_of(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_meant_network_is_the_opt_or_else_the_docker_network_name() {
+        let named = json!({"Name": "b2", "Options": {"network": "blue"}});
+        assert_eq!(meant_network(&named).as_deref(), Some("blue"));
+        let plain = json!({"Name": "blue", "Options": {}});
+        assert_eq!(meant_network(&plain).as_deref(), Some("blue"));
+        assert_eq!(meant_network(&json!({"Name": ""})), None);
+        let ipam = json!({"IPAM": {"Config": [{"Subnet": "0.7.9.0/24", "Gateway": "0.7.9.1"}]}});
+        assert_eq!(ipam_subnet(&ipam), "0.7.9.0/24".parse().ok());
+        assert_eq!(ipam_subnet(&json!({"IPAM": {"Config": null}})), None);
+    }
+}
