@@ -21,6 +21,8 @@ pub struct Dockerd {
     daemon: Option<Daemon>,
     name: String,
     log: std::path::PathBuf,
+    /// Whether dockerd runs with `--live-restore` (the default here).
+    live_restore: bool,
 }
 
 impl Dockerd {
@@ -32,6 +34,7 @@ impl Dockerd {
             daemon: None,
             name: name.to_string(),
             log,
+            live_restore: true,
         };
         d.launch(mount_ns)?;
         let tar = crate::podman::busybox_tar(dir)?;
@@ -46,29 +49,29 @@ impl Dockerd {
     }
 
     fn launch(&mut self, mount_ns: &MountNs) -> Result<()> {
-        let cmd = mount_ns.command(
-            "dockerd",
-            &[
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--ip-forward=false",
-                "--ip-masq=false",
-                "--data-root",
-                "/var/lib/docker",
-                "--exec-root",
-                "/run/docker",
-                "-H",
-                SOCKET,
-                "--pidfile",
-                "/run/docker.pid",
-                "--storage-driver",
-                "vfs",
-                // Containers keep running while dockerd restarts (what an operator upgrading
-                // dockerd sets), so a restart shows whether the plugin's state survives it.
-                "--live-restore",
-            ],
-        );
+        let mut args = vec![
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--data-root",
+            "/var/lib/docker",
+            "--exec-root",
+            "/run/docker",
+            "-H",
+            SOCKET,
+            "--pidfile",
+            "/run/docker.pid",
+            "--storage-driver",
+            "vfs",
+        ];
+        if self.live_restore {
+            // Containers keep running while dockerd restarts (what an operator upgrading
+            // dockerd sets), so a restart shows whether the plugin's state survives it.
+            args.push("--live-restore");
+        }
+        let cmd = mount_ns.command("dockerd", &args);
         self.daemon = Some(Daemon::spawn(&self.name, cmd, &self.log)?);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -96,6 +99,13 @@ impl Dockerd {
             d.stop(Duration::from_secs(30));
         }
         self.launch(mount_ns)
+    }
+
+    /// Restarts dockerd without `--live-restore` from now on: on the way down it stops its
+    /// containers, and on the way up it starts those with a restart policy anew.
+    pub fn restart_without_live_restore(&mut self, mount_ns: &MountNs) -> Result<()> {
+        self.live_restore = false;
+        self.restart(mount_ns)
     }
 
     /// `docker <args>` against this dockerd; the output whatever the status.

@@ -639,6 +639,58 @@ fn docker_containers_on_two_hosts() {
     assert!(released.is_some(), "{ip6} still recorded after docker rm -f");
     println!("after the dockerd restart: c3 still reaches c2; c6 ran, reached c2 and was removed");
 
+    // dockerd restarted without --live-restore: it stops its containers on the way down (the
+    // plugin releases their addresses) and starts the one with a restart policy anew, on a new
+    // endpoint that reaches the other host.
+    let (out, _) = run(
+        &lab,
+        &hosts,
+        1,
+        "cr",
+        &["--restart", "always"],
+        &["sleep", "3600"],
+    );
+    ok("docker run --restart always", out);
+    let ip_before = container_ip(&lab, &hosts, 1, "cr");
+    let t = Instant::now();
+    hosts[1]
+        .dockerd
+        .restart_without_live_restore(mount_ns(&lab, 1))
+        .expect("dockerd restart");
+    let back = Lab::wait_until(Duration::from_secs(30), || {
+        let out = docker(&lab, &hosts, 1, &["inspect", "-f", "{{.State.Running}}", "cr"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    });
+    assert!(
+        back.is_some(),
+        "cr did not come back after a dockerd restart without --live-restore"
+    );
+    let ip_after = container_ip(&lab, &hosts, 1, "cr");
+    println!(
+        "dockerd on h2 restarted without --live-restore in {:?}: cr {ip_before} -> {ip_after}",
+        t.elapsed()
+    );
+    let c3_ip = container_ip(&lab, &hosts, 0, "c3");
+    assert!(
+        pings(&lab, &hosts, 1, "cr", c3_ip),
+        "cr (restarted by dockerd) cannot reach c3 on h1"
+    );
+    // Exactly the live containers hold addresses: c2 and c5 were stopped, cr holds one.
+    let settled = Lab::wait_until(Duration::from_secs(10), || {
+        recorded(&lab, ip_after)
+            && !recorded(&lab, ip2)
+            && !recorded(&lab, ip5)
+            && (ip_before == ip_after || !recorded(&lab, ip_before))
+    });
+    assert!(
+        settled.is_some(),
+        "after the restart: cr {ip_after} recorded {}, stopped c2 {ip2} {}, c5 {ip5} {}",
+        recorded(&lab, ip_after),
+        recorded(&lab, ip2),
+        recorded(&lab, ip5)
+    );
+    ok("docker rm -f cr", docker(&lab, &hosts, 1, &["rm", "-f", "cr"]));
+
     // One host's docker network removed: the other host's containers carry on.
     for c in ["c2", "c5"] {
         ok("docker rm -f", docker(&lab, &hosts, 1, &["rm", "-f", c]));
