@@ -605,8 +605,18 @@ fn docker_containers_on_two_hosts() {
     let gone = Lab::wait_until(Duration::from_secs(10), || !recorded(&lab, ip1));
     assert!(gone.is_some(), "{ip1} still recorded after docker rm -f");
 
-    // The agent restarted: running containers stay connected.
+    // The agent restarted: running containers stay connected. While it is down, docker run
+    // fails in docker's own words and leaves nothing behind.
     lab.stop_agent(0);
+    let before = veths(&lab, 0);
+    let (out, _) = run(&lab, &hosts, 0, "down1", &[], &["sleep", "3600"]);
+    refused("docker run with the agent down", out, &["overlay-net"]);
+    let _ = docker(&lab, &hosts, 0, &["rm", "-f", "down1"]);
+    assert_eq!(
+        veths(&lab, 0),
+        before,
+        "a refused docker run left a device behind"
+    );
     lab.start_agent_with_env(0, &[("OVERLAY_DOCKER_PLUGIN", "true")])
         .unwrap();
     lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
