@@ -14,6 +14,16 @@ use crate::{LabError, Result};
 
 /// The image every container runs: busybox-static with its applets linked.
 pub const IMAGE: &str = "overlay-busybox:latest";
+
+/// Gives each of the lab's hosts its own mount namespace and starts its agent there serving
+/// the Docker plugin socket (DESIGN.md's recipe), then waits until every host is up.
+pub fn start_plugin_hosts(lab: &mut crate::lab::Lab) -> Result<()> {
+    for h in 0..lab.hosts.len() {
+        lab.give_mount_namespace(h)?;
+        lab.start_agent_with_env(h, &[("OVERLAY_DOCKER_PLUGIN", "true")])?;
+    }
+    lab.wait_hosts_up(Duration::from_secs(30)).map(|_| ())
+}
 /// dockerd's API socket inside the host's mount namespace.
 const SOCKET: &str = "unix:///run/docker.sock";
 

@@ -33,6 +33,10 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         controllers: usize,
     },
+    /// Two simulated hosts, each with its own dockerd (Debian docker.io) and agent serving the
+    /// Docker plugin: `docker network create` and `docker run` on each, the ping matrix
+    /// between the containers, clean up.
+    DockerDemo,
     /// TCP echo server (used inside workload namespaces).
     TcpServe { addr: SocketAddr },
     /// TCP echo check against a tcp-serve (used inside workload namespaces).
@@ -57,6 +61,21 @@ fn main() -> ExitCode {
                 registered.lock().map(|p| p.clone()).unwrap_or_default()
             });
             match demo(hosts, workloads_per_host, controllers, &prefixes) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("overlay-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::DockerDemo => {
+            let prefixes: Arc<Mutex<Vec<String>>> = Arc::default();
+            let registered = prefixes.clone();
+            overlay_lab::interrupt::clean_up_on_signal(move || {
+                registered.lock().map(|p| p.clone()).unwrap_or_default()
+            });
+            match docker_demo(&prefixes) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -182,4 +201,118 @@ fn demo(
     drop(lab);
     println!("cleaned up: namespaces and processes removed");
     Ok(ok == total && refused)
+}
+
+/// The Docker plugin across two engines, as an operator would type it on each host.
+fn docker_demo(prefixes: &Mutex<Vec<String>>) -> anyhow::Result<bool> {
+    use overlay_lab::docker::{Dockerd, IMAGE};
+    overlay_lab::prereq::check().map_err(anyhow::Error::msg)?;
+    for (program, package) in [("dockerd", "docker.io"), ("busybox", "busybox-static")] {
+        anyhow::ensure!(
+            overlay_lab::prereq::on_path(program),
+            "{program} not found; install it first: apt-get install {package}"
+        );
+    }
+    let started = Instant::now();
+    println!("building the lab: 2 hosts, each with its own mount namespace, agent and dockerd ...");
+    let mut lab = Lab::start(LabConfig {
+        hosts: 2,
+        controllers: 1,
+        tag: "dkdemo",
+        resync_secs: 10,
+    })?;
+    if let Ok(mut p) = prefixes.lock() {
+        p.push(lab.prefix.clone());
+    }
+    overlay_lab::docker::start_plugin_hosts(&mut lab)?;
+    let create = "network create blue --mode vxlan --subnet 10.40.0.0/16";
+    println!("$ overlayctl {create}");
+    print!("{}", lab.ctl_ok(&create.split(' ').collect::<Vec<_>>())?);
+    let mut engines = Vec::new();
+    for h in 0..2 {
+        let ns = lab.hosts[h]
+            .mount_ns
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no mount namespace"))?;
+        engines.push(Dockerd::start(ns, lab.dir(), &format!("dockerd-h{}", h + 1))?);
+    }
+    let docker = |h: usize, args: &[&str]| -> anyhow::Result<String> {
+        let ns = lab.hosts[h]
+            .mount_ns
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no mount namespace"))?;
+        let out = engines[h].docker(ns, args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker {} on h{}: {}",
+            args.join(" "),
+            h + 1,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let net: Vec<&str> = "network create --driver overlay-net --ipam-driver overlay-net blue"
+        .split(' ')
+        .collect();
+    let mut containers = Vec::new();
+    for h in 0..2 {
+        println!("\nh{}$ docker {}", h + 1, net.join(" "));
+        // The overlay network reaches the host's agent a moment after it is created.
+        let mut made = docker(h, &net);
+        for _ in 0..50 {
+            if made.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            made = docker(h, &net);
+        }
+        println!("{}", made?);
+        let name = format!("c{}", h + 1);
+        let run = [
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "blue",
+            IMAGE,
+            "sleep",
+            "3600",
+        ];
+        println!("h{}$ docker {}", h + 1, run.join(" "));
+        docker(h, &run)?;
+        let ip = docker(
+            h,
+            &[
+                "inspect",
+                "-f",
+                "{{.NetworkSettings.Networks.blue.IPAddress}}",
+                &name,
+            ],
+        )?;
+        println!("{name}: {ip}");
+        containers.push((h, name, ip));
+    }
+    println!();
+    print!("{}", lab.ctl_ok(&["endpoint", "ls"])?);
+    let mut reachable = 0;
+    for (h, from, _) in &containers {
+        for (_, to, ip) in containers.iter().filter(|(_, to, _)| to != from) {
+            let good = docker(*h, &["exec", from, "ping", "-c", "1", "-W", "2", ip]).is_ok();
+            reachable += usize::from(good);
+            println!("{from} -> {to} ({ip}): {}", if good { "ok" } else { "FAIL" });
+        }
+    }
+    for (h, engine) in engines.iter_mut().enumerate() {
+        if let Some(ns) = lab.hosts[h].mount_ns.as_ref() {
+            engine.shut_down(ns);
+        }
+    }
+    println!(
+        "lab built, checked and about to be removed in {:.1?}",
+        started.elapsed()
+    );
+    drop(lab);
+    println!("cleaned up: containers, engines, namespaces and processes removed");
+    Ok(reachable == 2)
 }

@@ -147,12 +147,7 @@ fn docker_containers_on_two_hosts() {
         resync_secs: 10,
     })
     .expect("lab");
-    for h in 0..2 {
-        lab.give_mount_namespace(h).unwrap();
-        lab.start_agent_with_env(h, &[("OVERLAY_DOCKER_PLUGIN", "true")])
-            .unwrap();
-    }
-    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    overlay_lab::docker::start_plugin_hosts(&mut lab).unwrap();
     lab.ctl_ok(&[
         "network",
         "create",
