@@ -127,6 +127,7 @@ pub async fn wire(
     bridge_index: u32,
 ) -> Result<Option<u64>, EndpointError> {
     let (bridge, host_ifname) = veth_names(ep)?;
+    let started = std::time::Instant::now();
     for (name, index) in stale {
         nl.delete_link(name, *index).await.map_err(nl_err)?;
     }
@@ -134,8 +135,14 @@ pub async fn wire(
     nl.create_veth_into(host_ifname, &ep.peer_ifname, ep.mtu, ns.file())
         .await
         .map_err(nl_err)?;
+    let created_us = started.elapsed().as_micros() as u64;
     let result = async {
         let cookie = configure_inside(ep, ns, expect_cookie).await?;
+        tracing::debug!(
+            created_us,
+            inside_us = started.elapsed().as_micros() as u64 - created_us,
+            "veth made and configured inside"
+        );
         let host = nl
             .link_by_name(host_ifname)
             .await
