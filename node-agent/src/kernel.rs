@@ -4,10 +4,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
+
+/// Kernel writes made outside a reconcile pass (the veth pairs the Docker plugin makes for
+/// the runtime, and their removal). A pass reuses its last dump only while this has not
+/// moved either (see [`crate::reconcile`]): such a write's notifications may still be unread
+/// when the spec that depends on it arrives.
+static OUTSIDE_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Call after any kernel write made outside a reconcile pass (whether it succeeded or not).
+pub fn wrote_outside_a_pass() {
+    OUTSIDE_WRITES.fetch_add(1, Ordering::AcqRel);
+}
+
+/// How many writes [`wrote_outside_a_pass`] has counted.
+pub fn outside_writes() -> u64 {
+    OUTSIDE_WRITES.load(Ordering::Acquire)
+}
 
 /// Routes overlay installs carry this protocol number (`ip route` shows `proto 79`), so a
 /// reconcile can tell its routes from everyone else's.

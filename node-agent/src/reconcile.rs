@@ -113,6 +113,8 @@ pub struct Reconciler {
 struct Snapshot {
     kernel: Arc<Kernel>,
     changes: u64,
+    /// [`crate::kernel::outside_writes`] read before the dump, likewise.
+    outside: u64,
     taken: Instant,
 }
 
@@ -176,18 +178,23 @@ impl Reconciler {
         // Read before the dump: a change counted after it may or may not be in the dump, so
         // it makes the snapshot stale.
         let changes = self.kernel_changes.as_ref().map(|c| c.load(Ordering::Acquire));
+        let outside = crate::kernel::outside_writes();
+        let taken = Instant::now();
         let kernel = Arc::new(self.nl.dump().await?);
         self.snapshot = changes.map(|changes| Snapshot {
             kernel: kernel.clone(),
             changes,
-            taken: Instant::now(),
+            outside,
+            taken,
         });
         Ok(kernel)
     }
 
     /// The kernel a pass starts from: the snapshot if nothing concerning overlay changed
-    /// since it was taken, otherwise a new dump. A deep pass and a host with macvlan networks
-    /// (whose parents are NICs nobody reports on) always dump.
+    /// since it was taken, otherwise a new dump. Always a new dump for a deep pass, and on
+    /// hosts whose plan reads what no counted notification covers: macvlan networks (their
+    /// parents are NICs nobody reports on) and networks routed to peers (whether a peer is on
+    /// the segment comes from the underlay's addresses).
     async fn dump_for_pass(
         &mut self,
         spec: &HostSpec,
@@ -195,16 +202,22 @@ impl Reconciler {
     ) -> Result<(Arc<Kernel>, bool), NetlinkError> {
         let reusable = self.snapshot.as_ref().filter(|s| {
             !deep
-                && spec.networks.iter().all(|n| n.macvlan.is_none())
+                && spec
+                    .networks
+                    .iter()
+                    .all(|n| n.macvlan.is_none() && !n.mode.routes_to_peers())
                 && s.taken.elapsed() < SNAPSHOT_TTL
+                && s.outside == crate::kernel::outside_writes()
                 && self
                     .kernel_changes
                     .as_ref()
                     .is_some_and(|c| c.load(Ordering::Acquire) == s.changes)
         });
         if let Some(kernel) = reusable.map(|s| s.kernel.clone()) {
-            // The underlay is no device of overlay's: one lookup that it is still the same.
-            let now = self.nl.link_by_name(&self.underlay.iface).await?.map(|l| l.index);
+            // The underlay is no device of overlay's: one lookup that it is still the same
+            // (a failed lookup only costs the reuse).
+            let now = self.nl.link_by_name(&self.underlay.iface).await.ok().flatten();
+            let now = now.map(|l| l.index);
             if now.is_some() && now == kernel.link(&self.underlay.iface).map(|l| l.index) {
                 return Ok((kernel, true));
             }

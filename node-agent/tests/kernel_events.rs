@@ -352,6 +352,16 @@ fn a_pass_plans_from_the_last_dump_until_a_change_concerning_overlay_is_heard() 
         );
         assert!(reused.errors.is_empty(), "{:?}", reused.errors);
 
+        // A write of the agent's made outside a pass (the Docker plugin's veth pairs): its
+        // notifications may be unread when the spec that needs it arrives, so no reuse.
+        r.audit(&spec).await.expect("audit");
+        overlay_agent::kernel::wrote_outside_a_pass();
+        let after_outside = r.pass(&spec, false).await.expect("pass after an outside write");
+        assert!(
+            !after_outside.snapshot_reused,
+            "a write outside the pass must make the next pass dump"
+        );
+
         // Behind the agent's back: its bridge goes down. Once counted, a pass dumps again and
         // repairs it.
         r.audit(&spec).await.expect("audit");

@@ -367,6 +367,12 @@ impl Attachments {
 /// (down until the reconcile pass puts it on the bridge) and the workload end with the
 /// endpoint's MAC, for the runtime to move.
 async fn create_pair(host: &str, peer: &str, record: &Record, mtu: u32) -> Result<(), String> {
+    let made = make_pair(host, peer, record, mtu).await;
+    crate::kernel::wrote_outside_a_pass();
+    made
+}
+
+async fn make_pair(host: &str, peer: &str, record: &Record, mtu: u32) -> Result<(), String> {
     let nl = Netlink::connect().map_err(|e| e.to_string())?;
     for stale in [host, peer] {
         if let Ok(Some(old)) = nl.link_by_name(stale).await {
@@ -397,11 +403,16 @@ async fn create_pair(host: &str, peer: &str, record: &Record, mtu: u32) -> Resul
 }
 
 async fn delete_pair(host: &str) -> Result<(), String> {
-    let nl = Netlink::connect().map_err(|e| e.to_string())?;
-    if let Some(link) = nl.link_by_name(host).await.map_err(|e| e.to_string())? {
-        nl.delete_link(&link.name, link.index)
-            .await
-            .map_err(|e| e.to_string())?;
+    let deleted = async {
+        let nl = Netlink::connect().map_err(|e| e.to_string())?;
+        if let Some(link) = nl.link_by_name(host).await.map_err(|e| e.to_string())? {
+            nl.delete_link(&link.name, link.index)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    crate::kernel::wrote_outside_a_pass();
+    deleted
 }
