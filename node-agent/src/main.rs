@@ -48,8 +48,10 @@ struct Args {
     /// --docker-plugin-socket.
     #[arg(long, env = "OVERLAY_DOCKER_PLUGIN")]
     docker_plugin: bool,
-    /// dockerd's API socket: the plugin asks it for containers' names and network aliases,
-    /// their names in the network's DNS; "" asks nothing (containers get no names).
+    /// dockerd's API socket: the plugin asks it for containers' names and network aliases
+    /// (their names in the network's DNS) and for the name of a docker network created
+    /// without --subnet; "" asks nothing (containers get no names, and such networks need
+    /// --subnet or --ipam-opt network=).
     #[arg(long, env = "OVERLAY_DOCKER_API", default_value = overlay_agent::docker::engine::DEFAULT_SOCKET)]
     docker_api: PathBuf,
     /// Where dockerd finds the plugin (root only).

@@ -416,6 +416,21 @@ fn docker_containers_on_two_hosts() {
         recorded(&lab, g1) && recorded(&lab, g2),
         "endpoint ls does not show gc1 and gc2"
     );
+    // What a placeholder stands for is in the agent's store: restarted with dockerd's API
+    // out of reach (as when dockerd shuts down before releasing), h1's agent still releases
+    // gc1's address.
+    let restart_h1 = |lab: &mut Lab, env: &[(&str, &str)]| {
+        lab.stop_agent(0);
+        lab.start_agent_with_env(0, env).unwrap();
+        lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    };
+    restart_h1(
+        &mut lab,
+        &[
+            ("OVERLAY_DOCKER_PLUGIN", "true"),
+            ("OVERLAY_DOCKER_API", "/nonexistent/docker.sock"),
+        ],
+    );
     for (h, c) in [(0, "gc1"), (1, "gc2")] {
         ok("docker rm -f", docker(&lab, &hosts, h, &["rm", "-f", c]));
     }
@@ -423,6 +438,7 @@ fn docker_containers_on_two_hosts() {
         !recorded(&lab, g1) && !recorded(&lab, g2)
     });
     assert!(freed.is_some(), "gc1/gc2 still recorded after docker rm -f");
+    restart_h1(&mut lab, &[("OVERLAY_DOCKER_PLUGIN", "true")]);
     ok(
         "docker network rm green",
         docker(&lab, &hosts, 0, &["network", "rm", "green"]),

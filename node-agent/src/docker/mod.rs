@@ -91,7 +91,7 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .route("/IpamDriver.GetCapabilities", r(Plugin::ipam_capabilities))
         .route("/IpamDriver.GetDefaultAddressSpaces", r(Plugin::address_spaces))
         .route("/IpamDriver.RequestPool", r(Plugin::request_pool))
-        .route("/IpamDriver.ReleasePool", r(Plugin::nothing))
+        .route("/IpamDriver.ReleasePool", r(Plugin::release_pool))
         .route("/IpamDriver.RequestAddress", a(Plugin::request_address))
         .route("/IpamDriver.ReleaseAddress", a(Plugin::release_address))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -31,6 +31,9 @@ const POOL_PREFIX: &str = "overlay-net/";
 /// the driver's `--opt network=`) is looked up in dockerd's own view of the network once it
 /// exists: when the first container asks for an address.
 const DEFERRED_PREFIX: &str = "overlay-net/deferred/";
+/// The key a placeholder pool is stored under, beside the docker networks' ids (which are
+/// hex): what it stands for survives an agent restart, for releases and for new picks.
+const STORED_PLACEHOLDER: &str = "placeholder:";
 
 pub type Pending<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
 
@@ -138,16 +141,57 @@ fn ipam_subnet(inspect: &Value) -> Option<Ipv4Network> {
 
 impl Plugin {
     pub fn new(attachments: Arc<Attachments>, engine: Option<Engine>) -> Self {
-        let networks = attachments.docker_networks().unwrap_or_else(|e| {
+        let stored = attachments.docker_networks().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot read the docker networks from the store");
             Vec::new()
         });
+        // Placeholder pools are stored beside the docker networks, under their own key.
+        let (pools, networks): (Vec<_>, Vec<_>) = stored
+            .into_iter()
+            .partition(|(key, _)| key.starts_with(STORED_PLACEHOLDER));
+        let deferred = pools
+            .into_iter()
+            .filter_map(|(key, network)| {
+                let cidr: Ipv4Network = key.strip_prefix(STORED_PLACEHOLDER)?.parse().ok()?;
+                Some((cidr, Some(network).filter(|n| !n.is_empty())))
+            })
+            .collect();
         Self {
             attachments,
             engine,
             networks: Mutex::new(networks.into_iter().collect()),
-            deferred: Mutex::new(BTreeMap::new()),
+            deferred: Mutex::new(deferred),
         }
+    }
+
+    /// Records what placeholder `cidr` stands for (`None`: not known yet) in memory and in
+    /// the agent's store, so that releases and new picks survive an agent restart.
+    fn keep_placeholder(&self, cidr: Ipv4Network, network: Option<&str>) -> Result<(), String> {
+        self.attachments
+            .put_docker_network(&format!("{STORED_PLACEHOLDER}{cidr}"), network.unwrap_or(""))
+            .map_err(text)?;
+        self.deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cidr, network.map(str::to_string));
+        Ok(())
+    }
+
+    /// `ReleasePool`: a placeholder is free again once its docker network is gone.
+    pub fn release_pool(&self, body: &[u8]) -> Reply {
+        ipam((|| {
+            let req: api::PoolRef = parse(body)?;
+            if let Ok(Pool::Deferred(cidr)) = pool_of(&req.pool_id) {
+                self.attachments
+                    .remove_docker_network(&format!("{STORED_PLACEHOLDER}{cidr}"))
+                    .map_err(text)?;
+                self.deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&cidr);
+            }
+            Ok(json!({}))
+        })())
     }
 
     /// A placeholder pool no other network of this agent's holds. Which of the 65,535 comes
@@ -170,6 +214,8 @@ impl Plugin {
             .find_map(|c| c.filter(|c| !deferred.contains_key(c)))
             .ok_or("every placeholder pool is in use: remove a docker network created without --subnet")?;
         deferred.insert(pick, None);
+        drop(deferred);
+        self.keep_placeholder(pick, None)?;
         Ok(pick)
     }
 
@@ -213,21 +259,17 @@ impl Plugin {
                 e.message
             )
         })?;
-        if let Some(id) = inspect["Id"]
+        let id = inspect["Id"]
             .as_str()
             .filter(|id| super::engine::is_docker_id(id))
-        {
-            self.attachments.put_docker_network(id, &network).map_err(text)?;
-            self.networks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.to_string(), network.clone());
-        }
-        tracing::info!(pool = %cidr, %network, "docker network without --subnet joined to its overlay network");
-        self.deferred
+            .ok_or_else(|| format!("dockerd lists the network of pool {cidr} without a valid id"))?;
+        self.attachments.put_docker_network(id, &network).map_err(text)?;
+        self.networks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(cidr, Some(network.clone()));
+            .insert(id.to_string(), network.clone());
+        self.keep_placeholder(cidr, Some(&network))?;
+        tracing::info!(pool = %cidr, %network, "docker network without --subnet joined to its overlay network");
         Ok(network)
     }
 
@@ -452,7 +494,27 @@ impl Plugin {
             if is_placeholder(subnet) {
                 // Created without --subnet: with --opt network= the overlay network is known
                 // now; otherwise it is the docker network's own name, which dockerd lists
-                // once this call returns (see DEFERRED_PREFIX).
+                // once this call returns (see DEFERRED_PREFIX). Only a placeholder this
+                // agent handed out, and not one that already stands for another network.
+                let known = self
+                    .deferred
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&subnet)
+                    .cloned();
+                match (known, &opt) {
+                    (None, _) => {
+                        return Err(format!(
+                            "pool {subnet} is not one overlay-net handed out: use --ipam-driver overlay-net"
+                        ));
+                    }
+                    (Some(Some(held)), Some(named)) if held != *named => {
+                        return Err(format!(
+                            "pool {subnet} already stands for overlay network {held:?}, not {named:?}"
+                        ));
+                    }
+                    _ => {}
+                }
                 if let Some(named) = &opt {
                     self.attachments.leased_network(named).map_err(text)?;
                     self.attachments
@@ -462,10 +524,7 @@ impl Plugin {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(req.network_id.clone(), named.clone());
-                    self.deferred
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(subnet, Some(named.clone()));
+                    self.keep_placeholder(subnet, Some(named))?;
                     tracing::info!(docker_network = %req.network_id, network = %named, "docker network joined to overlay network");
                 }
                 return Ok(json!({}));
