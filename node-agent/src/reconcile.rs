@@ -2,7 +2,7 @@
 //! the firewall and sysctls. Level-triggered: it only looks at the desired state and the
 //! kernel, never at what the previous pass did, so a missed update or a change made behind
 //! the agent's back is repaired by the next pass. (The look at the kernel may be the last
-//! dump, while nothing has changed since: see [`Snapshot`].)
+//! dump, while nothing has changed since: see `Snapshot`.)
 //!
 //! What it does remember is about endpoints: which namespace each was first wired into
 //! ([`Pins`]), and which ones lost it. An endpoint whose namespace is gone (not found, or
