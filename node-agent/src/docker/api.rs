@@ -73,13 +73,6 @@ pub struct ReleasePool {
     pub pool_id: String,
 }
 
-/// `ReleasePool`.
-#[derive(Deserialize, Debug, Default)]
-pub struct PoolRef {
-    #[serde(default, rename = "PoolID")]
-    pub pool_id: String,
-}
-
 #[derive(Deserialize, Debug, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct RequestAddress {

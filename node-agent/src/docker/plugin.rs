@@ -34,6 +34,8 @@ const DEFERRED_PREFIX: &str = "overlay-net/deferred/";
 /// The key a placeholder pool is stored under, beside the docker networks' ids (which are
 /// hex): what it stands for survives an agent restart, for releases and for new picks.
 const STORED_PLACEHOLDER: &str = "placeholder:";
+/// The IPAM address space overlay-net answers Docker with (Docker's own is `LocalDefault`).
+const ADDRESS_SPACE: &str = "overlay";
 
 pub type Pending<'a> = Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
 
@@ -180,7 +182,7 @@ impl Plugin {
     /// `ReleasePool`: a placeholder is free again once its docker network is gone.
     pub fn release_pool(&self, body: &[u8]) -> Reply {
         ipam((|| {
-            let req: api::PoolRef = parse(body)?;
+            let req: api::ReleasePool = parse(body)?;
             if let Ok(Pool::Deferred(cidr)) = pool_of(&req.pool_id) {
                 self.attachments
                     .remove_docker_network(&format!("{STORED_PLACEHOLDER}{cidr}"))
@@ -215,7 +217,13 @@ impl Plugin {
             .ok_or("every placeholder pool is in use: remove a docker network created without --subnet")?;
         deferred.insert(pick, None);
         drop(deferred);
-        self.keep_placeholder(pick, None)?;
+        if let Err(e) = self.keep_placeholder(pick, None) {
+            self.deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pick);
+            return Err(e);
+        }
         Ok(pick)
     }
 
@@ -312,8 +320,8 @@ impl Plugin {
 
     pub fn address_spaces(&self, _: &[u8]) -> Reply {
         Reply::Ok(json!(api::AddressSpaces {
-            local_default_address_space: "overlay",
-            global_default_address_space: "overlay",
+            local_default_address_space: ADDRESS_SPACE,
+            global_default_address_space: ADDRESS_SPACE,
         }))
     }
 
@@ -461,8 +469,8 @@ impl Plugin {
     pub fn create_network(&self, body: &[u8]) -> Reply {
         driver((|| {
             let req: api::CreateNetwork = parse(body)?;
-            if req.network_id.is_empty() {
-                return Err("CreateNetwork without a NetworkID".into());
+            if !super::engine::is_docker_id(&req.network_id) {
+                return Err(format!("network id {:?} is not one Docker makes", req.network_id));
             }
             if req.ipv6_data.as_ref().is_some_and(|d| !d.is_empty())
                 || req.options.get("com.docker.network.enable_ipv6") == Some(&Value::Bool(true))
@@ -503,6 +511,13 @@ impl Plugin {
                     .get(&subnet)
                     .cloned();
                 match (known, &opt) {
+                    // Docker's own IPAM could hand out the same prefix: ours have our space.
+                    _ if pool.address_space != ADDRESS_SPACE => {
+                        return Err(format!(
+                            "pool {subnet} comes from address space {:?}, not overlay-net's: use --ipam-driver overlay-net",
+                            pool.address_space
+                        ));
+                    }
                     (None, _) => {
                         return Err(format!(
                             "pool {subnet} is not one overlay-net handed out: use --ipam-driver overlay-net"
@@ -517,6 +532,9 @@ impl Plugin {
                 }
                 if let Some(named) = &opt {
                     self.attachments.leased_network(named).map_err(text)?;
+                    // The placeholder first: Docker frees it if this call fails, and sends
+                    // no DeleteNetwork for a network it never made.
+                    self.keep_placeholder(subnet, Some(named))?;
                     self.attachments
                         .put_docker_network(&req.network_id, named)
                         .map_err(text)?;
@@ -524,7 +542,6 @@ impl Plugin {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(req.network_id.clone(), named.clone());
-                    self.keep_placeholder(subnet, Some(named))?;
                     tracing::info!(docker_network = %req.network_id, network = %named, "docker network joined to overlay network");
                 }
                 return Ok(json!({}));
@@ -563,6 +580,9 @@ impl Plugin {
     pub fn delete_network(&self, body: &[u8]) -> Reply {
         driver((|| {
             let req: api::NetworkRef = parse(body)?;
+            if !super::engine::is_docker_id(&req.network_id) {
+                return Err(format!("network id {:?} is not one Docker makes", req.network_id));
+            }
             self.attachments
                 .remove_docker_network(&req.network_id)
                 .map_err(text)?;
