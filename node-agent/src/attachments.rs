@@ -118,6 +118,10 @@ pub struct Attachments {
     zones: watch::Sender<Arc<Vec<Zone>>>,
     /// Whether a DNS server answers on the gateways (workloads are then pointed at it).
     dns_served: std::sync::atomic::AtomicBool,
+    /// Held by the reconcile loop for each look or pass, and by whoever writes the kernel
+    /// outside a pass (the Docker plugin's veth pairs) until the spec that wants the write is
+    /// published: no pass plans from a spec older than a device it then sees.
+    kernel_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The address range of `network` this host hands out, from the desired state.
@@ -224,6 +228,7 @@ impl Attachments {
             reserved_ports,
             zones: watch::channel(Arc::new(Vec::new())).0,
             dns_served: std::sync::atomic::AtomicBool::new(false),
+            kernel_gate: Arc::default(),
         })
     }
 
@@ -401,6 +406,11 @@ impl Attachments {
     /// The Docker plugin's networks (see [`crate::docker`]).
     pub fn docker_networks(&self) -> Result<Vec<(String, String)>, AttachError> {
         Ok(self.lock().book.docker_networks()?)
+    }
+
+    /// See the field: the reconcile loop's side of it.
+    pub fn kernel_gate(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.kernel_gate.clone()
     }
 
     pub fn put_docker_network(&self, id: &str, network: &str) -> Result<(), AttachError> {

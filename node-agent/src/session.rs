@@ -273,6 +273,7 @@ pub async fn run(
     let tasks = [
         tokio::spawn(reconcile_loop(
             reconciler,
+            attachments.kernel_gate(),
             spec_rx,
             events,
             config.resync,
@@ -902,6 +903,7 @@ async fn next_event(events: &mut Option<KernelEvents>) -> Changes {
 
 async fn reconcile_loop(
     reconciler: Reconciler,
+    kernel_gate: Arc<tokio::sync::Mutex<()>>,
     mut spec_rx: watch::Receiver<Option<Arc<HostSpec>>>,
     mut events: Option<KernelEvents>,
     resync: Duration,
@@ -948,6 +950,9 @@ async fn reconcile_loop(
             changes = next_event(&mut events) => kicked = Some(changes),
             _ = gone_due => {},
         }
+        // Taken before the spec is read: a kernel write outside a pass is published with the
+        // spec that wants it before this iteration looks (see Attachments::kernel_gate).
+        let _gate = kernel_gate.lock().await;
         if let Some(changes) = kicked {
             let current = spec_rx.borrow().clone();
             match (current, &c.converged) {

@@ -225,6 +225,10 @@ impl Attachments {
                 ),
             ));
         }
+        // No pass runs from making the pair to publishing the spec that wants it: one
+        // planning from the older spec would delete the pair as a stray.
+        let gate = self.kernel_gate.clone();
+        let held = gate.lock().await;
         create_pair(&host, &peer, &record, network.mtu)
             .await
             .map_err(|e| AttachError::new(ErrorKind::WiringFailed, e))?;
@@ -240,6 +244,7 @@ impl Attachments {
             let generation = self.publish(&mut inner);
             (record, generation)
         };
+        drop(held);
         let record = match record {
             Ok(r) => r,
             Err(e) => {
