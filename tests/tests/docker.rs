@@ -90,6 +90,18 @@ fn pings(lab: &Lab, hosts: &[Host], h: usize, from: &str, to: Ipv4Addr) -> bool 
     .success()
 }
 
+/// Containers `a` and `b` (host, name, address) ping each other, both ways.
+fn reach_each_other(lab: &Lab, hosts: &[Host], a: (usize, &str, Ipv4Addr), b: (usize, &str, Ipv4Addr)) {
+    for ((h, from, _), (th, to, ip)) in [(a, b), (b, a)] {
+        assert!(
+            pings(lab, hosts, h, from, ip),
+            "{from} on h{} cannot reach {to} ({ip}) on h{}",
+            h + 1,
+            th + 1
+        );
+    }
+}
+
 fn veths(lab: &Lab, h: usize) -> usize {
     lab.on_host(h, "ip", &["-o", "link", "show"])
         .unwrap_or_default()
@@ -222,14 +234,7 @@ fn docker_containers_on_two_hosts() {
         lease1.contains(ip1) && lease2.contains(ip2),
         "addresses come from each host's lease"
     );
-    assert!(
-        pings(&lab, &hosts, 0, "c1", ip2),
-        "c1 on h1 cannot reach c2 on h2"
-    );
-    assert!(
-        pings(&lab, &hosts, 1, "c2", ip1),
-        "c2 on h2 cannot reach c1 on h1"
-    );
+    reach_each_other(&lab, &hosts, (0, "c1", ip1), (1, "c2", ip2));
     let seen = Lab::wait_until(Duration::from_secs(10), || {
         recorded(&lab, ip1) && recorded(&lab, ip2)
     });
@@ -404,14 +409,7 @@ fn docker_containers_on_two_hosts() {
         green.contains(g1) && green.contains(g2),
         "addresses come from overlay network green"
     );
-    assert!(
-        pings(&lab, &hosts, 0, "gc1", g2),
-        "gc1 (green, h1) cannot reach gc2 (g2, h2)"
-    );
-    assert!(
-        pings(&lab, &hosts, 1, "gc2", g1),
-        "gc2 (g2, h2) cannot reach gc1 (green, h1)"
-    );
+    reach_each_other(&lab, &hosts, (0, "gc1", g1), (1, "gc2", g2));
     assert!(
         recorded(&lab, g1) && recorded(&lab, g2),
         "endpoint ls does not show gc1 and gc2"

@@ -166,6 +166,18 @@ impl Plugin {
         }
     }
 
+    /// Records that docker network `id` joins overlay network `network`, in the agent's store
+    /// (Docker never replays CreateNetwork after a restart) and in memory.
+    fn join_network(&self, id: &str, network: &str) -> Result<(), String> {
+        self.attachments.put_docker_network(id, network).map_err(text)?;
+        self.networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), network.to_string());
+        tracing::info!(docker_network = %id, %network, "docker network joined to overlay network");
+        Ok(())
+    }
+
     /// Records what placeholder `cidr` stands for (`None`: not known yet) in memory and in
     /// the agent's store, so that releases and new picks survive an agent restart.
     fn keep_placeholder(&self, cidr: Ipv4Network, network: Option<&str>) -> Result<(), String> {
@@ -271,13 +283,9 @@ impl Plugin {
             .as_str()
             .filter(|id| super::engine::is_docker_id(id))
             .ok_or_else(|| format!("dockerd lists the network of pool {cidr} without a valid id"))?;
-        self.attachments.put_docker_network(id, &network).map_err(text)?;
-        self.networks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), network.clone());
+        self.join_network(id, &network)?;
         self.keep_placeholder(cidr, Some(&network))?;
-        tracing::info!(pool = %cidr, %network, "docker network without --subnet joined to its overlay network");
+        tracing::info!(pool = %cidr, %network, "placeholder pool resolved through dockerd");
         Ok(network)
     }
 
@@ -535,14 +543,7 @@ impl Plugin {
                     // The placeholder first: Docker frees it if this call fails, and sends
                     // no DeleteNetwork for a network it never made.
                     self.keep_placeholder(subnet, Some(named))?;
-                    self.attachments
-                        .put_docker_network(&req.network_id, named)
-                        .map_err(text)?;
-                    self.networks
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(req.network_id.clone(), named.clone());
-                    tracing::info!(docker_network = %req.network_id, network = %named, "docker network joined to overlay network");
+                    self.join_network(&req.network_id, named)?;
                 }
                 return Ok(json!({}));
             }
@@ -565,14 +566,7 @@ impl Plugin {
                     "--opt network={named} but the addresses (--subnet / --ipam-opt) are overlay network {network:?}'s"
                 ));
             }
-            self.attachments
-                .put_docker_network(&req.network_id, &network)
-                .map_err(text)?;
-            self.networks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(req.network_id.clone(), network.clone());
-            tracing::info!(docker_network = %req.network_id, %network, "docker network joined to overlay network");
+            self.join_network(&req.network_id, &network)?;
             Ok(json!({}))
         })())
     }
