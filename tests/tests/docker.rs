@@ -606,6 +606,30 @@ fn docker_containers_on_two_hosts() {
         unknown.contains("\"Err\"") && unknown.contains("unknown to overlay-net"),
         "{unknown}"
     );
+    // Placeholder pools this agent never handed out: not accepted for a network, not
+    // answered with an address, and a stored row cannot be reached by a forged network id.
+    let id = "ab".repeat(32);
+    let forged = call(
+        None,
+        "/NetworkDriver.CreateNetwork",
+        &format!(
+            r#"{{"NetworkID":"{id}","Options":{{}},"IPv4Data":[{{"AddressSpace":"overlay","Pool":"0.250.250.0/24","Gateway":"0.250.250.1/24"}}]}}"#
+        ),
+    );
+    println!("CreateNetwork with a placeholder not handed out: {forged}");
+    assert!(forged.contains("not one overlay-net handed out"), "{forged}");
+    let asked = call(
+        None,
+        "/IpamDriver.RequestAddress",
+        r#"{"PoolID":"overlay-net/deferred/10.40.0.0/24"}"#,
+    );
+    assert!(asked.contains("is not one overlay-net handed out"), "{asked}");
+    let row = call(
+        None,
+        "/NetworkDriver.DeleteNetwork",
+        r#"{"NetworkID":"placeholder:0.1.2.0/24"}"#,
+    );
+    assert!(row.contains("is not one Docker makes"), "{row}");
 
     // docker rm -f: the veth goes and the address is free.
     let before = veths(&lab, 0);
