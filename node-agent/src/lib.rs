@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod local_api;
 pub mod local_socket;
 pub mod metrics;
+pub mod modes;
 pub mod netlink;
 pub mod netns;
 pub mod pins;

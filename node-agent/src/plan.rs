@@ -1,5 +1,8 @@
 //! The diff: what to change so the kernel matches the desired state, and nothing more.
 //!
+//! What each network wants comes from its mode's module ([`crate::modes`]); this is the
+//! generic differ over those wants, the same for every mode.
+//!
 //! Planning happens in three passes against fresh dumps, because later passes need the
 //! interface indexes the earlier ones create: [`links`] (bridges, vxlan devices, stray
 //! devices), [`entries`] (addresses, neighbours, FDB, routes), [`endpoints`] (veth pairs).
@@ -14,6 +17,7 @@ use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
 
 use crate::kernel::{Kernel, LinkKind, MacvlanRecord, ROUTE_PROTOCOL, Route};
+use crate::modes::{self, Segment, Wants};
 use crate::spec::{Attachment, EndpointSpec, HostSpec, VXLAN_PORT, VxlanSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,12 +143,19 @@ pub enum EndpointOp {
     Gone { id: u64, reason: String },
 }
 
+/// What each network wants, in the order of the spec's networks (see [`modes`]).
+fn wants<'a>(spec: &'a HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Wants<'a>> {
+    let segment = Segment::new(kernel, underlay_index);
+    spec.networks.iter().map(|n| modes::wants(n, &segment)).collect()
+}
+
 /// Links to create, change or delete. `underlay_index` is the device VXLAN sends through.
 pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkOp> {
     let mut ops = Vec::new();
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
-    for network in &spec.networks {
-        if let Some(bridge) = &network.bridge {
+    let all = wants(spec, kernel, underlay_index);
+    for want in &all {
+        if let Some(bridge) = want.bridge {
             wanted.insert(&bridge.name);
             match kernel.link(&bridge.name) {
                 None => ops.push(LinkOp::CreateBridge {
@@ -188,7 +199,7 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
                 }
             }
         }
-        if let Some(vx) = &network.vxlan {
+        if let Some(vx) = want.vxlan {
             wanted.insert(&vx.name);
             let create = LinkOp::CreateVxlan {
                 spec: vx.clone(),
@@ -245,10 +256,9 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
     // 802.1Q parents of macvlan networks: created when missing, never taken over if someone
     // else made them.
     let mut wanted_vlans: BTreeSet<&str> = BTreeSet::new();
-    for parent in spec.networks.iter().filter_map(|n| n.macvlan.as_ref()) {
-        let Some((base, vid)) = &parent.vlan else { continue };
-        wanted_vlans.insert(&parent.name);
-        match (kernel.link(&parent.name), kernel.link(base)) {
+    for (name, base, vid) in all.iter().filter_map(|w| w.vlan) {
+        wanted_vlans.insert(name);
+        match (kernel.link(name), kernel.link(base)) {
             (Some(l), _) if !l.up && l.owned_by_overlay() => {
                 ops.push(LinkOp::SetUp {
                     name: l.name.clone(),
@@ -259,12 +269,12 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
             (None, Some(b)) => {
                 if !ops
                     .iter()
-                    .any(|o| matches!(o, LinkOp::CreateVlan { name, .. } if *name == parent.name))
+                    .any(|o| matches!(o, LinkOp::CreateVlan { name: made, .. } if made == name))
                 {
                     ops.push(LinkOp::CreateVlan {
-                        name: parent.name.clone(),
+                        name: name.to_string(),
                         base_index: b.index,
-                        vid: *vid,
+                        vid,
                     });
                 }
             }
@@ -318,39 +328,23 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
     ops
 }
 
-/// Whether `ip` is on one of the underlay's own subnets: a peer there is reached directly.
-fn on_segment(kernel: &Kernel, underlay_index: u32, ip: Ipv4Addr) -> bool {
-    kernel
-        .addresses_of(underlay_index)
-        .iter()
-        .any(|net| net.prefix() < 32 && net.contains(ip))
-}
-
-/// Peers of route networks that are not on this host's underlay segment: no route can reach
-/// their workloads without a tunnel. One line each, for the audit (and so `doctor`).
+/// Peers the host's networks cannot reach (a route network's peers off this host's underlay
+/// segment), one line each, for the audit (and so `doctor`).
 pub fn unreachable_peers(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<String> {
-    spec.networks
-        .iter()
-        .filter(|n| n.mode.routes_to_peers())
-        .flat_map(|n| n.peers.iter().map(move |p| (n, p)))
-        .filter(|(_, p)| !on_segment(kernel, underlay_index, p.underlay_ip))
-        .map(|(n, p)| {
-            format!(
-                "route network {}: peer {} ({}) is not on this host's underlay segment; its workloads are unreachable without a tunnel (use --mode vxlan)",
-                n.name, p.host, p.underlay_ip
-            )
-        })
+    wants(spec, kernel, underlay_index)
+        .into_iter()
+        .flat_map(|w| w.unreachable)
         .collect()
 }
 
 /// Addresses, neighbours, FDB entries and routes. Links must already exist (see [`links`]);
 /// a network whose devices are still missing is skipped and picked up by the next reconcile.
-/// `underlay_index`: the device route networks reach their peers through.
+/// `underlay_index`: the device peers reached directly are routed through.
 pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<EntryOp> {
     let mut ops = Vec::new();
     let mut wanted_routes: BTreeMap<Ipv4Network, (Ipv4Addr, u32)> = BTreeMap::new();
-    for network in &spec.networks {
-        if let Some(bridge) = &network.bridge
+    for want in wants(spec, kernel, underlay_index) {
+        if let Some(bridge) = want.bridge
             && let Some(l) = kernel.link(&bridge.name)
         {
             sync_addresses(
@@ -360,23 +354,18 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
                 &[bridge.address],
             );
         }
-        if network.mode.routes_to_peers() {
-            // host-gw: each peer's subnet via its underlay address, on the segment they share.
-            for p in &network.peers {
-                if on_segment(kernel, underlay_index, p.underlay_ip) {
-                    wanted_routes.insert(p.subnet, (p.underlay_ip, underlay_index));
-                }
-            }
-            continue;
+        // host-gw: the peer's subnet via its underlay address, on the segment they share.
+        for p in &want.direct {
+            wanted_routes.insert(p.subnet, (p.underlay_ip, underlay_index));
         }
-        let Some(vx) = &network.vxlan else { continue };
+        let Some(vx) = want.vxlan else { continue };
         let Some(l) = kernel.link(&vx.name) else { continue };
         let index = l.index;
         let own = Ipv4Network::new(vx.address, 32).expect("/32 is valid");
         sync_addresses(&mut ops, index, &kernel.addresses_of(index), &[own]);
 
         let want_neigh: BTreeMap<Ipv4Addr, MacAddr> =
-            network.peers.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
+            want.tunnelled.iter().map(|p| (p.vtep_ip, p.vtep_mac)).collect();
         let mut seen = BTreeSet::new();
         for n in kernel.neighbours.iter().filter(|n| n.ifindex == index) {
             match want_neigh.get(&n.ip) {
@@ -397,8 +386,8 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
             }
         }
 
-        let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = network
-            .peers
+        let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = want
+            .tunnelled
             .iter()
             .map(|p| (p.vtep_mac, p.underlay_ip))
             .collect();
@@ -425,7 +414,7 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
                 });
             }
         }
-        for p in &network.peers {
+        for p in &want.tunnelled {
             wanted_routes.insert(p.subnet, (p.vtep_ip, index));
         }
     }

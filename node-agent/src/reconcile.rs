@@ -203,10 +203,7 @@ impl Reconciler {
     ) -> Result<(Arc<Kernel>, bool), NetlinkError> {
         let reusable = self.snapshot.as_ref().filter(|s| {
             !deep
-                && spec
-                    .networks
-                    .iter()
-                    .all(|n| n.macvlan.is_none() && !n.mode.routes_to_peers())
+                && spec.networks.iter().all(|n| !crate::modes::reads_outside(n))
                 && s.taken.elapsed() < SNAPSHOT_TTL
                 && s.outside == crate::kernel::outside_writes()
                 && self

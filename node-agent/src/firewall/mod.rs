@@ -121,7 +121,7 @@ impl FirewallSpec {
                 vxlan,
                 gateway: bridge.address.ip(),
                 nat_egress: n.nat_egress,
-                routed: n.mode.routes_to_peers().then_some(n.cidr),
+                routed: crate::modes::crosses_underlay(n).then_some(n.cidr),
             });
             for ep in &n.endpoints {
                 if let Attachment::Veth { host_ifname, .. } = &ep.attachment
