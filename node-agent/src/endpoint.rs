@@ -47,10 +47,43 @@ impl From<NetnsError> for EndpointError {
     }
 }
 
-impl From<String> for EndpointError {
-    fn from(e: String) -> Self {
-        EndpointError::Failed(e)
+impl From<NetlinkError> for EndpointError {
+    fn from(e: NetlinkError) -> Self {
+        EndpointError::Failed(e.to_string())
     }
+}
+
+impl From<WiringError> for EndpointError {
+    fn from(e: WiringError) -> Self {
+        EndpointError::Failed(e.to_string())
+    }
+}
+
+/// What went wrong while wiring or checking one workload interface.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The operation is for the other kind of attachment (a bug in the caller).
+    #[error("not a {0} endpoint")]
+    WrongKind(&'static str),
+    /// Something else in the namespace already uses the endpoint's interface name.
+    #[error("interface {0} already exists in the namespace")]
+    NameTaken(String),
+    /// The workload end of a pair (or a macvlan) made into the namespace is not there.
+    #[error("{0} did not arrive in the namespace")]
+    NotArrived(String),
+    /// The host end of a pair just made is gone (someone deleted it meanwhile).
+    #[error("veth end {0} vanished")]
+    Vanished(String),
+    /// The namespace routes the destination some other way; overlay never replaces that.
+    #[error("the namespace already routes {dst} via {via} (not overlay's); not replacing it")]
+    ForeignRoute { dst: Ipv4Network, via: String },
+}
+
+/// A netlink request's failure, named by what it was doing.
+fn op(what: String) -> impl FnOnce(rtnetlink::Error) -> WiringError {
+    move |source| WiringError::Netlink(NetlinkError::Op { op: what, source })
 }
 
 /// What the workload side must look like.
@@ -95,23 +128,19 @@ pub enum Checked {
     Missing,
 }
 
-fn nl_err(e: NetlinkError) -> String {
-    e.to_string()
-}
-
-fn veth_names(ep: &EndpointSpec) -> Result<(&str, &str), String> {
+fn veth_names(ep: &EndpointSpec) -> Result<(&str, &str), WiringError> {
     match &ep.attachment {
         Attachment::Veth {
             bridge, host_ifname, ..
         } => Ok((bridge, host_ifname)),
-        Attachment::Macvlan { .. } => Err("not a veth endpoint".into()),
+        Attachment::Macvlan { .. } => Err(WiringError::WrongKind("veth")),
     }
 }
 
 /// Deletes `ep.peer_ifname` if an interrupted attempt left it in the host namespace.
-async fn clear_stranded(nl: &Netlink, ep: &EndpointSpec) -> Result<(), String> {
-    if let Some(old) = nl.link_by_name(&ep.peer_ifname).await.map_err(nl_err)? {
-        nl.delete_link(&old.name, old.index).await.map_err(nl_err)?;
+async fn clear_stranded(nl: &Netlink, ep: &EndpointSpec) -> Result<(), WiringError> {
+    if let Some(old) = nl.link_by_name(&ep.peer_ifname).await? {
+        nl.delete_link(&old.name, old.index).await?;
     }
     Ok(())
 }
@@ -129,12 +158,11 @@ pub async fn wire(
     let (bridge, host_ifname) = veth_names(ep)?;
     let started = std::time::Instant::now();
     for (name, index) in stale {
-        nl.delete_link(name, *index).await.map_err(nl_err)?;
+        nl.delete_link(name, *index).await?;
     }
     clear_stranded(nl, ep).await?;
     nl.create_veth_into(host_ifname, &ep.peer_ifname, ep.mtu, ns.file())
-        .await
-        .map_err(nl_err)?;
+        .await?;
     let created_us = started.elapsed().as_micros() as u64;
     let result = async {
         let cookie = configure_inside(ep, ns, expect_cookie).await?;
@@ -145,9 +173,8 @@ pub async fn wire(
         );
         let host = nl
             .link_by_name(host_ifname)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| format!("veth end {host_ifname} vanished"))?;
+            .await?
+            .ok_or_else(|| WiringError::Vanished(host_ifname.to_string()))?;
         attach_host_side(nl, ep, host.index, bridge_index).await?;
         Ok(cookie)
     }
@@ -179,7 +206,7 @@ pub async fn attach_host_side(
     ep: &EndpointSpec,
     index: u32,
     bridge_index: u32,
-) -> Result<(), String> {
+) -> Result<(), WiringError> {
     let (bridge, host_ifname) = veth_names(ep)?;
     nl.set_link(
         LinkUnspec::new_with_index(index)
@@ -188,8 +215,8 @@ pub async fn attach_host_side(
             .up(),
         &format!("attach {host_ifname} to {bridge}"),
     )
-    .await
-    .map_err(nl_err)
+    .await?;
+    Ok(())
 }
 
 /// Checks the workload side in `ns` and repairs what differs (address, MAC, MTU, routes).
@@ -223,7 +250,7 @@ pub async fn wire_macvlan(
     parent_index: u32,
 ) -> Result<(MacvlanRecord, Option<u64>), EndpointError> {
     let Attachment::Macvlan { mode, .. } = &ep.attachment else {
-        return Err(EndpointError::Failed("not a macvlan endpoint".into()));
+        return Err(WiringError::WrongKind("macvlan").into());
     };
     clear_stranded(nl, ep).await?;
     let mut msg =
@@ -238,7 +265,7 @@ pub async fn wire_macvlan(
         .add(msg.setns_by_fd(ns.file().as_raw_fd()).build())
         .execute()
         .await
-        .map_err(|e| format!("create macvlan {}: {e}", ep.peer_ifname))?;
+        .map_err(op(format!("create macvlan {}", ep.peer_ifname)))?;
     let cookie = configure_inside(ep, ns, expect_cookie).await?;
     let record = MacvlanRecord {
         id: ep.id,
@@ -259,11 +286,11 @@ pub async fn remove_macvlan(
 ) -> Result<(), EndpointError> {
     let (ifname, mac) = (record.ifname.clone(), record.mac);
     ns.run(expect_cookie, move |nl| async move {
-        let links = nl.links().await.map_err(nl_err)?;
+        let links = nl.links().await?;
         if let Some(l) = links.iter().find(|l| l.name == ifname && l.mac == Some(mac)) {
-            nl.delete_link(&l.name, l.index).await.map_err(nl_err)?;
+            nl.delete_link(&l.name, l.index).await?;
         }
-        Ok(())
+        Ok::<(), NetlinkError>(())
     })
     .await?;
     Ok(())
@@ -271,13 +298,9 @@ pub async fn remove_macvlan(
 
 /// Runs inside the workload namespace. When the interface is arriving and anything fails, it
 /// is deleted again so the namespace is left as it was.
-async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
+async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, WiringError> {
     let arriving_index = match &w.arriving_as {
-        Some(name) => nl
-            .link_by_name(name)
-            .await
-            .map_err(nl_err)?
-            .map(|l| (name.clone(), l.index)),
+        Some(name) => nl.link_by_name(name).await?.map(|l| (name.clone(), l.index)),
         None => None,
     };
     let result = configure_steps(&nl, &w).await;
@@ -289,15 +312,14 @@ async fn configure(nl: Netlink, w: WorkloadSide) -> Result<Checked, String> {
     result
 }
 
-async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, String> {
-    let links = nl.links().await.map_err(nl_err)?;
+async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, WiringError> {
+    let links = nl.links().await?;
     let mut repairs = 0;
     if let Some(lo) = links.iter().find(|l| l.name == "lo")
         && !lo.up
     {
         nl.set_link(LinkUnspec::new_with_index(lo.index).up(), "set lo up")
-            .await
-            .map_err(nl_err)?;
+            .await?;
         repairs += 1;
     }
     let with_mtu = |b: rtnetlink::LinkMessageBuilder<LinkUnspec>| match w.mtu {
@@ -307,12 +329,12 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
     let index = match &w.arriving_as {
         Some(arriving) => {
             if links.iter().any(|l| l.name == w.ifname) {
-                return Err(format!("interface {} already exists in the namespace", w.ifname));
+                return Err(WiringError::NameTaken(w.ifname.clone()));
             }
             let l = links
                 .iter()
                 .find(|l| &l.name == arriving)
-                .ok_or_else(|| format!("{arriving} did not arrive in the namespace"))?;
+                .ok_or_else(|| WiringError::NotArrived(arriving.clone()))?;
             nl.set_link(
                 with_mtu(
                     LinkUnspec::new_with_index(l.index)
@@ -321,14 +343,12 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
                 ),
                 &format!("rename {arriving} to {}", w.ifname),
             )
-            .await
-            .map_err(nl_err)?;
+            .await?;
             nl.set_link(
                 LinkUnspec::new_with_index(l.index).up(),
                 &format!("set {} up", w.ifname),
             )
-            .await
-            .map_err(nl_err)?;
+            .await?;
             l.index
         }
         None => {
@@ -340,8 +360,7 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
                     with_mtu(LinkUnspec::new_with_index(l.index).address(w.mac.0.to_vec())),
                     &format!("fix {}", w.ifname),
                 )
-                .await
-                .map_err(nl_err)?;
+                .await?;
                 repairs += 1;
             }
             if !l.up {
@@ -349,8 +368,7 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
                     LinkUnspec::new_with_index(l.index).up(),
                     &format!("set {} up", w.ifname),
                 )
-                .await
-                .map_err(nl_err)?;
+                .await?;
                 repairs += 1;
             }
             l.index
@@ -358,8 +376,7 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
     };
     let has_address = nl
         .addresses()
-        .await
-        .map_err(nl_err)?
+        .await?
         .iter()
         .any(|(i, a)| *i == index && *a == w.address);
     if !has_address {
@@ -369,7 +386,7 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Stri
             .replace()
             .execute()
             .await
-            .map_err(|e| format!("add address {}: {e}", w.address))?;
+            .map_err(op(format!("add address {}", w.address)))?;
         repairs += 1;
     }
     repairs += sync_routes(nl, w, index).await?;
@@ -390,8 +407,8 @@ fn wanted_routes(w: &WorkloadSide, index: u32, routes: &[Route]) -> (bool, Optio
 
 /// Brings the routes via the endpoint's gateway on its interface to what [`wanted_routes`]
 /// says. Routes through anything else are someone else's and never touched.
-async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize, String> {
-    let routes = nl.routes().await.map_err(nl_err)?;
+async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize, WiringError> {
+    let routes = nl.routes().await?;
     let (want_default, want_cidr) = wanted_routes(w, index, &routes);
     let default_dst = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid");
     let ours = |r: &&Route| r.gateway == Some(w.gateway) && r.oif == Some(index);
@@ -401,13 +418,13 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
         match (have, wanted) {
             (None, true) => {
                 if let Some(other) = routes.iter().find(|r| r.dst == dst) {
-                    return Err(format!(
-                        "the namespace already routes {dst} via {} (not overlay's); not replacing it",
-                        other
+                    return Err(WiringError::ForeignRoute {
+                        dst,
+                        via: other
                             .gateway
                             .map(|g| g.to_string())
-                            .unwrap_or_else(|| "a device".into())
-                    ));
+                            .unwrap_or_else(|| "a device".into()),
+                    });
                 }
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix())
@@ -421,7 +438,7 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
                     .add(route)
                     .execute()
                     .await
-                    .map_err(|e| format!("add route {dst} via {}: {e}", w.gateway))?;
+                    .map_err(op(format!("add route {dst} via {}", w.gateway)))?;
                 if dst == w.cidr && w.default_route {
                     tracing::warn!(ifname = %w.ifname, %dst, "the namespace has a default route overlay did not make; routing only the network via the gateway");
                 }
@@ -447,7 +464,7 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
                 match deleted {
                     Ok(()) => repairs += 1,
                     Err(e) if crate::netlink::is_gone(&e) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
             _ => {}

@@ -137,10 +137,15 @@ impl Namespace {
     /// Runs `work` with a netlink connection opened inside this namespace. With
     /// `expect_cookie`, a namespace whose cookie differs is refused as [`NetnsError::Replaced`]
     /// before `work` runs.
-    pub async fn run<F, Fut, T>(&self, expect_cookie: Option<u64>, work: F) -> Result<Entered<T>, NetnsError>
+    pub async fn run<F, Fut, T, E>(
+        &self,
+        expect_cookie: Option<u64>,
+        work: F,
+    ) -> Result<Entered<T>, NetnsError>
     where
         F: FnOnce(Netlink) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
         T: Send + 'static,
     {
         let file = self
@@ -373,16 +378,17 @@ fn current_cookie() -> Option<u64> {
 
 /// Runs `work` with a netlink connection opened inside the namespace `ns`. For trusted
 /// namespace files (tests, tools): the agent goes through [`open`] and [`Namespace::run`].
-pub async fn run_in<F, Fut, T>(ns: File, shown: String, work: F) -> Result<T, NetnsError>
+pub async fn run_in<F, Fut, T, E>(ns: File, shown: String, work: F) -> Result<T, NetnsError>
 where
     F: FnOnce(Netlink) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
     T: Send + 'static,
 {
     enter(ns, shown, None, work).await.map(|e| e.value)
 }
 
-async fn enter<F, Fut, T>(
+async fn enter<F, Fut, T, E>(
     ns: File,
     shown: String,
     expect_cookie: Option<u64>,
@@ -390,7 +396,8 @@ async fn enter<F, Fut, T>(
 ) -> Result<Entered<T>, NetnsError>
 where
     F: FnOnce(Netlink) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
     T: Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -418,9 +425,9 @@ where
                         path: path.clone(),
                         message: e.to_string(),
                     })?;
-                    work(nl).await.map_err(|message| NetnsError::Inside {
+                    work(nl).await.map_err(|e| NetnsError::Inside {
                         path: path.clone(),
-                        message,
+                        message: e.to_string(),
                     })
                 })?;
                 Ok(Entered { value, cookie })

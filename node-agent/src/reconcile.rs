@@ -511,7 +511,7 @@ impl Reconciler {
                     report.changes += 1;
                     report.objects.updated += 1;
                 }
-                Some((spec.id, result.map_err(EndpointError::Failed)))
+                Some((spec.id, result.map_err(EndpointError::from)))
             }
             EndpointOp::Verify {
                 spec,

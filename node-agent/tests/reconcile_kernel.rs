@@ -87,11 +87,11 @@ fn run(host_ns: &str, steps: Vec<Step>) -> Vec<PassReport> {
             let mut reports = Vec::new();
             for step in steps {
                 match step {
-                    Step::Pass(spec) => reports.push(r.pass(&spec, true).await.map_err(|e| e.to_string())?),
+                    Step::Pass(spec) => reports.push(r.pass(&spec, true).await?),
                     Step::Meddle(f) => f(),
                 }
             }
-            Ok(reports)
+            Ok::<_, overlay_agent::reconcile::ReconcileError>(reports)
         },
     ))
     .expect("reconcile passes")
