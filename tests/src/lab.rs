@@ -18,6 +18,8 @@ use crate::process::Daemon;
 use crate::{LabError, Result, bins};
 
 pub const UNDERLAY_NET: &str = "192.0.2";
+/// The far side of [`Lab::add_routed_host`]'s router: hosts off the underlay segment.
+pub const FAR_NET: &str = "198.51.100";
 const CONTROLLER_PORT: u16 = 7400;
 
 #[derive(Clone, Debug)]
@@ -55,6 +57,20 @@ pub struct SimHost {
 }
 
 impl SimHost {
+    /// A host named `name` in namespace `ns` with underlay address `ip`; its agent's log and
+    /// state live under the lab's `dir`.
+    fn new(dir: &std::path::Path, name: String, ns: String, ip: Ipv4Addr) -> Self {
+        SimHost {
+            log: dir.join(format!("agent-{name}.log")),
+            state_dir: dir.join(format!("agent-{name}")),
+            name,
+            ns,
+            ip,
+            agent: None,
+            mount_ns: None,
+        }
+    }
+
     pub fn agent_running(&mut self) -> bool {
         self.agent.as_mut().is_some_and(|a| a.is_running())
     }
@@ -181,15 +197,7 @@ impl Lab {
             .parse()
             .map_err(|_| LabError::Setup("bad ip".into()))?;
         exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        Ok(SimHost {
-            log: dir.join(format!("agent-{name}.log")),
-            state_dir: dir.join(format!("agent-{name}")),
-            name,
-            ns,
-            ip,
-            agent: None,
-            mount_ns: None,
-        })
+        Ok(SimHost::new(dir, name, ns, ip))
     }
 
     /// [`Lab::start`], then every host's agent, and waits until all hosts are registered and up.
@@ -224,6 +232,62 @@ impl Lab {
         let i = self.hosts.len() + 1;
         let host = Self::make_host(&mut self.namespaces, &self.prefix, &self.ul, self.dir.path(), i)?;
         self.hosts.push(host);
+        Ok(i - 1)
+    }
+
+    /// Adds a simulated host behind a router instead of on the underlay segment; returns its
+    /// index. The router `<prefix>-rtr` (192.0.2.253 on the underlay, 198.51.100.1 on the far
+    /// side, made with the first such host) forwards between the two; the new host has
+    /// 198.51.100.<10+i>/24 on its eth0 and a default route via the router, and every host and
+    /// controller on the underlay gets a route to 198.51.100.0/24 through it. Its agent is
+    /// not started.
+    pub fn add_routed_host(&mut self) -> Result<usize> {
+        let rtr = format!("{}-rtr", self.prefix);
+        if !self.namespaces.contains(&rtr) {
+            self.namespaces.add(&rtr)?;
+            netns::wire(&rtr, "eth0", &self.ul, "rtr", "br0")?;
+            exec(
+                &rtr,
+                "ip",
+                &["addr", "add", &format!("{UNDERLAY_NET}.253/24"), "dev", "eth0"],
+            )?;
+            exec(&rtr, "ip", &["link", "add", "far", "type", "bridge"])?;
+            exec(
+                &rtr,
+                "ip",
+                &["addr", "add", &format!("{FAR_NET}.1/24"), "dev", "far"],
+            )?;
+            exec(&rtr, "ip", &["link", "set", "far", "up"])?;
+            exec(&rtr, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+            let on_segment = self
+                .hosts
+                .iter()
+                .map(|h| h.ns.clone())
+                .chain((1..=self.controllers.addrs().len()).map(|j| format!("{}-c{j}", self.prefix)));
+            let via = format!("{UNDERLAY_NET}.253");
+            for ns in on_segment {
+                exec(
+                    &ns,
+                    "ip",
+                    &["route", "replace", &format!("{FAR_NET}.0/24"), "via", &via],
+                )?;
+            }
+        }
+        let i = self.hosts.len() + 1;
+        let name = format!("h{i}");
+        let ns = format!("{}-{name}", self.prefix);
+        self.namespaces.add(&ns)?;
+        netns::wire(&ns, "eth0", &rtr, &name, "far")?;
+        let ip: Ipv4Addr = format!("{FAR_NET}.{}", 10 + i)
+            .parse()
+            .map_err(|_| LabError::Setup("bad ip".into()))?;
+        exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        exec(
+            &ns,
+            "ip",
+            &["route", "add", "default", "via", &format!("{FAR_NET}.1")],
+        )?;
+        self.hosts.push(SimHost::new(self.dir.path(), name, ns, ip));
         Ok(i - 1)
     }
 

@@ -78,6 +78,11 @@ impl Namespaces {
         Ok(())
     }
 
+    /// Whether the lab made namespace `name` (and still owns it).
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
     /// Deletes one namespace now (a workload that goes away).
     pub fn remove(&mut self, name: &str) -> Result<()> {
         self.names.retain(|n| n != name);

@@ -102,14 +102,11 @@ fn route_mode_routes_on_the_segment_and_reports_hosts_off_it() {
     );
     println!("blue's workload on h1 cannot reach hg's workload on h2");
 
-    // A host whose underlay address is off the segment (behind a router, here: another
-    // subnet): the others report it instead of sending into the void.
-    let h4 = lab.add_host().unwrap();
+    // A host behind a router namespace, its underlay address off the segment: the others
+    // report it instead of sending into the void.
+    let h4 = lab.add_routed_host().unwrap();
     let ns4 = lab.hosts[h4].ns.clone();
-    lab.on_host(h4, "ip", &["addr", "add", "198.51.100.14/24", "dev", "eth0"])
-        .unwrap();
-    lab.start_agent_with_env(h4, &[("OVERLAY_UNDERLAY_IP", "198.51.100.14")])
-        .unwrap();
+    lab.start_agent(h4).unwrap();
     lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
     let w4 = lab.add_workload("w4").unwrap();
     attach(&lab, "hg", h4, &w4);
