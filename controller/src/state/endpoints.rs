@@ -302,7 +302,7 @@ impl ClusterState {
                         .macvlan
                         .as_ref()
                         .ok_or_else(|| invalid("network", &network, "macvlan options missing"))?;
-                    let (first, last) = super::macvlan_range(n.cidr, m.ip_range);
+                    let (first, last) = super::networks::macvlan_range(n.cidr, m.ip_range);
                     (first, last, m.gateway)
                 }
             };
@@ -497,7 +497,7 @@ impl ClusterState {
                 host: host.to_string(),
             });
         }
-        let (first, last) = super::macvlan_range(n.cidr, m.ip_range);
+        let (first, last) = super::networks::macvlan_range(n.cidr, m.ip_range);
         let no_addresses = BTreeMap::new();
         let used = self.addresses.get(&network_name).unwrap_or(&no_addresses);
         let reserved = [m.gateway];
