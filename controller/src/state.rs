@@ -240,13 +240,13 @@ mod hosts;
 mod marks;
 mod networks;
 
+pub use crate::modes::DEFAULT_HOST_PREFIX;
 pub use command::{Command, MtuSetting, Reply, Response};
 pub use endpoints::{MAX_HOST_ENDPOINTS, UNREPORTED_GRACE_MS, check_names, request_key};
-use error::invalid;
+pub(crate) use error::invalid;
 pub use error::{ErrorKind, StateError};
 use hosts::Claim;
 pub use marks::{ChangeMarks, EndpointEvent};
-pub use networks::DEFAULT_HOST_PREFIX;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -133,7 +133,9 @@ impl StateError {
     }
 }
 
-pub(super) fn invalid(what: &str, value: impl ToString, reason: impl Into<String>) -> StateError {
+/// The common refusal: `what` `value` is not acceptable, because `reason`. Shared with
+/// [`crate::modes`], whose checks refuse in the same words.
+pub(crate) fn invalid(what: &str, value: impl ToString, reason: impl Into<String>) -> StateError {
     StateError::Invalid {
         what: what.to_string(),
         value: value.to_string(),

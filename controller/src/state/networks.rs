@@ -2,17 +2,14 @@
 //! (VNIs, host subnets, the macvlan range) they draw from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::limits;
 
-use super::{ClusterState, MtuSetting, StateError, invalid, validate_ifname, validate_name};
+use super::{ClusterState, MtuSetting, StateError, invalid, validate_name};
 use crate::ipam;
-use crate::model::{Lease, Mode, Network, NetworkSpec};
-
-/// Default host prefix for vxlan/nat networks (flannel's SubnetLen).
-pub const DEFAULT_HOST_PREFIX: u8 = 24;
+use crate::model::{Lease, Network, NetworkSpec};
+use crate::modes::{self, Pool, Settled};
 
 impl ClusterState {
     pub(super) fn create_network(&mut self, spec: NetworkSpec, now_ms: i64) -> Result<Network, StateError> {
@@ -49,96 +46,13 @@ impl ClusterState {
         if let Some(mtu) = spec.mtu {
             limits::mtu(mtu).map_err(|why| invalid("MTU", mtu, why))?;
         }
-        let host_prefix = match spec.mode {
-            Mode::Vxlan | Mode::Route | Mode::Nat => {
-                let hp = spec.host_prefix.unwrap_or(DEFAULT_HOST_PREFIX);
-                if hp <= cidr.prefix() {
-                    return Err(invalid(
-                        "host prefix",
-                        format!("/{hp}"),
-                        format!("must be longer than the network prefix /{}", cidr.prefix()),
-                    ));
-                }
-                if hp > 30 {
-                    return Err(invalid(
-                        "host prefix",
-                        format!("/{hp}"),
-                        "must be /30 or shorter (room for a gateway and an endpoint)",
-                    ));
-                }
-                hp
-            }
-            Mode::Macvlan => {
-                if spec.host_prefix.is_some() {
-                    return Err(invalid(
-                        "host prefix",
-                        "set",
-                        "macvlan networks have no per-host subnets",
-                    ));
-                }
-                cidr.prefix()
-            }
-        };
-        let vni = match spec.mode {
-            Mode::Vxlan => Some(self.choose_vni(spec.vni)?),
-            Mode::Route | Mode::Macvlan | Mode::Nat => {
-                if spec.vni.is_some() {
-                    return Err(invalid(
-                        "VNI",
-                        spec.vni.unwrap_or_default(),
-                        format!("{} networks have no VNI", spec.mode),
-                    ));
-                }
-                None
-            }
-        };
-        let nat_egress = match spec.mode {
-            Mode::Nat => true,
-            Mode::Vxlan | Mode::Route => spec.nat_egress,
-            Mode::Macvlan if spec.nat_egress => {
-                return Err(invalid(
-                    "option",
-                    "--nat-egress",
-                    "macvlan workloads egress through the LAN gateway",
-                ));
-            }
-            Mode::Macvlan => false,
-        };
-        let macvlan = match (spec.mode, spec.macvlan) {
-            (Mode::Macvlan, Some(m)) => {
-                validate_ifname("macvlan parent", &m.parent)?;
-                if !cidr.contains(m.gateway) || m.gateway == cidr.network() || m.gateway == cidr.broadcast() {
-                    return Err(invalid(
-                        "gateway",
-                        m.gateway,
-                        format!("must be a host address of {cidr}"),
-                    ));
-                }
-                if !(cidr.contains(m.ip_range.network()) && m.ip_range.prefix() >= cidr.prefix()) {
-                    return Err(invalid("ip range", m.ip_range, format!("must lie inside {cidr}")));
-                }
-                if m.ip_range.network() != m.ip_range.ip() {
-                    return Err(invalid("ip range", m.ip_range, "host bits are set"));
-                }
-                Some(m)
-            }
-            (Mode::Macvlan, None) => {
-                return Err(invalid(
-                    "option",
-                    "--parent",
-                    "macvlan networks need a parent interface and a gateway",
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(invalid(
-                    "option",
-                    "--parent",
-                    format!("only macvlan networks take macvlan options, not {}", spec.mode),
-                ));
-            }
-            (_, None) => None,
-        };
-
+        // Everything that depends on the mode is the mode's (see `crate::modes`).
+        let Settled {
+            host_prefix,
+            vni,
+            nat_egress,
+            macvlan,
+        } = modes::rules(spec.mode).settle(&spec, &|requested| self.choose_vni(requested))?;
         self.next_network_id += 1;
         let mut network = Network {
             name: spec.name.clone(),
@@ -198,12 +112,8 @@ impl ClusterState {
             .networks
             .get(name)
             .ok_or_else(|| StateError::UnknownNetwork(name.to_string()))?;
-        // Only vxlan and route networks choose; the others' egress is their mode's.
-        let fixed_egress = match network.mode {
-            Mode::Vxlan | Mode::Route => None,
-            Mode::Nat => Some("nat networks always masquerade"),
-            Mode::Macvlan => Some("macvlan workloads egress through the LAN gateway"),
-        };
+        // Some modes' egress is theirs, not the network's to choose.
+        let fixed_egress = modes::rules(network.mode).facts().fixed_egress;
         if let (Some(nat), Some(why)) = (nat_egress, fixed_egress)
             && nat != network.nat_egress
         {
@@ -245,22 +155,17 @@ impl ClusterState {
 
     /// How many host subnets (vxlan/nat) or addresses (macvlan) a network can hold.
     pub fn capacity(network: &Network) -> u64 {
-        match (&network.mode, &network.macvlan) {
-            (Mode::Macvlan, Some(m)) => {
-                let (first, last) = macvlan_range(network.cidr, m.ip_range);
+        match (modes::rules(network.mode).facts().pool, &network.macvlan) {
+            (Pool::SharedRange, Some(m)) => {
+                let (first, last) = modes::shared_range(network.cidr, m.ip_range);
                 let gateway_inside = (first..=last).contains(&m.gateway) as u64;
                 ipam::range_len(first, last).saturating_sub(gateway_inside)
             }
-            _ => ipam::subnet_count(network.cidr, network.host_prefix),
+            (Pool::SharedRange, None) | (Pool::HostLeases, _) => {
+                ipam::subnet_count(network.cidr, network.host_prefix)
+            }
         }
     }
-}
-
-/// The macvlan allocation range clipped to the subnet's host addresses.
-pub(super) fn macvlan_range(cidr: Ipv4Network, ip_range: Ipv4Network) -> (Ipv4Addr, Ipv4Addr) {
-    let first = u32::from(ip_range.network()).max(u32::from(cidr.network()) + 1);
-    let last = u32::from(ip_range.broadcast()).min(u32::from(cidr.broadcast()) - 1);
-    (Ipv4Addr::from(first), Ipv4Addr::from(last))
 }
 
 pub(super) fn free_subnet(network: &Network) -> Option<Ipv4Network> {
