@@ -14,9 +14,12 @@ use std::sync::Arc;
 
 use overlay_proto::v1::{self as pb, watch_event};
 
-use crate::ipam;
-use crate::model::{Mode, Network};
+use crate::model::Network;
+use crate::modes::{self, Member};
 use crate::state::ClusterState;
+
+/// The MTU `network ls` shows (see [`modes::effective_mtu`]).
+pub use crate::modes::effective_mtu;
 
 pub use overlay_proto::limits::VXLAN_OVERHEAD;
 
@@ -38,16 +41,6 @@ pub fn host_ifname(endpoint_id: u64) -> String {
 struct HostRecord {
     underlay_ip: String,
     vtep_mac: String,
-}
-
-/// One host's place in one network.
-#[derive(Debug, PartialEq, Eq)]
-struct Member {
-    subnet: String,
-    gateway: String,
-    mtu: u32,
-    /// What the other hosts program for this one (vxlan only).
-    peer: Option<pb::Peer>,
 }
 
 type Members = BTreeMap<String, Arc<Member>>;
@@ -483,114 +476,33 @@ fn net_model(
 }
 
 fn net_base(n: &Network) -> pb::NetworkState {
-    pb::NetworkState {
+    let mut base = pb::NetworkState {
         name: n.name.clone(),
         id: n.id,
         mode: n.mode.wire() as i32,
         cidr: n.cidr.to_string(),
         vni: n.vni.unwrap_or(0),
         nat_egress: n.nat_egress,
-        bridge_name: if n.mode.has_bridge() {
-            bridge_name(n.id)
-        } else {
-            String::new()
-        },
-        vxlan_name: if n.mode.tunnels() {
-            vxlan_name(n.id)
-        } else {
-            String::new()
-        },
-        macvlan: n.macvlan.as_ref().map(|m| pb::MacvlanOptions {
-            parent: m.parent.clone(),
-            gateway: m.gateway.to_string(),
-            ip_range: m.ip_range.to_string(),
-            mode: m.mode.label().to_string(),
-        }),
         ..Default::default()
-    }
-}
-
-/// The smallest underlay MTU of the hosts holding a lease in `n`. A vxlan network's MTU fits
-/// every member's underlay, so a host with a smaller one is no black hole.
-fn smallest_member_underlay(state: &ClusterState, n: &Network) -> Option<u32> {
-    n.leases
-        .keys()
-        .filter_map(|h| state.hosts.get(h))
-        .map(|h| h.underlay_mtu)
-        .min()
-}
-
-/// The MTU of `n`'s devices on a host whose underlay MTU is `underlay`: the fixed one, else
-/// derived (vxlan: the smallest member underlay minus the overhead; nat: the host's own
-/// underlay; macvlan: 0, the parent's).
-fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32 {
-    if n.mode.on_the_lan() {
-        return n.mtu.unwrap_or(0);
-    }
-    // Traffic between hosts must fit the smallest member's underlay; the rest only this host's.
-    let base = if n.mode.crosses_hosts() {
-        smallest_underlay.unwrap_or(underlay)
-    } else {
-        underlay
     };
-    n.mtu.unwrap_or(base.saturating_sub(n.mode.overhead()))
+    modes::rules(n.mode).base(n, &mut base);
+    base
 }
 
-/// The MTU `network ls` shows: what the devices get, the same derivation as the desired
-/// state (for a nat network whose members differ, the smallest). `None` while no host holds
-/// a lease, and for a macvlan network that inherits its parent's.
-pub fn effective_mtu(state: &ClusterState, n: &Network) -> Option<u32> {
-    if n.mtu.is_some() || n.mode.on_the_lan() {
-        return n.mtu;
-    }
-    let smallest = smallest_member_underlay(state, n)?;
-    Some(device_mtu(n, Some(smallest), smallest))
-}
-
-/// Every host's place in `n`, reusing `old` entries that did not change.
+/// Every host's place in `n` (its mode decides who and what), reusing `old` entries that did
+/// not change.
 fn members(state: &ClusterState, n: &Network, old: Option<&Arc<NetModel>>) -> Members {
-    let smallest_underlay = smallest_member_underlay(state, n);
     let old_member = |host: &str| old.and_then(|o| o.members.get(host));
-    let mut members = BTreeMap::new();
-    match n.mode {
-        Mode::Vxlan | Mode::Route | Mode::Nat => {
-            for (host, lease) in &n.leases {
-                let Some(h) = state.hosts.get(host) else { continue };
-                let subnet = lease.subnet.to_string();
-                let mtu = device_mtu(n, smallest_underlay, h.underlay_mtu);
-                let peer = n.mode.crosses_hosts().then(|| pb::Peer {
-                    host: host.clone(),
-                    underlay_ip: h.underlay_ip.to_string(),
-                    vtep_mac: h.vtep_mac.to_string(),
-                    subnet: subnet.clone(),
-                });
-                let member = Member {
-                    gateway: ipam::subnet_gateway(lease.subnet).to_string(),
-                    subnet,
-                    mtu,
-                    peer,
-                };
-                members.insert(host.clone(), reuse(old_member(host), member));
-            }
-        }
-        Mode::Macvlan => {
-            let gateway = n
-                .macvlan
-                .as_ref()
-                .map(|m| m.gateway.to_string())
-                .unwrap_or_default();
-            for host in state.hosts.keys() {
-                let member = Member {
-                    subnet: n.cidr.to_string(),
-                    gateway: gateway.clone(),
-                    mtu: device_mtu(n, None, 0),
-                    peer: None,
-                };
-                members.insert(host.clone(), reuse(old_member(host), member));
-            }
-        }
-    }
-    members
+    modes::rules(n.mode)
+        .facts()
+        .pool
+        .members(state, n)
+        .into_iter()
+        .map(|(host, member)| {
+            let member = reuse(old_member(&host), member);
+            (host, member)
+        })
+        .collect()
 }
 
 /// `before` with the endpoints of `patch` added or removed (ids ascend, so additions append).

@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::NetworkSpec;
 use crate::model::{EndpointStatus, HostEndpoint};
+use crate::model::{Mode, NetworkSpec};
 use crate::state::Command;
 use crate::state::tests::{op, to_command_in};
 

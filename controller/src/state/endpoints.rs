@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use super::{ClusterState, EndpointEvent, StateError, invalid, validate_ifname, validate_netns};
 use crate::ipam;
 use crate::model::{Endpoint, EndpointStatus, HostEndpoint, MacvlanMode, Mode, PublishedPort};
+use crate::modes::{self, Pool};
 
 /// Longest endpoint key: CNI container ids are up to 256 characters (`<id>/<ifname>`).
 pub const MAX_KEY_LEN: usize = 300;
@@ -285,8 +286,8 @@ impl ClusterState {
         }
         if let Some(ip) = ip {
             // Checked now as far as the controller can (the host decides in the end).
-            let (first, last, gateway) = match n.mode {
-                Mode::Vxlan | Mode::Route | Mode::Nat => {
+            let (first, last, gateway) = match modes::rules(n.mode).facts().pool {
+                Pool::HostLeases => {
                     let (first, last, gateway, _) = self.lease_range(&network, &host).map_err(|reason| {
                         StateError::AddressNotAllowed {
                             ip,
@@ -297,12 +298,12 @@ impl ClusterState {
                     })?;
                     (first, last, gateway)
                 }
-                Mode::Macvlan => {
+                Pool::SharedRange => {
                     let m = n
                         .macvlan
                         .as_ref()
                         .ok_or_else(|| invalid("network", &network, "macvlan options missing"))?;
-                    let (first, last) = super::macvlan_range(n.cidr, m.ip_range);
+                    let (first, last) = modes::shared_range(n.cidr, m.ip_range);
                     (first, last, m.gateway)
                 }
             };
@@ -470,9 +471,9 @@ impl ClusterState {
             request = Some((existing.id, existing.created_ms, existing.requested_ip));
         }
         let ip = ip.or(request.and_then(|(_, _, wanted)| wanted));
-        let m = match (n.mode, n.macvlan.as_ref()) {
-            (Mode::Macvlan, Some(m)) => m.clone(),
-            _ => {
+        let m = match (modes::rules(n.mode).facts().pool, n.macvlan.as_ref()) {
+            (Pool::SharedRange, Some(m)) => m.clone(),
+            (Pool::SharedRange, None) | (Pool::HostLeases, _) => {
                 return Err(invalid(
                     "network",
                     &network_name,
@@ -497,7 +498,7 @@ impl ClusterState {
                 host: host.to_string(),
             });
         }
-        let (first, last) = super::macvlan_range(n.cidr, m.ip_range);
+        let (first, last) = modes::shared_range(n.cidr, m.ip_range);
         let no_addresses = BTreeMap::new();
         let used = self.addresses.get(&network_name).unwrap_or(&no_addresses);
         let reserved = [m.gateway];
@@ -681,8 +682,8 @@ impl ClusterState {
                 e.key, old.network, e.network
             ));
         }
-        let (prefix_len, gateway) = match mode {
-            Mode::Vxlan | Mode::Route | Mode::Nat => {
+        let (prefix_len, gateway) = match modes::rules(mode).facts().pool {
+            Pool::HostLeases => {
                 let (first, last, gateway, prefix) = self.lease_range(&e.network, host)?;
                 if !(first..=last).contains(&e.ip) || e.ip == gateway {
                     return Err(format!(
@@ -692,7 +693,7 @@ impl ClusterState {
                 }
                 (prefix, gateway)
             }
-            Mode::Macvlan => {
+            Pool::SharedRange => {
                 // Allocated here (AllocateAddress): the report must match the allocation.
                 match &existing {
                     Some(old) if !old.is_request() && old.ip == e.ip => (old.prefix_len, old.gateway),

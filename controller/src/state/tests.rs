@@ -6,8 +6,13 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
+use ipnetwork::Ipv4Network;
+
 use super::*;
-use crate::model::{EndpointStatus, MacvlanMode, MacvlanSpec, PublishedPort};
+use crate::ipam;
+use crate::model::{
+    EndpointStatus, HostEndpoint, MacvlanMode, MacvlanSpec, Mode, NetworkSpec, PublishedPort,
+};
 
 fn net(s: &str) -> Ipv4Network {
     s.parse().unwrap()
