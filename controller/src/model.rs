@@ -31,6 +31,10 @@ pub struct NetworkSpec {
     pub vni: Option<u32>,
     pub mtu: Option<u32>,
     pub nat_egress: bool,
+    /// vxlan: route same-segment peers without the tunnel. Absent in log entries written
+    /// before the option existed.
+    #[serde(default)]
+    pub direct_routing: bool,
     pub macvlan: Option<MacvlanSpec>,
 }
 
@@ -54,6 +58,10 @@ pub struct Network {
     pub vni: Option<u32>,
     pub mtu: Option<u32>,
     pub nat_egress: bool,
+    /// vxlan: peers on a host's underlay subnet are routed directly (each agent decides
+    /// which peers share its segment). Absent in snapshots from before the option existed.
+    #[serde(default)]
+    pub direct_routing: bool,
     pub macvlan: Option<MacvlanSpec>,
     pub created_ms: i64,
     /// Host name → lease (vxlan/nat only).

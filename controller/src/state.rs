@@ -97,7 +97,10 @@ impl ClusterState {
                 name,
                 nat_egress,
                 mtu,
-            } => self.update_network(&name, nat_egress, mtu).map(Response::Network),
+                direct_routing,
+            } => self
+                .update_network(&name, nat_egress, mtu, direct_routing)
+                .map(Response::Network),
             Command::DeleteNetwork { name, force } => self
                 .delete_network(&name, force)
                 .map(|removed_endpoints| Response::NetworkDeleted { removed_endpoints }),

@@ -649,6 +649,24 @@ impl Lab {
         Ok((rt, inet))
     }
 
+    /// A tcpdump in `ns` on `iface` for `filter` (line-buffered, numeric, with link-level
+    /// headers), returned once it says it is listening so no packet sent after is missed.
+    pub fn tcpdump(&self, ns: &str, iface: &str, filter: &str, name: &str) -> Result<Daemon> {
+        let mut args = vec!["-l", "-nn", "-e", "-i", iface];
+        args.extend(filter.split_whitespace());
+        let d = self.spawn_in(ns, "tcpdump", &args, name)?;
+        let ready = Self::wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(d.log_path()).is_ok_and(|t| t.contains("listening on"))
+        });
+        match ready {
+            Some(_) => Ok(d),
+            None => Err(LabError::Timeout(format!(
+                "tcpdump {name} did not start: {}",
+                d.log_tail(5)
+            ))),
+        }
+    }
+
     /// Starts `program args` in namespace `ns` as a background process owned by the caller.
     pub fn spawn_in(&self, ns: &str, program: &str, args: &[&str], name: &str) -> Result<Daemon> {
         let mut cmd = Command::new("ip");

@@ -99,14 +99,7 @@ fn link_local(ns: &str) -> Option<String> {
 
 /// A tcpdump in `ns` on `iface`, ready once it says it is listening.
 fn capture(lab: &Lab, ns: &str, iface: &str, filter: &str, name: &str) -> Daemon {
-    let mut args = vec!["-l", "-nn", "-e", "-i", iface];
-    args.extend(filter.split_whitespace());
-    let d = lab.spawn_in(ns, "tcpdump", &args, name).unwrap();
-    let ready = Lab::wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(d.log_path()).is_ok_and(|t| t.contains("listening on"))
-    });
-    assert!(ready.is_some(), "tcpdump {name} did not start: {}", d.log_tail(5));
-    d
+    lab.tcpdump(ns, iface, filter, name).expect("tcpdump")
 }
 
 fn captured(d: &Daemon) -> String {

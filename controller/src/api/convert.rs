@@ -16,6 +16,7 @@ pub fn network(state: &ClusterState, n: &Network) -> pb::Network {
         vni: n.vni.unwrap_or(0),
         mtu: n.mtu.unwrap_or(0),
         nat_egress: n.nat_egress,
+        direct_routing: n.direct_routing,
         macvlan: n.macvlan.as_ref().map(|m| pb::MacvlanOptions {
             parent: m.parent.clone(),
             gateway: m.gateway.to_string(),
@@ -139,6 +140,7 @@ mod tests {
                 vni: None,
                 mtu,
                 nat_egress: false,
+                direct_routing: false,
                 macvlan: None,
             },
             now_ms: 0,
@@ -199,6 +201,7 @@ mod tests {
             name: "jumbo".into(),
             nat_egress: None,
             mtu: Some(MtuSetting::Fixed(9166)),
+            direct_routing: None,
         });
         assert!(updated.result.is_ok(), "{:?}", updated.result);
         let too_big = create(&mut s, "huge", Mode::Vxlan, "10.4.0.0/16", Some(65536));

@@ -474,6 +474,7 @@ impl Overlay for OverlayApi {
                 name: req.name,
                 nat_egress: req.nat_egress,
                 mtu,
+                direct_routing: req.direct_routing,
             })
             .await?;
         let Done::Network(n) = done else {

@@ -159,6 +159,7 @@ pub fn network_spec(req: &pb::CreateNetworkRequest) -> Result<NetworkSpec, Statu
         vni: req.vni,
         mtu: req.mtu,
         nat_egress: req.nat_egress,
+        direct_routing: req.direct_routing,
         macvlan,
     })
 }
@@ -277,17 +278,21 @@ mod fuzz {
             proptest::option::of(0u32..70_000),
             any::<bool>(),
             proptest::option::of(macvlan),
+            any::<bool>(),
         )
             .prop_map(
-                |(name, mode, subnet, host_prefix, vni, mtu, nat_egress, macvlan)| pb::CreateNetworkRequest {
-                    name,
-                    mode,
-                    subnet,
-                    host_prefix,
-                    vni,
-                    mtu,
-                    nat_egress,
-                    macvlan,
+                |(name, mode, subnet, host_prefix, vni, mtu, nat_egress, macvlan, direct_routing)| {
+                    pb::CreateNetworkRequest {
+                        name,
+                        mode,
+                        subnet,
+                        host_prefix,
+                        vni,
+                        mtu,
+                        nat_egress,
+                        macvlan,
+                        direct_routing,
+                    }
                 },
             );
         run_for("CreateNetwork validation", request, |req| {

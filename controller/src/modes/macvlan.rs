@@ -38,6 +38,7 @@ impl Rules for Macvlan {
         Facts {
             pool: Pool::SharedRange,
             fixed_egress: Some(LAN_EGRESS),
+            fixed_direct_routing: Some("macvlan workloads are on the LAN: there are no peers to route"),
         }
     }
 

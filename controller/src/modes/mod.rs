@@ -67,14 +67,18 @@ pub struct Facts {
     pub pool: Pool,
     /// Why the network's NAT egress cannot be changed, or `None` when the network chooses.
     pub fixed_egress: Option<&'static str>,
+    /// Why the network takes no `--direct-routing`, or `None` when it chooses.
+    pub fixed_direct_routing: Option<&'static str>,
 }
 
 impl Facts {
-    /// A mode with per-host subnets, whose egress is `fixed_egress` (`None`: chosen).
-    const fn leases(fixed_egress: Option<&'static str>) -> Facts {
+    /// A mode with per-host subnets, whose egress is `fixed_egress` and direct routing
+    /// `fixed_direct_routing` (`None`: chosen).
+    const fn leases(fixed_egress: Option<&'static str>, fixed_direct_routing: Option<&'static str>) -> Facts {
         Facts {
             pool: Pool::HostLeases,
             fixed_egress,
+            fixed_direct_routing,
         }
     }
 }

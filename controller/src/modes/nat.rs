@@ -17,7 +17,10 @@ impl Rules for Nat {
     }
 
     fn facts(&self) -> Facts {
-        Facts::leases(Some("nat networks always masquerade"))
+        Facts::leases(
+            Some("nat networks always masquerade"),
+            Some("nat networks are host-local: there are no peers to route"),
+        )
     }
 
     fn base(&self, n: &Network, base: &mut pb::NetworkState) {

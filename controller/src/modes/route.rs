@@ -16,7 +16,10 @@ impl Rules for Route {
     }
 
     fn facts(&self) -> Facts {
-        Facts::leases(None)
+        Facts::leases(
+            None,
+            Some("route networks always route their peers directly: there is no tunnel"),
+        )
     }
 
     fn base(&self, n: &Network, base: &mut pb::NetworkState) {

@@ -1,5 +1,6 @@
 //! vxlan: per-host subnets joined across hosts by a VXLAN device (flannel-style). The only
-//! mode with a VNI, and the one whose MTU pays the tunnel's overhead.
+//! mode with a VNI, and the one whose MTU pays the tunnel's overhead. With direct routing,
+//! each agent routes the peers on its own underlay subnet without the tunnel.
 
 use overlay_proto::v1 as pb;
 
@@ -16,11 +17,12 @@ impl Rules for Vxlan {
     }
 
     fn facts(&self) -> Facts {
-        Facts::leases(None)
+        Facts::leases(None, None)
     }
 
     fn base(&self, n: &Network, base: &mut pb::NetworkState) {
         base.bridge_name = bridge_name(n.id);
         base.vxlan_name = vxlan_name(n.id);
+        base.direct_routing = n.direct_routing;
     }
 }

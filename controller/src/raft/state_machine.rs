@@ -340,6 +340,7 @@ mod fuzz {
             vni: None,
             mtu: None,
             nat_egress: false,
+            direct_routing: false,
             macvlan: None,
         };
         state.apply(Command::CreateNetwork { spec, now_ms: 1 });

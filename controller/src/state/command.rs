@@ -21,6 +21,9 @@ pub enum Command {
         name: String,
         nat_egress: Option<bool>,
         mtu: Option<MtuSetting>,
+        /// Absent in log entries written before the option existed.
+        #[serde(default)]
+        direct_routing: Option<bool>,
     },
     DeleteNetwork {
         name: String,

@@ -53,6 +53,11 @@ impl ClusterState {
             nat_egress,
             macvlan,
         } = modes::rules(spec.mode).settle(&spec, &|requested| self.choose_vni(requested))?;
+        if spec.direct_routing
+            && let Some(why) = modes::rules(spec.mode).facts().fixed_direct_routing
+        {
+            return Err(invalid("option", "--direct-routing", why));
+        }
         self.next_network_id += 1;
         let mut network = Network {
             name: spec.name.clone(),
@@ -63,6 +68,7 @@ impl ClusterState {
             vni,
             mtu: spec.mtu,
             nat_egress,
+            direct_routing: spec.direct_routing,
             macvlan,
             created_ms: now_ms,
             leases: BTreeMap::new(),
@@ -107,17 +113,23 @@ impl ClusterState {
         name: &str,
         nat_egress: Option<bool>,
         mtu: Option<MtuSetting>,
+        direct_routing: Option<bool>,
     ) -> Result<Network, StateError> {
         let network = self
             .networks
             .get(name)
             .ok_or_else(|| StateError::UnknownNetwork(name.to_string()))?;
         // Some modes' egress is theirs, not the network's to choose.
-        let fixed_egress = modes::rules(network.mode).facts().fixed_egress;
-        if let (Some(nat), Some(why)) = (nat_egress, fixed_egress)
+        let facts = modes::rules(network.mode).facts();
+        if let (Some(nat), Some(why)) = (nat_egress, facts.fixed_egress)
             && nat != network.nat_egress
         {
             return Err(invalid("option", "--nat-egress", why));
+        }
+        if let (Some(direct), Some(why)) = (direct_routing, facts.fixed_direct_routing)
+            && direct != network.direct_routing
+        {
+            return Err(invalid("option", "--direct-routing", why));
         }
         if let Some(MtuSetting::Fixed(m)) = mtu {
             limits::mtu(m).map_err(|why| invalid("MTU", m, why))?;
@@ -125,6 +137,9 @@ impl ClusterState {
         let network = self.networks.get_mut(name).expect("checked above");
         if let Some(nat) = nat_egress {
             network.nat_egress = nat;
+        }
+        if let Some(direct) = direct_routing {
+            network.direct_routing = direct;
         }
         match mtu {
             Some(MtuSetting::Auto) => network.mtu = None,

@@ -27,6 +27,7 @@ fn vxlan(name: &str, cidr: &str) -> NetworkSpec {
         vni: None,
         mtu: None,
         nat_egress: false,
+        direct_routing: false,
         macvlan: None,
     }
 }
@@ -118,6 +119,7 @@ fn macvlan(name: &str, mode: MacvlanMode, range: &str) -> NetworkSpec {
         vni: None,
         mtu: None,
         nat_egress: false,
+        direct_routing: false,
         macvlan: Some(MacvlanSpec {
             parent: "eth0".into(),
             gateway: "198.51.100.1".parse().unwrap(),
@@ -268,6 +270,7 @@ fn update_network_changes_only_what_is_safe() {
         name: "blue".into(),
         nat_egress: Some(true),
         mtu: Some(MtuSetting::Fixed(1400)),
+        direct_routing: None,
     });
     assert!(r.result.is_ok());
     assert!(s.networks["blue"].nat_egress);
@@ -276,6 +279,7 @@ fn update_network_changes_only_what_is_safe() {
         name: "blue".into(),
         nat_egress: None,
         mtu: Some(MtuSetting::Auto),
+        direct_routing: None,
     })
     .result
     .unwrap();
@@ -286,6 +290,7 @@ fn update_network_changes_only_what_is_safe() {
             name: "nope".into(),
             nat_egress: None,
             mtu: None,
+            direct_routing: None,
         },
         |e| matches!(e, StateError::UnknownNetwork(_)),
     );
@@ -295,6 +300,7 @@ fn update_network_changes_only_what_is_safe() {
             name: "blue".into(),
             nat_egress: None,
             mtu: Some(MtuSetting::Fixed(10)),
+            direct_routing: None,
         },
         |e| matches!(e, StateError::Invalid { .. }),
     );
@@ -307,6 +313,7 @@ fn update_network_changes_only_what_is_safe() {
             name: "local".into(),
             nat_egress: Some(false),
             mtu: None,
+            direct_routing: None,
         },
         |e| matches!(e, StateError::Invalid { .. }),
     );
@@ -876,11 +883,13 @@ fn every_command_survives_the_log_encoding() {
             name: "blue".into(),
             nat_egress: Some(false),
             mtu: Some(MtuSetting::Auto),
+            direct_routing: None,
         },
         Command::UpdateNetwork {
             name: "blue".into(),
             nat_egress: None,
             mtu: Some(MtuSetting::Fixed(1400)),
+            direct_routing: None,
         },
         Command::DeleteNetwork {
             name: "blue".into(),
@@ -1385,4 +1394,40 @@ fn a_host_name_is_held_by_one_instance_until_it_falls_silent() {
     let json = serde_json::to_vec(&s).unwrap();
     let back = ClusterState::from_snapshot_json(&json).unwrap();
     assert_eq!(back.hosts["h2"].claimant, OTHER);
+}
+
+#[test]
+fn direct_routing_is_a_vxlan_option_switchable_live() {
+    let mut s = two_hosts();
+    let mut blue = vxlan("blue", "10.1.0.0/16");
+    blue.direct_routing = true;
+    create(&mut s, blue).unwrap();
+    assert!(s.networks["blue"].direct_routing);
+    for mode in [Mode::Route, Mode::Nat] {
+        let mut spec = vxlan("other", "10.2.0.0/16");
+        spec.mode = mode;
+        spec.direct_routing = true;
+        assert_refused(
+            &mut s,
+            Command::CreateNetwork { spec, now_ms: 2 },
+            |e| matches!(e, StateError::Invalid { value, .. } if value == "--direct-routing"),
+        );
+    }
+    let set = |name: &str, on: bool| Command::UpdateNetwork {
+        name: name.into(),
+        nat_egress: None,
+        mtu: None,
+        direct_routing: Some(on),
+    };
+    s.apply(set("blue", false)).result.unwrap();
+    assert!(!s.networks["blue"].direct_routing);
+    let mut hg = vxlan("hg", "10.3.0.0/16");
+    hg.mode = Mode::Route;
+    create(&mut s, hg).unwrap();
+    assert_refused(&mut s, set("hg", true), |e| {
+        matches!(e, StateError::Invalid { .. })
+    });
+    // Leaving the option off on a route network is no change, so it is not refused.
+    s.apply(set("hg", false)).result.unwrap();
+    assert!(!s.networks["hg"].direct_routing);
 }

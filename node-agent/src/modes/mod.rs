@@ -64,7 +64,7 @@ pub struct Wants<'a> {
 /// What `net` wants in the kernel of a host on `segment`.
 pub fn wants<'a>(net: &'a NetworkSpec, segment: &Segment<'_>) -> Wants<'a> {
     match net.mode {
-        Mode::Vxlan => vxlan::wants(net),
+        Mode::Vxlan => vxlan::wants(net, segment),
         Mode::Route => route::wants(net, segment),
         Mode::Nat => nat::wants(net),
         Mode::Macvlan => macvlan::wants(net),
@@ -75,9 +75,10 @@ pub fn wants<'a>(net: &'a NetworkSpec, segment: &Segment<'_>) -> Wants<'a> {
 /// addresses, NICs that are not overlay's): a pass must then plan from a fresh dump.
 pub fn reads_outside(net: &NetworkSpec) -> bool {
     match net.mode {
-        Mode::Vxlan | Mode::Nat => false,
         // Which peers share the segment comes from the underlay's addresses.
+        Mode::Vxlan => net.direct_routing,
         Mode::Route => true,
+        Mode::Nat => false,
         // Parents are NICs nobody reports on.
         Mode::Macvlan => true,
     }
@@ -88,6 +89,7 @@ pub fn reads_outside(net: &NetworkSpec) -> bool {
 pub fn crosses_underlay(net: &NetworkSpec) -> bool {
     match net.mode {
         Mode::Route => true,
-        Mode::Vxlan | Mode::Nat | Mode::Macvlan => false,
+        Mode::Vxlan => net.direct_routing,
+        Mode::Nat | Mode::Macvlan => false,
     }
 }

@@ -639,3 +639,71 @@ fn endpoints_carry_their_route_role_and_network() {
         ]
     );
 }
+
+#[test]
+fn direct_routing_routes_same_segment_peers_and_tunnels_the_rest() {
+    let mut s = spec();
+    s.networks[0].direct_routing = true;
+    // h3 sits behind a router: its underlay address is off eth0's 192.0.2.0/24.
+    s.networks[0].peers[1].underlay_ip = "198.51.100.23".parse().unwrap();
+    let mut k = converged();
+    k.neighbours.retain(|n| n.ip.to_string() != "10.1.2.0");
+    k.fdb.retain(|f| f.mac.to_string() != "02:00:00:00:00:03");
+    k.fdb.push(FdbEntry {
+        ifindex: 11,
+        mac: "02:00:00:00:00:03".parse().unwrap(),
+        dst: Some("198.51.100.23".parse().unwrap()),
+        permanent: true,
+    });
+    k.neighbours.push(Neighbour {
+        ifindex: 11,
+        ip: "10.1.2.0".parse().unwrap(),
+        mac: Some("02:00:00:00:00:03".parse().unwrap()),
+        permanent: true,
+    });
+    // Switching on: h2 loses its tunnel entries and its route moves to the underlay in place;
+    // h3 keeps everything.
+    let ops = entries(&s, &k, UNDERLAY);
+    assert_eq!(
+        ops,
+        vec![
+            EntryOp::DelNeighbour {
+                index: 11,
+                ip: "10.1.1.0".parse().unwrap()
+            },
+            EntryOp::DelFdb {
+                index: 11,
+                mac: "02:00:00:00:00:02".parse().unwrap(),
+                dst: Some("192.0.2.22".parse().unwrap())
+            },
+            EntryOp::SetRoute {
+                dst: "10.1.1.0/24".parse().unwrap(),
+                via: "192.0.2.22".parse().unwrap(),
+                index: UNDERLAY
+            },
+        ]
+    );
+    assert!(
+        unreachable_peers(&s, &k, UNDERLAY).is_empty(),
+        "the tunnel reaches h3"
+    );
+    // Converged with direct routing: nothing to do; switching off restores the tunnel.
+    k.neighbours.retain(|n| n.ip.to_string() != "10.1.1.0");
+    k.fdb.retain(|f| f.mac.to_string() != "02:00:00:00:00:02");
+    let r = k
+        .routes
+        .iter_mut()
+        .find(|r| r.dst.to_string() == "10.1.1.0/24")
+        .unwrap();
+    r.gateway = Some("192.0.2.22".parse().unwrap());
+    r.oif = Some(UNDERLAY);
+    assert_eq!(entries(&s, &k, UNDERLAY), vec![]);
+    s.networks[0].direct_routing = false;
+    let ops = entries(&s, &k, UNDERLAY);
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(ops.contains(&EntryOp::SetRoute {
+        dst: "10.1.1.0/24".parse().unwrap(),
+        via: "10.1.1.0".parse().unwrap(),
+        index: 11
+    }));
+}

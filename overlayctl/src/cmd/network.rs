@@ -34,6 +34,10 @@ pub struct CreateArgs {
     /// Masquerade traffic leaving the network to the host's underlay address (vxlan).
     #[arg(long)]
     pub nat_egress: bool,
+    /// vxlan: route peers on this host's underlay subnet directly, without encapsulation; peers
+    /// behind a router keep the tunnel.
+    #[arg(long)]
+    pub direct_routing: bool,
     /// macvlan: parent NIC on every host (a VLAN sub-interface like eth0.50 is created if missing).
     #[arg(long)]
     pub parent: Option<String>,
@@ -56,12 +60,16 @@ pub enum NetworkCmd {
     Ls,
     /// Show a network with its leases and endpoints.
     Inspect { name: String },
-    /// Change a live network: NAT egress on or off, MTU.
+    /// Change a live network: NAT egress on or off, MTU, direct routing on or off.
     Update {
         name: String,
         /// Masquerade traffic leaving the network (vxlan networks).
         #[arg(long, value_name = "true|false")]
         nat_egress: Option<bool>,
+        /// Route same-segment peers without encapsulation (vxlan networks); established flows
+        /// keep going across the switch.
+        #[arg(long, value_name = "true|false")]
+        direct_routing: Option<bool>,
         /// Workload MTU, or 0 to derive it from the underlay again.
         #[arg(long)]
         mtu: Option<u32>,
@@ -104,17 +112,19 @@ pub async fn run(controllers: &Controllers, out: &mut Out, cmd: NetworkCmd) -> R
         NetworkCmd::Update {
             name,
             nat_egress,
+            direct_routing,
             mtu,
         } => {
-            if nat_egress.is_none() && mtu.is_none() {
+            if nat_egress.is_none() && mtu.is_none() && direct_routing.is_none() {
                 return Err(Failure::Message(
-                    "nothing to change: give --nat-egress and/or --mtu".into(),
+                    "nothing to change: give --nat-egress, --mtu or --direct-routing".into(),
                 ));
             }
             let req = pb::UpdateNetworkRequest {
                 name,
                 nat_egress,
                 mtu,
+                direct_routing,
             };
             let resp = call(controllers, |mut c| {
                 let req = req.clone();
@@ -157,6 +167,7 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
         vni: a.vni,
         mtu: a.mtu,
         nat_egress: a.nat_egress,
+        direct_routing: a.direct_routing,
         macvlan: macvlan_given.then(|| pb::MacvlanOptions {
             parent: a.parent.unwrap_or_default(),
             gateway: a.gateway.unwrap_or_default(),
@@ -184,6 +195,7 @@ fn json(n: &pb::Network) -> Value {
         "mtu": (n.mtu != 0).then_some(n.mtu),
         "effective_mtu": (n.effective_mtu != 0).then_some(n.effective_mtu),
         "mtu_mode": if n.mtu == 0 { "auto" } else { "fixed" }, "nat_egress": n.nat_egress,
+        "direct_routing": n.direct_routing,
         "endpoints": n.endpoint_count, "leases": n.lease_count, "capacity": n.capacity,
         "created_unix_ms": n.created_unix_ms,
     });
@@ -254,9 +266,14 @@ fn print_updated(out: &mut Out, n: &pb::Network) -> io::Result<()> {
         return out.print_json(&json(n));
     }
     let mtu = mtu_cell(n);
+    let direct = if n.direct_routing {
+        ", direct routing on"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "updated network {} (nat egress {}, mtu {mtu})",
+        "updated network {} (nat egress {}, mtu {mtu}{direct})",
         n.name,
         if n.nat_egress { "on" } else { "off" }
     )?;
@@ -295,6 +312,9 @@ fn print_detail(out: &mut Out, d: &pb::NetworkDetail) -> io::Result<()> {
     }
     writeln!(out, "mtu:         {}", mtu_cell(n))?;
     writeln!(out, "nat egress:  {}", if n.nat_egress { "yes" } else { "no" })?;
+    if n.direct_routing {
+        writeln!(out, "direct routing: yes (same-segment peers without the tunnel)")?;
+    }
     writeln!(out, "endpoints:   {} (capacity {})", n.endpoint_count, n.capacity)?;
     if !d.leases.is_empty() {
         writeln!(out)?;

@@ -1,0 +1,168 @@
+//! vxlan `--direct-routing`, in the netns lab (root): three hosts on one underlay segment and
+//! a fourth behind a router namespace. Same-segment traffic crosses the underlay as it is
+//! (tcpdump on the peer's eth0 sees the workload's ICMP and no UDP 4789), traffic with the
+//! fourth host keeps the tunnel, and switching direct routing off and on with `network update`
+//! keeps an established TCP flow going.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use overlay_lab::lab::{Lab, LabConfig};
+use overlay_lab::process::Daemon;
+use overlay_lab::tcp::Flow;
+
+/// A tcpdump in `ns` on its eth0, ready once it says it is listening.
+fn capture(lab: &Lab, ns: &str, filter: &str, name: &str) -> Daemon {
+    lab.tcpdump(ns, "eth0", filter, name).expect("tcpdump")
+}
+
+/// What `capture` printed so far, after a moment for the last packets to be written.
+fn captured(d: &Daemon) -> String {
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::read_to_string(d.log_path()).unwrap_or_default()
+}
+
+fn subnet_of(lab: &Lab, network: &str, host: &str) -> String {
+    let leases = lab.ctl_json(&["network", "inspect", network]).unwrap()["host_leases"].clone();
+    leases
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["host"] == host))
+        .and_then(|l| l["subnet"].as_str())
+        .unwrap_or_else(|| panic!("no lease of {host} in {leases}"))
+        .to_string()
+}
+
+/// h1's overlay route to `subnet`, as `ip route` prints it.
+fn route_to(lab: &Lab, subnet: &str) -> String {
+    let routes = lab.on_host(0, "ip", &["route", "show", "proto", "79"]).unwrap();
+    routes
+        .lines()
+        .find(|l| l.starts_with(&format!("{subnet} ")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router() {
+    let mut lab = Lab::start_with_agents(LabConfig {
+        hosts: 3,
+        controllers: 1,
+        tag: "dr",
+        resync_secs: 10,
+    })
+    .expect("lab");
+    let h4 = lab.add_routed_host().unwrap();
+    lab.start_agent(h4).unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    let args = [
+        "network",
+        "create",
+        "dr",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.82.0.0/16",
+        "--direct-routing",
+    ];
+    lab.ctl_ok(&args).unwrap();
+    let inspect = lab.ctl_json(&["network", "inspect", "dr"]).unwrap();
+    assert_eq!(inspect["direct_routing"], true, "{inspect}");
+
+    let w: Vec<String> = (1..=4)
+        .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
+        .collect();
+    let ips: Vec<Ipv4Addr> = (0..4).map(|h| lab.attach("dr", h, &w[h]).unwrap()).collect();
+    let all = Lab::wait_until(Duration::from_secs(20), || {
+        (0..4).all(|a| (0..4).filter(|b| *b != a).all(|b| lab.ping(&w[a], ips[b])))
+    });
+    assert!(all.is_some(), "workloads do not reach each other\n{}", lab.logs());
+
+    // h1's routes: the same-segment peers via their underlay addresses, h4 through the tunnel.
+    let (s2, s4) = (subnet_of(&lab, "dr", "h2"), subnet_of(&lab, "dr", "h4"));
+    let direct = route_to(&lab, &s2);
+    assert!(
+        direct.contains("via 192.0.2.12 dev eth0"),
+        "h1's route to h2: {direct}"
+    );
+    let tunnelled = route_to(&lab, &s4);
+    assert!(
+        tunnelled.contains("dev ovx-"),
+        "h1's route to h4 (behind the router): {tunnelled}"
+    );
+    println!("12/12 pairs; h1: {direct}; {tunnelled}");
+
+    // On the wire: the workload's own packet on h2's underlay; VXLAN towards h4.
+    let dump2 = capture(&lab, &lab.hosts[1].ns, "udp port 4789 or icmp", "tcpdump-h2");
+    assert!(lab.ping(&w[0], ips[1]));
+    let seen = captured(&dump2);
+    assert!(
+        seen.contains(&format!("{} > {}: ICMP echo request", ips[0], ips[1])),
+        "the workload's packet on h2's eth0: {seen}"
+    );
+    assert!(
+        !seen.contains(".4789"),
+        "VXLAN between same-segment hosts: {seen}"
+    );
+    let dump4 = capture(&lab, &lab.hosts[h4].ns, "udp port 4789", "tcpdump-h4");
+    assert!(lab.ping(&w[0], ips[3]));
+    let seen4 = captured(&dump4);
+    assert!(
+        seen4.contains("192.0.2.11.") && seen4.contains("198.51.100.14.4789"),
+        "h1 to h4 is not tunnelled: {seen4}"
+    );
+    println!("h2's eth0: the workload's ICMP as is, no UDP 4789; h4's eth0: VXLAN from h1");
+    drop((dump2, dump4));
+
+    // An established flow w1 -> w2 across turning direct routing off and on again.
+    let lab_bin = overlay_lab::bins::bin("overlay-lab").unwrap();
+    let lab_bin = lab_bin.to_str().unwrap();
+    let server: SocketAddr = (ips[1], 7100).into();
+    let _srv = lab
+        .spawn_in(&w[1], lab_bin, &["tcp-serve", &server.to_string()], "tcp-serve")
+        .unwrap();
+    let mut flow = Err(String::new());
+    for _ in 0..50 {
+        flow = Flow::start(&w[0], server);
+        if flow.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flow = flow.expect("cannot connect to the echo server in w2");
+    for (on, path) in [("false", "dev ovx-"), ("true", "via 192.0.2.12 dev eth0")] {
+        let before = flow.trips();
+        lab.ctl_ok(&["network", "update", "dr", "--direct-routing", on])
+            .unwrap();
+        let moved = Lab::wait_until(Duration::from_secs(10), || route_to(&lab, &s2).contains(path));
+        assert!(
+            moved.is_some(),
+            "direct routing {on}: h1's route to h2 is {}",
+            route_to(&lab, &s2)
+        );
+        if on == "false" {
+            // Off: h1 to h2 is tunnelled again.
+            let dump = capture(&lab, &lab.hosts[1].ns, "udp port 4789", "tcpdump-h2-off");
+            assert!(lab.ping(&w[0], ips[1]));
+            let seen = captured(&dump);
+            assert!(
+                seen.contains("192.0.2.12.4789"),
+                "h1 to h2 not tunnelled once off: {seen}"
+            );
+        }
+        let going = Lab::wait_until(Duration::from_secs(10), || flow.trips() > before + 50);
+        assert!(
+            going.is_some(),
+            "the flow stalled after direct routing {on} (at {})",
+            flow.trips()
+        );
+        println!(
+            "direct routing {on}: route moved in {:?}, {} round trips since",
+            moved.unwrap_or_default(),
+            flow.trips() - before
+        );
+    }
+    let trips = flow
+        .stop()
+        .expect("the established flow broke across the switches");
+    println!("one TCP connection, {trips} round trips, across both switches");
+}
