@@ -2,7 +2,7 @@
 //! a fourth behind a router namespace. Same-segment traffic crosses the underlay as it is
 //! (tcpdump on the peer's eth0 sees the workload's ICMP and no UDP 4789), traffic with the
 //! fourth host keeps the tunnel, and switching direct routing off and on with `network update`
-//! keeps an established TCP flow going.
+//! keeps an established TCP flow going; another network's workload cannot use the direct routes.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -112,6 +112,15 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
     );
     println!("h2's eth0: the workload's ICMP as is, no UDP 4789; h4's eth0: VXLAN from h1");
     drop((dump2, dump4));
+
+    // The underlay accepts the network's direct traffic only between its own bridge and CIDR:
+    // another network's workload on h1 cannot ride those routes to w2.
+    let args = ["network", "create", "other", "--mode", "vxlan", "--subnet", "10.83.0.0/16"];
+    lab.ctl_ok(&args).unwrap();
+    let b1 = lab.add_workload("b1").unwrap();
+    lab.attach("other", 0, &b1).unwrap();
+    assert!(!lab.ping(&b1, ips[1]), "another network's workload reached a direct-routed one");
+    println!("another network's workload on h1 cannot reach dr's workload on h2");
 
     // An established flow w1 -> w2 across turning direct routing off and on again.
     let lab_bin = overlay_lab::bins::bin("overlay-lab").unwrap();
