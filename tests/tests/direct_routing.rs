@@ -115,11 +115,22 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
 
     // The underlay accepts the network's direct traffic only between its own bridge and CIDR:
     // another network's workload on h1 cannot ride those routes to w2.
-    let args = ["network", "create", "other", "--mode", "vxlan", "--subnet", "10.83.0.0/16"];
+    let args = [
+        "network",
+        "create",
+        "other",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.83.0.0/16",
+    ];
     lab.ctl_ok(&args).unwrap();
     let b1 = lab.add_workload("b1").unwrap();
     lab.attach("other", 0, &b1).unwrap();
-    assert!(!lab.ping(&b1, ips[1]), "another network's workload reached a direct-routed one");
+    assert!(
+        !lab.ping(&b1, ips[1]),
+        "another network's workload reached a direct-routed one"
+    );
     println!("another network's workload on h1 cannot reach dr's workload on h2");
 
     // An established flow w1 -> w2 across turning direct routing off and on again.

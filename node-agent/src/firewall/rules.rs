@@ -462,6 +462,7 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     // limited to the network's own addresses (and never masqueraded).
     let mut routed = Vec::new();
     let mut unmasqueraded = Vec::new();
+    let mut routed_untracked = Vec::new();
     if let Some(u) = &spec.underlay {
         for n in &spec.networks {
             let Some(cidr) = n.routed else { continue };
@@ -478,19 +479,29 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                 format!("iifname \"{b}\" ip daddr {cidr} return"),
                 "route network: its other hosts see the workload's address",
             ));
+            // What arrives through the overlay is not tracked (nothing on that path needs
+            // conntrack); traffic routed directly (route networks, vxlan --direct-routing)
+            // arrives on the underlay instead and is left untracked the same way.
+            routed_untracked.push(rule(
+                format!("iifname \"{u}\" ip saddr {cidr} ip daddr {cidr} fib daddr type != local notrack"),
+                "routed directly: from its other hosts, to local workloads",
+            ));
         }
     }
     let mut chains = vec![
         Chain {
             name: "untracked",
             base: base("filter", "prerouting", RAW),
-            rules: vec![
+            rules: [
                 rule(format!("udp dport {VXLAN_PORT} notrack"), "VXLAN received"),
                 rule(
                     format!("iifname {vxlans} fib daddr type != local notrack"),
                     "through the overlay, to local workloads",
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(routed_untracked)
+            .collect(),
         },
         Chain {
             name: "untracked_local",
