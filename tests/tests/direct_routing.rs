@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use overlay_lab::lab::{Lab, LabConfig};
+use overlay_lab::netns::exec;
 use overlay_lab::process::Daemon;
 use overlay_lab::tcp::Flow;
 
@@ -185,4 +186,40 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
         .stop()
         .expect("the established flow broke across the switches");
     println!("one TCP connection, {trips} round trips, across both switches");
+
+    // Another host's own services stay out of reach through its address in the network: h2's
+    // gateway is routed to directly, but what arrives there from the underlay gets only what
+    // the overlay's path gets (echo, replies).
+    let _svc = lab
+        .spawn_in(
+            &lab.hosts[1].ns,
+            lab_bin,
+            &["tcp-serve", "0.0.0.0:7200"],
+            "h2-service",
+        )
+        .unwrap();
+    let served = Lab::wait_until(Duration::from_secs(5), || {
+        exec(&lab.hosts[0].ns, lab_bin, &["tcp-check", "192.0.2.12:7200"]).is_ok()
+    });
+    assert!(
+        served.is_some(),
+        "the control: h1 itself cannot reach h2's service"
+    );
+    let leases = lab.ctl_json(&["network", "inspect", "dr"]).unwrap()["host_leases"].clone();
+    let gw2 = leases
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["host"] == "h2"))
+        .and_then(|l| l["gateway"].as_str())
+        .unwrap_or_else(|| panic!("no gateway of h2 in {leases}"))
+        .to_string();
+    assert!(
+        lab.ping(&w[0], gw2.parse().unwrap()),
+        "echo to h2's gateway (probes) is allowed"
+    );
+    let addr = format!("{gw2}:7200");
+    assert!(
+        exec(&w[0], lab_bin, &["tcp-check", &addr]).is_err(),
+        "a workload on h1 reached h2's own service through h2's gateway {gw2}"
+    );
+    println!("h2's service: reachable from h1's host, not from w1 through h2's gateway {gw2}");
 }

@@ -436,6 +436,15 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             same_network.insert(pair(vx, &n.bridge));
             vxlan_gateways.insert(Element::new(vec![Atom::Name(vx.clone()), Atom::Ip(n.gateway)]));
         }
+        // Routed directly, the other hosts' probes arrive on the underlay.
+        if n.routed.is_some()
+            && let Some(underlay) = &spec.underlay
+        {
+            vxlan_gateways.insert(Element::new(vec![
+                Atom::Name(underlay.clone()),
+                Atom::Ip(n.gateway),
+            ]));
+        }
         if n.nat_egress
             && let Some(underlay) = &spec.underlay
         {
@@ -463,6 +472,7 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let mut routed = Vec::new();
     let mut unmasqueraded = Vec::new();
     let mut routed_untracked = Vec::new();
+    let mut routed_to_host = Vec::new();
     if let Some(u) = &spec.underlay {
         for n in &spec.networks {
             let Some(cidr) = n.routed else { continue };
@@ -482,8 +492,15 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             // What arrives through the overlay is not tracked (nothing on that path needs
             // conntrack); traffic routed directly (route networks, vxlan --direct-routing)
             // arrives on the underlay instead and is left untracked the same way.
+            // What the other hosts send to this host's addresses in the network (its
+            // gateway, whatever the source: a workload, or one masqueraded by its host) gets
+            // what the overlay's does: echo for probes, replies, nothing else.
+            routed_to_host.push(rule(
+                format!("iifname \"{u}\" ip daddr {cidr} jump overlay_to_host"),
+                "routed directly: from other hosts, to this host's address in the network",
+            ));
             routed_untracked.push(rule(
-                format!("iifname \"{u}\" ip saddr {cidr} ip daddr {cidr} fib daddr type != local notrack"),
+                format!("iifname \"{u}\" ip saddr {cidr} ip daddr {cidr} fib daddr type unicast notrack"),
                 "routed directly: from its other hosts, to local workloads",
             ));
         }
@@ -522,7 +539,10 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                     format!("iifname {vxlans} jump overlay_to_host"),
                     "from other hosts' workloads, through the overlay",
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(routed_to_host)
+            .collect(),
         },
         Chain {
             name: "workload_to_host",
