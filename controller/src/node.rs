@@ -16,9 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::BasicNode;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use overlay_proto::raft::RaftPayload;
+use overlay_proto::raft::raft_client::RaftClient;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout_at};
+use tonic::transport::Channel;
 
 use crate::raft::network::{PeerClients, decode, encode};
 use crate::raft::{NodeId, Raft, StateView};
@@ -42,6 +45,23 @@ pub enum NodeError {
     /// A request the cluster will not carry out as asked (e.g. removing the last member).
     #[error("{0}")]
     Refused(String),
+}
+
+/// Why a request sent to another replica (a write, read index or membership change forwarded
+/// to the leader; what a member heard from agents) got no answer. Callers retry or count the
+/// replica unreachable; each message is the underlying error's own, as it always was.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No channel to the replica's address.
+    #[error("{0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The request or the answer did not (de)serialize.
+    #[error("{0}")]
+    Codec(#[from] serde_json::Error),
+    /// The replica (or the transport) answered with an error status; boxed, as a `Status` is
+    /// large next to the answers.
+    #[error("{}", .0.message())]
+    Status(Box<tonic::Status>),
 }
 
 /// Answer of a replica to a forwarded write or read-index request.
@@ -509,14 +529,11 @@ impl Node {
         &self,
         addr: &str,
         change: &MembershipChange,
-    ) -> Result<Forwarded<()>, String> {
-        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
-        let payload = encode(change).map_err(|e| e.to_string())?;
-        let reply = client
-            .change_membership(payload)
-            .await
-            .map_err(|s| s.message().to_string())?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+    ) -> Result<Forwarded<()>, ForwardError> {
+        self.ask(addr, change, None, |mut c, req| async move {
+            c.change_membership(req).await
+        })
+        .await
     }
 
     /// Records something about the agent of `host` (a registered host: the caller checked).
@@ -641,18 +658,15 @@ impl Node {
     pub async fn agents_everywhere(&self) -> (std::collections::HashMap<String, AgentSeen>, Vec<NodeId>) {
         let members = self.other_members();
         let asks = members.into_iter().map(|(id, addr)| async move {
-            let answer = async {
-                let mut client = self.peers.client(&addr).map_err(|e| e.to_string())?;
-                let mut req = tonic::Request::new(encode(&()).map_err(|e| e.to_string())?);
-                req.set_timeout(Duration::from_secs(1));
-                let reply = client
-                    .agents_seen(req)
-                    .await
-                    .map_err(|s| s.message().to_string())?;
-                decode::<std::collections::HashMap<String, AgentSeen>>(reply.get_ref())
-                    .map_err(|e| e.to_string())
-            };
-            (id, answer.await)
+            let answer: Result<std::collections::HashMap<String, AgentSeen>, ForwardError> = self
+                .ask(
+                    &addr,
+                    &(),
+                    Some(Duration::from_secs(1)),
+                    |mut c, req| async move { c.agents_seen(req).await },
+                )
+                .await;
+            (id, answer)
         });
         let mut merged = self.agents.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut unreachable = Vec::new();
@@ -682,14 +696,35 @@ impl Node {
         (merged, unreachable)
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command) -> Result<Forwarded<Reply>, String> {
-        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
-        let payload = encode(cmd).map_err(|e| e.to_string())?;
-        let reply = client
-            .forward(payload)
+    async fn forward(&self, addr: &str, cmd: &Command) -> Result<Forwarded<Reply>, ForwardError> {
+        self.ask(addr, cmd, None, |mut c, req| async move { c.forward(req).await })
             .await
-            .map_err(|s| s.message().to_string())?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Sends `query` to the replica at `addr` with `call` (one RPC of the Raft service, within
+    /// `ttl` if given) and decodes its answer: the one path every forwarded request takes.
+    async fn ask<Q, A, F, Fut>(
+        &self,
+        addr: &str,
+        query: &Q,
+        ttl: Option<Duration>,
+        call: F,
+    ) -> Result<A, ForwardError>
+    where
+        Q: Serialize,
+        A: serde::de::DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self.peers.client(addr)?;
+        let mut req = tonic::Request::new(encode(query)?);
+        if let Some(ttl) = ttl {
+            req.set_timeout(ttl);
+        }
+        let reply = call(client, req)
+            .await
+            .map_err(|s| ForwardError::Status(Box::new(s)))?;
+        Ok(decode(reply.get_ref())?)
     }
 
     /// Waits until this replica's state reflects every write committed before the call.
@@ -746,14 +781,14 @@ impl Node {
         }
     }
 
-    async fn read_index(&self, addr: &str) -> Result<Forwarded<u64>, String> {
-        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
-        let payload = encode(&()).map_err(|e| e.to_string())?;
-        let reply = client
-            .read_index(payload)
-            .await
-            .map_err(|s| s.message().to_string())?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+    async fn read_index(&self, addr: &str) -> Result<Forwarded<u64>, ForwardError> {
+        self.ask(
+            addr,
+            &(),
+            None,
+            |mut c, req| async move { c.read_index(req).await },
+        )
+        .await
     }
 
     /// Initialises a new cluster with `members` unless some member already belongs to one.
