@@ -103,6 +103,9 @@ impl Podman {
             "--events-backend",
             "file",
         ];
+        if crun_refuses_this_cgroup_layout() {
+            all.extend(["--runtime", "runc"]);
+        }
         all.extend_from_slice(args);
         let mut cmd = mount_ns.command("podman", &all);
         cmd.env("CONTAINERS_CONF", &self.conf);
@@ -137,4 +140,13 @@ impl Podman {
     pub fn remove_all(&self, mount_ns: &MountNs) {
         let _ = self.run(mount_ns, &["rm", "-a", "-f", "-t", "0"]);
     }
+}
+
+/// Whether this machine mounts cgroups in hybrid mode (v1 controllers, plus a cgroup2
+/// hierarchy at /sys/fs/cgroup/unified that holds a controller): crun, podman's default
+/// runtime on Debian, refuses to start containers there ("cgroups in hybrid mode not
+/// supported"), runc runs them. Seen on some of the VMs this project's CI runs on.
+fn crun_refuses_this_cgroup_layout() -> bool {
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers");
+    controllers.is_ok_and(|c| !c.trim().is_empty()) && std::path::Path::new("/usr/sbin/runc").exists()
 }
