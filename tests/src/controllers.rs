@@ -53,9 +53,21 @@ pub struct ControllerCluster {
 }
 
 /// A loopback port nobody listens on right now.
+///
+/// Never the same port twice in one process: tests of one binary run in parallel, and a port
+/// the kernel just handed to one of them (or that belongs to a replica killed and about to be
+/// restarted on it) must not become another test's replica, whose client would then talk to
+/// the wrong cluster.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(crate::io("bind 127.0.0.1:0"))?;
-    Ok(l.local_addr().map_err(crate::io("local_addr"))?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(crate::io("bind 127.0.0.1:0"))?;
+        let port = l.local_addr().map_err(crate::io("local_addr"))?.port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 impl ControllerCluster {
