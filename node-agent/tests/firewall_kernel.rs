@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use overlay_agent::firewall::{
-    self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity, Published, Write,
+    self, Converged, Firewall, FirewallSpec, Name, NetworkPorts, PortIdentity, Published, Routed, Write,
 };
 use overlay_lab::netns::{Namespaces, exec, stdout, unique_prefix};
 use overlay_proto::ports::Protocol;
@@ -39,7 +39,10 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 vxlan: None,
                 gateway: "10.3.0.1".parse().unwrap(),
                 nat_egress: true,
-                routed: Some("10.3.0.0/16".parse().unwrap()),
+                routed: Some(Routed {
+                    cidr: "10.3.0.0/16".parse().unwrap(),
+                    peers: ["10.3.1.0/24".parse().unwrap(), "10.3.2.0/24".parse().unwrap()].into(),
+                }),
             },
         ],
         endpoints: (0..endpoints)

@@ -222,4 +222,58 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
         "a workload on h1 reached h2's own service through h2's gateway {gw2}"
     );
     println!("h2's service: reachable from h1's host, not from w1 through h2's gateway {gw2}");
+
+    // A machine on the segment that is no overlay host. It can always forge a direct peer's
+    // addresses (as it can forge a peer's VXLAN); what it must not get: a host relaying its
+    // packets into the tunnel, or a host taking its word that it is one of the host's own
+    // workloads or a tunnelled peer's.
+    let evil = lab.add_lan_host("evil", "192.0.2.66/24", None).unwrap();
+    let w4_cap = capture(&lab, &w[3], "icmp", "cap-w4");
+    exec(
+        &evil,
+        "ip",
+        &["route", "add", "10.82.0.0/16", "via", "192.0.2.11"],
+    )
+    .unwrap();
+    let _ = exec(&evil, "ping", &["-c", "2", "-W", "1", &ips[3].to_string()]);
+    let relayed = captured(&w4_cap);
+    assert!(
+        !relayed.contains("192.0.2.66"),
+        "h1 relayed a segment machine's packets through its tunnel to w4: {relayed}"
+    );
+    println!("a segment machine's packets are not relayed into h1's tunnel");
+    exec(
+        &evil,
+        "ip",
+        &["route", "replace", "10.82.0.0/16", "via", "192.0.2.12"],
+    )
+    .unwrap();
+    let w2_cap = capture(&lab, &w[1], "icmp", "cap-w2");
+    assert!(lab.ping(&w[2], ips[1]), "the control: w3 -> w2");
+    let own: Ipv4Addr = {
+        let base: ipnetwork::Ipv4Network = subnet_of(&lab, "dr", "h2").parse().unwrap();
+        base.nth(77).unwrap()
+    };
+    for forged in [own, ips[3]] {
+        let src = forged.to_string();
+        exec(&evil, "ip", &["addr", "add", &format!("{src}/32"), "dev", "eth0"]).unwrap();
+        let _ = exec(
+            &evil,
+            "ping",
+            &["-c", "2", "-W", "1", "-I", &src, &ips[1].to_string()],
+        );
+        exec(&evil, "ip", &["addr", "del", &format!("{src}/32"), "dev", "eth0"]).unwrap();
+    }
+    let seen = captured(&w2_cap);
+    assert!(
+        seen.contains(&format!("{} > {}: ICMP echo request", ips[2], ips[1])),
+        "the control is not in w2's capture: {seen}"
+    );
+    for forged in [own, ips[3]] {
+        assert!(
+            !seen.contains(&format!("{forged} > ")),
+            "h2 forwarded a segment machine's packet as {forged} (its own subnet, or a tunnelled peer's): {seen}"
+        );
+    }
+    println!("forged sources from h2's own subnet and from h4's (tunnelled) are dropped by h2");
 }

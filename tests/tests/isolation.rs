@@ -382,6 +382,16 @@ fn workloads_cannot_cross_networks_spoof_or_reach_hosts() {
         ),
     ];
     found.expect(run_all(outside), false);
+    // One way is enough to inject: h1 must not relay into its tunnel to b2 on h2 (whose
+    // replies would be dropped, so only b2's capture tells).
+    let b2_in = capture(&lab, &b2.ns, "eth0", "icmp", "cap-b2-relay");
+    let _ = ping(&ul, &ip(&b2));
+    let relayed = captured(&b2_in).contains(&format!("> {}: ICMP echo request", ip(&b2)));
+    found.one(
+        "underlay -> b2 on h2, relayed into h1's vxlan (tcpdump)",
+        false,
+        relayed,
+    );
     exec(&lab.ul, "ip", &["route", "del", "10.1.0.0/16"]).unwrap();
     exec(&lab.ul, "ip", &["route", "del", "10.2.0.0/16"]).unwrap();
 

@@ -43,8 +43,19 @@ pub struct NetworkPorts {
     /// This host's gateway address in the network (the bridge's).
     pub gateway: Ipv4Addr,
     pub nat_egress: bool,
-    /// Route mode: the network's CIDR, exchanged with the other hosts over the underlay.
-    pub routed: Option<ipnetwork::Ipv4Network>,
+    /// Routed on the underlay without a tunnel (route mode, vxlan `--direct-routing`).
+    pub routed: Option<Routed>,
+}
+
+/// A network whose traffic with the other hosts crosses the underlay device unencapsulated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// The whole network, e.g. 10.80.0.0/16.
+    pub cidr: ipnetwork::Ipv4Network,
+    /// The other hosts' subnets: the only sources accepted from the underlay, and only where
+    /// the route back is the underlay too (a directly routed peer, not a tunnelled one), and
+    /// the only destinations a workload may send to there. Empty: nothing crosses.
+    pub peers: BTreeSet<ipnetwork::Ipv4Network>,
 }
 
 /// Who may send from a workload port: the endpoint's MAC and address.
@@ -121,7 +132,15 @@ impl FirewallSpec {
                 vxlan,
                 gateway: bridge.address.ip(),
                 nat_egress: n.nat_egress,
-                routed: crate::modes::crosses_underlay(n).then_some(n.cidr),
+                routed: crate::modes::crosses_underlay(n).then(|| Routed {
+                    cidr: n.cidr,
+                    peers: n
+                        .peers
+                        .iter()
+                        .filter(|p| p.underlay_ip != underlay_ip)
+                        .map(|p| p.subnet)
+                        .collect(),
+                }),
             });
             for ep in &n.endpoints {
                 if let Attachment::Veth { host_ifname, .. } = &ep.attachment
@@ -213,7 +232,10 @@ pub fn preflight() -> Result<(), FirewallError> {
             gateway: Ipv4Addr::new(192, 0, 2, 1),
             nat_egress: true,
             // Not a combination the controller makes: here only to check the rules parse.
-            routed: "192.0.2.0/24".parse().ok(),
+            routed: "192.0.2.0/24".parse().ok().map(|cidr| Routed {
+                cidr,
+                peers: ["192.0.2.128/25".parse().ok()].into_iter().flatten().collect(),
+            }),
         }],
         endpoints: [PortIdentity {
             port: Name::new("ovv-0").map_err(FirewallError::Spawn)?,

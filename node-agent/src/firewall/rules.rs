@@ -20,7 +20,11 @@
 //!   or by the underlay when N has NAT egress (masqueraded, and then never to another overlay
 //!   host or controller, nor as VXLAN: masquerade would lend the packet this host's address).
 //!   Nothing from outside opens a connection into a workload: replies only, plus DNAT'd
-//!   traffic (`ct status dnat`, the hook for published ports).
+//!   traffic (`ct status dnat`, the hook for published ports). Nothing but a network's own
+//!   bridge enters its vxlan, so no machine that routes through this host reaches the other
+//!   hosts' workloads through the tunnel. Networks routed on the underlay (route mode,
+//!   `--direct-routing`) exchange only the other hosts' subnets with it, and take a source
+//!   from it only where the route back to that source is the underlay as well.
 //! - input: workloads reach only what the product serves them on their gateway (DNS, echo);
 //!   other hosts' workloads arriving through the vxlan only echo (the probe). Never the
 //!   host's other services, on any of its addresses.
@@ -475,16 +479,26 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let mut routed_to_host = Vec::new();
     if let Some(u) = &spec.underlay {
         for n in &spec.networks {
-            let Some(cidr) = n.routed else { continue };
+            let Some(r) = &n.routed else { continue };
+            let cidr = r.cidr;
             let (b, u) = (n.bridge.as_str(), u.as_str());
-            routed.push(rule(
-                format!("iifname \"{b}\" oifname \"{u}\" ip daddr {cidr} accept"),
-                "route network: to its other hosts",
-            ));
-            routed.push(rule(
-                format!("iifname \"{u}\" oifname \"{b}\" ip saddr {cidr} accept"),
-                "route network: from its other hosts",
-            ));
+            if !r.peers.is_empty() {
+                let peers = r.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+                let peers = format!("{{ {} }}", peers.join(", "));
+                routed.push(rule(
+                    format!("iifname \"{b}\" oifname \"{u}\" ip daddr {peers} accept"),
+                    "route network: to its other hosts",
+                ));
+                // Anyone on the segment can send with any source: a packet claiming to come
+                // from one of this host's own workloads, from a peer reached through the
+                // tunnel or from no host at all is not taken from the underlay.
+                routed.push(rule(
+                    format!(
+                        "iifname \"{u}\" oifname \"{b}\" ip saddr {peers} fib saddr . iif oif exists accept"
+                    ),
+                    "route network: from its other hosts, where the route back is the underlay",
+                ));
+            }
             unmasqueraded.push(rule(
                 format!("iifname \"{b}\" ip daddr {cidr} return"),
                 "route network: its other hosts see the workload's address",
@@ -606,6 +620,13 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                 rule(
                     format!("iifname {vxlans} counter drop"),
                     "nothing else leaves an overlay vxlan",
+                ),
+                // What a network's vxlan delivers, the peer takes as its own network's
+                // (untracked, `same_network`): only that network's bridge may feed it, never
+                // a machine that routes through this host.
+                rule(
+                    format!("oifname {vxlans} counter drop"),
+                    "nothing else enters an overlay vxlan",
                 ),
                 rule(
                     format!("oifname {bridges} jump into_workloads"),
@@ -923,6 +944,32 @@ pub(crate) mod tests {
         assert!(nat.elements.is_empty());
         let text = transaction(&tables(&spec));
         assert!(!text.contains("@peers accept"), "{text}");
+    }
+
+    #[test]
+    fn routed_networks_take_only_peer_subnets_routed_back_through_the_underlay() {
+        let mut spec = sample();
+        spec.networks[0].routed = Some(crate::firewall::Routed {
+            cidr: "10.1.0.0/16".parse().unwrap(),
+            peers: ["10.1.2.0/24".parse().unwrap(), "10.1.3.0/24".parse().unwrap()].into(),
+        });
+        let text = transaction(&tables(&spec));
+        let from = "iifname \"eth0\" oifname \"ovb-1\" ip saddr { 10.1.2.0/24, 10.1.3.0/24 } \
+                    fib saddr . iif oif exists accept";
+        let to = "iifname \"ovb-1\" oifname \"eth0\" ip daddr { 10.1.2.0/24, 10.1.3.0/24 } accept";
+        assert!(text.contains(from) && text.contains(to), "{text}");
+        assert!(!text.contains("ip saddr 10.1.0.0/16 accept"), "{text}");
+        // The relay guard sits in the forward chain after everything that may feed a vxlan.
+        let inet = text.split("table inet overlay {").last().unwrap();
+        let forward = inet.split("chain forward {").nth(1).unwrap();
+        let same = forward.find("@same_network accept").unwrap();
+        let guard = forward.find("oifname \"ovx-*\" counter drop").unwrap();
+        assert!(same < guard, "{forward}");
+        // Alone on the network: nothing crosses the underlay.
+        spec.networks[0].routed.as_mut().unwrap().peers.clear();
+        let text = transaction(&tables(&spec));
+        assert!(!text.contains("oifname \"ovb-1\" ip saddr"), "{text}");
+        assert!(!text.contains("oifname \"eth0\" ip daddr"), "{text}");
     }
 
     #[test]
