@@ -21,7 +21,7 @@ use crate::state::ClusterState;
 /// The MTU `network ls` shows (see [`modes::effective_mtu`]).
 pub use crate::modes::effective_mtu;
 
-pub use overlay_proto::limits::VXLAN_OVERHEAD;
+pub use overlay_proto::limits::{VXLAN_OVERHEAD, VXLAN6_OVERHEAD};
 
 pub fn bridge_name(network_id: u32) -> String {
     format!("{}{network_id}", overlay_proto::names::BRIDGE_PREFIX)

@@ -115,9 +115,12 @@ impl Mode {
         self.has_bridge()
     }
 
-    /// What a packet costs on top of the workload's MTU on the underlay.
-    pub fn overhead(self) -> u32 {
+    /// What a packet costs on top of the workload's MTU on an underlay of the given family
+    /// (`ipv6_underlay`: the host's underlay address is IPv6). Only a tunnel pays, and its
+    /// outer header is the underlay's: 20 bytes more over IPv6.
+    pub fn overhead(self, ipv6_underlay: bool) -> u32 {
         match self {
+            Mode::Vxlan if ipv6_underlay => crate::limits::VXLAN6_OVERHEAD,
             Mode::Vxlan => crate::limits::VXLAN_OVERHEAD,
             Mode::Route | Mode::Macvlan | Mode::Nat => 0,
         }
@@ -180,6 +183,16 @@ impl FromStr for MacvlanMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only vxlan pays for a tunnel, and over IPv6 its outer header costs 20 bytes more.
+    #[test]
+    fn overhead_follows_the_underlay_family() {
+        assert_eq!(Mode::Vxlan.overhead(false), 50);
+        assert_eq!(Mode::Vxlan.overhead(true), 70);
+        for m in [Mode::Route, Mode::Macvlan, Mode::Nat] {
+            assert_eq!((m.overhead(false), m.overhead(true)), (0, 0), "{m}");
+        }
+    }
 
     #[test]
     fn every_mode_round_trips_through_text_wire_and_serde() {

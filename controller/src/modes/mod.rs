@@ -227,7 +227,8 @@ fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32
     } else {
         underlay
     };
-    n.mtu.unwrap_or(base.saturating_sub(n.mode.overhead()))
+    // Every underlay is IPv4 so far.
+    n.mtu.unwrap_or(base.saturating_sub(n.mode.overhead(false)))
 }
 
 /// The MTU `network ls` shows: what the devices get, the same derivation as the desired
