@@ -36,7 +36,7 @@
 //!   from ([`require_underlay`]), so it cannot put another host's address in the peers' FDB
 //!   or lock that host out by taking its address first.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -186,7 +186,10 @@ pub fn member_refusal<T>(
 
 /// For `Register`: an agent (mutual TLS) registers an underlay address that is one of its
 /// certificate's IP names or the address it connects from; without TLS anything goes.
-pub fn require_underlay<T>(req: &Request<T>, underlay: Ipv4Addr) -> Result<(), Status> {
+/// Either family: the source is compared in canonical form (an IPv4 agent reaching a
+/// dual-stack listener shows as `::ffff:a.b.c.d` until canonicalized), and the certificate's
+/// names by [`CertNames::contains_host`], which canonicalizes both sides too.
+pub fn require_underlay<T>(req: &Request<T>, underlay: IpAddr) -> Result<(), Status> {
     let who = match req.extensions().get::<Caller>() {
         Some(Caller::Plaintext) => return Ok(()),
         Some(Caller::Verified(who)) => who,
@@ -200,7 +203,7 @@ pub fn require_underlay<T>(req: &Request<T>, underlay: Ipv4Addr) -> Result<(), S
     let default = CallerNames::default();
     let names = &req.extensions().get::<CallerNames>().unwrap_or(&default).0;
     let source = req.remote_addr().map(|a| a.ip().to_canonical());
-    if names.contains_host(&underlay.to_string()) || source == Some(underlay.into()) {
+    if names.contains_host(&underlay.to_string()) || source == Some(underlay.to_canonical()) {
         return Ok(());
     }
     let from = source.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
@@ -396,7 +399,7 @@ mod tests {
 
     #[test]
     fn an_agent_registers_its_own_underlay_only() {
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
         let h1 = with_cert(Role::Agent, "h1", &["192.0.2.11"], &[]);
         assert!(require_underlay(&h1, ip("192.0.2.11")).is_ok());
         let err = require_underlay(&h1, ip("192.0.2.12")).err();
@@ -409,5 +412,40 @@ mod tests {
         let mut plain = Request::new(());
         plain.extensions_mut().insert(Caller::Plaintext);
         assert!(require_underlay(&plain, ip("192.0.2.12")).is_ok());
+    }
+
+    /// An IPv6 underlay is matched like an IPv4 one: against the certificate's IP names
+    /// (whatever the spelling) and against the canonical source address.
+    #[test]
+    fn an_ipv6_underlay_is_matched_by_name_or_source() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
+        let h1 = with_cert(Role::Agent, "h1", &["2001:db8::11"], &[]);
+        assert!(require_underlay(&h1, ip("2001:db8:0:0::11")).is_ok());
+        let msg = require_underlay(&h1, ip("2001:db8::12"))
+            .err()
+            .map(|s| s.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("2001:db8::12") && msg.contains("--san 2001:db8::12"),
+            "{msg}"
+        );
+        // No IP names: the address it connects from decides, of either family; an IPv4 agent
+        // on a dual-stack listener arrives as an IPv4-mapped source.
+        let from = |source: &str| {
+            let mut req = with_cert(Role::Agent, "h1", &[], &[]);
+            req.extensions_mut().insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: source.parse().ok(),
+            });
+            req
+        };
+        assert!(require_underlay(&from("[2001:db8::11]:40000"), ip("2001:db8::11")).is_ok());
+        assert!(require_underlay(&from("[::ffff:192.0.2.11]:40000"), ip("192.0.2.11")).is_ok());
+        assert!(require_underlay(&from("192.0.2.11:40000"), ip("2001:db8::11")).is_err());
+        let msg = require_underlay(&from("[2001:db8::11]:40000"), ip("2001:db8::12"))
+            .err()
+            .map(|s| s.message().to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("connects from (2001:db8::11)"), "{msg}");
     }
 }

@@ -1,6 +1,6 @@
 //! The records the replicated state machine holds. Plain data: no I/O, no clocks.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 pub use overlay_proto::ports::PublishedPort;
@@ -73,7 +73,10 @@ pub struct Network {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
-    pub underlay_ip: Ipv4Addr,
+    /// Where its peers reach it: IPv4 or IPv6 (the overlay itself is IPv4 either way). Logs
+    /// and snapshots written when this was an `Ipv4Addr` hold the same dotted-quad string,
+    /// which reads as `IpAddr::V4`.
+    pub underlay_ip: IpAddr,
     pub underlay_iface: String,
     pub underlay_mtu: u32,
     /// Source MAC of this host's VXLAN devices. Derived from the name once, then kept.
@@ -161,4 +164,31 @@ pub struct HostEndpoint {
     pub status: EndpointStatus,
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host record as snapshots held it while `underlay_ip` was an `Ipv4Addr` (a
+    /// dotted-quad string) still reads, as the same IPv4 address; and the IPv6 form
+    /// round-trips as a string too.
+    #[test]
+    fn an_old_host_record_with_an_ipv4_string_still_reads() {
+        let old = r#"{"name":"h1","underlay_ip":"192.0.2.11","underlay_iface":"eth0","underlay_mtu":1500,"vtep_mac":"02:00:00:00:00:01","registered_ms":1,"last_seen_ms":2}"#;
+        let host: Host = serde_json::from_str(old).expect("old host record");
+        assert_eq!(host.underlay_ip, IpAddr::from([192, 0, 2, 11]));
+        assert!(host.claimant.is_empty());
+        // Written back, an IPv4 host is byte for byte what an older replica reads.
+        let again = serde_json::to_value(&host).expect("encode");
+        assert_eq!(again["underlay_ip"], "192.0.2.11");
+
+        let v6 = Host {
+            underlay_ip: "2001:db8::11".parse().expect("v6"),
+            ..host
+        };
+        let json = serde_json::to_string(&v6).expect("encode");
+        assert!(json.contains(r#""underlay_ip":"2001:db8::11""#), "{json}");
+        assert_eq!(serde_json::from_str::<Host>(&json).ok(), Some(v6));
+    }
 }

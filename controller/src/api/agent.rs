@@ -171,7 +171,7 @@ impl Agent for AgentApi {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         require_host(&req, &req.get_ref().host_name)?;
-        let underlay_ip = parse::ipv4("underlay IP", &req.get_ref().underlay_ip)?;
+        let underlay_ip = parse::ip("underlay IP", &req.get_ref().underlay_ip)?;
         require_underlay(&req, underlay_ip)?;
         let body = req.get_ref().clone();
         if body.host_name.is_empty() {

@@ -208,4 +208,63 @@ mod tests {
         let err = too_big.result.unwrap_err().to_string();
         assert!(err.contains("between 576 and 65535"), "{err}");
     }
+
+    /// VXLAN over an IPv6 underlay costs 70 bytes, over IPv4 50: each member pays its own
+    /// family's overhead and a vxlan network gets the smallest result, both in `network ls`
+    /// and in every member's desired state. Route mode pays nothing; `--mtu` still wins.
+    #[test]
+    fn each_member_pays_its_own_underlays_vxlan_overhead() {
+        /// Hosts as (name, underlay address, underlay MTU).
+        type Hosts<'a> = &'a [(&'a str, &'a str, u32)];
+        // Hosts → (vxlan, route, vxlan with --mtu 1400) MTUs.
+        let cases: [(Hosts, (u32, u32, u32)); 5] = [
+            (
+                &[("h1", "192.0.2.21", 1500), ("h2", "192.0.2.22", 1500)],
+                (1450, 1500, 1400),
+            ),
+            (
+                &[("h1", "2001:db8::21", 1500), ("h2", "2001:db8::22", 1500)],
+                (1430, 1500, 1400),
+            ),
+            (
+                &[("h1", "192.0.2.21", 1500), ("h2", "2001:db8::22", 1500)],
+                (1430, 1500, 1400),
+            ),
+            // Not the smallest underlay minus one overhead (1490 - 50 = 1440 is 10 bytes too
+            // many for the IPv6 member).
+            (
+                &[("h1", "192.0.2.21", 1490), ("h2", "2001:db8::22", 1500)],
+                (1430, 1490, 1400),
+            ),
+            // The IPv4 member is the tighter one here.
+            (
+                &[("h1", "192.0.2.21", 1460), ("h2", "2001:db8::22", 9000)],
+                (1410, 1460, 1400),
+            ),
+        ];
+        for (hosts, (vxlan, route, fixed)) in cases {
+            let mut s = ClusterState::default();
+            for (name, ip, mtu) in hosts {
+                register(&mut s, name, ip, *mtu);
+            }
+            for (name, mode, cidr, mtu) in [
+                ("blue", Mode::Vxlan, "10.1.0.0/16", None),
+                ("red", Mode::Route, "10.2.0.0/16", None),
+                ("fixed", Mode::Vxlan, "10.3.0.0/16", Some(1400)),
+            ] {
+                create(&mut s, name, mode, cidr, mtu).result.unwrap();
+            }
+            for (name, want) in [("blue", vxlan), ("fixed", fixed)] {
+                let shown = network(&s, &s.networks[name]).effective_mtu;
+                assert_eq!(shown, want, "{name} on {hosts:?}");
+                for (host, ..) in hosts {
+                    let d = crate::desired::for_host(&s, host).unwrap();
+                    let net = d.networks.iter().find(|n| n.name == name).unwrap();
+                    assert_eq!(net.mtu, want, "{name} on {host} of {hosts:?}");
+                }
+            }
+            // A route network pays no overhead over either family: the smallest underlay.
+            assert_eq!(network(&s, &s.networks["red"]).effective_mtu, route, "{hosts:?}");
+        }
+    }
 }

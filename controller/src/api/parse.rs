@@ -1,7 +1,7 @@
 //! Request fields from the wire into typed values. Syntax only: whether a value makes sense
 //! against the cluster state is the state machine's call.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::v1 as pb;
@@ -34,6 +34,21 @@ pub fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, Status> {
     }
     text.parse::<Ipv4Addr>()
         .map_err(|_| invalid(format!("malformed IPv4 address {text:?} for {what}")))
+}
+
+/// An address of either family (a host's underlay). A scoped IPv6 address (`fe80::1%eth0`)
+/// is named as such: the zone means something on one host only, never to its peers.
+pub fn ip(what: &str, text: &str) -> Result<IpAddr, Status> {
+    let text = text.trim();
+    if let Some((addr, _zone)) = text.split_once('%')
+        && addr.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Err(invalid(format!(
+            "malformed IP address {text:?} for {what}: a zone (%...) has no meaning to other hosts; give an address without one"
+        )));
+    }
+    text.parse::<IpAddr>()
+        .map_err(|_| invalid(format!("malformed IP address {text:?} for {what}")))
 }
 
 /// An IPv6 address or network where only IPv4 works today: say so, rather than calling it
@@ -206,6 +221,33 @@ mod tests {
         // Garbage with a colon is still just malformed.
         let err = cidr("subnet", "10.1:0.0/16").unwrap_err();
         assert!(err.message().starts_with("malformed CIDR"), "{}", err.message());
+    }
+
+    #[test]
+    fn addresses_of_either_family_parse() {
+        for (text, want) in [
+            ("192.0.2.11", "192.0.2.11"),
+            (" 2001:db8::11 ", "2001:db8::11"),
+            ("2001:0db8:0:0::11", "2001:db8::11"),
+            ("::ffff:192.0.2.11", "::ffff:192.0.2.11"),
+        ] {
+            assert_eq!(
+                ip("underlay IP", text).map(|a| a.to_string()).ok().as_deref(),
+                Some(want),
+                "{text:?}"
+            );
+        }
+        for (bad, says) in [
+            ("", "malformed IP address \"\" for underlay IP"),
+            ("192.0.2", "malformed IP address"),
+            ("2001:db8::1::2", "malformed IP address"),
+            ("[2001:db8::1]", "malformed IP address"),
+            ("fe80::1%eth0", "a zone (%...) has no meaning to other hosts"),
+        ] {
+            let err = ip("underlay IP", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(err.message().contains(says), "{bad:?}: {}", err.message());
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ipnetwork::Ipv4Network;
 use overlay_proto::v1 as pb;
 
 use crate::ipam;
-use crate::model::{MacvlanSpec, Mode, Network, NetworkSpec};
+use crate::model::{Host, MacvlanSpec, Mode, Network, NetworkSpec};
 use crate::state::{ClusterState, StateError, invalid, validate_ifname};
 
 mod macvlan;
@@ -204,31 +204,39 @@ fn macvlan_options(spec: &NetworkSpec) -> Result<MacvlanSpec, StateError> {
 
 // ---------------------------------------------------------------- per-host view, shared
 
-/// The smallest underlay MTU of the hosts holding a lease in `n`. A vxlan network's MTU fits
-/// every member's underlay, so a host with a smaller one is no black hole.
-fn smallest_member_underlay(state: &ClusterState, n: &Network) -> Option<u32> {
+/// The largest workload MTU `h`'s own underlay carries in `n`: its underlay MTU minus what
+/// the mode costs over that underlay's family (vxlan: 50 bytes over IPv4, 70 over IPv6).
+fn member_mtu(n: &Network, h: &Host) -> u32 {
+    h.underlay_mtu
+        .saturating_sub(n.mode.overhead(h.underlay_ip.is_ipv6()))
+}
+
+/// The smallest [`member_mtu`] of the hosts holding a lease in `n`. A vxlan network's MTU fits
+/// every member's underlay, so a host with a smaller one is no black hole. Each member pays
+/// its own family's overhead: the smallest underlay minus one overhead would give a 1500-byte
+/// IPv6 member 1450 when only 1430 fits, next to a 1480-byte IPv4 one.
+fn smallest_member_mtu(state: &ClusterState, n: &Network) -> Option<u32> {
     n.leases
         .keys()
         .filter_map(|h| state.hosts.get(h))
-        .map(|h| h.underlay_mtu)
+        .map(|h| member_mtu(n, h))
         .min()
 }
 
-/// The MTU of `n`'s devices on a host whose underlay MTU is `underlay`: the fixed one, else
-/// derived (vxlan: the smallest member underlay minus the overhead; nat: the host's own
-/// underlay; macvlan: 0, the parent's).
-fn device_mtu(n: &Network, smallest_underlay: Option<u32>, underlay: u32) -> u32 {
+/// The MTU of `n`'s devices on a host whose own [`member_mtu`] is `own`: the fixed one, else
+/// derived (vxlan: the smallest of every member's; nat: the host's own, its underlay's;
+/// macvlan: 0, the parent's).
+fn device_mtu(n: &Network, smallest_member: Option<u32>, own: u32) -> u32 {
     if n.mode.on_the_lan() {
         return n.mtu.unwrap_or(0);
     }
-    // Traffic between hosts must fit the smallest member's underlay; the rest only this host's.
-    let base = if n.mode.crosses_hosts() {
-        smallest_underlay.unwrap_or(underlay)
+    // Traffic between hosts must fit every member's underlay; the rest only this host's.
+    let derived = if n.mode.crosses_hosts() {
+        smallest_member.unwrap_or(own)
     } else {
-        underlay
+        own
     };
-    // Every underlay is IPv4 so far.
-    n.mtu.unwrap_or(base.saturating_sub(n.mode.overhead(false)))
+    n.mtu.unwrap_or(derived)
 }
 
 /// The MTU `network ls` shows: what the devices get, the same derivation as the desired
@@ -238,14 +246,20 @@ pub fn effective_mtu(state: &ClusterState, n: &Network) -> Option<u32> {
     if n.mtu.is_some() || n.mode.on_the_lan() {
         return n.mtu;
     }
-    let smallest = smallest_member_underlay(state, n)?;
+    let smallest = smallest_member_mtu(state, n)?;
     Some(device_mtu(n, Some(smallest), smallest))
 }
 
 /// The members of a network with per-host subnets: each host holding a lease, with its
 /// subnet's gateway; a peer of the others when the mode crosses hosts.
+///
+/// Every member is a peer of every other, whatever the underlay families: the controller
+/// does not decide reachability. Each agent does, per family and segment: a vxlan tunnel or
+/// a route (route mode, `--direct-routing`) needs a peer underlay address of its own
+/// underlay's family, and an IPv4 overlay route via an IPv6 next hop is not something this
+/// project programs; the agent reports such peers as unreachable instead.
 fn lease_members(state: &ClusterState, n: &Network) -> BTreeMap<String, Member> {
-    let smallest_underlay = smallest_member_underlay(state, n);
+    let smallest_member = smallest_member_mtu(state, n);
     let mut members = BTreeMap::new();
     for (host, lease) in &n.leases {
         let Some(h) = state.hosts.get(host) else { continue };
@@ -259,7 +273,7 @@ fn lease_members(state: &ClusterState, n: &Network) -> BTreeMap<String, Member> 
         let member = Member {
             gateway: ipam::subnet_gateway(lease.subnet).to_string(),
             subnet,
-            mtu: device_mtu(n, smallest_underlay, h.underlay_mtu),
+            mtu: device_mtu(n, smallest_member, member_mtu(n, h)),
             peer,
         };
         members.insert(host.clone(), member);

@@ -1,7 +1,7 @@
 //! The commands that change the cluster, as the Raft log stores them, and what applying one
 //! returns. Serialized into the log: variants and fields keep their names and order.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use overlay_proto::ports::PublishedPort;
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,8 @@ pub enum Command {
     },
     RegisterHost {
         name: String,
-        underlay_ip: Ipv4Addr,
+        /// Either family; entries from before IPv6 underlays hold an IPv4 string, read alike.
+        underlay_ip: IpAddr,
         underlay_iface: String,
         underlay_mtu: u32,
         now_ms: i64,

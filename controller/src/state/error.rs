@@ -1,6 +1,6 @@
 //! Why a command was refused, and the coarse kinds the API maps onto status codes.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,7 @@ pub enum StateError {
         host: String,
         /// Short form of the holder's instance id (never the whole id).
         holder: String,
-        underlay_ip: Ipv4Addr,
+        underlay_ip: IpAddr,
         silent_ms: i64,
         timeout_ms: i64,
     },

@@ -2,7 +2,7 @@
 //! removal.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use overlay_proto::limits;
 
@@ -15,7 +15,7 @@ impl ClusterState {
     pub(super) fn register_host(
         &mut self,
         name: String,
-        underlay_ip: Ipv4Addr,
+        underlay_ip: IpAddr,
         underlay_iface: String,
         underlay_mtu: u32,
         claim: Claim,
@@ -23,8 +23,8 @@ impl ClusterState {
         let now_ms = claim.now_ms;
         validate_name("host name", &name)?;
         validate_ifname("underlay interface", &underlay_iface)?;
-        if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
-            return Err(invalid("underlay IP", underlay_ip, "must be a unicast address"));
+        if let Some(why) = underlay_refusal(underlay_ip) {
+            return Err(invalid("underlay IP", underlay_ip, why));
         }
         limits::underlay_mtu(underlay_mtu).map_err(|why| invalid("underlay MTU", underlay_mtu, why))?;
         if let Some(existing) = self.hosts.get(&name)
@@ -130,6 +130,30 @@ impl ClusterState {
             released += network.leases.remove(name).is_some() as u32;
         }
         Ok((ids.len() as u32, released))
+    }
+}
+
+/// Why `ip` cannot be a host's underlay address, or `None` if it can. Peers on other machines
+/// send their tunnel (or routed) traffic to it knowing nothing but the address, so it must be
+/// one unicast address that means the same from every host, and only one spelling of it
+/// (an IPv4 host is registered by its IPv4 address, so two hosts never share one in two forms).
+fn underlay_refusal(ip: IpAddr) -> Option<String> {
+    const UNICAST: &str = "must be a unicast address";
+    const LOOPBACK: &str = "must not be a loopback address: other hosts cannot reach it";
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() => {
+            Some(UNICAST.into())
+        }
+        IpAddr::V4(v4) if v4.is_loopback() => Some(LOOPBACK.into()),
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => Some(UNICAST.into()),
+        IpAddr::V6(v6) if v6.is_loopback() => Some(LOOPBACK.into()),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(
+            "must not be link-local (fe80::/10): VXLAN to it needs an interface scope; register a global or unique-local address".into(),
+        ),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| format!("must not be IPv4-mapped: register the IPv4 address {v4} instead")),
     }
 }
 
