@@ -144,7 +144,8 @@ fn underlay_refusal(ip: IpAddr) -> Option<String> {
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() => {
             Some(UNICAST.into())
         }
-        IpAddr::V4(v4) if v4.is_loopback() => Some(LOOPBACK.into()),
+        // IPv4 loopback stays accepted: entries already in the log may hold one, and every
+        // replica must replay them as they were decided (a single-host nat setup can use it).
         IpAddr::V4(_) => None,
         IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => Some(UNICAST.into()),
         IpAddr::V6(v6) if v6.is_loopback() => Some(LOOPBACK.into()),
