@@ -104,7 +104,7 @@ struct Inner {
 
 pub struct Attachments {
     inner: Mutex<Inner>,
-    underlay_ip: Ipv4Addr,
+    underlay_ip: std::net::IpAddr,
     spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
     report_rx: watch::Receiver<Option<Arc<PassReport>>>,
     /// Bumped whenever what the controller should hear of changes (book, statuses, failed
@@ -205,7 +205,7 @@ pub fn netns_reference(text: &str) -> Result<NetnsRef, String> {
 impl Attachments {
     pub fn new(
         book: Book,
-        underlay_ip: Ipv4Addr,
+        underlay_ip: std::net::IpAddr,
         spec_tx: watch::Sender<Option<Arc<HostSpec>>>,
         report_rx: watch::Receiver<Option<Arc<PassReport>>>,
         controller: ControllerLink,

@@ -3,7 +3,7 @@
 //! so the planner that diffs it against the desired state is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnetwork::Ipv4Network;
@@ -34,7 +34,8 @@ pub const ROUTE_PROTOCOL: u8 = 79;
 pub struct VxlanAttrs {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    /// The underlay address VXLAN is sent from: either family.
+    pub local: Option<IpAddr>,
     /// Underlay device index.
     pub link: Option<u32>,
     pub learning: bool,
@@ -103,7 +104,8 @@ pub struct Neighbour {
 pub struct FdbEntry {
     pub ifindex: u32,
     pub mac: MacAddr,
-    pub dst: Option<Ipv4Addr>,
+    /// The peer's underlay address (IPv4 or IPv6, as the underlay).
+    pub dst: Option<IpAddr>,
     pub permanent: bool,
 }
 

@@ -1,7 +1,7 @@
 //! `overlay-agent`: the node agent of overlay, one per host.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,9 +26,10 @@ struct Args {
     /// Interface facing the other hosts (VXLAN is sent through it).
     #[arg(long, env = "OVERLAY_UNDERLAY_IFACE")]
     underlay_iface: String,
-    /// Underlay address; default: the interface's first IPv4 address.
+    /// Underlay address, IPv4 or IPv6; default: the interface's first IPv4 address, or its
+    /// first global IPv6 address when it has no IPv4 one.
     #[arg(long, env = "OVERLAY_UNDERLAY_IP")]
-    underlay_ip: Option<Ipv4Addr>,
+    underlay_ip: Option<IpAddr>,
     /// Where the agent keeps its last desired state.
     #[arg(long, env = "OVERLAY_STATE_DIR", default_value = "/var/lib/overlay/agent")]
     state_dir: PathBuf,

@@ -3,14 +3,14 @@
 //! One dump per kind (links, addresses, neighbours, FDB, routes) per pass, never one request
 //! per object: the cost of a reconcile grows with the host, not with the number of checks.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -148,6 +148,34 @@ impl Netlink {
         Ok(msgs.iter().filter_map(parse_address).collect())
     }
 
+    /// The first global IPv6 address of link `index` (not link-local, not one that failed
+    /// duplicate detection; one still being checked is taken: it is usable within a second).
+    pub async fn global_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        request.message_mut().header.family = AddressFamily::Inet6;
+        let msgs: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump IPv6 addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index && m.header.scope == AddressScope::Universe)
+            .filter(|m| {
+                !m.attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Dadfailed)))
+            })
+            .find_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) if (ip.segments()[0] & 0xffc0) != 0xfe80 => {
+                        Some(*ip)
+                    }
+                    _ => None,
+                })
+            }))
+    }
+
     /// The whole snapshot the planner works from.
     pub async fn dump(&self) -> Result<Kernel, NetlinkError> {
         let started = std::time::Instant::now();
@@ -241,10 +269,14 @@ impl Netlink {
                 .await
                 .map_err(op_err(format!("create bridge {name}"))),
             LinkOp::CreateVxlan { spec, underlay_index } => {
-                let msg = LinkVxlan::new(&spec.name, spec.vni)
+                let vxlan = LinkVxlan::new(&spec.name, spec.vni)
                     .dev(*underlay_index)
-                    .port(VXLAN_PORT)
-                    .local(spec.local)
+                    .port(VXLAN_PORT);
+                let vxlan = match spec.local {
+                    IpAddr::V4(ip) => vxlan.local(ip),
+                    IpAddr::V6(ip) => vxlan.local6(ip),
+                };
+                let msg = vxlan
                     .learning(false)
                     .mtu(spec.mtu)
                     .address(spec.mac.0.to_vec())
@@ -410,7 +442,7 @@ impl Netlink {
             EntryOp::SetFdb { index, mac, dst } => h
                 .neighbours()
                 .add_bridge(*index, &mac.0)
-                .destination(IpAddr::V4(*dst))
+                .destination(*dst)
                 .flags(NeighbourFlags::Own)
                 .state(NeighbourState::Permanent)
                 .replace()
@@ -425,8 +457,11 @@ impl Netlink {
                 msg.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
                 if let Some(dst) = dst {
-                    msg.attributes
-                        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*dst)));
+                    let dst = match dst {
+                        IpAddr::V4(ip) => NeighbourAddress::Inet(*ip),
+                        IpAddr::V6(ip) => NeighbourAddress::Inet6(*ip),
+                    };
+                    msg.attributes.push(NeighbourAttribute::Destination(dst));
                 }
                 ignore_gone(
                     h.neighbours()
@@ -560,7 +595,8 @@ pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
                                 match d {
                                     InfoVxlan::Id(v) => attrs.vni = *v,
                                     InfoVxlan::Port(p) => attrs.port = *p,
-                                    InfoVxlan::Local(ip) => attrs.local = Some(*ip),
+                                    InfoVxlan::Local(ip) => attrs.local = Some((*ip).into()),
+                                    InfoVxlan::Local6(ip) => attrs.local = Some((*ip).into()),
                                     InfoVxlan::Link(l) => attrs.link = Some(*l),
                                     InfoVxlan::Learning(b) => attrs.learning = *b,
                                     _ => {}
@@ -624,11 +660,20 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
     for attr in &msg.attributes {
         match attr {
             NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some((*a).into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dst = Some((*a).into()),
             // In AF_BRIDGE messages the parser cannot know the family of NDA_DST; a vxlan FDB
-            // entry's IPv4 destination arrives as 4 raw bytes.
+            // entry's destination arrives as raw bytes: 4 for IPv4, 16 for IPv6.
             NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                dst = <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+                dst = match raw.len() {
+                    4 => <[u8; 4]>::try_from(raw.as_slice())
+                        .ok()
+                        .map(|o| Ipv4Addr::from(o).into()),
+                    16 => <[u8; 16]>::try_from(raw.as_slice())
+                        .ok()
+                        .map(|o| std::net::Ipv6Addr::from(o).into()),
+                    _ => None,
+                }
             }
             _ => {}
         }

@@ -10,7 +10,7 @@
 //! nothing, and an agent restart does not touch working entries.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use overlay_proto::mac::MacAddr;
@@ -82,12 +82,12 @@ pub enum EntryOp {
     SetFdb {
         index: u32,
         mac: MacAddr,
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
     DelFdb {
         index: u32,
         mac: MacAddr,
-        dst: Option<Ipv4Addr>,
+        dst: Option<IpAddr>,
     },
     /// Add or replace an onlink route tagged with [`ROUTE_PROTOCOL`].
     SetRoute {
@@ -355,8 +355,8 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
             );
         }
         // host-gw: the peer's subnet via its underlay address, on the segment they share.
-        for p in &want.direct {
-            wanted_routes.insert(p.subnet, (p.underlay_ip, underlay_index));
+        for d in &want.direct {
+            wanted_routes.insert(d.peer.subnet, (d.via, underlay_index));
         }
         let Some(vx) = want.vxlan else { continue };
         let Some(l) = kernel.link(&vx.name) else { continue };
@@ -386,7 +386,7 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
             }
         }
 
-        let want_fdb: BTreeMap<MacAddr, Ipv4Addr> = want
+        let want_fdb: BTreeMap<MacAddr, IpAddr> = want
             .tunnelled
             .iter()
             .map(|p| (p.vtep_mac, p.underlay_ip))

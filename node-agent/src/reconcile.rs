@@ -38,7 +38,8 @@ const ENTRIES_IN_FLIGHT: usize = 128;
 #[derive(Clone, Debug)]
 pub struct Underlay {
     pub iface: String,
-    pub ip: std::net::Ipv4Addr,
+    /// IPv4 or IPv6: what VXLAN is sent from and peers send to.
+    pub ip: std::net::IpAddr,
     pub mtu: u32,
 }
 

@@ -11,7 +11,7 @@
 //! behind its back) registers again.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +37,7 @@ pub struct AgentConfig {
     pub controllers: Vec<String>,
     pub host_name: String,
     pub underlay_iface: String,
-    pub underlay_ip: Option<Ipv4Addr>,
+    pub underlay_ip: Option<IpAddr>,
     pub state_dir: PathBuf,
     /// Period of the full reconcile (endpoints checked inside their namespaces too).
     pub resync: Duration,
@@ -65,7 +65,7 @@ pub enum AgentError {
     Netlink(#[from] crate::netlink::NetlinkError),
     #[error("underlay interface {0:?} not found")]
     NoUnderlay(String),
-    #[error("underlay interface {0:?} has no IPv4 address; pass --underlay-ip")]
+    #[error("underlay interface {0:?} has no IPv4 address and no global IPv6 address; pass --underlay-ip")]
     NoUnderlayIp(String),
     #[error("cannot serve metrics: {0}")]
     Metrics(String),
@@ -94,11 +94,12 @@ pub enum AgentError {
     Dns(#[from] crate::dns::DnsError),
 }
 
-/// Finds the underlay interface, its IPv4 address (unless given) and MTU.
+/// Finds the underlay interface, its address (unless given: the first IPv4 one, else the
+/// first global IPv6 one) and MTU.
 pub async fn discover_underlay(
     nl: &Netlink,
     iface: &str,
-    ip: Option<Ipv4Addr>,
+    ip: Option<IpAddr>,
 ) -> Result<Underlay, AgentError> {
     let link = nl
         .link_by_name(iface)
@@ -106,13 +107,22 @@ pub async fn discover_underlay(
         .ok_or_else(|| AgentError::NoUnderlay(iface.to_string()))?;
     let ip = match ip {
         Some(ip) => ip,
-        None => nl
-            .addresses()
-            .await?
-            .into_iter()
-            .find(|(i, _)| *i == link.index)
-            .map(|(_, a)| a.ip())
-            .ok_or_else(|| AgentError::NoUnderlayIp(iface.to_string()))?,
+        None => {
+            let v4 = nl
+                .addresses()
+                .await?
+                .into_iter()
+                .find(|(i, _)| *i == link.index)
+                .map(|(_, a)| IpAddr::V4(a.ip()));
+            match v4 {
+                Some(ip) => ip,
+                None => nl
+                    .global_ipv6(link.index)
+                    .await?
+                    .map(IpAddr::V6)
+                    .ok_or_else(|| AgentError::NoUnderlayIp(iface.to_string()))?,
+            }
+        }
     };
     Ok(Underlay {
         iface: iface.to_string(),
@@ -1084,11 +1094,9 @@ async fn feed_dns(
 
 /// The ports of this host overlay uses itself, which no endpoint may publish: VXLAN, and a
 /// controller or this agent's metrics listening on the underlay address.
-fn reserved_ports(config: &AgentConfig, underlay_ip: Ipv4Addr) -> BTreeSet<(Protocol, u16)> {
+fn reserved_ports(config: &AgentConfig, underlay_ip: IpAddr) -> BTreeSet<(Protocol, u16)> {
     let mut out = BTreeSet::from([(Protocol::Udp, crate::spec::VXLAN_PORT)]);
-    let here = |ip: std::net::IpAddr| {
-        ip.is_unspecified() || ip.is_loopback() || ip == std::net::IpAddr::V4(underlay_ip)
-    };
+    let here = |ip: std::net::IpAddr| ip.is_unspecified() || ip.is_loopback() || ip == underlay_ip;
     for c in &config.controllers {
         let bare = c.split("://").last().unwrap_or(c);
         if let Ok(addr) = bare.trim_end_matches('/').parse::<std::net::SocketAddr>()

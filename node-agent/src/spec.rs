@@ -2,7 +2,7 @@
 //! validated values. The agent never trusts its input: a network or endpoint that does not
 //! parse is set aside with the reason (and reported), the rest is still programmed.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
@@ -85,7 +85,8 @@ pub struct BridgeSpec {
 pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
-    pub local: Ipv4Addr,
+    /// This host's underlay address (IPv4 or IPv6): where its VXLAN comes from.
+    pub local: IpAddr,
     pub mac: MacAddr,
     pub mtu: u32,
     /// This host's VTEP address: the network address of its subnet, as a /32.
@@ -96,7 +97,9 @@ pub struct VxlanSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
     pub host: String,
-    pub underlay_ip: Ipv4Addr,
+    /// IPv4 or IPv6: a peer whose underlay is of another family than this host's cannot be
+    /// reached (the mode modules say so).
+    pub underlay_ip: IpAddr,
     pub vtep_mac: MacAddr,
     pub vtep_ip: Ipv4Addr,
     pub subnet: Ipv4Network,
@@ -210,6 +213,11 @@ fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| format!("{what}: malformed address {text:?}"))
 }
 
+fn ip(what: &str, text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{what}: malformed address {text:?}"))
+}
+
 fn net(what: &str, text: &str) -> Result<Ipv4Network, String> {
     text.parse()
         .map_err(|_| format!("{what}: malformed CIDR {text:?}"))
@@ -230,7 +238,7 @@ fn owned_name(what: &str, name: &str, prefix: &str) -> Result<String, String> {
 }
 
 impl HostSpec {
-    pub fn from_proto(d: &pb::HostDesiredState, underlay_ip: Ipv4Addr) -> Self {
+    pub fn from_proto(d: &pb::HostDesiredState, underlay_ip: IpAddr) -> Self {
         let mut spec = HostSpec {
             revision: d.revision,
             host_name: d.host_name.clone(),
@@ -263,7 +271,7 @@ impl HostSpec {
 fn network(
     n: &pb::NetworkState,
     vtep_mac: MacAddr,
-    underlay_ip: Ipv4Addr,
+    underlay_ip: IpAddr,
 ) -> Result<(NetworkSpec, Vec<(String, String)>), String> {
     let mode = Mode::from_wire(n.mode)?;
     let cidr = net("cidr", &n.cidr)?;
@@ -311,7 +319,7 @@ fn network(
                 let subnet = net("peer subnet", &p.subnet)?;
                 Ok(PeerSpec {
                     host: p.host.clone(),
-                    underlay_ip: ipv4("peer underlay", &p.underlay_ip)?,
+                    underlay_ip: ip("peer underlay", &p.underlay_ip)?,
                     vtep_mac: mac("peer VTEP MAC", &p.vtep_mac)?,
                     vtep_ip: subnet.network(),
                     subnet,

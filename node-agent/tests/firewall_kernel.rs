@@ -55,6 +55,7 @@ fn spec(endpoints: usize) -> FirewallSpec {
             })
             .collect(),
         peers: ["192.0.2.12".parse().unwrap(), "192.0.2.13".parse().unwrap()].into(),
+        peers6: ["2001:db8::14".parse().unwrap()].into(),
         underlay_hosts: [
             "192.0.2.12".parse().unwrap(),
             "192.0.2.13".parse().unwrap(),

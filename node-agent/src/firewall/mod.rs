@@ -22,7 +22,7 @@ mod nft;
 pub mod rules;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use overlay_proto::mac::MacAddr;
 use overlay_proto::ports::Protocol;
@@ -74,8 +74,9 @@ pub struct FirewallSpec {
     pub underlay: Option<Name>,
     pub networks: Vec<NetworkPorts>,
     pub endpoints: BTreeSet<PortIdentity>,
-    /// Underlay addresses of the hosts this one exchanges VXLAN with.
+    /// Underlay addresses of the hosts this one exchanges VXLAN with, by family.
     pub peers: BTreeSet<Ipv4Addr>,
+    pub peers6: BTreeSet<Ipv6Addr>,
     /// Addresses no NAT egress may reach: the peers and the controllers.
     pub underlay_hosts: BTreeSet<Ipv4Addr>,
     /// Ports of this host forwarded to its endpoints (DNAT).
@@ -100,10 +101,11 @@ impl FirewallSpec {
     pub fn from_host(
         spec: &HostSpec,
         underlay_iface: &str,
-        underlay_ip: Ipv4Addr,
+        underlay_ip: IpAddr,
         control_plane: &BTreeSet<Ipv4Addr>,
     ) -> (Self, Vec<String>) {
         let mut problems = Vec::new();
+        let mut unpublished = Vec::new();
         let mut name = |what: &str, n: &str| {
             Name::new(n)
                 .map_err(|e| problems.push(format!("firewall: {what}: {e}")))
@@ -151,30 +153,45 @@ impl FirewallSpec {
                         mac: ep.mac,
                         ip: ep.address.ip(),
                     });
-                    // On the underlay address unless the endpoint names another of the host's.
-                    out.published.extend(ep.ports.iter().map(|p| Published {
-                        host_ip: p.host_ip.unwrap_or(underlay_ip),
-                        protocol: p.protocol,
-                        host_port: p.host_port,
-                        to_ip: ep.address.ip(),
-                        to_port: p.container_port,
-                    }));
+                    // On the underlay address unless the endpoint names another of the host's
+                    // (an IPv4 one: workloads are IPv4, so is the DNAT map).
+                    for p in &ep.ports {
+                        let host_ip = match (p.host_ip, underlay_ip) {
+                            (Some(ip), _) | (None, IpAddr::V4(ip)) => ip,
+                            (None, IpAddr::V6(_)) => {
+                                unpublished.push(format!(
+                                    "firewall: endpoint {}: port {} is not published: this host's underlay address is IPv6 and published ports are IPv4; name one of the host's IPv4 addresses for it",
+                                    ep.id, p.host_port
+                                ));
+                                continue;
+                            }
+                        };
+                        out.published.insert(Published {
+                            host_ip,
+                            protocol: p.protocol,
+                            host_port: p.host_port,
+                            to_ip: ep.address.ip(),
+                            to_port: p.container_port,
+                        });
+                    }
                 }
             }
-            out.peers.extend(
-                n.peers
-                    .iter()
-                    .map(|p| p.underlay_ip)
-                    .filter(|ip| *ip != underlay_ip),
-            );
+            for p in n.peers.iter().filter(|p| p.underlay_ip != underlay_ip) {
+                match p.underlay_ip {
+                    IpAddr::V4(ip) => out.peers.insert(ip),
+                    IpAddr::V6(ip) => out.peers6.insert(ip),
+                };
+            }
         }
+        // What NAT egress (IPv4) could reach: IPv4 peers and controllers.
         out.underlay_hosts = out
             .peers
             .iter()
             .chain(control_plane)
             .copied()
-            .filter(|ip| *ip != underlay_ip)
+            .filter(|ip| IpAddr::V4(*ip) != underlay_ip)
             .collect();
+        problems.extend(unpublished);
         (out, problems)
     }
 
@@ -244,6 +261,7 @@ pub fn preflight() -> Result<(), FirewallError> {
         }]
         .into(),
         peers: [Ipv4Addr::new(192, 0, 2, 3)].into(),
+        peers6: [Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3)].into(),
         underlay_hosts: [Ipv4Addr::new(192, 0, 2, 3)].into(),
         published: [Published {
             host_ip: Ipv4Addr::new(192, 0, 2, 1),

@@ -42,7 +42,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
@@ -112,6 +112,7 @@ pub enum Atom {
     Name(Name),
     Mac(MacAddr),
     Ip(Ipv4Addr),
+    Ip6(Ipv6Addr),
     Proto(Protocol),
     Port(u16),
 }
@@ -123,6 +124,7 @@ impl Atom {
             Atom::Name(n) => format!("\"{}\"", n.as_str()),
             Atom::Mac(m) => m.to_string(),
             Atom::Ip(ip) => ip.to_string(),
+            Atom::Ip6(ip) => ip.to_string(),
             Atom::Proto(p) => p.as_str().to_string(),
             Atom::Port(port) => port.to_string(),
         }
@@ -134,6 +136,7 @@ impl Atom {
             Atom::Name(n) => n.as_str().into(),
             Atom::Mac(m) => m.to_string().into(),
             Atom::Ip(ip) => ip.to_string().into(),
+            Atom::Ip6(ip) => ip.to_string().into(),
             Atom::Proto(p) => p.as_str().into(),
             Atom::Port(port) => (*port).into(),
         }
@@ -468,6 +471,10 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             format!("iifname \"{}\" ip saddr @peers accept", u.as_str()),
             "from current peers, on the underlay",
         ));
+        vxlan_in.push(rule(
+            format!("iifname \"{}\" ip6 saddr @peers6 accept", u.as_str()),
+            "from current peers, on an IPv6 underlay",
+        ));
     }
     vxlan_in.push(rule("counter drop", "VXLAN from anyone else"));
     let nat = !nat_egress.is_empty();
@@ -676,6 +683,11 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     }
     let mut sets = vec![
         set("peers", &["ipv4_addr"], ips(&spec.peers)),
+        set(
+            "peers6",
+            &["ipv6_addr"],
+            spec.peers6.iter().map(|ip| Element::new(vec![Atom::Ip6(*ip)])),
+        ),
         set("underlay_hosts", &["ipv4_addr"], ips(&spec.underlay_hosts)),
         set("gateways", &["ifname", "ipv4_addr"], gateways),
         set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
@@ -848,6 +860,7 @@ pub(crate) mod tests {
             }]
             .into(),
             peers: ["192.0.2.12".parse().unwrap()].into(),
+            peers6: BTreeSet::new(),
             underlay_hosts: ["192.0.2.12".parse().unwrap(), "192.0.2.101".parse().unwrap()].into(),
             published: BTreeSet::new(),
         }

@@ -9,7 +9,7 @@ mod nat;
 mod route;
 mod vxlan;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use overlay_proto::modes::Mode;
 
@@ -33,13 +33,25 @@ impl<'k> Segment<'k> {
         }
     }
 
-    /// Whether `ip` is on one of the underlay's own subnets.
-    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+    /// `ip` as the next hop of a plain route through the underlay device, when it is on one
+    /// of the underlay's own IPv4 subnets. Never an IPv6 address: overlays are IPv4, and an
+    /// IPv4 route via an IPv6 next hop is not something overlay writes.
+    pub fn next_hop(&self, ip: IpAddr) -> Option<Ipv4Addr> {
+        let IpAddr::V4(ip) = ip else { return None };
         self.kernel
             .addresses_of(self.underlay_index)
             .iter()
             .any(|net| net.prefix() < 32 && net.contains(ip))
+            .then_some(ip)
     }
+}
+
+/// A peer reached by a plain route through the underlay device.
+#[derive(Debug)]
+pub struct Direct<'a> {
+    pub peer: &'a PeerSpec,
+    /// Its underlay address, on this host's segment.
+    pub via: Ipv4Addr,
 }
 
 /// What one network wants in the host's kernel.
@@ -56,7 +68,7 @@ pub struct Wants<'a> {
     pub tunnelled: Vec<&'a PeerSpec>,
     /// Peers on this host's underlay segment: an onlink route to their subnet via their
     /// underlay address, through the underlay device.
-    pub direct: Vec<&'a PeerSpec>,
+    pub direct: Vec<Direct<'a>>,
     /// Peers this network cannot reach, one line each: what the audit (and so `doctor`) says.
     pub unreachable: Vec<String>,
 }

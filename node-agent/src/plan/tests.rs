@@ -707,3 +707,69 @@ fn direct_routing_routes_same_segment_peers_and_tunnels_the_rest() {
         index: 11
     }));
 }
+
+#[test]
+fn an_ipv6_underlay_tunnels_to_ipv6_peers_and_reports_the_others() {
+    let mut s = spec();
+    s.networks[0].direct_routing = true;
+    let net = &mut s.networks[0];
+    net.vxlan.as_mut().unwrap().local = "2001:db8::21".parse().unwrap();
+    net.peers[0].underlay_ip = "2001:db8::22".parse().unwrap();
+    // h3 stays on IPv4: no tunnel can join it to this host.
+    let mut k = converged();
+    k.addresses.insert(UNDERLAY, BTreeSet::new());
+    k.fdb.clear();
+    let ops = entries(&s, &k, UNDERLAY);
+    assert!(
+        ops.contains(&EntryOp::SetFdb {
+            index: 11,
+            mac: "02:00:00:00:00:02".parse().unwrap(),
+            dst: "2001:db8::22".parse().unwrap(),
+        }),
+        "{ops:?}"
+    );
+    // Direct routing has no IPv6 next hops for IPv4 workloads: h2 stays tunnelled.
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, EntryOp::SetRoute { index, .. } if *index == UNDERLAY)),
+        "{ops:?}"
+    );
+    // Nothing towards h3: its neighbour, FDB entry and route go.
+    assert!(ops.contains(&EntryOp::DelNeighbour {
+        index: 11,
+        ip: "10.1.2.0".parse().unwrap()
+    }));
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, EntryOp::DelRoute { route } if route.dst.to_string() == "10.1.2.0/24")),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, EntryOp::SetFdb { mac, .. } if mac.to_string() == "02:00:00:00:00:03")),
+        "{ops:?}"
+    );
+    let unreachable = unreachable_peers(&s, &k, UNDERLAY);
+    assert_eq!(unreachable.len(), 1, "{unreachable:?}");
+    assert!(
+        unreachable[0].contains(
+            "peer h3 (192.0.2.23) is on an IPv4 underlay and this host (2001:db8::21) on an IPv6 one"
+        ),
+        "{unreachable:?}"
+    );
+    // The device itself: its local address is the IPv6 one; an IPv4 local is replaced.
+    assert!(!links(&s, &k, UNDERLAY).is_empty(), "the IPv4 local stays");
+    let vx = k.links.get_mut("ovx-1").unwrap();
+    vx.kind = LinkKind::Vxlan(VxlanAttrs {
+        vni: 4096,
+        port: 4789,
+        local: Some("2001:db8::21".parse().unwrap()),
+        link: Some(UNDERLAY),
+        learning: false,
+    });
+    assert!(
+        links(&s, &k, UNDERLAY).is_empty(),
+        "{:?}",
+        links(&s, &k, UNDERLAY)
+    );
+}
