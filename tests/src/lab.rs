@@ -2,9 +2,10 @@
 //! each simulated host `<prefix>-hN` and controller `<prefix>-cN` is a namespace with an
 //! `eth0` on that bridge (192.0.2.0/24); workloads are further namespaces wired by the agents.
 //! overlayctl runs in the underlay namespace (192.0.2.254), so nothing is created in, or
-//! routed through, the root namespace.
+//! routed through, the root namespace. [`Lab::start_ipv6`] makes the same lab on an IPv6-only
+//! underlay (2001:db8::/64: hosts `::1N`, controllers `::10N`, overlayctl `::254`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use crate::process::Daemon;
 use crate::{LabError, Result, bins};
 
 pub const UNDERLAY_NET: &str = "192.0.2";
+/// The IPv6-only underlay's prefix ([`Lab::start_ipv6`]), a /64.
+pub const UNDERLAY_NET6: &str = "2001:db8::";
 /// The far side of [`Lab::add_routed_host`]'s router: hosts off the underlay segment.
 pub const FAR_NET: &str = "198.51.100";
 const CONTROLLER_PORT: u16 = 7400;
@@ -47,7 +50,10 @@ pub struct SimHost {
     /// Cluster host name (h1, h2 ...).
     pub name: String,
     pub ns: String,
+    /// Its IPv4 underlay address; unspecified (0.0.0.0) on an IPv6-only underlay.
     pub ip: Ipv4Addr,
+    /// Its IPv6 underlay address, on an IPv6-only underlay.
+    pub ip6: Option<Ipv6Addr>,
     agent: Option<Daemon>,
     /// A mount namespace of its own ([`Lab::give_mount_namespace`]): the agent (and a container
     /// engine) run inside it. Dropped after the agent.
@@ -66,6 +72,7 @@ impl SimHost {
             name,
             ns,
             ip,
+            ip6: None,
             agent: None,
             mount_ns: None,
         }
@@ -103,6 +110,8 @@ pub struct Lab {
     /// overlayctl's identity in a TLS lab (an admin certificate).
     admin: Option<CertFiles>,
     resync_secs: u64,
+    /// The underlay is IPv6 only ([`Lab::start_ipv6`]).
+    ipv6: bool,
     namespaces: Namespaces,
     dir: tempfile::TempDir,
 }
@@ -111,17 +120,23 @@ impl Lab {
     /// A lab on plaintext: every process it starts runs with `OVERLAY_INSECURE=true`
     /// ([`crate::plaintext`]); [`Lab::start_secure`] for mutual TLS.
     pub fn start(cfg: LabConfig) -> Result<Self> {
-        Self::launch(cfg, false)
+        Self::launch(cfg, false, false)
+    }
+
+    /// [`Lab::start`] on an IPv6-only underlay: no IPv4 address on any underlay interface, the
+    /// controllers listening on their IPv6 addresses (plaintext).
+    pub fn start_ipv6(cfg: LabConfig) -> Result<Self> {
+        Self::launch(cfg, false, true)
     }
 
     /// [`Lab::start`] with mutual TLS everywhere: a CA made with `overlayctl certs`, one
     /// controller certificate per replica, one agent certificate per host (issued when its
     /// agent first starts) and an admin certificate for [`Lab::ctl`].
     pub fn start_secure(cfg: LabConfig) -> Result<Self> {
-        Self::launch(cfg, true)
+        Self::launch(cfg, true, false)
     }
 
-    fn launch(cfg: LabConfig, tls: bool) -> Result<Self> {
+    fn launch(cfg: LabConfig, tls: bool, ipv6: bool) -> Result<Self> {
         let prefix = netns::unique_prefix(cfg.tag);
         let dir = tempfile::Builder::new()
             .prefix(&format!("overlay-lab-{prefix}-"))
@@ -132,24 +147,30 @@ impl Lab {
         namespaces.add(&ul)?;
         exec(&ul, "ip", &["link", "add", "br0", "type", "bridge"])?;
         exec(&ul, "ip", &["link", "set", "br0", "up"])?;
-        exec(
-            &ul,
-            "ip",
-            &["addr", "add", &format!("{UNDERLAY_NET}.254/24"), "dev", "br0"],
-        )?;
+        add_underlay_address(&ul, "br0", 254, ipv6)?;
 
         let mut controller_addrs = Vec::new();
         for j in 1..=cfg.controllers {
             let ns = format!("{prefix}-c{j}");
             namespaces.add(&ns)?;
             netns::wire(&ns, "eth0", &ul, &format!("c{j}"), "br0")?;
-            let ip = format!("{UNDERLAY_NET}.{}", 100 + j);
-            exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-            controller_addrs.push((format!("{ip}:{CONTROLLER_PORT}"), Some(ns)));
+            let ip = add_underlay_address(&ns, "eth0", 100 + j as u16, ipv6)?;
+            let addr = match ip {
+                std::net::IpAddr::V4(ip) => format!("{ip}:{CONTROLLER_PORT}"),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:{CONTROLLER_PORT}"),
+            };
+            controller_addrs.push((addr, Some(ns)));
         }
         let mut hosts = Vec::new();
         for i in 1..=cfg.hosts {
-            hosts.push(Self::make_host(&mut namespaces, &prefix, &ul, dir.path(), i)?);
+            hosts.push(Self::make_host(
+                &mut namespaces,
+                &prefix,
+                &ul,
+                dir.path(),
+                i,
+                ipv6,
+            )?);
         }
         let mut controllers = ControllerCluster::new(controller_addrs.clone(), dir.path())?;
         let (mut pki, mut admin) = (None, None);
@@ -175,6 +196,7 @@ impl Lab {
             pki,
             admin,
             resync_secs: cfg.resync_secs,
+            ipv6,
             namespaces,
             dir,
         };
@@ -188,16 +210,18 @@ impl Lab {
         ul: &str,
         dir: &std::path::Path,
         i: usize,
+        ipv6: bool,
     ) -> Result<SimHost> {
         let name = format!("h{i}");
         let ns = format!("{prefix}-{name}");
         namespaces.add(&ns)?;
         netns::wire(&ns, "eth0", ul, &name, "br0")?;
-        let ip: Ipv4Addr = format!("{UNDERLAY_NET}.{}", 10 + i)
-            .parse()
-            .map_err(|_| LabError::Setup("bad ip".into()))?;
-        exec(&ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        Ok(SimHost::new(dir, name, ns, ip))
+        let mut host = SimHost::new(dir, name, ns, Ipv4Addr::UNSPECIFIED);
+        match add_underlay_address(&host.ns, "eth0", 10 + i as u16, ipv6)? {
+            std::net::IpAddr::V4(ip) => host.ip = ip,
+            std::net::IpAddr::V6(ip) => host.ip6 = Some(ip),
+        }
+        Ok(host)
     }
 
     /// [`Lab::start`], then every host's agent, and waits until all hosts are registered and up.
@@ -230,7 +254,14 @@ impl Lab {
     /// Adds one more simulated host (not yet running an agent); returns its index.
     pub fn add_host(&mut self) -> Result<usize> {
         let i = self.hosts.len() + 1;
-        let host = Self::make_host(&mut self.namespaces, &self.prefix, &self.ul, self.dir.path(), i)?;
+        let host = Self::make_host(
+            &mut self.namespaces,
+            &self.prefix,
+            &self.ul,
+            self.dir.path(),
+            i,
+            self.ipv6,
+        )?;
         self.hosts.push(host);
         Ok(i - 1)
     }
@@ -819,6 +850,26 @@ fn parse_ping(text: &str) -> Option<PingStats> {
         sent: nums.next()??,
         received: nums.next()??,
     })
+}
+
+/// Gives `dev` in `ns` the underlay address numbered `n`: `192.0.2.<n>/24`, or on an IPv6
+/// underlay `2001:db8::<n>/64` (decimal digits, as the IPv4 one reads) without duplicate
+/// address detection, so it is usable at once.
+fn add_underlay_address(ns: &str, dev: &str, n: u16, ipv6: bool) -> Result<std::net::IpAddr> {
+    let bad = |_| LabError::Setup(format!("bad underlay address number {n}"));
+    if ipv6 {
+        let ip: Ipv6Addr = format!("{UNDERLAY_NET6}{n}").parse().map_err(bad)?;
+        exec(
+            ns,
+            "ip",
+            &["-6", "addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"],
+        )?;
+        Ok(ip.into())
+    } else {
+        let ip: Ipv4Addr = format!("{UNDERLAY_NET}.{n}").parse().map_err(bad)?;
+        exec(ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", dev])?;
+        Ok(ip.into())
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ def main(argv):
         dst, vni, dmac, sip, dip, kind = argv[2:8]
         count = int(argv[8]) if len(argv) > 8 else 5
         packet = struct.pack("!II", 0x08000000, int(vni) << 8) + inner_frame(dmac, sip, dip, kind)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_DGRAM)
         for _ in range(count):
             try:
                 s.sendto(packet, (dst, 4789))
