@@ -53,6 +53,13 @@ enum Cmd {
         #[arg(long)]
         ablate: bool,
     },
+    /// P2 over an IPv6-only underlay: our vxlan vs the hand-built one with IPv6 VTEPs.
+    P2v6 {
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// P3: convergence with N hosts running agents (a new host joins; a change is pushed).
     P3 {
         /// Host counts, comma separated.
@@ -131,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             let rounds = if quick { 3 } else { 5 };
             report::save(&p1_attach::run(if quick { 30 } else { 100 })?)?;
             report::save(&p2_throughput::run(if quick { 2 } else { 5 }, 3, false)?)?;
+            report::save(&p2_throughput::run_ipv6(if quick { 2 } else { 5 }, 3)?)?;
             report::save(&p3_convergence::run(&[10, 25, 50], 3, rounds)?)?;
             report::save(&p4_writes::run(if quick { 1000 } else { 5000 }, 64, 3)?)?;
             report::save(&p5_fanout::run(1000, if quick { 2000 } else { 10_000 }, rounds)?)?;
@@ -149,6 +157,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             peers::ensure()?;
             report::save(&p2_throughput::run(seconds, rounds, ablate)?)?
+        }
+        Cmd::P2v6 { seconds, rounds } => {
+            peers::ensure()?;
+            report::save(&p2_throughput::run_ipv6(seconds, rounds)?)?
         }
         Cmd::P3 {
             hosts,

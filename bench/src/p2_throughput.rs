@@ -67,26 +67,8 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
     let ours_direct = overlay_path(&mut lab, "benchd", "dr", "overlay vxlan --direct-routing", false)?;
     let paths = [ours, flannel, routed, ours_route, ours_direct];
 
-    let mut servers = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        servers.push(lab.spawn_in(&p.server_ns, "iperf3", &["-s"], &format!("iperf3-s{i}"))?);
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let before: Vec<u64> = paths.iter().map(|p| fragments(&p.watched)).collect();
-    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-    // Interleaved, and each round starts one path later, so no path always runs first (or
-    // right after the same neighbour).
-    for round in 0..rounds {
-        for k in 0..paths.len() {
-            let i = (round + k) % paths.len();
-            gbps[i].push(iperf(&paths[i], seconds)?);
-        }
-    }
-    let fragmented: Vec<u64> = paths
-        .iter()
-        .zip(&before)
-        .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
-        .collect();
+    let servers = serve(&lab, &paths)?;
+    let (sums, fragmented) = interleaved(&paths, seconds, rounds)?;
     let ablation = if ablate {
         // The control: the same hand-built recipe on two more hosts, so that the distance left
         // once every overlay rule is gone can be told from what two identical paths differ by.
@@ -98,8 +80,6 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
     };
     drop(servers);
     let mtu = workload_mtu(&paths[0].client_ns)?;
-
-    let sums: Vec<Summary> = gbps.iter().map(|v| Summary::of(v)).collect();
     println!(
         "P2: overlay {:.2} Gbit/s, hand-built vxlan {:.2}, routed {:.2}, overlay route mode {:.2}, direct routing {:.2}; fragments {:?}; workload MTU {mtu}",
         sums[0].median, sums[1].median, sums[2].median, sums[3].median, sums[4].median, fragmented
@@ -163,6 +143,103 @@ pub fn run(seconds: u32, rounds: usize, ablate: bool) -> anyhow::Result<Measure>
              CPU-bound, which is where encapsulation overhead shows."
         )],
     })
+}
+
+/// P2 over an IPv6-only underlay (the IPv6 issue): overlay's vxlan against the same hand-built
+/// flannel recipe with IPv6 VTEP addresses, on the same two-plus-two hosts layout.
+pub fn run_ipv6(seconds: u32, rounds: usize) -> anyhow::Result<Measure> {
+    let mut lab = Lab::start_ipv6(LabConfig {
+        hosts: 2,
+        controllers: 1,
+        tag: "b6",
+        resync_secs: 30,
+    })?;
+    let args = [
+        "network",
+        "create",
+        "bench",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.71.0.0/16",
+    ];
+    lab.ctl_ok(&args)?;
+    lab.start_agents()?;
+    lab.wait_hosts_up(Duration::from_secs(30))?;
+    let ours = overlay_path(&mut lab, "bench", "o", "overlay vxlan over IPv6", true)?;
+    let flannel = hand_built(&mut lab, Recipe::Vxlan)?;
+    let paths = [ours, flannel];
+    let servers = serve(&lab, &paths)?;
+    let (sums, fragmented) = interleaved(&paths, seconds, rounds)?;
+    drop(servers);
+    let mtu = workload_mtu(&paths[0].client_ns)?;
+    println!(
+        "P2 over IPv6: overlay {:.2} Gbit/s, hand-built vxlan over IPv6 {:.2}; fragments {:?}; workload MTU {mtu}",
+        sums[0].median, sums[1].median, fragmented
+    );
+    let rows = paths
+        .iter()
+        .zip(sums.iter().cloned())
+        .map(|(p, summary)| Row {
+            subject: p.name.to_string(),
+            metric: format!("iperf3 TCP, {seconds} s"),
+            unit: "Gbit/s".into(),
+            summary,
+        })
+        .collect();
+    let ratio = sums[0].median / sums[1].median;
+    Ok(Measure {
+        id: "P2v6".into(),
+        title: "throughput between workloads on two hosts, IPv6-only underlay".into(),
+        rows,
+        ratios: vec![Ratio {
+            what: "TCP throughput vs hand-built vxlan over IPv6".into(),
+            ours: sums[0].median,
+            peer: sums[1].median,
+            peer_name: "hand-built vxlan over IPv6".into(),
+            higher_is_better: true,
+        }],
+        goal: "≥ 0.97× the hand-built VXLAN over IPv6, no fragments (IPv6 issue)".into(),
+        goal_met: Some(ratio >= 0.97 && fragmented[0] == 0),
+        notes: vec![format!(
+            "{rounds} runs of iperf3 -t {seconds} per path, interleaved, on a lab whose underlay \
+             interfaces have IPv6 addresses only (2001:db8::/64; controllers on IPv6 too). The \
+             hand-built path is flannel's vxlan recipe with `local` and the FDB destinations set \
+             to the hosts' IPv6 addresses and workload MTU 1430 (1500 - 70). Workload MTU on \
+             overlay: {mtu}. IP fragments created or reassembled in the hosts and workloads \
+             during the runs (overlay, hand-built): {fragmented:?}."
+        )],
+    })
+}
+
+/// An iperf3 server at the far end of every path.
+fn serve(lab: &Lab, paths: &[Path]) -> anyhow::Result<Vec<overlay_lab::process::Daemon>> {
+    let mut servers = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        servers.push(lab.spawn_in(&p.server_ns, "iperf3", &["-s"], &format!("iperf3-s{i}"))?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(servers)
+}
+
+/// `rounds` runs of every path, interleaved, each round starting one path later so no path
+/// always runs first (or right after the same neighbour): each path's figures, and the IP
+/// fragments its namespaces created or reassembled meanwhile.
+fn interleaved(paths: &[Path], seconds: u32, rounds: usize) -> anyhow::Result<(Vec<Summary>, Vec<u64>)> {
+    let before: Vec<u64> = paths.iter().map(|p| fragments(&p.watched)).collect();
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..rounds {
+        for k in 0..paths.len() {
+            let i = (round + k) % paths.len();
+            gbps[i].push(iperf(&paths[i], seconds)?);
+        }
+    }
+    let fragmented = paths
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| fragments(&p.watched).saturating_sub(*b))
+        .collect();
+    Ok((gbps.iter().map(|v| Summary::of(v)).collect(), fragmented))
 }
 
 /// What each part of overlay's firewall costs: the agents are killed (the datapath stays in
@@ -354,16 +431,26 @@ fn hand_built(lab: &mut Lab, recipe: Recipe) -> anyhow::Result<Path> {
 }
 
 /// [`hand_built`] with its workloads named `tag`0/1 and its subnets in 10.`net`.0.0/16.
+/// On an IPv6-only lab the hosts' VTEPs use their IPv6 addresses (and pay 70 bytes, not 50).
 fn hand_built_as(lab: &mut Lab, recipe: Recipe, tag: &str, net: u8) -> anyhow::Result<Path> {
-    let mtu = match recipe {
-        Recipe::Vxlan => "1450",
-        Recipe::Routed => "1500",
-    };
     let hosts = [lab.add_host()?, lab.add_host()?];
+    let ipv6 = lab.hosts[hosts[0]].ip6.is_some();
+    anyhow::ensure!(
+        !(ipv6 && recipe == Recipe::Routed),
+        "no plain routing over an IPv6 underlay"
+    );
+    let mtu = match (recipe, ipv6) {
+        (Recipe::Vxlan, false) => "1450",
+        (Recipe::Vxlan, true) => "1430",
+        (Recipe::Routed, _) => "1500",
+    };
     let mut workloads = Vec::new();
     for (side, &h) in hosts.iter().enumerate() {
         let host = lab.hosts[h].ns.clone();
-        let underlay = lab.hosts[h].ip.to_string();
+        let underlay = match lab.hosts[h].ip6 {
+            Some(ip6) => ip6.to_string(),
+            None => lab.hosts[h].ip.to_string(),
+        };
         let w = lab.add_workload(&format!("{tag}{side}"))?;
         let gw = format!("10.{net}.{side}.1");
         let sh = |args: &[&str]| exec(&host, "ip", args).map(|_| ());
