@@ -50,7 +50,8 @@ pub struct SimHost {
     /// Cluster host name (h1, h2 ...).
     pub name: String,
     pub ns: String,
-    /// Its IPv4 underlay address; unspecified (0.0.0.0) on an IPv6-only underlay.
+    /// Its IPv4 underlay address; unspecified (0.0.0.0) on an IPv6-only underlay (for
+    /// [`Lab::add_ipv6_underlay_host`], its management address).
     pub ip: Ipv4Addr,
     /// Its IPv6 underlay address, on an IPv6-only underlay.
     pub ip6: Option<Ipv6Addr>,
@@ -319,6 +320,29 @@ impl Lab {
             &["route", "add", "default", "via", &format!("{FAR_NET}.1")],
         )?;
         self.hosts.push(SimHost::new(self.dir.path(), name, ns, ip));
+        Ok(i - 1)
+    }
+
+    /// Adds a simulated host whose underlay interface `eth0` holds only an IPv6 address
+    /// (2001:db8::<10+i>/64), in a lab whose other hosts are on IPv4: it reaches the
+    /// controllers through a second interface, `mgmt0` (192.0.2.<10+i>/24, same bridge), as a
+    /// host with a separate management network would. Its agent is not started.
+    pub fn add_ipv6_underlay_host(&mut self) -> Result<usize> {
+        let i = self.hosts.len() + 1;
+        let mut host = Self::make_host(
+            &mut self.namespaces,
+            &self.prefix,
+            &self.ul,
+            self.dir.path(),
+            i,
+            true,
+        )?;
+        netns::wire(&host.ns, "mgmt0", &self.ul, &format!("{}m", host.name), "br0")?;
+        let ip = add_underlay_address(&host.ns, "mgmt0", 10 + i as u16, false)?;
+        if let std::net::IpAddr::V4(ip) = ip {
+            host.ip = ip;
+        }
+        self.hosts.push(host);
         Ok(i - 1)
     }
 

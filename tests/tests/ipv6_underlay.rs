@@ -152,3 +152,98 @@ fn vxlan_over_an_ipv6_only_underlay() {
     );
     println!("VXLAN from 2001:db8::254 (no peer) dropped; from h3 (a peer) delivered");
 }
+
+/// A network whose hosts mix underlay families: h1 and h2 on IPv4, h3 on IPv6 (its control
+/// plane over a management interface). h1 and h2 reach each other; nobody writes a tunnel
+/// entry towards the other family, and `doctor` names each unreachable peer in one line.
+#[test]
+fn mixed_underlay_families_are_reported_never_half_wired() {
+    let mut lab = Lab::start(LabConfig {
+        hosts: 2,
+        controllers: 1,
+        tag: "mx",
+        resync_secs: 10,
+    })
+    .expect("lab");
+    let h3 = lab.add_ipv6_underlay_host().unwrap();
+    lab.start_agents().unwrap();
+    lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
+    let args = [
+        "network",
+        "create",
+        "blue",
+        "--mode",
+        "vxlan",
+        "--subnet",
+        "10.91.0.0/16",
+    ];
+    lab.ctl_ok(&args).unwrap();
+    let w: Vec<String> = (1..=3)
+        .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
+        .collect();
+    let ips: Vec<Ipv4Addr> = (0..3).map(|h| lab.attach("blue", h, &w[h]).unwrap()).collect();
+    let same = Lab::wait_until(Duration::from_secs(20), || {
+        lab.ping(&w[0], ips[1]) && lab.ping(&w[1], ips[0])
+    });
+    assert!(
+        same.is_some(),
+        "h1 and h2 (both IPv4) do not reach each other\n{}",
+        lab.logs()
+    );
+    let inspect = lab.ctl_json(&["network", "inspect", "blue"]).unwrap();
+    assert_eq!(
+        inspect["effective_mtu"], 1430,
+        "the IPv6 member's overhead counts: {inspect}"
+    );
+
+    let drift_of = |host: &str| {
+        let out = lab.ctl(&["--output", "json", "doctor"]).expect("doctor");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["hosts"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["host"] == host))
+            .map(|h| h["drift"].to_string())
+            .unwrap_or_default()
+    };
+    let says = [
+        (
+            "h1",
+            "peer h3 (2001:db8::13) is on an IPv6 underlay and this host (192.0.2.11) on an IPv4 one",
+        ),
+        (
+            "h3",
+            "peer h1 (192.0.2.11) is on an IPv4 underlay and this host (2001:db8::13) on an IPv6 one",
+        ),
+    ];
+    for (host, line) in says {
+        let reported = Lab::wait_until(Duration::from_secs(20), || drift_of(host).contains(line));
+        assert!(
+            reported.is_some(),
+            "doctor on {host} does not say {line:?}: {}",
+            drift_of(host)
+        );
+    }
+    // Never half-wired: no FDB entry, neighbour or route towards the other family's host.
+    let h1_fdb = lab
+        .on_host(0, "bridge", &["fdb", "show", "dev", "ovx-1"])
+        .unwrap();
+    assert!(!h1_fdb.contains("2001:db8::13"), "h1 tunnels to h3: {h1_fdb}");
+    let h3_fdb = lab
+        .on_host(h3, "bridge", &["fdb", "show", "dev", "ovx-1"])
+        .unwrap();
+    assert!(
+        !h3_fdb.contains("192.0.2."),
+        "h3 tunnels to an IPv4 host: {h3_fdb}"
+    );
+    let leases = inspect["host_leases"].clone();
+    let s3 = leases
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["host"] == "h3"))
+        .and_then(|l| l["subnet"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let routes = lab.on_host(0, "ip", &["route", "show", "proto", "79"]).unwrap();
+    assert!(!routes.contains(&s3), "h1 routes h3's subnet {s3}: {routes}");
+    assert!(!lab.ping(&w[0], ips[2]), "w1 reached w3 across underlay families");
+    println!("h1 <-> h2 over IPv4; h3 (IPv6) reported by doctor on both sides, no entries towards it");
+}
