@@ -148,8 +148,9 @@ impl Netlink {
         Ok(msgs.iter().filter_map(parse_address).collect())
     }
 
-    /// The first global IPv6 address of link `index` (not link-local, not one that failed
-    /// duplicate detection; one still being checked is taken: it is usable within a second).
+    /// The first global IPv6 address of link `index` that stays: not link-local, not a
+    /// temporary (privacy) or deprecated one, not one that failed duplicate detection (one
+    /// still being checked is taken: it is usable within a second).
     pub async fn global_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
         let mut request = self.handle.address().get().set_link_index_filter(index);
         request.message_mut().header.family = AddressFamily::Inet6;
@@ -164,7 +165,9 @@ impl Netlink {
             .filter(|m| {
                 !m.attributes
                     .iter()
-                    .any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Dadfailed)))
+                    // Privacy (temporary: IFA_F_SECONDARY in IPv6) and deprecated addresses
+                    // expire, and peers would lose the host with them.
+                    .any(|a| matches!(a, AddressAttribute::Flags(f) if f.intersects(AddressFlags::Dadfailed | AddressFlags::Secondary | AddressFlags::Deprecated)))
             })
             .find_map(|m| {
                 m.attributes.iter().find_map(|a| match a {

@@ -328,6 +328,21 @@ pub fn links(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<LinkO
     ops
 }
 
+/// Per network, the subnets of the peers this host routes directly through the underlay: all
+/// the firewall lets in from (and out to) the underlay for that network. Tunnelled and
+/// unreachable peers are not among them, whatever the default route says.
+pub fn direct_subnets(
+    spec: &HostSpec,
+    kernel: &Kernel,
+    underlay_index: u32,
+) -> BTreeMap<String, BTreeSet<Ipv4Network>> {
+    spec.networks
+        .iter()
+        .zip(wants(spec, kernel, underlay_index))
+        .map(|(n, w)| (n.name.clone(), w.direct.iter().map(|d| d.peer.subnet).collect()))
+        .collect()
+}
+
 /// Peers the host's networks cannot reach (a route network's peers off this host's underlay
 /// segment), one line each, for the audit (and so `doctor`).
 pub fn unreachable_peers(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<String> {

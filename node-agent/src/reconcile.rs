@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use ipnetwork::Ipv4Network;
 
 use crate::endpoint::{self, Checked, EndpointError};
 use crate::firewall::{Converged, Firewall, FirewallSpec};
@@ -247,8 +248,20 @@ impl Reconciler {
         self
     }
 
-    fn firewall_spec(&self, spec: &HostSpec) -> (FirewallSpec, Vec<String>) {
-        FirewallSpec::from_host(spec, &self.underlay.iface, self.underlay.ip, &self.control_plane)
+    /// `direct`: per network, the peers' subnets this host routes through the underlay
+    /// ([`plan::direct_subnets`], from the same look at the kernel the pass planned from).
+    fn firewall_spec(
+        &self,
+        spec: &HostSpec,
+        direct: &BTreeMap<String, BTreeSet<Ipv4Network>>,
+    ) -> (FirewallSpec, Vec<String>) {
+        FirewallSpec::from_host(
+            spec,
+            &self.underlay.iface,
+            self.underlay.ip,
+            &self.control_plane,
+            direct,
+        )
     }
 
     /// Runs `work` on the firewall state in a blocking task (it spawns `nft` and talks
@@ -301,7 +314,8 @@ impl Reconciler {
             .map(|e| format!("missing endpoint {} ", e.address))
             .collect();
         drift.retain(|line| !gone.iter().any(|g| line.starts_with(g.as_str())));
-        let (wanted, problems) = self.firewall_spec(spec);
+        let direct = plan::direct_subnets(spec, &kernel, underlay_index);
+        let (wanted, problems) = self.firewall_spec(spec, &direct);
         drift.extend(problems);
         match self.with_firewall(move |fw| fw.audit(&wanted)).await {
             Ok(found) => drift.extend(found),
@@ -449,7 +463,8 @@ impl Reconciler {
                 Err(e) => report.errors.push(format!("enable ip_forward: {e}")),
             }
         }
-        if self.converge_firewall(spec, &mut report).await {
+        let direct = plan::direct_subnets(spec, &kernel, underlay_index);
+        if self.converge_firewall(spec, &direct, &mut report).await {
             report.firewall_rebuilt = true;
         }
         report.took = started.elapsed();
@@ -458,8 +473,13 @@ impl Reconciler {
 
     /// Rebuilds the nftables tables when what they depend on changed or the kernel's copy
     /// drifted (one netlink round trip when neither happened); whether it wrote them.
-    async fn converge_firewall(&mut self, spec: &HostSpec, report: &mut PassReport) -> bool {
-        let (wanted, problems) = self.firewall_spec(spec);
+    async fn converge_firewall(
+        &mut self,
+        spec: &HostSpec,
+        direct: &BTreeMap<String, BTreeSet<Ipv4Network>>,
+        report: &mut PassReport,
+    ) -> bool {
+        let (wanted, problems) = self.firewall_spec(spec, direct);
         report.errors.extend(problems);
         let (networks, endpoints) = (wanted.networks.len(), wanted.endpoints.len());
         let started = Instant::now();

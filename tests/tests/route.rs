@@ -124,4 +124,50 @@ fn route_mode_routes_on_the_segment_and_reports_hosts_off_it() {
         "a route through an off-segment address: {routes}"
     );
     println!("off-segment h4 reported by doctor for h1: {drift}");
+
+    // h4 has no route on h1, so with a default route on the underlay (the usual setup) a
+    // source in h4's subnet would pass a reverse-path check alone: a machine on the segment
+    // forging one must still not reach w1.
+    exec(
+        &lab.hosts[0].ns,
+        "ip",
+        &["route", "replace", "default", "via", "192.0.2.253"],
+    )
+    .unwrap();
+    let s4: ipnetwork::Ipv4Network = {
+        let leases = lab.ctl_json(&["network", "inspect", "hg"]).unwrap()["host_leases"].clone();
+        leases
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["host"] == "h4"))
+            .and_then(|l| l["subnet"].as_str())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no lease of h4 in {leases}"))
+    };
+    let forged = s4.nth(66).unwrap().to_string();
+    let evil = lab.add_lan_host("evil", "192.0.2.66/24", None).unwrap();
+    exec(
+        &evil,
+        "ip",
+        &["route", "add", "10.80.0.0/16", "via", "192.0.2.11"],
+    )
+    .unwrap();
+    exec(
+        &evil,
+        "ip",
+        &["addr", "add", &format!("{forged}/32"), "dev", "eth0"],
+    )
+    .unwrap();
+    let w1_cap = capture(&lab, &w[0], "eth0", "icmp", "cap-w1");
+    let _ = exec(
+        &evil,
+        "ping",
+        &["-c", "2", "-W", "1", "-I", &forged, &ips[0].to_string()],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = std::fs::read_to_string(w1_cap.log_path()).unwrap_or_default();
+    assert!(
+        !seen.contains(&format!("{forged} > ")),
+        "h1 took a segment machine's packet as unreachable h4's workload {forged}: {seen}"
+    );
+    println!("a forged source in unreachable h4's subnet is dropped by h1");
 }

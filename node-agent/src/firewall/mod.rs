@@ -21,7 +21,7 @@ mod nfnetlink;
 mod nft;
 pub mod rules;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use overlay_proto::mac::MacAddr;
@@ -52,9 +52,10 @@ pub struct NetworkPorts {
 pub struct Routed {
     /// The whole network, e.g. 10.80.0.0/16.
     pub cidr: ipnetwork::Ipv4Network,
-    /// The other hosts' subnets: the only sources accepted from the underlay, and only where
-    /// the route back is the underlay too (a directly routed peer, not a tunnelled one), and
-    /// the only destinations a workload may send to there. Empty: nothing crosses.
+    /// The subnets of the other hosts this one routes directly (not the tunnelled ones, not
+    /// the unreachable ones): the only sources accepted from the underlay, and only where the
+    /// route back is the underlay too, and the only destinations a workload may send to
+    /// there. Empty: nothing crosses.
     pub peers: BTreeSet<ipnetwork::Ipv4Network>,
 }
 
@@ -103,6 +104,7 @@ impl FirewallSpec {
         underlay_iface: &str,
         underlay_ip: IpAddr,
         control_plane: &BTreeSet<Ipv4Addr>,
+        direct: &BTreeMap<String, BTreeSet<ipnetwork::Ipv4Network>>,
     ) -> (Self, Vec<String>) {
         let mut problems = Vec::new();
         let mut unpublished = Vec::new();
@@ -136,12 +138,7 @@ impl FirewallSpec {
                 nat_egress: n.nat_egress,
                 routed: crate::modes::crosses_underlay(n).then(|| Routed {
                     cidr: n.cidr,
-                    peers: n
-                        .peers
-                        .iter()
-                        .filter(|p| p.underlay_ip != underlay_ip)
-                        .map(|p| p.subnet)
-                        .collect(),
+                    peers: direct.get(&n.name).cloned().unwrap_or_default(),
                 }),
             });
             for ep in &n.endpoints {
@@ -565,8 +562,13 @@ mod tests {
     fn spec_from_the_desired_state() {
         let control = addresses_in(&["192.0.2.101:7400,https://192.0.2.102:7400,ctl.example:7400".into()]);
         assert_eq!(control.len(), 2);
-        let (fw, problems) =
-            FirewallSpec::from_host(&host_spec(), "eth0", "192.0.2.11".parse().unwrap(), &control);
+        let (fw, problems) = FirewallSpec::from_host(
+            &host_spec(),
+            "eth0",
+            "192.0.2.11".parse().unwrap(),
+            &control,
+            &BTreeMap::new(),
+        );
         assert_eq!(
             fw.networks.len(),
             1,
@@ -592,6 +594,7 @@ mod tests {
             "eth\"0",
             "192.0.2.11".parse().unwrap(),
             &BTreeSet::new(),
+            &BTreeMap::new(),
         );
         assert!(fw.underlay.is_none());
         assert_eq!(problems.len(), 2, "{problems:?}");

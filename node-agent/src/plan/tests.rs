@@ -687,6 +687,13 @@ fn direct_routing_routes_same_segment_peers_and_tunnels_the_rest() {
         unreachable_peers(&s, &k, UNDERLAY).is_empty(),
         "the tunnel reaches h3"
     );
+    // What the firewall lets in from the underlay: h2's subnet only, not tunnelled h3's.
+    let direct = direct_subnets(&s, &k, UNDERLAY);
+    assert_eq!(
+        direct["blue"],
+        ["10.1.1.0/24".parse().unwrap()].into(),
+        "{direct:?}"
+    );
     // Converged with direct routing: nothing to do; switching off restores the tunnel.
     k.neighbours.retain(|n| n.ip.to_string() != "10.1.1.0");
     k.fdb.retain(|f| f.mac.to_string() != "02:00:00:00:00:02");
