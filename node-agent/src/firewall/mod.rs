@@ -53,9 +53,8 @@ pub struct Routed {
     /// The whole network, e.g. 10.80.0.0/16.
     pub cidr: ipnetwork::Ipv4Network,
     /// The subnets of the other hosts this one routes directly (not the tunnelled ones, not
-    /// the unreachable ones): the only sources accepted from the underlay, and only where the
-    /// route back is the underlay too, and the only destinations a workload may send to
-    /// there. Empty: nothing crosses.
+    /// the unreachable ones): the only sources accepted from the underlay and the only
+    /// destinations a workload may send to there. Empty: nothing crosses.
     pub peers: BTreeSet<ipnetwork::Ipv4Network>,
 }
 

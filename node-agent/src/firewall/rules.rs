@@ -24,7 +24,7 @@
 //!   bridge enters its vxlan, so no machine that routes through this host reaches the other
 //!   hosts' workloads through the tunnel. Networks routed on the underlay (route mode,
 //!   `--direct-routing`) exchange only the other hosts' subnets with it, and take a source
-//!   from it only where the route back to that source is the underlay as well.
+//!   from it only for the subnets of the hosts it routes directly.
 //! - input: workloads reach only what the product serves them on their gateway (DNS, echo);
 //!   other hosts' workloads arriving through the vxlan only echo (the probe). Never the
 //!   host's other services, on any of its addresses.
@@ -498,12 +498,12 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                 ));
                 // Anyone on the segment can send with any source: a packet claiming to come
                 // from one of this host's own workloads, from a peer reached through the
-                // tunnel or from no host at all is not taken from the underlay.
+                // tunnel or unreachable, or from no host at all is not taken from the
+                // underlay. The set is exactly the subnets this host routes via the
+                // underlay, so no reverse-path lookup is needed on top of it.
                 routed.push(rule(
-                    format!(
-                        "iifname \"{u}\" oifname \"{b}\" ip saddr {peers} fib saddr . iif oif exists accept"
-                    ),
-                    "route network: from its other hosts, where the route back is the underlay",
+                    format!("iifname \"{u}\" oifname \"{b}\" ip saddr {peers} accept"),
+                    "route network: from the other hosts it routes directly",
                 ));
             }
             unmasqueraded.push(rule(
@@ -960,15 +960,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn routed_networks_take_only_peer_subnets_routed_back_through_the_underlay() {
+    fn routed_networks_take_only_the_subnets_of_directly_routed_peers() {
         let mut spec = sample();
         spec.networks[0].routed = Some(crate::firewall::Routed {
             cidr: "10.1.0.0/16".parse().unwrap(),
             peers: ["10.1.2.0/24".parse().unwrap(), "10.1.3.0/24".parse().unwrap()].into(),
         });
         let text = transaction(&tables(&spec));
-        let from = "iifname \"eth0\" oifname \"ovb-1\" ip saddr { 10.1.2.0/24, 10.1.3.0/24 } \
-                    fib saddr . iif oif exists accept";
+        let from = "iifname \"eth0\" oifname \"ovb-1\" ip saddr { 10.1.2.0/24, 10.1.3.0/24 } accept";
         let to = "iifname \"ovb-1\" oifname \"eth0\" ip daddr { 10.1.2.0/24, 10.1.3.0/24 } accept";
         assert!(text.contains(from) && text.contains(to), "{text}");
         assert!(!text.contains("ip saddr 10.1.0.0/16 accept"), "{text}");
