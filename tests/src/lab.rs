@@ -582,6 +582,23 @@ impl Lab {
     }
 
     /// `overlayctl endpoint attach`; returns the address the workload got.
+    /// Host `host`'s lease in `network` as `network inspect` shows it: (subnet, gateway).
+    pub fn lease(&self, network: &str, host: &str) -> Result<(ipnetwork::Ipv4Network, Ipv4Addr)> {
+        let leases = self.ctl_json(&["network", "inspect", network])?["host_leases"].clone();
+        let lease = leases
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["host"] == host));
+        let field = |name: &str| lease.and_then(|l| l[name].as_str());
+        let subnet = field("subnet").and_then(|s| s.parse().ok());
+        let gateway = field("gateway").and_then(|s| s.parse().ok());
+        match (subnet, gateway) {
+            (Some(subnet), Some(gateway)) => Ok((subnet, gateway)),
+            _ => Err(LabError::Setup(format!(
+                "no lease of {host} in {network}: {leases}"
+            ))),
+        }
+    }
+
     pub fn attach(&self, network: &str, host: usize, ns: &str) -> Result<Ipv4Addr> {
         let out = self.ctl_ok(&[
             "endpoint",

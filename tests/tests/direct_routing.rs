@@ -24,13 +24,7 @@ fn captured(d: &Daemon) -> String {
 }
 
 fn subnet_of(lab: &Lab, network: &str, host: &str) -> String {
-    let leases = lab.ctl_json(&["network", "inspect", network]).unwrap()["host_leases"].clone();
-    leases
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["host"] == host))
-        .and_then(|l| l["subnet"].as_str())
-        .unwrap_or_else(|| panic!("no lease of {host} in {leases}"))
-        .to_string()
+    lab.lease(network, host).expect("lease").0.to_string()
 }
 
 /// h1's overlay route to `subnet`, as `ip route` prints it.
@@ -205,13 +199,7 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
         served.is_some(),
         "the control: h1 itself cannot reach h2's service"
     );
-    let leases = lab.ctl_json(&["network", "inspect", "dr"]).unwrap()["host_leases"].clone();
-    let gw2 = leases
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["host"] == "h2"))
-        .and_then(|l| l["gateway"].as_str())
-        .unwrap_or_else(|| panic!("no gateway of h2 in {leases}"))
-        .to_string();
+    let gw2 = lab.lease("dr", "h2").expect("lease").1.to_string();
     assert!(
         lab.ping(&w[0], gw2.parse().unwrap()),
         "echo to h2's gateway (probes) is allowed"
@@ -250,10 +238,7 @@ fn direct_routing_skips_the_tunnel_on_the_segment_and_keeps_it_across_a_router()
     .unwrap();
     let w2_cap = capture(&lab, &w[1], "icmp", "cap-w2");
     assert!(lab.ping(&w[2], ips[1]), "the control: w3 -> w2");
-    let own: Ipv4Addr = {
-        let base: ipnetwork::Ipv4Network = subnet_of(&lab, "dr", "h2").parse().unwrap();
-        base.nth(77).unwrap()
-    };
+    let own: Ipv4Addr = lab.lease("dr", "h2").expect("lease").0.nth(77).unwrap();
     for forged in [own, ips[3]] {
         let src = forged.to_string();
         exec(&evil, "ip", &["addr", "add", &format!("{src}/32"), "dev", "eth0"]).unwrap();

@@ -30,6 +30,18 @@ fn ping_df(ns: &str, ip: Ipv4Addr, size: usize) -> bool {
     .is_ok_and(|o| o.status.success())
 }
 
+/// Vxlan network `blue` on `cidr` and a workload attached on each of the first three hosts:
+/// their namespaces and addresses.
+fn blue_on_three_hosts(lab: &mut Lab, cidr: &str) -> (Vec<String>, Vec<Ipv4Addr>) {
+    let args = ["network", "create", "blue", "--mode", "vxlan", "--subnet", cidr];
+    lab.ctl_ok(&args).unwrap();
+    let w: Vec<String> = (1..=3)
+        .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
+        .collect();
+    let ips = (0..3).map(|h| lab.attach("blue", h, &w[h]).unwrap()).collect();
+    (w, ips)
+}
+
 #[test]
 fn vxlan_over_an_ipv6_only_underlay() {
     let mut lab = Lab::start_ipv6(LabConfig {
@@ -52,20 +64,7 @@ fn vxlan_over_an_ipv6_only_underlay() {
     assert_eq!(underlay_of("h1"), "2001:db8::11", "{hosts}");
     assert_eq!(underlay_of("h2"), "2001:db8::12", "{hosts}");
 
-    let args = [
-        "network",
-        "create",
-        "blue",
-        "--mode",
-        "vxlan",
-        "--subnet",
-        "10.90.0.0/16",
-    ];
-    lab.ctl_ok(&args).unwrap();
-    let w: Vec<String> = (1..=3)
-        .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
-        .collect();
-    let ips: Vec<Ipv4Addr> = (0..3).map(|h| lab.attach("blue", h, &w[h]).unwrap()).collect();
+    let (w, ips) = blue_on_three_hosts(&mut lab, "10.90.0.0/16");
     let all = Lab::wait_until(Duration::from_secs(20), || {
         (0..3).all(|a| (0..3).filter(|b| *b != a).all(|b| lab.ping(&w[a], ips[b])))
     });
@@ -168,20 +167,7 @@ fn mixed_underlay_families_are_reported_never_half_wired() {
     let h3 = lab.add_ipv6_underlay_host().unwrap();
     lab.start_agents().unwrap();
     lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
-    let args = [
-        "network",
-        "create",
-        "blue",
-        "--mode",
-        "vxlan",
-        "--subnet",
-        "10.91.0.0/16",
-    ];
-    lab.ctl_ok(&args).unwrap();
-    let w: Vec<String> = (1..=3)
-        .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
-        .collect();
-    let ips: Vec<Ipv4Addr> = (0..3).map(|h| lab.attach("blue", h, &w[h]).unwrap()).collect();
+    let (w, ips) = blue_on_three_hosts(&mut lab, "10.91.0.0/16");
     let same = Lab::wait_until(Duration::from_secs(20), || {
         lab.ping(&w[0], ips[1]) && lab.ping(&w[1], ips[0])
     });
@@ -235,13 +221,7 @@ fn mixed_underlay_families_are_reported_never_half_wired() {
         !h3_fdb.contains("192.0.2."),
         "h3 tunnels to an IPv4 host: {h3_fdb}"
     );
-    let leases = inspect["host_leases"].clone();
-    let s3 = leases
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["host"] == "h3"))
-        .and_then(|l| l["subnet"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let s3 = lab.lease("blue", "h3").expect("lease").0.to_string();
     let routes = lab.on_host(0, "ip", &["route", "show", "proto", "79"]).unwrap();
     assert!(!routes.contains(&s3), "h1 routes h3's subnet {s3}: {routes}");
     assert!(!lab.ping(&w[0], ips[2]), "w1 reached w3 across underlay families");

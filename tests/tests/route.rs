@@ -134,16 +134,13 @@ fn route_mode_routes_on_the_segment_and_reports_hosts_off_it() {
         &["route", "replace", "default", "via", "192.0.2.253"],
     )
     .unwrap();
-    let s4: ipnetwork::Ipv4Network = {
-        let leases = lab.ctl_json(&["network", "inspect", "hg"]).unwrap()["host_leases"].clone();
-        leases
-            .as_array()
-            .and_then(|l| l.iter().find(|l| l["host"] == "h4"))
-            .and_then(|l| l["subnet"].as_str())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no lease of h4 in {leases}"))
-    };
-    let forged = s4.nth(66).unwrap().to_string();
+    let forged = lab
+        .lease("hg", "h4")
+        .expect("lease")
+        .0
+        .nth(66)
+        .unwrap()
+        .to_string();
     let evil = lab.add_lan_host("evil", "192.0.2.66/24", None).unwrap();
     exec(
         &evil,
