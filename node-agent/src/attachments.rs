@@ -41,6 +41,9 @@ use crate::store::{Record, StoreError};
 const WIRING_WAIT: Duration = Duration::from_secs(30);
 /// How long a detach waits for the pass that removes the endpoint's devices.
 const UNWIRING_WAIT: Duration = Duration::from_secs(10);
+/// The owner of endpoints attached on the controller's request (`overlayctl endpoint attach`):
+/// their caller waits for this host's report (see [`crate::sync`]).
+pub const REQUESTED_OWNER: &str = "overlayctl";
 
 /// Why an attach or detach failed, in the local API's vocabulary.
 #[derive(Debug, thiserror::Error)]
@@ -680,7 +683,7 @@ impl Attachments {
             ip: e.requested_ip.parse().ok(),
             names: e.names.clone(),
             ports,
-            owner: "overlayctl".into(),
+            owner: REQUESTED_OWNER.into(),
             default_route: e.default_route.unwrap_or(false),
         };
         let outcome = self.attach(req).await;
