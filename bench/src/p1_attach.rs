@@ -18,6 +18,8 @@ use crate::stats::Summary;
 
 const CNI_DIR: &str = "/usr/lib/cni";
 const NETAVARK: &str = "/usr/lib/podman/netavark";
+/// Longer than the agent's report batching (50 ms) and its notification debounce (30 ms).
+const SETTLE: Duration = Duration::from_millis(150);
 
 pub fn run(attaches: usize) -> anyhow::Result<Measure> {
     let mut lab = Lab::start(LabConfig {
@@ -65,6 +67,7 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
     // Interleaved, so drift of the machine (page cache, CPU frequency) hits all alike.
     for i in 0..attaches {
         let ns = lab.add_workload(&format!("oc{i}"))?;
+        settle();
         let mut cmd = Command::new(&overlay_cni);
         cni_env(&mut cmd, &format!("bench-o{i}"), &ns);
         let (exited, pinged) = timed(&host_ns, cmd, overlay_conf.clone().into_bytes(), &ns, &gateway)?;
@@ -72,12 +75,14 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
         ours_cni.push(pinged);
 
         let ns = lab.add_workload(&format!("ov{i}"))?;
+        settle();
         let mut cmd = Command::new(&ctl);
         cmd.args(["--controller", &controllers, "endpoint", "attach", "bench"])
             .args(["--host", "h1", "--netns", &ns]);
         ours.push(timed(&lab.ul, cmd, Vec::new(), &ns, &gateway)?.1);
 
         let ns = lab.add_workload(&format!("cni{i}"))?;
+        settle();
         let mut cmd = Command::new(format!("{CNI_DIR}/bridge"));
         cni_env(&mut cmd, &format!("bench-c{i}"), &ns);
         let (exited, pinged) = timed(&host_ns, cmd, cni_conf.clone().into_bytes(), &ns, "10.99.0.1")?;
@@ -85,6 +90,7 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
         cni.push(pinged);
 
         let ns = lab.add_workload(&format!("nva{i}"))?;
+        settle();
         let mut cmd = Command::new(NETAVARK);
         cmd.arg("--config")
             .arg(scratch.path().join("netavark"))
@@ -216,9 +222,17 @@ pub fn run(attaches: usize) -> anyhow::Result<Measure> {
              peers run in the host's namespace: the CNI bridge plugin with host-local IPAM reads its \
              netconf on stdin (CNI_COMMAND=ADD); netavark (which leaves IPAM to podman) gets a static \
              address and sets up its firewall rules as it does for podman. All four are interleaved, \
-             one attach each per round."
+             one attach each per round, each after a 150 ms pause that lets the previous one's \
+             deferred work (the agent's batched report, the controllers' commit) end."
         )],
     })
+}
+
+/// Lets the previous attach's deferred work end (the agent's batched report to the
+/// controllers, their commit, the look after the agent's own writes) before the next one is
+/// timed, so that no subject pays for another's.
+fn settle() {
+    std::thread::sleep(SETTLE);
 }
 
 /// The CNI environment of an ADD of interface eth0 in workload namespace `ns`.
