@@ -219,9 +219,16 @@ pub async fn run(
             None
         }
     };
+    // The guard that keeps NAT-egress workloads off the control plane needs addresses:
+    // controllers given by name are resolved here, once.
+    let (control_plane, unresolved) =
+        crate::firewall::resolve_controllers(&config.controllers, CONTROLLER_LOOKUP).await;
+    for line in &unresolved {
+        tracing::warn!("{line}: NAT-egress workloads are not kept from it");
+    }
     let reconciler = Reconciler::new(nl, underlay.clone(), Some(&config.state_dir))
         .with_gone_grace(config.gone_endpoint_grace)
-        .with_control_plane(crate::firewall::addresses_in(&config.controllers));
+        .with_control_plane(control_plane);
     // This host's endpoints: its own durable book, the authority for them.
     let book = crate::book::Book::open(&config.state_dir)?;
     if book.needs_import() {
@@ -650,6 +657,8 @@ fn now_ms() -> i64 {
 /// How long drift that a repair fixed stays in the status report, as `repaired: <item>`: a
 /// repair takes milliseconds, and `doctor` must still show what the agent saw.
 pub const REPAIRED_HOLD: Duration = Duration::from_secs(10);
+/// How long resolving one controller's name may take at start.
+const CONTROLLER_LOOKUP: Duration = Duration::from_secs(5);
 /// Least time between two passes triggered by kernel events: bounds what a kernel (or another
 /// program) that keeps re-creating the same drift can cost.
 const EVENT_PASS_GAP: Duration = Duration::from_millis(50);

@@ -196,25 +196,77 @@ impl FirewallSpec {
     }
 }
 
-/// The IPv4 addresses in controller lists like `--controller` takes (`HOST:PORT,...`, with or
-/// without a scheme); names are skipped (they are not rules material).
-pub fn addresses_in(lists: &[String]) -> BTreeSet<Ipv4Addr> {
-    lists
-        .iter()
-        .flat_map(|l| l.split(','))
-        .map(|a| {
-            let a = a.trim();
-            a.strip_prefix("https://")
-                .or_else(|| a.strip_prefix("http://"))
-                .unwrap_or(a)
-        })
-        .filter_map(|a| {
-            a.parse::<std::net::SocketAddrV4>()
-                .map(|s| *s.ip())
-                .or_else(|_| a.parse::<Ipv4Addr>())
-                .ok()
-        })
-        .collect()
+/// The controllers of lists like `--controller` takes (`HOST:PORT,...`, with or without a
+/// scheme): their IPv4 addresses, and the entries that name a host instead (to resolve, see
+/// [`resolve_controllers`]). IPv6 addresses are left out: NAT egress is IPv4 only.
+pub fn addresses_in(lists: &[String]) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
+    let mut addresses = BTreeSet::new();
+    let mut names = Vec::new();
+    for entry in lists.iter().flat_map(|l| l.split(',')) {
+        let a = entry.trim();
+        let a = a
+            .strip_prefix("https://")
+            .or_else(|| a.strip_prefix("http://"))
+            .unwrap_or(a)
+            .trim_end_matches('/');
+        if a.is_empty() {
+            continue;
+        }
+        if let Ok(s) = a.parse::<std::net::SocketAddr>() {
+            if let IpAddr::V4(ip) = s.ip() {
+                addresses.insert(ip);
+            }
+        } else if let Ok(ip) = a.parse::<IpAddr>() {
+            if let IpAddr::V4(ip) = ip {
+                addresses.insert(ip);
+            }
+        } else {
+            names.push(a.to_string());
+        }
+    }
+    (addresses, names)
+}
+
+/// The IPv4 addresses of every controller in `lists`, names resolved (each within `within`);
+/// and one line for each name that did not resolve, so the operator hears that NAT-egress
+/// workloads are not kept from that controller.
+pub async fn resolve_controllers(
+    lists: &[String],
+    within: std::time::Duration,
+) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
+    let (mut addresses, names) = addresses_in(lists);
+    let mut unresolved = Vec::new();
+    for name in names {
+        // A name without a port still resolves: the port plays no part in the guard.
+        let query = match name.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => name.clone(),
+            _ => format!("{name}:0"),
+        };
+        let found = match tokio::time::timeout(within, tokio::net::lookup_host(query)).await {
+            Ok(Ok(found)) => found
+                .filter_map(|s| match s.ip() {
+                    IpAddr::V4(ip) => Some(ip),
+                    IpAddr::V6(_) => None,
+                })
+                .collect::<BTreeSet<_>>(),
+            Ok(Err(e)) => {
+                unresolved.push(format!("controller {name}: cannot be resolved ({e})"));
+                continue;
+            }
+            Err(_) => {
+                unresolved.push(format!(
+                    "controller {name}: not resolved within {}s",
+                    within.as_secs()
+                ));
+                continue;
+            }
+        };
+        if found.is_empty() {
+            unresolved.push(format!("controller {name}: resolves to no IPv4 address"));
+        }
+        addresses.extend(found);
+    }
+    (addresses, unresolved)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -557,10 +609,42 @@ mod tests {
         HostSpec::from_proto(&d, "192.0.2.11".parse().unwrap())
     }
 
+    #[tokio::test]
+    async fn controllers_given_by_name_are_guarded_too() {
+        // `localhost` resolves through the system's resolver (/etc/hosts) like any name.
+        let lists = [
+            "https://localhost:7400/,192.0.2.101:7400,[2001:db8::1]:7400".to_string(),
+            "ctl.invalid".into(),
+        ];
+        let (control, unresolved) = resolve_controllers(&lists, std::time::Duration::from_secs(3)).await;
+        assert!(control.contains(&Ipv4Addr::LOCALHOST), "{control:?}");
+        assert!(control.contains(&Ipv4Addr::new(192, 0, 2, 101)), "{control:?}");
+        assert_eq!(unresolved.len(), 1, "{unresolved:?}");
+        assert!(
+            unresolved[0].starts_with("controller ctl.invalid: "),
+            "{unresolved:?}"
+        );
+        // What resolved is kept from NAT egress like an address given as such.
+        let (fw, _) = FirewallSpec::from_host(
+            &host_spec(),
+            "eth0",
+            "192.0.2.11".parse().unwrap(),
+            &control,
+            &BTreeMap::new(),
+        );
+        assert!(
+            fw.underlay_hosts.contains(&Ipv4Addr::LOCALHOST),
+            "{:?}",
+            fw.underlay_hosts
+        );
+    }
+
     #[test]
     fn spec_from_the_desired_state() {
-        let control = addresses_in(&["192.0.2.101:7400,https://192.0.2.102:7400,ctl.example:7400".into()]);
+        let (control, names) =
+            addresses_in(&["192.0.2.101:7400,https://192.0.2.102:7400,ctl.example:7400".into()]);
         assert_eq!(control.len(), 2);
+        assert_eq!(names, ["ctl.example:7400"]);
         let (fw, problems) = FirewallSpec::from_host(
             &host_spec(),
             "eth0",
