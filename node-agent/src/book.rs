@@ -236,7 +236,7 @@ impl Book {
     ) -> Result<Record, BookError> {
         let ip = self.pick(network, wanted, lease, controller_used)?;
         let floor = self.records.values().map(|r| r.id + 1).max().unwrap_or(1);
-        let id = self.store.take_id(floor)?;
+        let id = self.store.next_id(floor)?;
         let record = Record {
             key: reservation_key(owner, network, ip),
             id,
@@ -334,7 +334,7 @@ impl Book {
         now_ms: i64,
     ) -> Result<Record, BookError> {
         let floor = self.records.values().map(|r| r.id + 1).max().unwrap_or(1);
-        let id = self.store.take_id(floor)?;
+        let id = self.store.next_id(floor)?;
         let holder = self.default_holder(&req.netns).map(|r| r.key.clone());
         let default_route = req.default_route || holder.is_none();
         if req.default_route

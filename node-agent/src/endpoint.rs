@@ -335,18 +335,16 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Wiri
                 .iter()
                 .find(|l| &l.name == arriving)
                 .ok_or_else(|| WiringError::NotArrived(arriving.clone()))?;
+            // One request, as `ip link set ... name ... address ... up` sends it: the kernel
+            // renames and sets the MAC before it brings the device up.
             nl.set_link(
                 with_mtu(
                     LinkUnspec::new_with_index(l.index)
                         .name(w.ifname.clone())
                         .address(w.mac.0.to_vec()),
-                ),
-                &format!("rename {arriving} to {}", w.ifname),
-            )
-            .await?;
-            nl.set_link(
-                LinkUnspec::new_with_index(l.index).up(),
-                &format!("set {} up", w.ifname),
+                )
+                .up(),
+                &format!("rename {arriving} to {} and set it up", w.ifname),
             )
             .await?;
             l.index

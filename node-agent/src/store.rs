@@ -181,14 +181,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The next host-local endpoint id (at least `floor`), persisted before it is returned.
-    pub fn take_id(&self, floor: u64) -> Result<u64, StoreError> {
-        self.write(|txn| {
-            let mut meta = txn.open_table(META)?;
-            let next = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1).max(floor);
-            meta.insert("next_id", next + 1)?;
-            Ok(next)
-        })
+    /// The id the next record gets (at least `floor`). Nothing is written: the counter moves
+    /// past an id in the commit of the record that takes it ([`Store::put`]), so an id is
+    /// never given twice, across restarts too, and an attach pays one fsync, not two. An id
+    /// whose record never committed is free again, and nothing outside the store (a device
+    /// name) can carry it: devices are made only for committed records.
+    pub fn next_id(&self, floor: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let next = match txn.open_table(META) {
+            Ok(meta) => meta
+                .get("next_id")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(1),
+            Err(redb::TableError::TableDoesNotExist(_)) => 1,
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(next.max(floor))
     }
 
     /// The last address handed out per network.
@@ -306,9 +315,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.created());
-        let a = store.take_id(0).unwrap();
+        let a = store.next_id(0).unwrap();
         store.put(&record("c1/eth0", a, "10.1.0.2")).unwrap();
-        let b = store.take_id(0).unwrap();
+        let b = store.next_id(0).unwrap();
         assert_ne!(a, b);
         store.put(&record("c2/eth0", b, "10.1.0.3")).unwrap();
         assert!(store.remove("c1/eth0").unwrap());
@@ -319,11 +328,11 @@ mod tests {
         assert!(!store.created(), "an existing store is not new");
         let all = store.records().unwrap();
         assert_eq!(all, vec![record("c2/eth0", b, "10.1.0.3")]);
-        let c = store.take_id(0).unwrap();
+        let c = store.next_id(0).unwrap();
         assert!(c > b, "ids keep growing across restarts: {c} after {b}");
         // A record imported with a higher id moves the counter past it.
         store.put(&record("c9/eth0", 500, "10.1.0.9")).unwrap();
-        assert!(store.take_id(0).unwrap() > 500);
+        assert!(store.next_id(0).unwrap() > 500);
     }
 
     #[test]
