@@ -2,11 +2,15 @@
 //! VNIs and MACs. Pure functions shared by the two allocators: the controller's state machine
 //! (VNIs, leases, macvlan addresses: every replica computes the same answer from the same
 //! state) and each agent (the addresses of its own leases).
+//!
+//! The subnet and address functions work for both families ([`Family`]): addresses are
+//! numbers (`u128` holds either), so IPv4 and IPv6 share one implementation and one set of
+//! property tests.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::mac::MacAddr;
 
@@ -14,88 +18,183 @@ use crate::mac::MacAddr;
 pub const AUTO_VNI_START: u32 = 4096;
 pub const VNI_MAX: u32 = 16_777_215;
 
-/// How many `/host_prefix` subnets fit in `cidr`.
-pub fn subnet_count(cidr: Ipv4Network, host_prefix: u8) -> u64 {
-    1u64 << (host_prefix - cidr.prefix())
+/// An address as the arithmetic below needs it: a number of its family's width.
+pub trait Address: Copy + Ord + std::fmt::Debug {
+    /// Address width in bits (32 or 128).
+    const BITS: u8;
+    /// Whether the last address of a subnet is its broadcast (IPv4), never an endpoint's.
+    const BROADCAST: bool;
+    fn to_u128(self) -> u128;
+    /// The address `bits` stands for (its low [`Address::BITS`] bits).
+    fn from_u128(bits: u128) -> Self;
+}
+
+impl Address for Ipv4Addr {
+    const BITS: u8 = 32;
+    const BROADCAST: bool = true;
+    fn to_u128(self) -> u128 {
+        u32::from(self) as u128
+    }
+    fn from_u128(bits: u128) -> Self {
+        Ipv4Addr::from(bits as u32)
+    }
+}
+
+impl Address for Ipv6Addr {
+    const BITS: u8 = 128;
+    const BROADCAST: bool = false;
+    fn to_u128(self) -> u128 {
+        u128::from(self)
+    }
+    fn from_u128(bits: u128) -> Self {
+        Ipv6Addr::from(bits)
+    }
+}
+
+/// A network of either family ([`Ipv4Network`], [`Ipv6Network`]).
+pub trait Family: Copy + Ord {
+    type Addr: Address;
+    const BITS: u8 = <Self::Addr as Address>::BITS;
+    fn network_bits(&self) -> u128;
+    fn prefix_len(&self) -> u8;
+    /// The network of `prefix` bits at `bits` (the host part of `bits` is zero).
+    fn from_parts(bits: u128, prefix: u8) -> Self;
+}
+
+impl Family for Ipv4Network {
+    type Addr = Ipv4Addr;
+    fn network_bits(&self) -> u128 {
+        self.network().to_u128()
+    }
+    fn prefix_len(&self) -> u8 {
+        self.prefix()
+    }
+    fn from_parts(bits: u128, prefix: u8) -> Self {
+        Ipv4Network::new(Ipv4Addr::from_u128(bits), prefix).expect("prefix validated by caller")
+    }
+}
+
+impl Family for Ipv6Network {
+    type Addr = Ipv6Addr;
+    fn network_bits(&self) -> u128 {
+        self.network().to_u128()
+    }
+    fn prefix_len(&self) -> u8 {
+        self.prefix()
+    }
+    fn from_parts(bits: u128, prefix: u8) -> Self {
+        Ipv6Network::new(Ipv6Addr::from_u128(bits), prefix).expect("prefix validated by caller")
+    }
+}
+
+/// Addresses in a `/prefix` network of family `F`, saturating at `u128::MAX` (an IPv6 /0).
+fn size<F: Family>(prefix: u8) -> u128 {
+    1u128
+        .checked_shl(u32::from(F::BITS - prefix))
+        .unwrap_or(u128::MAX)
+}
+
+/// How many `/host_prefix` subnets fit in `cidr` (saturating at `u64::MAX`: an IPv6 network
+/// may hold more than a count can say, never more than the controller can lease).
+pub fn subnet_count<F: Family>(cidr: F, host_prefix: u8) -> u64 {
+    1u64.checked_shl(u32::from(host_prefix - cidr.prefix_len()))
+        .unwrap_or(u64::MAX)
 }
 
 /// The `n`th `/host_prefix` subnet of `cidr` (0-based). `n` must be below [`subnet_count`].
-pub fn nth_subnet(cidr: Ipv4Network, host_prefix: u8, n: u64) -> Ipv4Network {
-    let base = u32::from(cidr.network()) as u64;
-    let size = 1u64 << (32 - host_prefix);
-    let addr = Ipv4Addr::from((base + n * size) as u32);
-    Ipv4Network::new(addr, host_prefix).expect("prefix validated by caller")
+pub fn nth_subnet<F: Family>(cidr: F, host_prefix: u8, n: u64) -> F {
+    F::from_parts(
+        cidr.network_bits() + u128::from(n) * size::<F>(host_prefix),
+        host_prefix,
+    )
 }
 
 /// The lowest subnet of `cidr` that is not in `used`.
-pub fn first_free_subnet(
-    cidr: Ipv4Network,
+pub fn first_free_subnet<F: Family>(
+    cidr: F,
     host_prefix: u8,
-    used: impl IntoIterator<Item = Ipv4Network>,
-) -> Option<Ipv4Network> {
-    let size_shift = 32 - host_prefix as u32;
-    let base = u32::from(cidr.network()) as u64;
-    let taken: BTreeSet<u64> = used
+    used: impl IntoIterator<Item = F>,
+) -> Option<F> {
+    let shift = u32::from(F::BITS - host_prefix);
+    let base = cidr.network_bits();
+    let taken: BTreeSet<u128> = used
         .into_iter()
-        .map(|s| ((u32::from(s.network()) as u64) - base) >> size_shift)
+        .map(|s| {
+            s.network_bits()
+                .wrapping_sub(base)
+                .checked_shr(shift)
+                .unwrap_or(0)
+        })
         .collect();
     let count = subnet_count(cidr, host_prefix);
     // The answer is the first gap in the sorted indices, at most `taken.len()`.
-    let mut candidate = 0u64;
+    let mut candidate = 0u128;
     for &t in &taken {
         if t != candidate {
             break;
         }
         candidate += 1;
     }
-    (candidate < count).then(|| nth_subnet(cidr, host_prefix, candidate))
+    (candidate < u128::from(count)).then(|| nth_subnet(cidr, host_prefix, candidate as u64))
 }
 
 /// The gateway of a host subnet: its first host address, held by the host's bridge.
-pub fn subnet_gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+pub fn subnet_gateway<F: Family>(subnet: F) -> F::Addr {
+    F::Addr::from_u128(subnet.network_bits() + 1)
 }
 
-/// Addresses endpoints may take in a host subnet: everything but the network address, the
-/// gateway and the broadcast address. `None` when the subnet has no room for one.
-pub fn endpoint_range(subnet: Ipv4Network) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let first = u32::from(subnet.network()) as u64 + 2;
-    let last = u32::from(subnet.broadcast()) as u64 - 1;
-    (subnet.prefix() <= 30 && first <= last)
-        .then(|| (Ipv4Addr::from(first as u32), Ipv4Addr::from(last as u32)))
+/// Addresses endpoints may take in a host subnet: everything but the network address (in
+/// IPv6 the subnet-router anycast address), the gateway and, in IPv4, the broadcast address.
+/// `None` when the subnet has no room for one.
+pub fn endpoint_range<F: Family>(subnet: F) -> Option<(F::Addr, F::Addr)> {
+    let reserved_at_end = u128::from(<F::Addr as Address>::BROADCAST);
+    let host_bits = F::BITS - subnet.prefix_len();
+    // Room for the network address, the gateway, one endpoint (and the broadcast).
+    if host_bits < 2 {
+        return None;
+    }
+    let first = subnet.network_bits() + 2;
+    let last = subnet.network_bits() + (size::<F>(subnet.prefix_len()) - 1) - reserved_at_end;
+    (first <= last).then(|| (F::Addr::from_u128(first), F::Addr::from_u128(last)))
 }
 
 /// Next free address in `first..=last`, starting after `cursor` and wrapping around, skipping
 /// `used` and `reserved`. Round-robin rather than lowest-free, so a just-released address is
 /// the last to be reused.
-pub fn next_free_ip<V>(
-    first: Ipv4Addr,
-    last: Ipv4Addr,
-    cursor: Option<Ipv4Addr>,
-    used: &BTreeMap<Ipv4Addr, V>,
-    reserved: &[Ipv4Addr],
-) -> Option<Ipv4Addr> {
-    let (lo, hi) = (u32::from(first), u32::from(last));
+pub fn next_free_ip<A: Address, V>(
+    first: A,
+    last: A,
+    cursor: Option<A>,
+    used: &BTreeMap<A, V>,
+    reserved: &[A],
+) -> Option<A> {
+    let (lo, hi) = (first.to_u128(), last.to_u128());
     if lo > hi {
         return None;
     }
-    let start = match cursor.map(u32::from) {
+    let start = match cursor.map(A::to_u128) {
         Some(c) if c >= lo && c < hi => c + 1,
         _ => lo,
     };
-    let free = |a: u32| {
-        let ip = Ipv4Addr::from(a);
+    let free = |a: &u128| {
+        let ip = A::from_u128(*a);
         !used.contains_key(&ip) && !reserved.contains(&ip)
     };
-    (start..=hi)
-        .chain(lo..start)
-        .find(|&a| free(a))
-        .map(Ipv4Addr::from)
+    // Lazily: an IPv6 range is far larger than anything `used` can hold, so the search ends
+    // within `used.len() + reserved.len() + 1` steps either way.
+    (start..=hi).chain(lo..start).find(free).map(A::from_u128)
 }
 
-/// Number of addresses in `first..=last`.
-pub fn range_len(first: Ipv4Addr, last: Ipv4Addr) -> u64 {
-    (u32::from(last) as u64 + 1).saturating_sub(u32::from(first) as u64)
+/// Number of addresses in `first..=last` (saturating at `u64::MAX`).
+pub fn range_len<A: Address>(first: A, last: A) -> u64 {
+    let (lo, hi) = (first.to_u128(), last.to_u128());
+    match hi.checked_sub(lo) {
+        Some(d) => u64::try_from(d)
+            .ok()
+            .and_then(|d| d.checked_add(1))
+            .unwrap_or(u64::MAX),
+        None => 0,
+    }
 }
 
 /// Lowest VNI from [`AUTO_VNI_START`] not in `used`.
@@ -212,6 +311,41 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_subnets_and_ranges() {
+        let cidr: Ipv6Network = "2001:db8:1::/48".parse().unwrap();
+        assert_eq!(subnet_count(cidr, 64), 65_536);
+        assert_eq!(nth_subnet(cidr, 64, 3), "2001:db8:1:3::/64".parse().unwrap());
+        let lease: Ipv6Network = "2001:db8:1:3::/64".parse().unwrap();
+        assert_eq!(
+            subnet_gateway(lease),
+            "2001:db8:1:3::1".parse::<Ipv6Addr>().unwrap()
+        );
+        // No broadcast in IPv6: the last address is an endpoint's; the subnet-router anycast
+        // address (the network's) and the gateway are not.
+        let (first, last) = endpoint_range(lease).unwrap();
+        assert_eq!(first, "2001:db8:1:3::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            last,
+            "2001:db8:1:3:ffff:ffff:ffff:ffff".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(range_len(first, last), u64::MAX - 1);
+        let tiny: Ipv6Network = "2001:db8::/127".parse().unwrap();
+        assert_eq!(endpoint_range(tiny), None);
+        let one: Ipv6Network = "2001:db8::/126".parse().unwrap();
+        assert_eq!(endpoint_range(one).map(|(f, l)| range_len(f, l)), Some(2));
+        // Counts saturate instead of overflowing: a /32 holds 2^64 /96 leases.
+        let wide: Ipv6Network = "2001:db8::/32".parse().unwrap();
+        assert_eq!(subnet_count(wide, 96), u64::MAX);
+        assert_eq!(
+            range_len(
+                Ipv6Addr::UNSPECIFIED,
+                "::ffff:ffff:ffff:ffff:ffff".parse().unwrap()
+            ),
+            u64::MAX
+        );
+    }
+
+    #[test]
     fn vni_and_macs() {
         let used: BTreeSet<u32> = [4096, 4097, 4099, 17].into_iter().collect();
         assert_eq!(first_free_vni(&used), Some(4098));
@@ -224,5 +358,119 @@ mod tests {
         assert_eq!(a.0[0] & 0x03, 0x02, "locally administered unicast");
         let taken: BTreeSet<_> = [a].into_iter().collect();
         assert_ne!(vtep_mac("h1", &taken), a, "a collision is rehashed");
+    }
+
+    /// The allocators' properties, once per family: leases are the lowest free subnets,
+    /// inside the network and aligned; addresses are never given twice nor lost (whatever is
+    /// released can be given again, and an allocator says "full" only when it is).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn v4_network() -> impl Strategy<Value = (Ipv4Network, u8)> {
+            (8u8..=26, any::<u32>(), 1u8..=6).prop_map(|(prefix, bits, extra)| {
+                let cidr = Ipv4Network::new(Ipv4Addr::from(bits), prefix).unwrap();
+                let cidr = Ipv4Network::new(cidr.network(), prefix).unwrap();
+                (cidr, (prefix + extra).min(30))
+            })
+        }
+
+        fn v6_network() -> impl Strategy<Value = (Ipv6Network, u8)> {
+            (32u8..=112, any::<u128>(), 1u8..=8).prop_map(|(prefix, bits, extra)| {
+                let cidr = Ipv6Network::new(Ipv6Addr::from(bits), prefix).unwrap();
+                let cidr = Ipv6Network::new(cidr.network(), prefix).unwrap();
+                (cidr, (prefix + extra).min(120))
+            })
+        }
+
+        fn v4_lease() -> impl Strategy<Value = Ipv4Network> {
+            (26u8..=30, any::<u32>()).prop_map(|(p, bits)| {
+                Ipv4Network::new(Ipv4Network::new(Ipv4Addr::from(bits), p).unwrap().network(), p).unwrap()
+            })
+        }
+
+        fn v6_lease() -> impl Strategy<Value = Ipv6Network> {
+            (122u8..=126, any::<u128>()).prop_map(|(p, bits)| {
+                Ipv6Network::new(Ipv6Network::new(Ipv6Addr::from(bits), p).unwrap().network(), p).unwrap()
+            })
+        }
+
+        fn leases_are_lowest_free<F: Family + std::fmt::Debug>(cidr: F, host_prefix: u8, taken: &[u64]) {
+            let count = subnet_count(cidr, host_prefix);
+            let used: BTreeSet<F> = taken
+                .iter()
+                .map(|n| nth_subnet(cidr, host_prefix, n % count))
+                .collect();
+            match first_free_subnet(cidr, host_prefix, used.iter().copied()) {
+                Some(s) => {
+                    assert!(!used.contains(&s), "{s:?} is leased already");
+                    assert_eq!(s.prefix_len(), host_prefix);
+                    let offset = s.network_bits() - cidr.network_bits();
+                    let index = offset >> (F::BITS - host_prefix);
+                    assert!(index < u128::from(count), "{s:?} lies outside {cidr:?}");
+                    // Lowest: every subnet below it is taken.
+                    for below in 0..index as u64 {
+                        assert!(used.contains(&nth_subnet(cidr, host_prefix, below)));
+                    }
+                }
+                None => assert_eq!(used.len() as u64, count, "full only when every subnet is leased"),
+            }
+        }
+
+        /// Ops: `Some(i)` releases the `i`th held address (modulo), `None` allocates.
+        fn addresses_never_twice_never_lost<F: Family>(lease: F, ops: &[Option<usize>]) {
+            let Some((first, last)) = endpoint_range(lease) else {
+                return;
+            };
+            let gateway = subnet_gateway(lease);
+            let capacity = range_len(first, last);
+            let mut held: BTreeMap<F::Addr, ()> = BTreeMap::new();
+            let mut cursor = None;
+            for op in ops {
+                match op {
+                    Some(i) if !held.is_empty() => {
+                        let ip = *held.keys().nth(i % held.len()).unwrap();
+                        held.remove(&ip);
+                    }
+                    _ => match next_free_ip(first, last, cursor, &held, &[gateway]) {
+                        Some(ip) => {
+                            assert!(ip >= first && ip <= last, "{ip:?} outside the range");
+                            assert_ne!(ip, gateway);
+                            assert!(held.insert(ip, ()).is_none(), "{ip:?} given twice");
+                            cursor = Some(ip);
+                        }
+                        None => assert_eq!(held.len() as u64, capacity, "full only when full"),
+                    },
+                }
+            }
+            // Nothing leaks: released addresses come back until the range is full.
+            while let Some(ip) = next_free_ip(first, last, cursor, &held, &[gateway]) {
+                assert!(held.insert(ip, ()).is_none(), "{ip:?} given twice");
+                cursor = Some(ip);
+            }
+            assert_eq!(held.len() as u64, capacity);
+        }
+
+        proptest! {
+            #[test]
+            fn ipv4_leases((cidr, host) in v4_network(), taken in prop::collection::vec(0u64..80, 0..40)) {
+                leases_are_lowest_free(cidr, host, &taken);
+            }
+
+            #[test]
+            fn ipv6_leases((cidr, host) in v6_network(), taken in prop::collection::vec(0u64..300, 0..40)) {
+                leases_are_lowest_free(cidr, host, &taken);
+            }
+
+            #[test]
+            fn ipv4_addresses(lease in v4_lease(), ops in prop::collection::vec(prop::option::weighted(0.3, 0usize..64), 0..120)) {
+                addresses_never_twice_never_lost(lease, &ops);
+            }
+
+            #[test]
+            fn ipv6_addresses(lease in v6_lease(), ops in prop::collection::vec(prop::option::weighted(0.3, 0usize..64), 0..120)) {
+                addresses_never_twice_never_lost(lease, &ops);
+            }
+        }
     }
 }
