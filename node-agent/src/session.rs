@@ -762,6 +762,9 @@ impl Converger {
         }
         let report = Arc::new(report);
         self.out.report_tx.send_replace(Some(report.clone()));
+        if let Err(e) = self.reconciler.save_pins() {
+            tracing::warn!(error = %e, "cannot save the namespace pins; the next pass tries again");
+        }
         Some(report)
     }
 
