@@ -89,6 +89,8 @@ pub struct Reconciler {
     firewall: Firewall,
     /// Controller addresses, which workloads must not reach even through NAT egress.
     control_plane: BTreeSet<Ipv4Addr>,
+    /// Why the pins could not be saved after the last pass (reported by the next one).
+    pins_error: Option<String>,
     forwarding_on: bool,
     /// Macvlan endpoints this agent put into namespaces, mirrored to `records_path`.
     macvlans: BTreeMap<u64, MacvlanRecord>,
@@ -157,6 +159,7 @@ impl Reconciler {
             underlay,
             firewall: Firewall::default(),
             control_plane: BTreeSet::new(),
+            pins_error: None,
             forwarding_on: false,
             macvlans,
             records_path,
@@ -453,6 +456,9 @@ impl Reconciler {
             }
         }
         self.forget_undesired(spec, &mut report);
+        if let Some(e) = &self.pins_error {
+            report.errors.push(e.clone());
+        }
         for (what, why) in &spec.rejected {
             report.errors.push(format!("{what}: {why}"));
         }
@@ -737,8 +743,11 @@ impl Reconciler {
     /// out: the file write and rename (a few hundred microseconds) then no longer delay the
     /// answer to an attach. A crash in between loses only the newest pins, which the next
     /// pass takes again from the namespaces (as for any endpoint the agent has not pinned).
+    /// A failure is also kept for the next pass's report, so `doctor` shows it.
     pub fn save_pins(&mut self) -> Result<(), String> {
-        self.pins.save()
+        let saved = self.pins.save();
+        self.pins_error = saved.as_ref().err().cloned();
+        saved
     }
 }
 

@@ -32,6 +32,37 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Requests made through the controller are reported at once: their caller waits for it.
 const LOCAL_BATCH: Duration = Duration::from_millis(50);
 
+/// The keys the controller must forget: gone ones, and those whose address changed (detached
+/// and attached again within one batch, as a CNI DEL and ADD of one container): the new
+/// endpoint is reported after the removal, see [`phases`].
+fn removed_keys(
+    prev: &BTreeMap<String, pb::HostEndpoint>,
+    now: &BTreeMap<String, pb::HostEndpoint>,
+) -> Vec<String> {
+    prev.iter()
+        .filter(|(k, e)| now.get(*k).is_none_or(|n| n.ip != e.ip))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// A report as the controller can apply it. It records a request's endpoints before its
+/// removals, so an address (or a key) released and taken again within one batch would be
+/// refused as still held: removals go first, in a request of their own.
+fn phases(req: pb::SyncEndpointsRequest) -> Vec<pb::SyncEndpointsRequest> {
+    if req.full || req.removed.is_empty() || req.endpoints.is_empty() {
+        return vec![req];
+    }
+    let removals = pb::SyncEndpointsRequest {
+        endpoints: Vec::new(),
+        ..req.clone()
+    };
+    let additions = pb::SyncEndpointsRequest {
+        removed: Vec::new(),
+        ..req
+    };
+    vec![removals, additions]
+}
+
 /// Whether a change report must go out now: it carries what a caller of the controller waits
 /// for (the outcome of a request made through it, or a failure), not only this host's own
 /// attaches and detaches.
@@ -112,7 +143,7 @@ pub async fn sync_loop(
                     .filter(|(k, e)| prev.get(*k) != Some(*e))
                     .map(|(_, e)| e.clone())
                     .collect();
-                let removed: Vec<String> = prev.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+                let removed = removed_keys(prev, &now);
                 if endpoints.is_empty() && removed.is_empty() && failed == acked_failed {
                     retry = false;
                     hold_until = None;
@@ -136,23 +167,34 @@ pub async fn sync_loop(
             }
         };
         hold_until = None;
-        let sent = controllers
-            .call(|ch| {
-                let req = req.clone();
-                async move { AgentClient::new(ch).sync_endpoints(req).await }
-            })
-            .await;
-        match sent {
-            Ok(answer) => {
-                for refused in &answer.get_ref().refused {
-                    tracing::error!(key = %refused.key, why = %refused.message, "the controller would not record this endpoint");
+        let mut sent = Ok(());
+        for req in phases(req) {
+            match controllers
+                .call(|ch| {
+                    let req = req.clone();
+                    async move { AgentClient::new(ch).sync_endpoints(req).await }
+                })
+                .await
+            {
+                Ok(answer) => {
+                    for refused in &answer.get_ref().refused {
+                        tracing::error!(key = %refused.key, why = %refused.message, "the controller would not record this endpoint");
+                    }
+                    tracing::debug!(
+                        full = req.full,
+                        endpoints = req.endpoints.len(),
+                        removed = req.removed.len(),
+                        "endpoints reported"
+                    );
                 }
-                tracing::debug!(
-                    full = req.full,
-                    endpoints = req.endpoints.len(),
-                    removed = req.removed.len(),
-                    "endpoints reported"
-                );
+                Err(status) => {
+                    sent = Err(status);
+                    break;
+                }
+            }
+        }
+        match sent {
+            Ok(()) => {
                 acked = Some(now);
                 acked_failed = failed;
                 retry = false;
@@ -195,6 +237,41 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn removals_go_before_the_endpoints_that_take_their_place() {
+        // A detach and an attach of the same address in one batch.
+        let mut req = changes(vec![endpoint("cni-2", "cni")], &["cni-1"], &[]);
+        req.endpoints[0].ip = "10.1.0.7".into();
+        let sent = phases(req);
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            (sent[0].removed.as_slice(), sent[0].endpoints.len()),
+            (&["cni-1".to_string()][..], 0)
+        );
+        assert_eq!(
+            (sent[1].removed.len(), sent[1].endpoints[0].key.as_str()),
+            (0, "cni-2")
+        );
+        // The same key with a new address is forgotten first, then recorded again.
+        let at = |key: &str, ip: &str| {
+            let mut e = endpoint(key, "cni");
+            e.ip = ip.into();
+            (key.to_string(), e)
+        };
+        let prev: BTreeMap<_, _> = [at("cni-1", "10.1.0.7"), at("cni-3", "10.1.0.9")].into();
+        let now: BTreeMap<_, _> = [at("cni-1", "10.1.0.8"), at("cni-3", "10.1.0.9")].into();
+        assert_eq!(removed_keys(&prev, &now), ["cni-1"]);
+        assert_eq!(removed_keys(&prev, &BTreeMap::new()), ["cni-1", "cni-3"]);
+        // Only additions, only removals, or a full report: one request as before.
+        assert_eq!(phases(changes(vec![endpoint("cni-2", "cni")], &[], &[])).len(), 1);
+        assert_eq!(phases(changes(vec![], &["cni-1"], &[])).len(), 1);
+        let full = pb::SyncEndpointsRequest {
+            full: true,
+            ..changes(vec![endpoint("cni-2", "cni")], &["cni-1"], &[])
+        };
+        assert_eq!(phases(full).len(), 1);
     }
 
     #[test]

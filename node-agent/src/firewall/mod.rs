@@ -204,24 +204,24 @@ pub fn addresses_in(lists: &[String]) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
     let mut names = Vec::new();
     for entry in lists.iter().flat_map(|l| l.split(',')) {
         let a = entry.trim();
-        let a = a
-            .strip_prefix("https://")
-            .or_else(|| a.strip_prefix("http://"))
-            .unwrap_or(a)
-            .trim_end_matches('/');
+        // Any scheme, in any case, and any path: only the authority names the controller.
+        let a = a.find("://").map_or(a, |i| &a[i + 3..]);
+        let a = a.split('/').next().unwrap_or_default();
         if a.is_empty() {
             continue;
         }
-        if let Ok(s) = a.parse::<std::net::SocketAddr>() {
-            if let IpAddr::V4(ip) = s.ip() {
+        let ip = a
+            .parse::<std::net::SocketAddr>()
+            .map(|s| s.ip())
+            .or_else(|_| a.parse::<IpAddr>())
+            .or_else(|_| a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>());
+        match ip {
+            Ok(IpAddr::V4(ip)) => {
                 addresses.insert(ip);
             }
-        } else if let Ok(ip) = a.parse::<IpAddr>() {
-            if let IpAddr::V4(ip) = ip {
-                addresses.insert(ip);
-            }
-        } else {
-            names.push(a.to_string());
+            // An IPv4-mapped address is IPv4 on the wire.
+            Ok(IpAddr::V6(ip)) => addresses.extend(ip.to_ipv4_mapped()),
+            Err(_) => names.push(a.to_string()),
         }
     }
     (addresses, names)
@@ -235,14 +235,20 @@ pub async fn resolve_controllers(
     within: std::time::Duration,
 ) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
     let (mut addresses, names) = addresses_in(lists);
-    let mut unresolved = Vec::new();
-    for name in names {
+    // All at once: names that do not resolve delay the agent's start by `within`, not by
+    // `within` each.
+    let lookups = names.into_iter().map(|name| async move {
         // A name without a port still resolves: the port plays no part in the guard.
         let query = match name.rsplit_once(':') {
             Some((_, port)) if port.parse::<u16>().is_ok() => name.clone(),
             _ => format!("{name}:0"),
         };
-        let found = match tokio::time::timeout(within, tokio::net::lookup_host(query)).await {
+        let found = tokio::time::timeout(within, tokio::net::lookup_host(query)).await;
+        (name, found)
+    });
+    let mut unresolved = Vec::new();
+    for (name, found) in futures::future::join_all(lookups).await {
+        let found = match found {
             Ok(Ok(found)) => found
                 .filter_map(|s| match s.ip() {
                     IpAddr::V4(ip) => Some(ip),
@@ -614,11 +620,13 @@ mod tests {
         // `localhost` resolves through the system's resolver (/etc/hosts) like any name.
         let lists = [
             "https://localhost:7400/,192.0.2.101:7400,[2001:db8::1]:7400".to_string(),
-            "ctl.invalid".into(),
+            "ctl.invalid,HTTPS://192.0.2.102:7400/x,[::ffff:192.0.2.103]:7400".into(),
         ];
         let (control, unresolved) = resolve_controllers(&lists, std::time::Duration::from_secs(3)).await;
         assert!(control.contains(&Ipv4Addr::LOCALHOST), "{control:?}");
-        assert!(control.contains(&Ipv4Addr::new(192, 0, 2, 101)), "{control:?}");
+        for ip in [101, 102, 103] {
+            assert!(control.contains(&Ipv4Addr::new(192, 0, 2, ip)), "{control:?}");
+        }
         assert_eq!(unresolved.len(), 1, "{unresolved:?}");
         assert!(
             unresolved[0].starts_with("controller ctl.invalid: "),
