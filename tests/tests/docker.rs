@@ -446,8 +446,17 @@ fn docker_containers_on_two_hosts() {
         docker(&lab, &hosts, 1, &["network", "rm", "g2"]),
     );
 
-    // Bad input, each refused in docker's own output, nothing left behind.
-    let before = (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap());
+    // Bad input, each refused in docker's own output, nothing left behind. What the
+    // controller lists is taken once it has settled: the agent batches reports of its own
+    // changes for 50 ms, so right after the restart above a state may still be on its way.
+    let snapshot = || (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap());
+    let mut before = snapshot();
+    let steady = Lab::wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = snapshot();
+        std::mem::replace(&mut before, now) == before
+    });
+    assert!(steady.is_some(), "the endpoint list does not settle: {before:?}");
     let (out, _) = run(
         &lab,
         &hosts,
@@ -482,12 +491,11 @@ fn docker_containers_on_two_hosts() {
     for bad in ["bad1", "bad2", "bad3"] {
         let _ = docker(&lab, &hosts, 0, &["rm", "-f", bad]);
     }
-    let settled = Lab::wait_until(Duration::from_secs(10), || {
-        (veths(&lab, 0), lab.ctl_json(&["endpoint", "ls"]).unwrap()) == before
-    });
+    let settled = Lab::wait_until(Duration::from_secs(10), || snapshot() == before);
     assert!(
         settled.is_some(),
-        "refused containers left devices or records behind"
+        "refused containers left devices or records behind: before {before:?}, now {:?}",
+        snapshot()
     );
     let create = |args: &[&str]| {
         let mut all = vec![
