@@ -222,7 +222,7 @@ pub async fn run(
     // The guard that keeps NAT-egress workloads off the control plane needs addresses:
     // controllers given by name are resolved here, once.
     let (control_plane, unresolved) =
-        crate::firewall::resolve_controllers(&config.controllers, CONTROLLER_LOOKUP).await;
+        crate::firewall::resolve_controllers(controllers.addrs(), CONTROLLER_LOOKUP).await;
     for line in &unresolved {
         tracing::warn!("{line}: NAT-egress workloads are not kept from it");
     }

@@ -188,16 +188,10 @@ impl Store {
     /// name) can carry it: devices are made only for committed records.
     pub fn next_id(&self, floor: u64) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let next = match txn.open_table(META) {
-            Ok(meta) => meta
-                .get("next_id")
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value())
-                .unwrap_or(1),
-            Err(redb::TableError::TableDoesNotExist(_)) => 1,
-            Err(e) => return Err(self.err(e)),
-        };
-        Ok(next.max(floor))
+        // The table exists from `open` on.
+        let meta = txn.open_table(META).map_err(|e| self.err(e))?;
+        let next = meta.get("next_id").map_err(|e| self.err(e))?.map(|v| v.value());
+        Ok(next.unwrap_or(1).max(floor))
     }
 
     /// The last address handed out per network.

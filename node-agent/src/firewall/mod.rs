@@ -196,52 +196,51 @@ impl FirewallSpec {
     }
 }
 
-/// The controllers of lists like `--controller` takes (`HOST:PORT,...`, with or without a
-/// scheme): their IPv4 addresses, and the entries that name a host instead (to resolve, see
-/// [`resolve_controllers`]). IPv6 addresses are left out: NAT egress is IPv4 only.
-pub fn addresses_in(lists: &[String]) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
+/// The controllers at `addrs`, as [`Controllers`](overlay_proto::connect::Controllers)
+/// dials them (URIs, each validated there): their IPv4 addresses, and `host:port` for those
+/// that name a host instead (to resolve, see [`resolve_controllers`]). IPv6 addresses are
+/// left out, IPv4-mapped ones counted as IPv4: NAT egress is IPv4 only.
+pub fn addresses_in(addrs: &[String]) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
     let mut addresses = BTreeSet::new();
     let mut names = Vec::new();
-    for entry in lists.iter().flat_map(|l| l.split(',')) {
-        let a = entry.trim();
-        // Any scheme, in any case, and any path: only the authority names the controller.
-        let a = a.find("://").map_or(a, |i| &a[i + 3..]);
-        let a = a.split('/').next().unwrap_or_default();
-        if a.is_empty() {
+    for addr in addrs {
+        let Ok(uri) = addr.parse::<tonic::codegen::http::Uri>() else {
             continue;
-        }
-        let ip = a
-            .parse::<std::net::SocketAddr>()
-            .map(|s| s.ip())
-            .or_else(|_| a.parse::<IpAddr>())
-            .or_else(|_| a.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>());
-        match ip {
+        };
+        let Some(host) = uri.host() else { continue };
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(IpAddr::V4(ip)) => {
                 addresses.insert(ip);
             }
-            // An IPv4-mapped address is IPv4 on the wire.
             Ok(IpAddr::V6(ip)) => addresses.extend(ip.to_ipv4_mapped()),
-            Err(_) => names.push(a.to_string()),
+            Err(_) => names.push(match uri.port_u16() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            }),
         }
     }
     (addresses, names)
 }
 
-/// The IPv4 addresses of every controller in `lists`, names resolved (each within `within`);
+/// The IPv4 addresses of every controller at `addrs`, names resolved (within `within`);
 /// and one line for each name that did not resolve, so the operator hears that NAT-egress
 /// workloads are not kept from that controller.
 pub async fn resolve_controllers(
-    lists: &[String],
+    addrs: &[String],
     within: std::time::Duration,
 ) -> (BTreeSet<Ipv4Addr>, Vec<String>) {
-    let (mut addresses, names) = addresses_in(lists);
+    let (mut addresses, names) = addresses_in(addrs);
     // All at once: names that do not resolve delay the agent's start by `within`, not by
     // `within` each.
     let lookups = names.into_iter().map(|name| async move {
-        // A name without a port still resolves: the port plays no part in the guard.
-        let query = match name.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => name.clone(),
-            _ => format!("{name}:0"),
+        // The port plays no part in the guard; the lookup wants one.
+        let query = match name.contains(':') {
+            true => name.clone(),
+            false => format!("{name}:0"),
         };
         let found = tokio::time::timeout(within, tokio::net::lookup_host(query)).await;
         (name, found)
@@ -622,7 +621,10 @@ mod tests {
             "https://localhost:7400/,192.0.2.101:7400,[2001:db8::1]:7400".to_string(),
             "ctl.invalid,HTTPS://192.0.2.102:7400/x,[::ffff:192.0.2.103]:7400".into(),
         ];
-        let (control, unresolved) = resolve_controllers(&lists, std::time::Duration::from_secs(3)).await;
+        // As the agent dials them: the addresses `--controller` gave, normalised.
+        let second = std::time::Duration::from_secs(1);
+        let dialed = overlay_proto::connect::Controllers::new(&lists, second, second).unwrap();
+        let (control, unresolved) = resolve_controllers(dialed.addrs(), 3 * second).await;
         assert!(control.contains(&Ipv4Addr::LOCALHOST), "{control:?}");
         for ip in [101, 102, 103] {
             assert!(control.contains(&Ipv4Addr::new(192, 0, 2, ip)), "{control:?}");
@@ -649,8 +651,11 @@ mod tests {
 
     #[test]
     fn spec_from_the_desired_state() {
-        let (control, names) =
-            addresses_in(&["192.0.2.101:7400,https://192.0.2.102:7400,ctl.example:7400".into()]);
+        let (control, names) = addresses_in(&[
+            "http://192.0.2.101:7400".into(),
+            "https://192.0.2.102:7400".into(),
+            "http://ctl.example:7400".into(),
+        ]);
         assert_eq!(control.len(), 2);
         assert_eq!(names, ["ctl.example:7400"]);
         let (fw, problems) = FirewallSpec::from_host(
