@@ -158,6 +158,30 @@ pub fn endpoint_range<F: Family>(subnet: F) -> Option<(F::Addr, F::Addr)> {
     (first <= last).then(|| (F::Addr::from_u128(first), F::Addr::from_u128(last)))
 }
 
+/// The IPv6 address of the endpoint that holds IPv4 `ip` in a dual-stack host subnet: the
+/// same offset into the host's IPv6 subnet (`10.1.3.7` in `10.1.3.0/24` pairs with
+/// `fd00:1:0:3::7` in `fd00:1:0:3::/64`). The IPv4 allocation is the only one: every address
+/// it hands out once is unique, so its pair is too, and the gateway (offset 1) and VTEP
+/// address (offset 0) pair the same way. `None` when `ip` is outside `subnet` or the offset
+/// does not fit `subnet6` (the controller refuses such host prefixes).
+pub fn paired_v6(subnet: Ipv4Network, subnet6: Ipv6Network, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+    if !subnet.contains(ip) {
+        return None;
+    }
+    let offset = u128::from(u32::from(ip) - u32::from(subnet.network()));
+    let host_bits6 = 128 - u32::from(subnet6.prefix());
+    if host_bits6 < 128 && offset >> host_bits6 != 0 {
+        return None;
+    }
+    Some(Ipv6Addr::from(u128::from(subnet6.network()) + offset))
+}
+
+/// Whether every offset of an IPv4 host subnet of `/host_prefix` fits an IPv6 one of
+/// `/host_prefix6` (see [`paired_v6`]).
+pub fn pairs_fit(host_prefix: u8, host_prefix6: u8) -> bool {
+    u32::from(host_prefix6) <= 96 + u32::from(host_prefix)
+}
+
 /// Next free address in `first..=last`, starting after `cursor` and wrapping around, skipping
 /// `used` and `reserved`. Round-robin rather than lowest-free, so a just-released address is
 /// the last to be reused.
@@ -343,6 +367,30 @@ mod tests {
             ),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_pair_with_ipv4_offsets() {
+        let v6 = |s: &str| s.parse::<Ipv6Network>().unwrap();
+        let pair = |ip: &str, s6: &str| paired_v6(net("10.1.3.0/24"), v6(s6), ip.parse().unwrap());
+        assert_eq!(
+            pair("10.1.3.7", "fd00:1:0:3::/64"),
+            Some("fd00:1:0:3::7".parse().unwrap())
+        );
+        assert_eq!(
+            pair("10.1.3.255", "fd00::/120"),
+            Some("fd00::ff".parse().unwrap())
+        );
+        // The gateway pairs with the gateway, the VTEP (network) address with the network's.
+        assert_eq!(
+            pair("10.1.3.1", "fd00::/64"),
+            Some(subnet_gateway(v6("fd00::/64")))
+        );
+        assert_eq!(pair("10.1.3.0", "fd00::/64"), Some("fd00::".parse().unwrap()));
+        // Outside the subnet, or an offset the IPv6 subnet cannot hold.
+        assert_eq!(pair("10.1.4.7", "fd00::/64"), None);
+        assert_eq!(pair("10.1.3.255", "fd00::/121"), None);
+        assert!(pairs_fit(24, 120) && !pairs_fit(24, 121) && pairs_fit(30, 126) && pairs_fit(8, 64));
     }
 
     #[test]

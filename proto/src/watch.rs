@@ -119,6 +119,7 @@ mod tests {
             underlay_ip: "192.0.2.1".into(),
             vtep_mac: "02:00:00:00:00:01".into(),
             subnet: "10.1.1.0/24".into(),
+            ..Default::default()
         }
     }
 
