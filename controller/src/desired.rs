@@ -344,6 +344,7 @@ fn name_record(host: &str, e: &pb::LocalEndpoint) -> Option<pb::NameRecord> {
         host: host.to_string(),
         address: address.to_string(),
         names: e.names.clone(),
+        address6: e.address6.split('/').next().unwrap_or_default().to_string(),
     })
 }
 
@@ -405,6 +406,8 @@ impl NetModel {
         pb::NetworkState {
             subnet: me.subnet.clone(),
             gateway: me.gateway.clone(),
+            subnet6: me.subnet6.clone(),
+            gateway6: me.gateway6.clone(),
             mtu: me.mtu,
             peers: self
                 .members
@@ -481,6 +484,7 @@ fn net_base(n: &Network) -> pb::NetworkState {
         id: n.id,
         mode: n.mode.wire() as i32,
         cidr: n.cidr.to_string(),
+        cidr6: n.cidr6.map(|c| c.to_string()).unwrap_or_default(),
         vni: n.vni.unwrap_or(0),
         nat_egress: n.nat_egress,
         ..Default::default()
@@ -559,6 +563,11 @@ fn local_endpoint(e: &crate::model::Endpoint) -> pb::LocalEndpoint {
         // The host's agent knows which of its endpoints a runtime wired; the controller's
         // list only tells it what it recorded.
         runtime_wired: false,
+        address6: e
+            .v6
+            .map(|a| format!("{}/{}", a.ip, a.prefix_len))
+            .unwrap_or_default(),
+        gateway6: e.v6.map(|a| a.gateway.to_string()).unwrap_or_default(),
     }
 }
 

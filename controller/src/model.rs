@@ -1,8 +1,8 @@
 //! The records the replicated state machine holds. Plain data: no I/O, no clocks.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 pub use overlay_proto::ports::PublishedPort;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,12 @@ pub struct NetworkSpec {
     #[serde(default)]
     pub direct_routing: bool,
     pub macvlan: Option<MacvlanSpec>,
+    /// Dual stack: an IPv6 CIDR besides `cidr`, and each host's IPv6 prefix length in it
+    /// (`None`: 64). Absent in log entries written before IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<Ipv6Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_prefix6: Option<u8>,
 }
 
 /// A host's slice of a vxlan/nat network.
@@ -45,6 +51,10 @@ pub struct Lease {
     /// Last address handed out from this subnet: allocation continues after it, so a freed
     /// address is not reused at once (stale ARP caches on peers would misdeliver).
     pub cursor: Option<Ipv4Addr>,
+    /// Dual stack: the host's IPv6 subnet. Its endpoints' IPv6 addresses pair with their
+    /// IPv4 ones (`overlay_proto::ipam::paired_v6`), so there is no second cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Network>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -68,6 +78,30 @@ pub struct Network {
     pub leases: std::collections::BTreeMap<String, Lease>,
     /// Cluster-wide allocation cursor (macvlan only).
     pub cursor: Option<Ipv4Addr>,
+    /// Dual stack (vxlan): the network's IPv6 CIDR and its hosts' IPv6 prefix length. Every
+    /// lease then holds a subnet of each family. Absent in snapshots from before IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr6: Option<Ipv6Network>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub host_prefix6: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+impl Network {
+    /// The IPv6 address and gateway of `host`'s endpoint whose IPv4 address is `ip`, in a
+    /// dual-stack network (see [`Lease::subnet6`]).
+    pub fn address6(&self, host: &str, ip: Ipv4Addr) -> Option<Address6> {
+        let lease = self.leases.get(host)?;
+        let subnet6 = lease.subnet6?;
+        Some(Address6 {
+            ip: overlay_proto::ipam::paired_v6(lease.subnet, subnet6, ip)?,
+            prefix_len: subnet6.prefix(),
+            gateway: overlay_proto::ipam::subnet_gateway(subnet6),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -140,6 +174,18 @@ pub struct Endpoint {
     /// Ports published on its host (asked for, or as the agent reports them).
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// Dual stack: its IPv6 address, paired with `ip` in its host's IPv6 subnet when the
+    /// record is made (see [`Network::address6`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<Address6>,
+}
+
+/// An endpoint's IPv6 address, the prefix length it sees and its gateway.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Address6 {
+    pub ip: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
 }
 
 impl Endpoint {

@@ -28,6 +28,8 @@ pub fn network(state: &ClusterState, n: &Network) -> pb::Network {
         capacity: ClusterState::capacity(n),
         created_unix_ms: n.created_ms,
         effective_mtu: crate::desired::effective_mtu(state, n).unwrap_or(0),
+        subnet6: n.cidr6.map(|c| c.to_string()).unwrap_or_default(),
+        host_prefix6: u32::from(n.host_prefix6),
     }
 }
 
@@ -38,8 +40,16 @@ pub fn leases(n: &Network) -> Vec<pb::SubnetLease> {
             host: host.clone(),
             subnet: lease.subnet.to_string(),
             gateway: ipam::subnet_gateway(lease.subnet).to_string(),
+            subnet6: lease.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+            gateway6: lease6_gateway(lease),
         })
         .collect()
+}
+
+fn lease6_gateway(l: &crate::model::Lease) -> String {
+    l.subnet6
+        .map(|s| ipam::subnet_gateway(s).to_string())
+        .unwrap_or_default()
 }
 
 pub fn host(state: &ClusterState, h: &Host, now_ms: i64) -> pb::Host {
@@ -51,6 +61,8 @@ pub fn host(state: &ClusterState, h: &Host, now_ms: i64) -> pb::Host {
                 host: n.name.clone(),
                 subnet: l.subnet.to_string(),
                 gateway: ipam::subnet_gateway(l.subnet).to_string(),
+                subnet6: l.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+                gateway6: lease6_gateway(l),
             })
         })
         .collect();
@@ -107,6 +119,11 @@ pub fn endpoint(e: &Endpoint) -> pb::Endpoint {
         owner: e.owner.clone(),
         names: e.names.clone(),
         ports: overlay_proto::ports::to_wire(&e.ports),
+        address6: e
+            .v6
+            .map(|a| format!("{}/{}", a.ip, a.prefix_len))
+            .unwrap_or_default(),
+        gateway6: e.v6.map(|a| a.gateway.to_string()).unwrap_or_default(),
     }
 }
 
@@ -133,6 +150,8 @@ mod tests {
     fn create(s: &mut ClusterState, name: &str, mode: Mode, cidr: &str, mtu: Option<u32>) -> Reply {
         s.apply(Command::CreateNetwork {
             spec: NetworkSpec {
+                cidr6: None,
+                host_prefix6: None,
                 name: name.into(),
                 mode,
                 cidr: cidr.parse().unwrap(),

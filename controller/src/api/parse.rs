@@ -133,6 +133,18 @@ pub fn mode(raw: i32) -> Result<Mode, Status> {
 
 pub fn network_spec(req: &pb::CreateNetworkRequest) -> Result<NetworkSpec, Status> {
     let mode = mode(req.mode)?;
+    if req
+        .subnet
+        .trim()
+        .split('/')
+        .next()
+        .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        return Err(invalid(format!(
+            "IPv6-only networks are not supported yet: subnet {:?} is IPv6; give an IPv4 subnet, with the IPv6 one beside it (subnet6)",
+            req.subnet.trim()
+        )));
+    }
     let cidr = cidr("subnet", &req.subnet)?;
     let host_prefix = match req.host_prefix {
         Some(p) if p > 32 => return Err(invalid(format!("invalid host prefix /{p}: must be at most /32"))),
@@ -176,6 +188,22 @@ pub fn network_spec(req: &pb::CreateNetworkRequest) -> Result<NetworkSpec, Statu
         nat_egress: req.nat_egress,
         direct_routing: req.direct_routing,
         macvlan,
+        cidr6: match req.subnet6.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid(format!(
+                    "invalid IPv6 subnet {text:?}: expected a CIDR such as fd00:10::/48"
+                ))
+            })?),
+        },
+        host_prefix6: match req.host_prefix6 {
+            Some(p) if p > 128 => {
+                return Err(invalid(format!(
+                    "invalid IPv6 host prefix /{p}: must be at most /128"
+                )));
+            }
+            p => p.map(|p| p as u8),
+        },
     })
 }
 
@@ -325,6 +353,8 @@ mod fuzz {
             .prop_map(
                 |(name, mode, subnet, host_prefix, vni, mtu, nat_egress, macvlan, direct_routing)| {
                     pb::CreateNetworkRequest {
+                        subnet6: String::new(),
+                        host_prefix6: None,
                         name,
                         mode,
                         subnet,

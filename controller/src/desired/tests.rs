@@ -25,6 +25,8 @@ fn setup() -> ClusterState {
     }
     s.apply(Command::CreateNetwork {
         spec: NetworkSpec {
+            cidr6: None,
+            host_prefix6: None,
             name: "blue".into(),
             mode: Mode::Vxlan,
             cidr: "10.1.0.0/16".parse().unwrap(),
@@ -435,6 +437,8 @@ proptest! {
         for n in 0..3 {
             s.apply(Command::CreateNetwork {
                 spec: NetworkSpec {
+                    cidr6: None,
+                    host_prefix6: None,
                     name: format!("n{n}"),
                     mode: Mode::Vxlan,
                     cidr: format!("10.{n}.0.0/16").parse().unwrap(),

@@ -34,6 +34,10 @@ pub fn rules(mode: Mode) -> &'static dyn Rules {
 /// Default host prefix of the modes with per-host subnets (flannel's SubnetLen).
 pub const DEFAULT_HOST_PREFIX: u8 = 24;
 
+/// Default IPv6 host prefix of a dual-stack network: one /64 per host, as SLAAC-sized
+/// subnets are everywhere else (flannel's IPv6SubnetLen).
+pub const DEFAULT_HOST_PREFIX6: u8 = 64;
+
 /// Picks a VNI: the requested one if free, else the first free one (the state's VNI pool).
 pub type ChooseVni<'a> = &'a dyn Fn(Option<u32>) -> Result<u32, StateError>;
 
@@ -110,6 +114,9 @@ impl Pool {
 pub struct Member {
     pub subnet: String,
     pub gateway: String,
+    /// Dual stack: the IPv6 subnet and gateway ("" = IPv4 only).
+    pub subnet6: String,
+    pub gateway6: String,
     pub mtu: u32,
     /// What the other hosts program for this one (modes that cross hosts only).
     pub peer: Option<pb::Peer>,
@@ -264,15 +271,22 @@ fn lease_members(state: &ClusterState, n: &Network) -> BTreeMap<String, Member> 
     for (host, lease) in &n.leases {
         let Some(h) = state.hosts.get(host) else { continue };
         let subnet = lease.subnet.to_string();
+        let subnet6 = lease.subnet6.map(|s| s.to_string()).unwrap_or_default();
         let peer = n.mode.crosses_hosts().then(|| pb::Peer {
             host: host.clone(),
             underlay_ip: h.underlay_ip.to_string(),
             vtep_mac: h.vtep_mac.to_string(),
             subnet: subnet.clone(),
+            subnet6: subnet6.clone(),
         });
         let member = Member {
             gateway: ipam::subnet_gateway(lease.subnet).to_string(),
             subnet,
+            gateway6: lease
+                .subnet6
+                .map(|s| ipam::subnet_gateway(s).to_string())
+                .unwrap_or_default(),
+            subnet6,
             mtu: device_mtu(n, smallest_member, member_mtu(n, h)),
             peer,
         };
@@ -295,6 +309,8 @@ fn lan_members(state: &ClusterState, n: &Network) -> BTreeMap<String, Member> {
             let member = Member {
                 subnet: n.cidr.to_string(),
                 gateway: gateway.clone(),
+                subnet6: String::new(),
+                gateway6: String::new(),
                 mtu: device_mtu(n, None, 0),
                 peer: None,
             };

@@ -333,6 +333,8 @@ mod fuzz {
             });
         }
         let spec = crate::model::NetworkSpec {
+            cidr6: None,
+            host_prefix6: None,
             name: "blue".into(),
             mode: crate::model::Mode::Vxlan,
             cidr: "10.1.0.0/16".parse().unwrap(),

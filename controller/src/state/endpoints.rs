@@ -340,6 +340,7 @@ impl ClusterState {
             names,
             requested_ip: ip,
             ports,
+            v6: None,
         };
         self.insert_endpoint(ep.clone());
         Ok(ep)
@@ -563,6 +564,7 @@ impl ClusterState {
             names: endpoint.names,
             requested_ip: None,
             ports: Vec::new(),
+            v6: None,
         };
         self.insert_endpoint(ep.clone());
         Ok(ep)
@@ -633,6 +635,7 @@ impl ClusterState {
                     ep.prefix_len = 0;
                     ep.gateway = Ipv4Addr::UNSPECIFIED;
                     ep.mac = overlay_proto::mac::MacAddr([0; 6]);
+                    ep.v6 = None;
                     self.replace_endpoint(ep);
                     out.changed += 1;
                 }
@@ -734,6 +737,7 @@ impl ClusterState {
         }
         self.check_ports(host, Some(&e.key), mode, &e.ports)
             .map_err(|err| err.to_string())?;
+        let v6 = n.address6(host, e.ip);
         let record = Endpoint {
             id: existing.as_ref().map(|o| o.id).unwrap_or(0),
             network: e.network,
@@ -753,6 +757,7 @@ impl ClusterState {
             names: e.names,
             requested_ip: None,
             ports: e.ports,
+            v6,
         };
         match existing {
             Some(old) if old == record => Ok(false),

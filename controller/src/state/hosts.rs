@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use overlay_proto::limits;
 
-use super::networks::free_subnet;
+use super::networks::free_lease;
 use super::{ClusterState, StateError, invalid, validate_ifname, validate_name};
 use crate::ipam;
-use crate::model::{Host, Lease, MacAddr};
+use crate::model::{Host, MacAddr};
 
 impl ClusterState {
     pub(super) fn register_host(
@@ -70,11 +70,9 @@ impl ClusterState {
         };
         for network in self.networks.values_mut().filter(|n| n.mode.uses_leases()) {
             if !network.leases.contains_key(&name)
-                && let Some(subnet) = free_subnet(network)
+                && let Some(lease) = free_lease(network)
             {
-                network
-                    .leases
-                    .insert(name.clone(), Lease { subnet, cursor: None });
+                network.leases.insert(name.clone(), lease);
             }
         }
         self.hosts.insert(name, host.clone());

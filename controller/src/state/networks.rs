@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::limits;
 
 use super::{ClusterState, MtuSetting, StateError, invalid, validate_name};
@@ -46,6 +46,7 @@ impl ClusterState {
         if let Some(mtu) = spec.mtu {
             limits::mtu(mtu).map_err(|why| invalid("MTU", mtu, why))?;
         }
+        let v6 = self.check_cidr6(&spec)?;
         // Everything that depends on the mode is the mode's (see `crate::modes`).
         let Settled {
             host_prefix,
@@ -57,6 +58,18 @@ impl ClusterState {
             && let Some(why) = modes::rules(spec.mode).facts().fixed_direct_routing
         {
             return Err(invalid("option", "--direct-routing", why));
+        }
+        if let Some((_, hp6)) = v6
+            && !ipam::pairs_fit(host_prefix, hp6)
+        {
+            return Err(invalid(
+                "IPv6 host prefix",
+                format!("/{hp6}"),
+                format!(
+                    "must be /{} or shorter: each host's IPv6 subnet pairs an address with every IPv4 one of its /{host_prefix}",
+                    96 + u32::from(host_prefix)
+                ),
+            ));
         }
         self.next_network_id += 1;
         let mut network = Network {
@@ -73,20 +86,91 @@ impl ClusterState {
             created_ms: now_ms,
             leases: BTreeMap::new(),
             cursor: None,
+            cidr6: v6.map(|(c, _)| c),
+            host_prefix6: v6.map(|(_, hp)| hp).unwrap_or(0),
         };
         if network.mode.uses_leases() {
             // Every registered host gets its slice now, in name order, as far as the pool goes;
             // a host left without one gets a clear error when it first attaches an endpoint.
             let hosts: Vec<String> = self.hosts.keys().cloned().collect();
             for host in hosts {
-                if let Some(subnet) = free_subnet(&network) {
-                    network.leases.insert(host, Lease { subnet, cursor: None });
+                if let Some(lease) = free_lease(&network) {
+                    network.leases.insert(host, lease);
                 }
             }
         }
         self.addresses.insert(spec.name.clone(), BTreeMap::new());
         self.networks.insert(spec.name, network.clone());
         Ok(network)
+    }
+
+    /// The IPv6 CIDR of a dual-stack network and its host prefix, checked: a vxlan network
+    /// without direct routing (the modes that route on the underlay are IPv4 in this release),
+    /// a unicast global or unique-local range without host bits, not overlapping another
+    /// network's, with a host prefix longer than it and no longer than /120.
+    fn check_cidr6(&self, spec: &NetworkSpec) -> Result<Option<(Ipv6Network, u8)>, StateError> {
+        let Some(cidr6) = spec.cidr6 else {
+            if let Some(hp6) = spec.host_prefix6 {
+                return Err(invalid(
+                    "IPv6 host prefix",
+                    format!("/{hp6}"),
+                    "needs an IPv6 --subnet",
+                ));
+            }
+            return Ok(None);
+        };
+        if spec.mode != crate::model::Mode::Vxlan || spec.direct_routing {
+            return Err(invalid(
+                "subnet",
+                cidr6,
+                "IPv6 subnets are supported on vxlan networks without --direct-routing only, so far",
+            ));
+        }
+        if cidr6.network() != cidr6.ip() {
+            return Err(invalid(
+                "subnet",
+                cidr6,
+                format!(
+                    "host bits are set; did you mean {}/{}?",
+                    cidr6.network(),
+                    cidr6.prefix()
+                ),
+            ));
+        }
+        let first = cidr6.network().segments()[0];
+        if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || cidr6.prefix() < 8 {
+            return Err(invalid(
+                "subnet",
+                cidr6,
+                "must be a unicast range (not link-local fe80::/10, not multicast ff00::/8), /8 or longer",
+            ));
+        }
+        if cidr6.network().is_loopback() || cidr6.network().is_unspecified() {
+            return Err(invalid("subnet", cidr6, "must be a unicast range"));
+        }
+        if let Some(other) = self
+            .networks
+            .values()
+            .find(|n| n.cidr6.is_some_and(|c| c.overlaps(cidr6)))
+        {
+            return Err(StateError::Overlap {
+                cidr: cidr6.to_string(),
+                other: other.name.clone(),
+                other_cidr: other.cidr6.map(|c| c.to_string()).unwrap_or_default(),
+            });
+        }
+        let hp6 = spec.host_prefix6.unwrap_or(modes::DEFAULT_HOST_PREFIX6);
+        if hp6 <= cidr6.prefix() || hp6 > 120 {
+            return Err(invalid(
+                "IPv6 host prefix",
+                format!("/{hp6}"),
+                format!(
+                    "must be longer than the network prefix /{} and /120 or shorter",
+                    cidr6.prefix()
+                ),
+            ));
+        }
+        Ok(Some((cidr6, hp6)))
     }
 
     fn choose_vni(&self, requested: Option<u32>) -> Result<u32, StateError> {
@@ -183,10 +267,26 @@ impl ClusterState {
     }
 }
 
-pub(super) fn free_subnet(network: &Network) -> Option<Ipv4Network> {
-    ipam::first_free_subnet(
+/// A new host's lease: the lowest free subnet of each of the network's families, or `None`
+/// when either family is full (a host gets both or nothing: half a dual-stack network cannot
+/// be wired).
+pub(super) fn free_lease(network: &Network) -> Option<Lease> {
+    let subnet: Ipv4Network = ipam::first_free_subnet(
         network.cidr,
         network.host_prefix,
         network.leases.values().map(|l| l.subnet),
-    )
+    )?;
+    let subnet6 = match network.cidr6 {
+        None => None,
+        Some(cidr6) => Some(ipam::first_free_subnet::<Ipv6Network>(
+            cidr6,
+            network.host_prefix6,
+            network.leases.values().filter_map(|l| l.subnet6),
+        )?),
+    };
+    Some(Lease {
+        subnet,
+        cursor: None,
+        subnet6,
+    })
 }

@@ -20,6 +20,8 @@ fn net(s: &str) -> Ipv4Network {
 
 fn vxlan(name: &str, cidr: &str) -> NetworkSpec {
     NetworkSpec {
+        cidr6: None,
+        host_prefix6: None,
         name: name.into(),
         mode: Mode::Vxlan,
         cidr: net(cidr),
@@ -112,6 +114,8 @@ fn request(s: &mut ClusterState, network: &str, host: &str, netns: &str) -> Resu
 
 fn macvlan(name: &str, mode: MacvlanMode, range: &str) -> NetworkSpec {
     NetworkSpec {
+        cidr6: None,
+        host_prefix6: None,
         name: name.into(),
         mode: Mode::Macvlan,
         cidr: net("198.51.100.0/24"),
@@ -1530,4 +1534,125 @@ fn underlay_addresses_of_either_family_are_checked() {
         register(&mut s, "h5", "192.0.2.21").is_ok(),
         "h1's old address is free again"
     );
+}
+
+fn dual(name: &str, cidr: &str, cidr6: &str, host_prefix6: Option<u8>) -> NetworkSpec {
+    NetworkSpec {
+        cidr6: Some(cidr6.parse().unwrap()),
+        host_prefix6,
+        ..vxlan(name, cidr)
+    }
+}
+
+/// A dual-stack network: every host gets a subnet of each family (those present at create
+/// and those registering later), and a reported endpoint's IPv6 address pairs with its IPv4
+/// one, so no second allocator can hand one out twice.
+#[test]
+fn dual_stack_leases_and_endpoint_addresses() {
+    let mut s = ClusterState::default();
+    register(&mut s, "h1", "192.0.2.11").unwrap();
+    create(&mut s, dual("blue", "10.1.0.0/16", "fd00:10::/48", None)).unwrap();
+    register(&mut s, "h2", "192.0.2.12").unwrap();
+    let n = &s.networks["blue"];
+    assert_eq!(n.host_prefix6, 64);
+    let subnets: Vec<String> = n
+        .leases
+        .values()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l.subnet,
+                l.subnet6.map(|s| s.to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        subnets,
+        ["10.1.0.0/24 fd00:10::/64", "10.1.1.0/24 fd00:10:0:1::/64"]
+    );
+
+    report(&mut s, "h2", held("c1/eth0", "blue", "10.1.1.7")).unwrap();
+    let ep = s.endpoint_by_host_key("h2", "c1/eth0").unwrap();
+    let v6 = ep.v6.expect("an IPv6 address");
+    assert_eq!(
+        (v6.ip.to_string(), v6.prefix_len, v6.gateway.to_string()),
+        ("fd00:10:0:1::7".to_string(), 64, "fd00:10:0:1::1".to_string())
+    );
+    // Written down, an IPv4-only endpoint is what it was before IPv6 existed.
+    create(&mut s, vxlan("red", "10.2.0.0/16")).unwrap();
+    report(&mut s, "h1", held("c2/eth0", "red", "10.2.0.9")).unwrap();
+    let v4 = s.endpoint_by_host_key("h1", "c2/eth0").unwrap();
+    assert!(v4.v6.is_none());
+    assert!(!serde_json::to_string(v4).unwrap().contains("v6"));
+    let red = serde_json::to_string(&s.networks["red"]).unwrap();
+    assert!(
+        !red.contains("cidr6") && !red.contains("subnet6") && !red.contains("host_prefix6"),
+        "{red}"
+    );
+}
+
+/// What no dual-stack network may be: each refused, the state unchanged.
+#[test]
+fn bad_ipv6_networks_are_refused() {
+    let mut s = ClusterState::default();
+    register(&mut s, "h1", "192.0.2.11").unwrap();
+    create(&mut s, dual("blue", "10.1.0.0/16", "fd00:10::/48", None)).unwrap();
+    let before = s.clone();
+    let cases = [
+        (dual("x", "10.2.0.0/16", "fe80::/64", None), "link-local"),
+        (dual("x", "10.2.0.0/16", "ff05::/64", None), "multicast"),
+        (dual("x", "10.2.0.0/16", "fd00:10:0:8::/64", Some(96)), "overlaps"),
+        (dual("x", "10.2.0.0/16", "fd00:20::/48", Some(121)), "/120"),
+        (dual("x", "10.2.0.0/16", "fd00:20::/48", Some(48)), "longer than"),
+        (dual("x", "10.2.0.0/16", "fd00:20::1/48", None), "host bits"),
+        // A /24 per host needs 256 IPv6 addresses per host: /120 holds them, /121 not.
+        (
+            NetworkSpec {
+                host_prefix: Some(23),
+                ..dual("x", "10.2.0.0/16", "fd00:20::/48", Some(120))
+            },
+            "/119 or shorter",
+        ),
+        (
+            NetworkSpec {
+                mode: Mode::Nat,
+                ..dual("x", "10.2.0.0/16", "fd00:20::/48", None)
+            },
+            "vxlan",
+        ),
+        (
+            NetworkSpec {
+                direct_routing: true,
+                ..dual("x", "10.2.0.0/16", "fd00:20::/48", None)
+            },
+            "direct-routing",
+        ),
+        (
+            NetworkSpec {
+                host_prefix6: Some(64),
+                ..vxlan("x", "10.2.0.0/16")
+            },
+            "needs an IPv6",
+        ),
+    ];
+    for (spec, why) in cases {
+        let err = create(&mut s, spec.clone()).expect_err(why).to_string();
+        assert!(err.contains(why), "{spec:?}: {err}");
+        assert_eq!(s, before, "{spec:?} changed the state");
+    }
+    // A small IPv6 pool: a host gets a lease only while both families have room.
+    create(
+        &mut s,
+        NetworkSpec {
+            host_prefix6: Some(121),
+            ..dual("tiny", "10.9.0.0/16", "fd00:99::/120", Some(121))
+        },
+    )
+    .expect_err("/121 is too long");
+    create(&mut s, dual("tiny", "10.9.0.0/16", "fd00:99::/119", Some(120))).unwrap();
+    register(&mut s, "h2", "192.0.2.12").unwrap();
+    register(&mut s, "h3", "192.0.2.13").unwrap();
+    let tiny = &s.networks["tiny"];
+    assert_eq!(tiny.leases.len(), 2, "two /120s in a /119: {:?}", tiny.leases);
+    assert!(tiny.leases.values().all(|l| l.subnet6.is_some()));
 }
