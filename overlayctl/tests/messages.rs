@@ -107,7 +107,9 @@ async fn ipv6_effective_mtu_and_one_line_errors() {
     );
     let line = one_line_failure(&out, "IPv6 subnet");
     assert!(
-        line.starts_with("overlayctl: IPv6 is not supported yet"),
+        line.starts_with(
+            "overlayctl: an IPv4 --subnet is required (IPv6-only networks are not supported yet)"
+        ),
         "{line}"
     );
     // ...and so does the controller to any other client.
@@ -127,7 +129,9 @@ async fn ipv6_effective_mtu_and_one_line_errors() {
             .expect_err("IPv6 accepted");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(
-            err.message().starts_with("IPv6 is not supported yet") && err.message().contains(what),
+            err.message()
+                .starts_with("IPv6-only networks are not supported yet")
+                && err.message().contains(what),
             "{}",
             err.message()
         );

@@ -134,7 +134,7 @@ fn ep_state(e: &pb::Endpoint) -> &'static str {
 
 /// One endpoint as scripts see it (also in `network inspect` and `doctor`).
 pub(crate) fn json(e: &pb::Endpoint) -> Value {
-    json!({
+    let mut v = json!({
         "id": e.id, "network": e.network, "host": e.host, "netns": e.netns, "ifname": e.ifname,
         "address": e.address, "ip": e.address.split('/').next().unwrap_or_default(),
         "mac": e.mac, "gateway": e.gateway, "state": ep_state(e),
@@ -145,7 +145,22 @@ pub(crate) fn json(e: &pb::Endpoint) -> Value {
             "host_port": p.host_port, "container_port": p.container_port,
             "protocol": p.protocol, "host_ip": (!p.host_ip.is_empty()).then_some(&p.host_ip),
         })).collect::<Vec<_>>(),
-    })
+    });
+    if !e.address6.is_empty() {
+        v["address6"] = json!(e.address6);
+        v["ip6"] = json!(e.address6.split('/').next().unwrap_or_default());
+        v["gateway6"] = json!(e.gateway6);
+    }
+    v
+}
+
+/// `10.1.3.2/24` or, dual-stack, `10.1.3.2/24,fd00:1:0:3::2/64`.
+fn addresses(e: &pb::Endpoint) -> String {
+    if e.address6.is_empty() {
+        e.address.clone()
+    } else {
+        format!("{},{}", e.address, e.address6)
+    }
 }
 
 /// `8080:80/tcp, 5353:53/udp` (empty: none).
@@ -179,7 +194,7 @@ pub(crate) fn table(out: &mut Out, eps: &[pb::Endpoint]) -> io::Result<()> {
                 e.host.clone(),
                 e.netns.clone(),
                 e.ifname.clone(),
-                e.address.clone(),
+                addresses(e),
                 e.mac.clone(),
                 if e.default_route { "default" } else { "network" }.to_string(),
                 ports_text(e),
@@ -216,7 +231,12 @@ fn print_attached(out: &mut Out, e: &pb::Endpoint) -> io::Result<()> {
             e.host, e.netns, e.network
         )?;
     } else {
-        writeln!(out, "{}", e.address.split('/').next().unwrap_or_default())?;
+        // The address alone, for `ip=$(overlayctl endpoint attach ...)`; dual-stack: both.
+        let ip = e.address.split('/').next().unwrap_or_default();
+        match e.address6.split('/').next().unwrap_or_default() {
+            "" => writeln!(out, "{ip}")?,
+            ip6 => writeln!(out, "{ip} {ip6}")?,
+        }
     }
     Ok(())
 }
@@ -236,7 +256,10 @@ fn print_detached(out: &mut Out, r: &pb::DetachEndpointResponse) -> io::Result<(
         writeln!(
             out,
             "detached {} from {} on {} (released {})",
-            e.netns, e.network, e.host, e.address
+            e.netns,
+            e.network,
+            e.host,
+            addresses(e)
         )?;
     }
     Ok(())

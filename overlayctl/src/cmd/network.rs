@@ -18,12 +18,16 @@ pub struct CreateArgs {
     pub name: String,
     #[arg(long, value_enum)]
     pub mode: overlay_proto::modes::Mode,
-    /// The network's address space, e.g. 10.1.0.0/16 (for macvlan: the LAN subnet).
-    #[arg(long)]
-    pub subnet: String,
+    /// The network's address space, e.g. 10.1.0.0/16 (for macvlan: the LAN subnet). Given
+    /// twice, an IPv4 and an IPv6 CIDR, the network is dual-stack (vxlan).
+    #[arg(long, required = true)]
+    pub subnet: Vec<String>,
     /// Prefix length of each host's slice (vxlan, nat). Default 24.
     #[arg(long)]
     pub host_prefix: Option<u32>,
+    /// Prefix length of each host's IPv6 slice (dual-stack networks). Default 64.
+    #[arg(long)]
+    pub host_prefix6: Option<u32>,
     /// VXLAN network identifier (1-16777215). Default: first free from 4096.
     #[arg(long)]
     pub vni: Option<u32>,
@@ -146,11 +150,24 @@ pub async fn run(controllers: &Controllers, out: &mut Out, cmd: NetworkCmd) -> R
 }
 
 fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
-    if is_ipv6_cidr(&a.subnet) {
-        return Err(Failure::Message(format!(
-            "IPv6 is not supported yet: --subnet {:?} is IPv6; give an IPv4 CIDR such as 10.1.0.0/16",
-            a.subnet.trim()
-        )));
+    let (v6, v4): (Vec<&String>, Vec<&String>) = a.subnet.iter().partition(|s| is_ipv6_cidr(s));
+    let subnet = match v4.as_slice() {
+        [one] => one.trim().to_string(),
+        [] => {
+            return Err(Failure::Message(format!(
+                "an IPv4 --subnet is required (IPv6-only networks are not supported yet); add one such as 10.1.0.0/16 beside {}",
+                v6.first().map(|s| s.trim()).unwrap_or_default()
+            )));
+        }
+        _ => return Err(Failure::Message("--subnet: give at most one IPv4 CIDR".into())),
+    };
+    let subnet6 = match v6.as_slice() {
+        [] => String::new(),
+        [one] => one.trim().to_string(),
+        _ => return Err(Failure::Message("--subnet: give at most one IPv6 CIDR".into())),
+    };
+    if a.host_prefix6.is_some() && subnet6.is_empty() {
+        return Err(Failure::Message("--host-prefix6 needs an IPv6 --subnet".into()));
     }
     let macvlan_given =
         a.parent.is_some() || a.gateway.is_some() || a.ip_range.is_some() || a.macvlan_mode.is_some();
@@ -162,8 +179,10 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
     Ok(pb::CreateNetworkRequest {
         name: a.name,
         mode: a.mode.wire() as i32,
-        subnet: a.subnet,
+        subnet,
         host_prefix: a.host_prefix,
+        subnet6,
+        host_prefix6: a.host_prefix6,
         vni: a.vni,
         mtu: a.mtu,
         nat_egress: a.nat_egress,
@@ -177,8 +196,7 @@ fn create_request(a: CreateArgs) -> Result<pb::CreateNetworkRequest, Failure> {
     })
 }
 
-/// `fd00::/64` and the like: said to be unsupported here rather than sent to be called
-/// malformed IPv4.
+/// `fd00::/64` and the like: the IPv6 one of the `--subnet`s.
 fn is_ipv6_cidr(text: &str) -> bool {
     let addr = text.trim().split('/').next().unwrap_or_default();
     addr.parse::<std::net::Ipv6Addr>().is_ok()
@@ -199,6 +217,10 @@ fn json(n: &pb::Network) -> Value {
         "endpoints": n.endpoint_count, "leases": n.lease_count, "capacity": n.capacity,
         "created_unix_ms": n.created_unix_ms,
     });
+    if !n.subnet6.is_empty() {
+        v["subnet6"] = json!(n.subnet6);
+        v["host_prefix6"] = json!(n.host_prefix6);
+    }
     if let Some(m) = &n.macvlan {
         v["macvlan"] =
             json!({"parent": m.parent, "gateway": m.gateway, "ip_range": m.ip_range, "mode": m.mode});
@@ -216,6 +238,15 @@ fn mtu_cell(n: &pb::Network) -> String {
     }
 }
 
+/// The network's CIDRs: `10.1.0.0/16` or, dual-stack, `10.1.0.0/16,fd00:10::/48`.
+fn subnets(n: &pb::Network) -> String {
+    if n.subnet6.is_empty() {
+        n.subnet.clone()
+    } else {
+        format!("{},{}", n.subnet, n.subnet6)
+    }
+}
+
 fn vni_cell(n: &pb::Network) -> String {
     if n.vni == 0 { "-".into() } else { n.vni.to_string() }
 }
@@ -230,7 +261,7 @@ fn print_list(out: &mut Out, networks: &[pb::Network]) -> io::Result<()> {
             vec![
                 n.name.clone(),
                 mode(n).into(),
-                n.subnet.clone(),
+                subnets(n),
                 vni_cell(n),
                 mtu_cell(n),
                 if n.nat_egress { "yes" } else { "no" }.into(),
@@ -254,7 +285,9 @@ fn print_created(out: &mut Out, n: &pb::Network) -> io::Result<()> {
         "vxlan" => writeln!(
             out,
             "created network {} (vxlan, {}, VNI {})",
-            n.name, n.subnet, n.vni
+            n.name,
+            subnets(n),
+            n.vni
         ),
         m => writeln!(out, "created network {} ({m}, {})", n.name, n.subnet),
     }?;
@@ -287,7 +320,14 @@ fn print_detail(out: &mut Out, d: &pb::NetworkDetail) -> io::Result<()> {
         v["host_leases"] = Value::Array(
             d.leases
                 .iter()
-                .map(|l| json!({"host": l.host, "subnet": l.subnet, "gateway": l.gateway}))
+                .map(|l| {
+                    let mut v = json!({"host": l.host, "subnet": l.subnet, "gateway": l.gateway});
+                    if !l.subnet6.is_empty() {
+                        v["subnet6"] = json!(l.subnet6);
+                        v["gateway6"] = json!(l.gateway6);
+                    }
+                    v
+                })
                 .collect(),
         );
         v["endpoint_list"] = Value::Array(d.endpoints.iter().map(endpoint::json).collect());
@@ -307,6 +347,13 @@ fn print_detail(out: &mut Out, d: &pb::NetworkDetail) -> io::Result<()> {
         }
         _ => writeln!(out, "host prefix: /{}", n.host_prefix)?,
     }
+    if !n.subnet6.is_empty() {
+        writeln!(
+            out,
+            "subnet6:     {} (host prefix /{})",
+            n.subnet6, n.host_prefix6
+        )?;
+    }
     if n.vni != 0 {
         writeln!(out, "vni:         {}", n.vni)?;
     }
@@ -318,12 +365,29 @@ fn print_detail(out: &mut Out, d: &pb::NetworkDetail) -> io::Result<()> {
     writeln!(out, "endpoints:   {} (capacity {})", n.endpoint_count, n.capacity)?;
     if !d.leases.is_empty() {
         writeln!(out)?;
-        let rows = d
-            .leases
-            .iter()
-            .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
-            .collect();
-        table(out, &["HOST", "SUBNET", "GATEWAY"], rows)?;
+        if n.subnet6.is_empty() {
+            let rows = d
+                .leases
+                .iter()
+                .map(|l| vec![l.host.clone(), l.subnet.clone(), l.gateway.clone()])
+                .collect();
+            table(out, &["HOST", "SUBNET", "GATEWAY"], rows)?;
+        } else {
+            let rows = d
+                .leases
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.host.clone(),
+                        l.subnet.clone(),
+                        l.gateway.clone(),
+                        or_dash(&l.subnet6),
+                        or_dash(&l.gateway6),
+                    ]
+                })
+                .collect();
+            table(out, &["HOST", "SUBNET", "GATEWAY", "SUBNET6", "GATEWAY6"], rows)?;
+        }
     }
     if !d.endpoints.is_empty() {
         writeln!(out)?;
