@@ -162,9 +162,29 @@ fn record_of(network: &str, e: &pb::LocalEndpoint) -> Option<Record> {
     })
 }
 
+/// The IPv6 address (with the host subnet's prefix) and gateway that pair with IPv4 `ip` in
+/// dual-stack network `n` (see [`overlay_proto::ipam::paired_v6`]); `None` for an IPv4-only
+/// network, or a desired state whose parts do not parse (the spec parser reports those).
+pub fn address6_of(
+    n: &pb::NetworkState,
+    ip: std::net::Ipv4Addr,
+) -> Option<(ipnetwork::Ipv6Network, std::net::Ipv6Addr)> {
+    if n.subnet6.is_empty() {
+        return None;
+    }
+    let subnet: Ipv4Network = n.subnet.parse().ok()?;
+    let subnet6: ipnetwork::Ipv6Network = n.subnet6.parse().ok()?;
+    let ip6 = overlay_proto::ipam::paired_v6(subnet, subnet6, ip)?;
+    Some((
+        ipnetwork::Ipv6Network::new(ip6, subnet6.prefix()).ok()?,
+        n.gateway6.parse().ok()?,
+    ))
+}
+
 /// A record as the desired state's `LocalEndpoint`, which the spec parser checks like any
 /// other input before anything is programmed.
-fn local_endpoint(r: &Record) -> pb::LocalEndpoint {
+fn local_endpoint(n: &pb::NetworkState, r: &Record) -> pb::LocalEndpoint {
+    let v6 = address6_of(n, r.ip);
     pb::LocalEndpoint {
         id: r.id,
         netns: r.netns.clone(),
@@ -182,6 +202,8 @@ fn local_endpoint(r: &Record) -> pb::LocalEndpoint {
         requested_ip: String::new(),
         ports: overlay_proto::ports::to_wire(&r.ports),
         runtime_wired: r.runtime.as_ref().is_some_and(|l| l.joined),
+        address6: v6.map(|(a, _)| a.to_string()).unwrap_or_default(),
+        gateway6: v6.map(|(_, g)| g.to_string()).unwrap_or_default(),
     }
 }
 
@@ -280,12 +302,13 @@ impl Attachments {
         };
         let mut d = desired.clone();
         for n in &mut d.networks {
-            n.endpoints = inner
+            let endpoints = inner
                 .book
                 .records()
                 .filter(|r| r.network == n.name && !r.is_reservation())
-                .map(local_endpoint)
+                .map(|r| local_endpoint(n, r))
                 .collect();
+            n.endpoints = endpoints;
         }
         let mut spec = HostSpec::from_proto(&d, self.underlay_ip);
         spec.generation = generation;
@@ -793,6 +816,18 @@ impl Attachments {
         Self::network(&self.lock(), network)
             .map(|n| (n.mtu, n.cidr.clone()))
             .unwrap_or_default()
+    }
+
+    /// The IPv6 side of `network`'s endpoint with IPv4 `ip`: its address, gateway and the
+    /// network's IPv6 CIDR (`None`: the network is IPv4 only).
+    pub fn v6_view(
+        &self,
+        network: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Option<(ipnetwork::Ipv6Network, std::net::Ipv6Addr, String)> {
+        let inner = self.lock();
+        let n = Self::network(&inner, network)?;
+        address6_of(n, ip).map(|(a, g)| (a, g, n.cidr6.clone()))
     }
 
     /// The latest verdict on endpoint `id` ("" when not wired yet).

@@ -54,6 +54,16 @@ pub fn drift(
                     format!("missing or different route {dst} via {via} dev {}", name(*index))
                 }
                 EntryOp::DelRoute { route } => format!("extra route {}", route.dst),
+                EntryOp::AddAddress6 { index, addr } => format!("missing address {addr} on {}", name(*index)),
+                EntryOp::DelAddress6 { index, addr } => format!("extra address {addr} on {}", name(*index)),
+                EntryOp::SetNeighbour6 { index, ip, mac } => {
+                    format!("missing neigh {ip} lladdr {mac} on {}", name(*index))
+                }
+                EntryOp::DelNeighbour6 { index, ip } => format!("extra neigh {ip} on {}", name(*index)),
+                EntryOp::SetRoute6 { dst, via, index } => {
+                    format!("missing route {dst} via {via} dev {}", name(*index))
+                }
+                EntryOp::DelRoute6 { route } => format!("extra route {}", route.dst),
             }),
     );
     out.extend(plan::unreachable_peers(spec, kernel, underlay_index));

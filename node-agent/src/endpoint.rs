@@ -13,16 +13,16 @@
 //! Inside it, the agent touches only its own interface and routes via its own gateway on it:
 //! a route it did not create is never replaced.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use overlay_proto::mac::MacAddr;
 use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkMacVlan, LinkUnspec, RouteMessageBuilder};
 
-use crate::kernel::{MacvlanRecord, ROUTE_PROTOCOL, Route};
+use crate::kernel::{MacvlanRecord, ROUTE_PROTOCOL, Route, Route6};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns::{Namespace, NetnsError};
 use crate::spec::{Attachment, EndpointSpec, MacvlanMode};
@@ -78,7 +78,7 @@ pub enum WiringError {
     Vanished(String),
     /// The namespace routes the destination some other way; overlay never replaces that.
     #[error("the namespace already routes {dst} via {via} (not overlay's); not replacing it")]
-    ForeignRoute { dst: Ipv4Network, via: String },
+    ForeignRoute { dst: IpNetwork, via: String },
 }
 
 /// A netlink request's failure, named by what it was doing.
@@ -102,6 +102,16 @@ struct WorkloadSide {
     default_route: bool,
     /// The network's CIDR, routed via the gateway when the default route is not ours.
     cidr: Ipv4Network,
+    /// Dual stack: the IPv6 address, its gateway and the network's IPv6 CIDR, routed like
+    /// the IPv4 ones.
+    v6: Option<Side6>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Side6 {
+    address: Ipv6Network,
+    gateway: Ipv6Addr,
+    cidr: Ipv6Network,
 }
 
 impl WorkloadSide {
@@ -115,6 +125,14 @@ impl WorkloadSide {
             gateway: ep.gateway,
             default_route: ep.default_route,
             cidr: ep.cidr,
+            v6: match (ep.address6, ep.cidr6) {
+                (Some((address, gateway)), Some(cidr)) => Some(Side6 {
+                    address,
+                    gateway,
+                    cidr,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -388,7 +406,64 @@ async fn configure_steps(nl: &Netlink, w: &WorkloadSide) -> Result<Checked, Wiri
         repairs += 1;
     }
     repairs += sync_routes(nl, w, index).await?;
+    if let Some(v6) = w.v6 {
+        if !nl.addresses6_of(index).await?.contains(&v6.address) {
+            nl.add_address6(index, v6.address).await?;
+            repairs += 1;
+        }
+        repairs += sync_routes6(nl, w, v6, index).await?;
+    }
     Ok(Checked::Fine(repairs))
+}
+
+/// [`sync_routes`] for the IPv6 side: the default route (`::/0`) or the network's IPv6 CIDR
+/// via the IPv6 gateway, by the same rule (the endpoint's role decides, a foreign default
+/// route is left alone and the CIDR routed instead).
+async fn sync_routes6(nl: &Netlink, w: &WorkloadSide, v6: Side6, index: u32) -> Result<usize, WiringError> {
+    let routes = nl.routes6().await?;
+    let ours = |r: &Route6| r.gateway == Some(v6.gateway) && r.oif == Some(index);
+    let foreign_default = routes.iter().any(|r| r.dst.prefix() == 0 && !ours(r));
+    let want_default = w.default_route && !foreign_default;
+    let want_cidr = !want_default && v6.address.prefix() > v6.cidr.prefix();
+    let default_dst = Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0 is valid");
+    let mut repairs = 0;
+    for (dst, wanted) in [(default_dst, want_default), (v6.cidr, want_cidr)] {
+        let have = routes.iter().filter(|r| ours(r)).find(|r| r.dst == dst);
+        let route = |protocol: u8| {
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .gateway(v6.gateway)
+                .output_interface(index)
+                .protocol(RouteProtocol::from(protocol))
+                .build()
+        };
+        match (have, wanted) {
+            (None, true) => {
+                if let Some(other) = routes.iter().find(|r| r.dst == dst) {
+                    return Err(WiringError::ForeignRoute {
+                        dst: dst.into(),
+                        via: other
+                            .gateway
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| "a device".into()),
+                    });
+                }
+                nl.handle()
+                    .route()
+                    .add(route(ROUTE_PROTOCOL))
+                    .execute()
+                    .await
+                    .map_err(op(format!("add route {dst} via {}", v6.gateway)))?;
+                repairs += 1;
+            }
+            (Some(r), false) => {
+                let what = format!("delete route {dst} via {}", v6.gateway);
+                repairs += usize::from(delete_route(nl, route(r.protocol), what).await?);
+            }
+            _ => {}
+        }
+    }
+    Ok(repairs)
 }
 
 /// What the endpoint must route via its gateway, given the namespace's routes: the default
@@ -417,7 +492,7 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
             (None, true) => {
                 if let Some(other) = routes.iter().find(|r| r.dst == dst) {
                     return Err(WiringError::ForeignRoute {
-                        dst,
+                        dst: dst.into(),
                         via: other
                             .gateway
                             .map(|g| g.to_string())
@@ -449,26 +524,32 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
                     .output_interface(index)
                     .protocol(RouteProtocol::from(r.protocol))
                     .build();
-                let deleted =
-                    nl.handle()
-                        .route()
-                        .del(route)
-                        .execute()
-                        .await
-                        .map_err(|source| NetlinkError::Op {
-                            op: format!("delete route {dst} via {}", w.gateway),
-                            source,
-                        });
-                match deleted {
-                    Ok(()) => repairs += 1,
-                    Err(e) if crate::netlink::is_gone(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                let what = format!("delete route {dst} via {}", w.gateway);
+                repairs += usize::from(delete_route(nl, route, what).await?);
             }
             _ => {}
         }
     }
     Ok(repairs)
+}
+
+/// Deletes `route` (`what` names it in errors): `false` when it was gone already.
+async fn delete_route(
+    nl: &Netlink,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    what: String,
+) -> Result<bool, WiringError> {
+    match nl.handle().route().del(route).execute().await {
+        Ok(()) => Ok(true),
+        Err(source) => {
+            let e = NetlinkError::Op { op: what, source };
+            if crate::netlink::is_gone(&e) {
+                Ok(false)
+            } else {
+                Err(e.into())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -485,6 +566,7 @@ mod tests {
             gateway: "10.1.0.1".parse().unwrap(),
             default_route,
             cidr: cidr.parse().unwrap(),
+            v6: None,
         }
     }
 

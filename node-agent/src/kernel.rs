@@ -3,10 +3,10 @@
 //! so the planner that diffs it against the desired state is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
 
@@ -92,10 +92,11 @@ impl Link {
     }
 }
 
+/// A neighbour entry; IPv4 unless `A` says otherwise (dual-stack networks' IPv6 VTEPs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Neighbour {
+pub struct Neighbour<A = Ipv4Addr> {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: A,
     pub mac: Option<MacAddr>,
     pub permanent: bool,
 }
@@ -109,14 +110,17 @@ pub struct FdbEntry {
     pub permanent: bool,
 }
 
+/// A route of the main table; IPv4 unless the types say otherwise ([`Route6`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub dst: Ipv4Network,
-    pub gateway: Option<Ipv4Addr>,
+pub struct Route<N = Ipv4Network, A = Ipv4Addr> {
+    pub dst: N,
+    pub gateway: Option<A>,
     pub oif: Option<u32>,
     pub protocol: u8,
     pub onlink: bool,
 }
+
+pub type Route6 = Route<Ipv6Network, Ipv6Addr>;
 
 /// One consistent look at the host's kernel state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,6 +134,12 @@ pub struct Kernel {
     pub fdb: Vec<FdbEntry>,
     /// Routes in the main table.
     pub routes: Vec<Route>,
+    /// Dual stack only (read when a network of the spec has IPv6): global IPv6 addresses of
+    /// overlay's bridges and vxlan devices, IPv6 neighbours on its vxlan devices, and the
+    /// IPv6 routes of the main table tagged with overlay's protocol.
+    pub addresses6: BTreeMap<u32, BTreeSet<Ipv6Network>>,
+    pub neighbours6: Vec<Neighbour<Ipv6Addr>>,
+    pub routes6: Vec<Route6>,
 }
 
 impl Kernel {
@@ -139,6 +149,10 @@ impl Kernel {
 
     pub fn addresses_of(&self, index: u32) -> BTreeSet<Ipv4Network> {
         self.addresses.get(&index).cloned().unwrap_or_default()
+    }
+
+    pub fn addresses6_of(&self, index: u32) -> BTreeSet<Ipv6Network> {
+        self.addresses6.get(&index).cloned().unwrap_or_default()
     }
 
     /// Indexes of overlay's vxlan devices: the only ones whose neighbours and FDB we read.

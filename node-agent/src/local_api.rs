@@ -104,6 +104,18 @@ impl LocalApi {
             },
             gateway: r.gateway.to_string(),
         };
+        let v6 = self.attachments.v6_view(&r.network, r.ip);
+        let mut routes = vec![route];
+        if let Some((_, gateway6, cidr6)) = &v6 {
+            routes.push(api::Route {
+                dst: if r.default_route {
+                    "::/0".into()
+                } else {
+                    cidr6.clone()
+                },
+                gateway: gateway6.to_string(),
+            });
+        }
         api::Attachment {
             key: r.key.clone(),
             network: r.network.clone(),
@@ -113,7 +125,7 @@ impl LocalApi {
             gateway: r.gateway.to_string(),
             mac: r.mac.to_string(),
             mtu,
-            routes: vec![route],
+            routes,
             // The agent's DNS server on the gateway, with the network's domain to search.
             dns: self
                 .attachments
@@ -138,6 +150,8 @@ impl LocalApi {
             owner: r.owner.clone(),
             state,
             message,
+            address6: v6.as_ref().map(|(a, _, _)| a.to_string()).unwrap_or_default(),
+            gateway6: v6.as_ref().map(|(_, g, _)| g.to_string()).unwrap_or_default(),
             reported: r.reported,
         }
     }

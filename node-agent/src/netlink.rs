@@ -7,8 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use std::collections::BTreeSet;
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::mac::MacAddr;
+use overlay_proto::names;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{
@@ -25,7 +28,7 @@ use rtnetlink::{
 };
 
 use crate::kernel::{
-    FdbEntry, Kernel, Link, LinkKind, Neighbour, OWNED_ALIAS, ROUTE_PROTOCOL, Route, VxlanAttrs,
+    FdbEntry, Kernel, Link, LinkKind, Neighbour, OWNED_ALIAS, ROUTE_PROTOCOL, Route, Route6, VxlanAttrs,
 };
 use crate::plan::{EntryOp, LinkOp};
 use crate::spec::VXLAN_PORT;
@@ -179,8 +182,114 @@ impl Netlink {
             }))
     }
 
-    /// The whole snapshot the planner works from.
-    pub async fn dump(&self) -> Result<Kernel, NetlinkError> {
+    /// The IPv6 half of a dual-stack snapshot (see [`Kernel::addresses6`]): read only when
+    /// a network has IPv6, so an IPv4-only host pays nothing for it (every veth has an IPv6
+    /// link-local address that an address dump would carry).
+    async fn dump6(&self, kernel: &mut Kernel) -> Result<(), NetlinkError> {
+        let overlay_devices: BTreeSet<u32> = kernel
+            .links
+            .values()
+            .filter(|l| l.name.starts_with(names::BRIDGE_PREFIX) || l.name.starts_with(names::VXLAN_PREFIX))
+            .map(|l| l.index)
+            .collect();
+        let mut request = self.handle.address().get();
+        request.message_mut().header.family = AddressFamily::Inet6;
+        let msgs: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump IPv6 addresses"))?;
+        for (index, net) in msgs.iter().filter_map(parse_address6) {
+            if overlay_devices.contains(&index) {
+                kernel.addresses6.entry(index).or_default().insert(net);
+            }
+        }
+        for index in kernel.vxlan_indexes() {
+            let strict = self.strict()?;
+            let mut neigh = strict.neighbours().get().set_address_family(AddressFamily::Inet6);
+            neigh
+                .message_mut()
+                .attributes
+                .push(NeighbourAttribute::IfIndex(index));
+            let neigh: Vec<NeighbourMessage> = neigh
+                .execute()
+                .try_collect()
+                .await
+                .map_err(op_err("dump IPv6 neighbours"))?;
+            kernel.neighbours6.extend(
+                neigh
+                    .iter()
+                    .filter(|m| m.header.ifindex == index)
+                    .filter_map(parse_neighbour6),
+            );
+        }
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump IPv6 routes"))?;
+        kernel.routes6 = routes
+            .iter()
+            .filter_map(parse_route6)
+            .filter(|r| r.protocol == crate::kernel::ROUTE_PROTOCOL)
+            .collect();
+        Ok(())
+    }
+
+    /// IPv6 routes of the main table (a workload namespace's, for its endpoint's routes).
+    pub async fn routes6(&self) -> Result<Vec<Route6>, NetlinkError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump IPv6 routes"))?;
+        Ok(routes.iter().filter_map(parse_route6).collect())
+    }
+
+    /// Global IPv6 addresses of link `index` (a workload's interface).
+    pub async fn addresses6_of(&self, index: u32) -> Result<Vec<Ipv6Network>, NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        request.message_mut().header.family = AddressFamily::Inet6;
+        let msgs: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(op_err("dump IPv6 addresses"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(parse_address6)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Adds (or replaces) IPv6 address `addr` on link `index` without duplicate address
+    /// detection: overlay hands the address out, so no one else holds it, and a tentative
+    /// address would drop the workload's first packets for a second.
+    pub async fn add_address6(&self, index: u32, addr: Ipv6Network) -> Result<(), NetlinkError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(addr.ip()), addr.prefix())
+            .replace();
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        request
+            .execute()
+            .await
+            .map_err(op_err(format!("add address {addr}")))
+    }
+
+    /// The whole snapshot the planner works from; with `v6`, its IPv6 half too.
+    pub async fn dump(&self, v6: bool) -> Result<Kernel, NetlinkError> {
         let started = std::time::Instant::now();
         let mut kernel = Kernel::default();
         for l in self.links().await? {
@@ -225,6 +334,9 @@ impl Netlink {
         }
         let before_routes = started.elapsed().as_micros() as u64;
         kernel.routes = self.routes().await?;
+        if v6 {
+            self.dump6(&mut kernel).await?;
+        }
         let took_us = started.elapsed().as_micros() as u64;
         // What a pass costs grows with every interface on the host, overlay's or not.
         tracing::debug!(
@@ -412,6 +524,35 @@ impl Netlink {
                 .execute()
                 .await
                 .map_err(op_err(format!("add address {addr}"))),
+            EntryOp::AddAddress6 { index, addr } => self.add_address6(*index, *addr).await,
+            EntryOp::DelAddress6 { index, addr } => ignore_gone(
+                h.address()
+                    .del(address_message6(*index, *addr))
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("delete address {addr}"))),
+            ),
+            EntryOp::SetNeighbour6 { index, ip, mac } => {
+                set_neighbour(h, *index, IpAddr::V6(*ip), *mac).await
+            }
+            EntryOp::DelNeighbour6 { index, ip } => del_neighbour(h, *index, IpAddr::V6(*ip)).await,
+            EntryOp::SetRoute6 { dst, via, index } => {
+                let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix())
+                    .gateway(*via)
+                    .output_interface(*index)
+                    .onlink()
+                    .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                    .build();
+                set_route(h, msg, format!("set route {dst} via {via}")).await
+            }
+            EntryOp::DelRoute6 { route } => ignore_gone(
+                h.route()
+                    .del(route_message6(route))
+                    .execute()
+                    .await
+                    .map_err(op_err(format!("delete route {}", route.dst))),
+            ),
             EntryOp::DelAddress { index, addr } => ignore_gone(
                 h.address()
                     .del(address_message(*index, *addr))
@@ -419,29 +560,8 @@ impl Netlink {
                     .await
                     .map_err(op_err(format!("delete address {addr}"))),
             ),
-            EntryOp::SetNeighbour { index, ip, mac } => h
-                .neighbours()
-                .add(*index, IpAddr::V4(*ip))
-                .link_layer_address(&mac.0)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(op_err(format!("set neighbour {ip} lladdr {mac}"))),
-            EntryOp::DelNeighbour { index, ip } => {
-                let mut msg = NeighbourMessage::default();
-                msg.header.family = AddressFamily::Inet;
-                msg.header.ifindex = *index;
-                msg.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*ip)));
-                ignore_gone(
-                    h.neighbours()
-                        .del(msg)
-                        .execute()
-                        .await
-                        .map_err(op_err(format!("delete neighbour {ip}"))),
-                )
-            }
+            EntryOp::SetNeighbour { index, ip, mac } => set_neighbour(h, *index, IpAddr::V4(*ip), *mac).await,
+            EntryOp::DelNeighbour { index, ip } => del_neighbour(h, *index, IpAddr::V4(*ip)).await,
             EntryOp::SetFdb { index, mac, dst } => h
                 .neighbours()
                 .add_bridge(*index, &mac.0)
@@ -482,12 +602,7 @@ impl Netlink {
                     .onlink()
                     .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                     .build();
-                h.route()
-                    .add(msg)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(op_err(format!("set route {dst} via {via}")))
+                set_route(h, msg, format!("set route {dst} via {via}")).await
             }
             EntryOp::DelRoute { route } => ignore_gone(
                 h.route()
@@ -498,6 +613,42 @@ impl Netlink {
             ),
         }
     }
+}
+
+/// A permanent neighbour entry for `ip` at `mac` on `index`, either family.
+async fn set_neighbour(h: &Handle, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), NetlinkError> {
+    h.neighbours()
+        .add(index, ip)
+        .link_layer_address(&mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(op_err(format!("set neighbour {ip} lladdr {mac}")))
+}
+
+/// Deletes the neighbour entry for `ip` on `index` (fine if it is gone already).
+async fn del_neighbour(h: &Handle, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.ifindex = index;
+    let (family, dst) = match ip {
+        IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+        IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+    };
+    msg.header.family = family;
+    msg.attributes.push(NeighbourAttribute::Destination(dst));
+    ignore_gone(
+        h.neighbours()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(op_err(format!("delete neighbour {ip}"))),
+    )
+}
+
+/// Adds or replaces the route `msg` (`what` names it in errors).
+async fn set_route(h: &Handle, msg: RouteMessage, what: String) -> Result<(), NetlinkError> {
+    h.route().add(msg).replace().execute().await.map_err(op_err(what))
 }
 
 fn ignore_gone(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
@@ -516,6 +667,36 @@ pub fn address_message(index: u32, addr: Ipv4Network) -> AddressMessage {
         .push(AddressAttribute::Local(IpAddr::V4(addr.ip())));
     msg.attributes
         .push(AddressAttribute::Address(IpAddr::V4(addr.ip())));
+    msg
+}
+
+fn address_message6(index: u32, addr: Ipv6Network) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    msg.header.prefix_len = addr.prefix();
+    msg.header.index = index;
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(addr.ip())));
+    msg
+}
+
+fn route_message6(r: &Route6) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    msg.header.destination_prefix_length = r.dst.prefix();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(r.protocol);
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(r.dst.network())));
+    if let Some(gw) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
+    }
+    if let Some(oif) = r.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
     msg
 }
 
@@ -636,12 +817,57 @@ fn parse_address(msg: &AddressMessage) -> Option<(u32, Ipv4Network)> {
         .map(|n| (msg.header.index, n))
 }
 
+/// A global (not link-local) IPv6 address: the kernel's own link-local addresses are not
+/// overlay's to plan.
+fn parse_address6(msg: &AddressMessage) -> Option<(u32, Ipv6Network)> {
+    if msg.header.family != AddressFamily::Inet6 {
+        return None;
+    }
+    let ip = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    if ip.segments()[0] & 0xffc0 == 0xfe80 {
+        return None;
+    }
+    Ipv6Network::new(ip, msg.header.prefix_len)
+        .ok()
+        .map(|n| (msg.header.index, n))
+}
+
+fn parse_neighbour6(msg: &NeighbourMessage) -> Option<Neighbour<Ipv6Addr>> {
+    parse_neighbour_of(msg, |a| match a {
+        NeighbourAddress::Inet6(a) => Some(*a),
+        _ => None,
+    })
+}
+
+fn parse_route6(msg: &RouteMessage) -> Option<Route6> {
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet6(a) => Some(*a),
+        _ => None,
+    };
+    let net = |a, len| Ipv6Network::new(a, len).ok();
+    parse_route_of(msg, AddressFamily::Inet6, Ipv6Addr::UNSPECIFIED, addr, net)
+}
+
 fn parse_neighbour(msg: &NeighbourMessage) -> Option<Neighbour> {
+    parse_neighbour_of(msg, |a| match a {
+        NeighbourAddress::Inet(a) => Some(*a),
+        _ => None,
+    })
+}
+
+/// A neighbour entry whose address `addr` reads (`None`: another family, or none at all).
+fn parse_neighbour_of<A>(
+    msg: &NeighbourMessage,
+    addr: impl Fn(&NeighbourAddress) -> Option<A>,
+) -> Option<Neighbour<A>> {
     let mut ip = None;
     let mut mac = None;
     for attr in &msg.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+            NeighbourAttribute::Destination(a) => ip = addr(a).or(ip),
             NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
             _ => {}
         }
@@ -690,24 +916,41 @@ fn parse_fdb(msg: &NeighbourMessage) -> Option<FdbEntry> {
 }
 
 fn parse_route(msg: &RouteMessage) -> Option<Route> {
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(a) => Some(*a),
+        _ => None,
+    };
+    let net = |a, len| Ipv4Network::new(a, len).ok();
+    parse_route_of(msg, AddressFamily::Inet, Ipv4Addr::UNSPECIFIED, addr, net)
+}
+
+/// A main-table route of `family`, its addresses read by `addr` and its destination made by
+/// `net`: what the IPv4 and IPv6 dumps share.
+fn parse_route_of<A: Copy, N>(
+    msg: &RouteMessage,
+    family: AddressFamily,
+    unspecified: A,
+    addr: impl Fn(&RouteAddress) -> Option<A>,
+    net: impl Fn(A, u8) -> Option<N>,
+) -> Option<crate::kernel::Route<N, A>> {
     let mut table = msg.header.table as u32;
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Destination(a) => dst = addr(a).unwrap_or(dst),
+            RouteAttribute::Gateway(a) => gateway = addr(a).or(gateway),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    if table != RouteHeader::RT_TABLE_MAIN as u32 || msg.header.address_family != AddressFamily::Inet {
+    if table != RouteHeader::RT_TABLE_MAIN as u32 || msg.header.address_family != family {
         return None;
     }
-    Some(Route {
-        dst: Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?,
+    Some(crate::kernel::Route {
+        dst: net(dst, msg.header.destination_prefix_length)?,
         gateway,
         oif,
         protocol: u8::from(msg.header.protocol),

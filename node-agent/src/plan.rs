@@ -10,13 +10,13 @@
 //! nothing, and an agent restart does not touch working entries.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::mac::MacAddr;
 use overlay_proto::names;
 
-use crate::kernel::{Kernel, LinkKind, MacvlanRecord, ROUTE_PROTOCOL, Route};
+use crate::kernel::{Kernel, LinkKind, MacvlanRecord, ROUTE_PROTOCOL, Route, Route6};
 use crate::modes::{self, Segment, Wants};
 use crate::spec::{Attachment, EndpointSpec, HostSpec, VXLAN_PORT, VxlanSpec};
 
@@ -98,6 +98,33 @@ pub enum EntryOp {
     DelRoute {
         route: Route,
     },
+    /// The IPv6 side of a dual-stack network: the same entries, IPv6 (addresses without
+    /// duplicate detection).
+    AddAddress6 {
+        index: u32,
+        addr: Ipv6Network,
+    },
+    DelAddress6 {
+        index: u32,
+        addr: Ipv6Network,
+    },
+    SetNeighbour6 {
+        index: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    },
+    DelNeighbour6 {
+        index: u32,
+        ip: Ipv6Addr,
+    },
+    SetRoute6 {
+        dst: Ipv6Network,
+        via: Ipv6Addr,
+        index: u32,
+    },
+    DelRoute6 {
+        route: Route6,
+    },
 }
 
 impl EntryOp {
@@ -108,6 +135,9 @@ impl EntryOp {
                 | EntryOp::DelNeighbour { .. }
                 | EntryOp::DelFdb { .. }
                 | EntryOp::DelRoute { .. }
+                | EntryOp::DelAddress6 { .. }
+                | EntryOp::DelNeighbour6 { .. }
+                | EntryOp::DelRoute6 { .. }
         )
     }
 }
@@ -358,6 +388,8 @@ pub fn unreachable_peers(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) 
 pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<EntryOp> {
     let mut ops = Vec::new();
     let mut wanted_routes: BTreeMap<Ipv4Network, (Ipv4Addr, u32)> = BTreeMap::new();
+    let mut wanted_routes6: BTreeMap<Ipv6Network, (Ipv6Addr, u32)> = BTreeMap::new();
+    let dual_stack = spec.networks.iter().any(|n| n.cidr6.is_some());
     for want in wants(spec, kernel, underlay_index) {
         if let Some(bridge) = want.bridge
             && let Some(l) = kernel.link(&bridge.name)
@@ -368,6 +400,9 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
                 &kernel.addresses_of(l.index),
                 &[bridge.address],
             );
+            if dual_stack {
+                sync_addresses6(&mut ops, l.index, &kernel.addresses6_of(l.index), bridge.address6);
+            }
         }
         // host-gw: the peer's subnet via its underlay address, on the segment they share.
         for d in &want.direct {
@@ -432,6 +467,12 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
         for p in &want.tunnelled {
             wanted_routes.insert(p.subnet, (p.vtep_ip, index));
         }
+        if dual_stack {
+            tunnel6(&mut ops, kernel, vx, index, &want.tunnelled, &mut wanted_routes6);
+        }
+    }
+    if dual_stack {
+        routes6(&mut ops, kernel, wanted_routes6);
     }
     let mut seen = BTreeSet::new();
     for r in kernel.routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
@@ -449,6 +490,91 @@ pub fn entries(spec: &HostSpec, kernel: &Kernel, underlay_index: u32) -> Vec<Ent
         }
     }
     ops
+}
+
+/// The IPv6 side of a tunnel (dual-stack networks): the vxlan device's own /128, and per peer
+/// with an IPv6 subnet a permanent neighbour for its IPv6 VTEP address (the FDB entry is the
+/// IPv4 side's: one MAC, one underlay destination) and an onlink route to its subnet.
+fn tunnel6(
+    ops: &mut Vec<EntryOp>,
+    kernel: &Kernel,
+    vx: &VxlanSpec,
+    index: u32,
+    tunnelled: &[&crate::spec::PeerSpec],
+    wanted_routes6: &mut BTreeMap<Ipv6Network, (Ipv6Addr, u32)>,
+) {
+    let own = vx
+        .address6
+        .map(|a| Ipv6Network::new(a, 128).expect("/128 is valid"));
+    sync_addresses6(ops, index, &kernel.addresses6_of(index), own);
+    let want: BTreeMap<Ipv6Addr, MacAddr> = tunnelled
+        .iter()
+        .filter_map(|p| Some((p.vtep_ip6()?, p.vtep_mac)))
+        .collect();
+    let mut seen = BTreeSet::new();
+    // Only permanent entries are overlay's: the kernel keeps its own (link-local, failed
+    // lookups) on every IPv6 device.
+    for n in kernel
+        .neighbours6
+        .iter()
+        .filter(|n| n.ifindex == index && n.permanent)
+    {
+        match want.get(&n.ip) {
+            Some(mac) if n.mac == Some(*mac) => {
+                seen.insert(n.ip);
+            }
+            Some(_) => {}
+            None => ops.push(EntryOp::DelNeighbour6 { index, ip: n.ip }),
+        }
+    }
+    for (ip, mac) in &want {
+        if !seen.contains(ip) {
+            ops.push(EntryOp::SetNeighbour6 {
+                index,
+                ip: *ip,
+                mac: *mac,
+            });
+        }
+    }
+    for p in tunnelled {
+        if let (Some(subnet6), Some(vtep6)) = (p.subnet6, p.vtep_ip6()) {
+            wanted_routes6.insert(subnet6, (vtep6, index));
+        }
+    }
+}
+
+/// Overlay's IPv6 routes (its protocol tag) against the wanted ones.
+fn routes6(ops: &mut Vec<EntryOp>, kernel: &Kernel, wanted: BTreeMap<Ipv6Network, (Ipv6Addr, u32)>) {
+    let mut seen = BTreeSet::new();
+    for r in kernel.routes6.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+        match wanted.get(&r.dst) {
+            Some((via, index)) if r.gateway == Some(*via) && r.oif == Some(*index) && r.onlink => {
+                seen.insert(r.dst);
+            }
+            Some(_) => {}
+            None => ops.push(EntryOp::DelRoute6 { route: r.clone() }),
+        }
+    }
+    for (dst, (via, index)) in wanted {
+        if !seen.contains(&dst) {
+            ops.push(EntryOp::SetRoute6 { dst, via, index });
+        }
+    }
+}
+
+/// The global IPv6 addresses of an overlay device against the one it should hold.
+fn sync_addresses6(
+    ops: &mut Vec<EntryOp>,
+    index: u32,
+    have: &BTreeSet<Ipv6Network>,
+    want: Option<Ipv6Network>,
+) {
+    for a in have.iter().filter(|a| Some(**a) != want) {
+        ops.push(EntryOp::DelAddress6 { index, addr: *a });
+    }
+    if let Some(a) = want.filter(|a| !have.contains(a)) {
+        ops.push(EntryOp::AddAddress6 { index, addr: a });
+    }
 }
 
 fn sync_addresses(ops: &mut Vec<EntryOp>, index: u32, have: &BTreeSet<Ipv4Network>, want: &[Ipv4Network]) {

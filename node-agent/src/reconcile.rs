@@ -92,6 +92,9 @@ pub struct Reconciler {
     /// Why the pins could not be saved after the last pass (reported by the next one).
     pins_error: Option<String>,
     forwarding_on: bool,
+    forwarding6_on: bool,
+    /// A network of the spec being programmed has IPv6: dumps read the IPv6 half too.
+    dual_stack: bool,
     /// Macvlan endpoints this agent put into namespaces, mirrored to `records_path`.
     macvlans: BTreeMap<u64, MacvlanRecord>,
     records_path: Option<PathBuf>,
@@ -161,6 +164,8 @@ impl Reconciler {
             control_plane: BTreeSet::new(),
             pins_error: None,
             forwarding_on: false,
+            forwarding6_on: false,
+            dual_stack: false,
             macvlans,
             records_path,
             pins: Pins::load(state_dir),
@@ -186,7 +191,7 @@ impl Reconciler {
         let changes = self.kernel_changes.as_ref().map(|c| c.load(Ordering::Acquire));
         let outside = crate::kernel::outside_writes();
         let taken = Instant::now();
-        let kernel = Arc::new(self.nl.dump().await?);
+        let kernel = Arc::new(self.nl.dump(self.dual_stack).await?);
         self.snapshot = changes.map(|changes| Snapshot {
             kernel: kernel.clone(),
             changes,
@@ -304,6 +309,7 @@ impl Reconciler {
 
     /// Where the kernel differs from `spec`, without changing anything (see [`crate::audit`]).
     pub async fn audit(&mut self, spec: &HostSpec) -> Result<Vec<String>, ReconcileError> {
+        self.dual_stack = spec.networks.iter().any(|n| n.cidr6.is_some());
         let kernel = self.dump_fresh().await?;
         let underlay_index = kernel
             .link(&self.underlay.iface)
@@ -329,6 +335,7 @@ impl Reconciler {
 
     /// Converges the kernel to `spec`. `deep` also checks every endpoint inside its namespace.
     pub async fn pass(&mut self, spec: &HostSpec, deep: bool) -> Result<PassReport, ReconcileError> {
+        self.dual_stack = spec.networks.iter().any(|n| n.cidr6.is_some());
         let started = Instant::now();
         let mut report = PassReport {
             revision: spec.revision,
@@ -373,7 +380,7 @@ impl Reconciler {
             }
         }
         if !link_ops.is_empty() {
-            kernel = Arc::new(self.nl.dump().await?);
+            kernel = Arc::new(self.nl.dump(self.dual_stack).await?);
         }
 
         let entry_ops = plan::entries(spec, &kernel, underlay_index);
@@ -467,6 +474,20 @@ impl Reconciler {
             match std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
                 Ok(()) => self.forwarding_on = true,
                 Err(e) => report.errors.push(format!("enable ip_forward: {e}")),
+            }
+        }
+        // IPv6 forwarding only once a network has IPv6: with it on, the kernel ignores router
+        // advertisements on interfaces whose accept_ra is 1, which an IPv4-only host that
+        // takes its own IPv6 address by SLAAC must not be made to lose.
+        if self.dual_stack && !self.forwarding6_on {
+            match std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+                Ok(()) => {
+                    self.forwarding6_on = true;
+                    tracing::info!(
+                        "IPv6 forwarding enabled (a network is dual-stack); interfaces with accept_ra=1 now ignore router advertisements (set accept_ra=2 on the underlay if it configures itself by SLAAC)"
+                    );
+                }
+                Err(e) => report.errors.push(format!("enable IPv6 forwarding: {e}")),
             }
         }
         let direct = plan::direct_subnets(spec, &kernel, underlay_index);
@@ -801,6 +822,12 @@ fn summarize(ops: &[EntryOp]) -> String {
             EntryOp::DelFdb { .. } => "fdb-",
             EntryOp::SetRoute { .. } => "route+",
             EntryOp::DelRoute { .. } => "route-",
+            EntryOp::AddAddress6 { .. } => "address6+",
+            EntryOp::DelAddress6 { .. } => "address6-",
+            EntryOp::SetNeighbour6 { .. } => "neigh6+",
+            EntryOp::DelNeighbour6 { .. } => "neigh6-",
+            EntryOp::SetRoute6 { .. } => "route6+",
+            EntryOp::DelRoute6 { .. } => "route6-",
         };
         *counts.entry(key).or_default() += 1;
     }

@@ -2,10 +2,10 @@
 //! validated values. The agent never trusts its input: a network or endpoint that does not
 //! parse is set aside with the reason (and reported), the rest is still programmed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::mac::MacAddr;
 use overlay_proto::ports::PublishedPort;
 use overlay_proto::v1 as pb;
@@ -73,6 +73,8 @@ pub struct BridgeSpec {
     pub name: String,
     /// Gateway address with the subnet's prefix, e.g. 10.1.0.1/24.
     pub address: Ipv4Network,
+    /// Dual stack: the IPv6 gateway with the host subnet's prefix, e.g. fd00:1:0:1::1/64.
+    pub address6: Option<Ipv6Network>,
     pub mtu: u32,
     /// Set, never inherited: a bridge without an address of its own takes the lowest MAC of
     /// its ports and changes it when that port goes, and every workload that cached the
@@ -91,6 +93,8 @@ pub struct VxlanSpec {
     pub mtu: u32,
     /// This host's VTEP address: the network address of its subnet, as a /32.
     pub address: Ipv4Addr,
+    /// Dual stack: the network address of its IPv6 subnet, as a /128.
+    pub address6: Option<Ipv6Addr>,
 }
 
 /// Another host of the same vxlan network: one neighbour, one FDB entry, one route.
@@ -103,6 +107,15 @@ pub struct PeerSpec {
     pub vtep_mac: MacAddr,
     pub vtep_ip: Ipv4Addr,
     pub subnet: Ipv4Network,
+    /// Dual stack: the peer's IPv6 subnet; its network address is the peer's IPv6 VTEP
+    /// address (routed onlink, with a permanent neighbour entry like the IPv4 one).
+    pub subnet6: Option<Ipv6Network>,
+}
+
+impl PeerSpec {
+    pub fn vtep_ip6(&self) -> Option<Ipv6Addr> {
+        self.subnet6.map(|s| s.network())
+    }
 }
 
 /// How an endpoint reaches its network.
@@ -164,6 +177,8 @@ pub struct EndpointSpec {
     pub address: Ipv4Network,
     pub mac: MacAddr,
     pub gateway: Ipv4Addr,
+    /// Dual stack: the IPv6 address with the host subnet's prefix and its gateway.
+    pub address6: Option<(Ipv6Network, Ipv6Addr)>,
     /// 0 = inherit (macvlan takes its parent's).
     pub mtu: u32,
     /// Name of the workload end while it is still in the host namespace.
@@ -172,6 +187,8 @@ pub struct EndpointSpec {
     /// The whole network, e.g. 10.1.0.0/16: routed via the gateway when this endpoint does
     /// not hold its namespace's default route.
     pub cidr: Ipv4Network,
+    /// Dual stack: the whole IPv6 network (routed like `cidr`).
+    pub cidr6: Option<Ipv6Network>,
     /// This endpoint's gateway is its namespace's default route (one per namespace, decided
     /// by this agent's book).
     pub default_route: bool,
@@ -185,6 +202,8 @@ pub struct NetworkSpec {
     pub id: u32,
     pub mode: Mode,
     pub cidr: Ipv4Network,
+    /// Dual stack: the whole IPv6 network.
+    pub cidr6: Option<Ipv6Network>,
     pub mtu: u32,
     pub nat_egress: bool,
     /// vxlan: peers on this host's underlay subnet are routed directly (no tunnel).
@@ -221,6 +240,20 @@ fn ip(what: &str, text: &str) -> Result<IpAddr, String> {
 fn net(what: &str, text: &str) -> Result<Ipv4Network, String> {
     text.parse()
         .map_err(|_| format!("{what}: malformed CIDR {text:?}"))
+}
+
+fn net6(what: &str, text: &str) -> Result<Ipv6Network, String> {
+    text.parse()
+        .map_err(|_| format!("{what}: malformed IPv6 CIDR {text:?}"))
+}
+
+/// An optional IPv6 field: "" = absent (IPv4-only network, or a controller that predates it).
+fn opt6<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse(text).map(Some)
+    }
 }
 
 fn mac(what: &str, text: &str) -> Result<MacAddr, String> {
@@ -277,6 +310,21 @@ fn network(
     let cidr = net("cidr", &n.cidr)?;
     let subnet = net("subnet", &n.subnet)?;
     let gateway = ipv4("gateway", &n.gateway)?;
+    let cidr6 = opt6(&n.cidr6, |t| net6("IPv6 cidr", t))?;
+    let subnet6 = opt6(&n.subnet6, |t| net6("IPv6 subnet", t))?;
+    let gateway6 = opt6(&n.gateway6, |t| {
+        t.parse::<Ipv6Addr>()
+            .map_err(|_| format!("IPv6 gateway: malformed address {t:?}"))
+    })?;
+    // Both or neither: a host subnet without its network (or gateway) cannot be wired whole.
+    let v6 = match (cidr6, subnet6, gateway6) {
+        (None, None, None) => None,
+        (Some(c), Some(s), Some(g)) if c.contains(s.network()) && s.contains(g) => Some((c, s, g)),
+        _ => return Err("IPv6 cidr, subnet and gateway do not fit together".into()),
+    };
+    if v6.is_some() && !mode.tunnels() {
+        return Err(format!("IPv6 subnets are not supported in {mode} networks"));
+    }
     let inherit_mtu = mode.on_the_lan() && n.mtu == 0;
     if !inherit_mtu {
         overlay_proto::limits::mtu(n.mtu).map_err(|why| format!("invalid MTU {}: {why}", n.mtu))?;
@@ -286,6 +334,9 @@ fn network(
             let bridge = BridgeSpec {
                 name: owned_name("bridge", &n.bridge_name, names::BRIDGE_PREFIX)?,
                 address: Ipv4Network::new(gateway, subnet.prefix()).map_err(|e| e.to_string())?,
+                address6: v6
+                    .map(|(_, s, g)| Ipv6Network::new(g, s.prefix()).map_err(|e| e.to_string()))
+                    .transpose()?,
                 mtu: n.mtu,
                 mac: overlay_proto::ipam::mac_from_ip(gateway),
             };
@@ -307,6 +358,7 @@ fn network(
             mac: vtep_mac,
             mtu: n.mtu,
             address: subnet.network(),
+            address6: v6.map(|(_, s, _)| s.network()),
         })
     } else {
         None
@@ -323,6 +375,10 @@ fn network(
                     vtep_mac: mac("peer VTEP MAC", &p.vtep_mac)?,
                     vtep_ip: subnet.network(),
                     subnet,
+                    subnet6: match v6 {
+                        Some(_) => opt6(&p.subnet6, |t| net6("peer IPv6 subnet", t))?,
+                        None => None,
+                    },
                 })
             })();
             match parsed {
@@ -358,6 +414,7 @@ fn network(
                 address: net("endpoint address", &e.address)?,
                 mac: mac("endpoint MAC", &e.mac)?,
                 gateway: ipv4("endpoint gateway", &e.gateway)?,
+                address6: endpoint_v6(v6, e)?,
                 mtu: n.mtu,
                 peer_ifname: format!(
                     "{}{:x}",
@@ -370,6 +427,7 @@ fn network(
                 ),
                 attachment,
                 cidr,
+                cidr6,
                 default_route: e.default_route.unwrap_or(true),
                 ports: overlay_proto::ports::from_wire(&e.ports)
                     .map_err(|why| format!("published ports: {why}"))?,
@@ -386,6 +444,7 @@ fn network(
             id: n.id,
             mode,
             cidr,
+            cidr6,
             mtu: n.mtu,
             nat_egress: n.nat_egress,
             direct_routing: n.direct_routing && mode.tunnels(),
@@ -397,6 +456,38 @@ fn network(
         },
         rejected,
     ))
+}
+
+/// An endpoint's IPv6 address and gateway in a dual-stack network: both given, inside this
+/// host's IPv6 subnet (`v6`), and not its gateway or VTEP address. An endpoint without them
+/// in a dual-stack network is refused: it would be half-wired.
+fn endpoint_v6(
+    v6: Option<(Ipv6Network, Ipv6Network, Ipv6Addr)>,
+    e: &pb::LocalEndpoint,
+) -> Result<Option<(Ipv6Network, Ipv6Addr)>, String> {
+    let Some((_, subnet6, gateway6)) = v6 else {
+        return Ok(None);
+    };
+    // A request (no address yet) has none either: it is filled by this agent.
+    if e.address.is_empty() && e.address6.is_empty() {
+        return Ok(None);
+    }
+    let address = net6("endpoint IPv6 address", &e.address6)?;
+    let gateway: Ipv6Addr = e
+        .gateway6
+        .parse()
+        .map_err(|_| format!("endpoint IPv6 gateway: malformed address {:?}", e.gateway6))?;
+    if address.prefix() != subnet6.prefix()
+        || !subnet6.contains(address.ip())
+        || gateway != gateway6
+        || address.ip() == gateway6
+        || address.ip() == subnet6.network()
+    {
+        return Err(format!(
+            "endpoint IPv6 address {address} (gateway {gateway}) does not fit this host's subnet {subnet6}"
+        ));
+    }
+    Ok(Some((address, gateway)))
 }
 
 #[cfg(test)]
@@ -428,6 +519,7 @@ mod tests {
                     underlay_ip: "192.0.2.22".into(),
                     vtep_mac: "02:00:00:00:00:02".into(),
                     subnet: "10.1.1.0/24".into(),
+                    ..Default::default()
                 }],
                 endpoints: vec![pb::LocalEndpoint {
                     id: 26,
@@ -441,6 +533,7 @@ mod tests {
                     ..Default::default()
                 }],
                 directory: vec![],
+                ..Default::default()
             }],
         }
     }

@@ -35,6 +35,7 @@ fn desired(workload_ns: &str, peers: &[(&str, &str, &str, &str)]) -> pb::HostDes
                     underlay_ip: ip.to_string(),
                     vtep_mac: mac.to_string(),
                     subnet: subnet.to_string(),
+                    ..Default::default()
                 })
                 .collect(),
             endpoints: vec![pb::LocalEndpoint {
@@ -97,9 +98,11 @@ fn run(host_ns: &str, steps: Vec<Step>) -> Vec<PassReport> {
     .expect("reconcile passes")
 }
 
-#[test]
-fn reconcile_converges_is_idempotent_and_repairs() {
-    let prefix = unique_prefix("rk");
+/// A host namespace whose underlay NIC `eth0` (192.0.2.21/24) is a veth into a stub
+/// namespace (the kernel here has no dummy driver), and an empty workload namespace; all
+/// three go when the returned guard does.
+fn host_with_underlay(tag: &str) -> (Namespaces, String, String) {
+    let prefix = unique_prefix(tag);
     let mut namespaces = Namespaces::default();
     let host = format!("{prefix}-h1");
     let workload = format!("{prefix}-w1");
@@ -107,7 +110,6 @@ fn reconcile_converges_is_idempotent_and_repairs() {
     namespaces.add(&underlay).unwrap();
     namespaces.add(&host).unwrap();
     namespaces.add(&workload).unwrap();
-    // The kernel here has no dummy driver: the underlay NIC is a veth into a stub namespace.
     exec(
         &host,
         "ip",
@@ -118,6 +120,12 @@ fn reconcile_converges_is_idempotent_and_repairs() {
     .unwrap();
     exec(&host, "ip", &["addr", "add", "192.0.2.21/24", "dev", "eth0"]).unwrap();
     exec(&host, "ip", &["link", "set", "eth0", "up"]).unwrap();
+    (namespaces, host, workload)
+}
+
+#[test]
+fn reconcile_converges_is_idempotent_and_repairs() {
+    let (_namespaces, host, workload) = host_with_underlay("rk");
 
     let spec = HostSpec::from_proto(&desired(&workload, &PEERS), "192.0.2.21".parse().unwrap());
     let fewer = HostSpec::from_proto(&desired(&workload, &PEERS[..1]), "192.0.2.21".parse().unwrap());
@@ -223,4 +231,106 @@ fn reconcile_converges_is_idempotent_and_repairs() {
     );
     let tables = stdout(&exec(&host, "nft", &["list", "tables"]).unwrap());
     assert!(!tables.contains("overlay"), "{tables}");
+}
+
+/// [`desired`] made dual-stack: the network's IPv6 CIDR, this host's /64 and gateway, each
+/// peer's /64 (the n-th peer's is `fd00:10:0:<n+1>::/64`) and the endpoint's paired address.
+fn dual_stack(workload_ns: &str, peers: &[(&str, &str, &str, &str)]) -> pb::HostDesiredState {
+    let mut d = desired(workload_ns, peers);
+    let n = &mut d.networks[0];
+    n.cidr6 = "fd00:10::/48".into();
+    n.subnet6 = "fd00:10::/64".into();
+    n.gateway6 = "fd00:10::1".into();
+    for (i, p) in n.peers.iter_mut().enumerate() {
+        p.subnet6 = format!("fd00:10:0:{}::/64", i + 1);
+    }
+    n.endpoints[0].address6 = "fd00:10::2/64".into();
+    n.endpoints[0].gateway6 = "fd00:10::1".into();
+    d
+}
+
+/// The IPv6 half of a dual-stack network against a real kernel: built in one pass, untouched
+/// by the next, repaired when an entry vanishes, and a leaving peer takes its entries along.
+#[test]
+fn dual_stack_converges_is_idempotent_and_repairs() {
+    let (_namespaces, host, workload) = host_with_underlay("rd");
+
+    let ul: std::net::IpAddr = "192.0.2.21".parse().unwrap();
+    let spec = HostSpec::from_proto(&dual_stack(&workload, &PEERS), ul);
+    assert!(spec.rejected.is_empty(), "{:?}", spec.rejected);
+    let fewer = HostSpec::from_proto(&dual_stack(&workload, &PEERS[..1]), ul);
+    let (h1, w1, h2, h3) = (host.clone(), workload.clone(), host.clone(), host.clone());
+    let reports = run(
+        &host,
+        vec![
+            Step::Pass(spec.clone()),
+            Step::Meddle(Box::new(move || {
+                let show = |args: &[&str]| stdout(&exec(&h1, "ip", args).unwrap());
+                let bridge = show(&["-6", "addr", "show", "dev", "ovb-1"]);
+                assert!(bridge.contains("fd00:10::1/64"), "{bridge}");
+                let vx = show(&["-6", "addr", "show", "dev", "ovx-1"]);
+                assert!(vx.contains("fd00:10::/128"), "{vx}");
+                let neigh = show(&["-6", "neigh", "show", "dev", "ovx-1", "nud", "permanent"]);
+                assert!(
+                    neigh.contains("fd00:10:0:1:: lladdr 02:aa:00:00:00:02")
+                        && neigh.contains("fd00:10:0:2:: lladdr 02:aa:00:00:00:03"),
+                    "{neigh}"
+                );
+                let routes = show(&["-6", "route", "show", "proto", "79"]);
+                assert!(
+                    routes.contains("fd00:10:0:1::/64 via fd00:10:0:1:: dev ovx-1")
+                        && routes.contains("fd00:10:0:2::/64 via fd00:10:0:2:: dev ovx-1")
+                        && routes.contains("onlink"),
+                    "{routes}"
+                );
+                let inside = stdout(&exec(&w1, "ip", &["-6", "addr", "show", "eth0"]).unwrap());
+                assert!(inside.contains("fd00:10::2/64"), "{inside}");
+                let route = stdout(&exec(&w1, "ip", &["-6", "route", "show", "default"]).unwrap());
+                assert!(route.contains("via fd00:10::1 dev eth0"), "{route}");
+            })),
+            Step::Pass(spec.clone()),
+            // A route and a neighbour vanish behind the agent's back.
+            Step::Meddle(Box::new(move || {
+                exec(&h2, "ip", &["-6", "route", "del", "fd00:10:0:1::/64"]).unwrap();
+                exec(
+                    &h2,
+                    "ip",
+                    &["-6", "neigh", "del", "fd00:10:0:2::", "dev", "ovx-1"],
+                )
+                .unwrap();
+            })),
+            Step::Pass(spec.clone()),
+            Step::Pass(fewer),
+            Step::Meddle(Box::new(move || {
+                let routes = stdout(&exec(&h3, "ip", &["-6", "route", "show", "proto", "79"]).unwrap());
+                assert!(
+                    routes.contains("fd00:10:0:1::/64") && !routes.contains("fd00:10:0:2::/64"),
+                    "{routes}"
+                );
+                let neigh = stdout(
+                    &exec(
+                        &h3,
+                        "ip",
+                        &["-6", "neigh", "show", "dev", "ovx-1", "nud", "permanent"],
+                    )
+                    .unwrap(),
+                );
+                assert!(!neigh.contains("fd00:10:0:2::"), "{neigh}");
+            })),
+        ],
+    );
+    for r in &reports {
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+    }
+    assert_eq!(reports[0].endpoints.get(&7), Some(&Ok(())));
+    assert_eq!(
+        reports[1].changes, 0,
+        "a converged kernel must not be touched: {:?}",
+        reports[1]
+    );
+    assert_eq!(
+        reports[2].changes, 2,
+        "exactly the two vanished entries: {:?}",
+        reports[2]
+    );
 }

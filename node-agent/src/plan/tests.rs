@@ -30,12 +30,14 @@ fn spec() -> HostSpec {
                     underlay_ip: "192.0.2.22".into(),
                     vtep_mac: "02:00:00:00:00:02".into(),
                     subnet: "10.1.1.0/24".into(),
+                    ..Default::default()
                 },
                 pb::Peer {
                     host: "h3".into(),
                     underlay_ip: "192.0.2.23".into(),
                     vtep_mac: "02:00:00:00:00:03".into(),
                     subnet: "10.1.2.0/24".into(),
+                    ..Default::default()
                 },
             ],
             endpoints: vec![pb::LocalEndpoint {
@@ -548,6 +550,7 @@ fn two_networks(default_on_red: bool) -> HostSpec {
     red.bridge = Some(crate::spec::BridgeSpec {
         name: "ovb-2".into(),
         address: "10.2.0.1/24".parse().unwrap(),
+        address6: None,
         mtu: 1450,
         mac: overlay_proto::ipam::mac_from_ip("10.2.0.1".parse().unwrap()),
     });
