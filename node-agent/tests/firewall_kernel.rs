@@ -23,6 +23,8 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 bridge: name("ovb-1"),
                 vxlan: Some(name("ovx-1")),
                 gateway: "10.1.0.1".parse().unwrap(),
+                // Dual-stack: its endpoints' IPv6 sets (one of them raw bytes) round-trip too.
+                gateway6: Some("fd00:1::1".parse().unwrap()),
                 nat_egress: false,
                 routed: None,
             },
@@ -30,6 +32,7 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 bridge: name("ovb-2"),
                 vxlan: Some(name("ovx-2")),
                 gateway: "10.2.0.1".parse().unwrap(),
+                gateway6: None,
                 nat_egress: true,
                 routed: None,
             },
@@ -38,6 +41,7 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 bridge: name("ovb-3"),
                 vxlan: None,
                 gateway: "10.3.0.1".parse().unwrap(),
+                gateway6: None,
                 nat_egress: true,
                 routed: Some(Routed {
                     cidr: "10.3.0.0/16".parse().unwrap(),
@@ -52,6 +56,9 @@ fn spec(endpoints: usize) -> FirewallSpec {
                     .parse()
                     .unwrap(),
                 ip: format!("10.1.{}.{}", i / 250, 2 + i % 250).parse().unwrap(),
+                // The first few dual-stack (IPv6 triples what a port adds to the sets: 1000
+                // of them would outgrow one in-place batch).
+                ip6: (i < 20).then(|| format!("fd00:1::{:x}", 2 + i).parse().unwrap()),
             })
             .collect(),
         peers: ["192.0.2.12".parse().unwrap(), "192.0.2.13".parse().unwrap()].into(),

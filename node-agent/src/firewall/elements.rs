@@ -194,7 +194,7 @@ fn value(atoms: &[Atom]) -> io::Result<Vec<u8>> {
             }
             Atom::Mac(m) => data.extend_from_slice(&m.0),
             Atom::Ip(ip) => data.extend_from_slice(&ip.octets()),
-            Atom::Ip6(ip) => data.extend_from_slice(&ip.octets()),
+            Atom::Ip6(ip) | Atom::Raw6(ip) => data.extend_from_slice(&ip.octets()),
             Atom::Proto(p) => data.push(p.number()),
             Atom::Port(port) => data.extend_from_slice(&port.to_be_bytes()),
         }

@@ -42,6 +42,8 @@ pub struct NetworkPorts {
     pub vxlan: Option<Name>,
     /// This host's gateway address in the network (the bridge's).
     pub gateway: Ipv4Addr,
+    /// Its IPv6 gateway, in a dual-stack network.
+    pub gateway6: Option<Ipv6Addr>,
     pub nat_egress: bool,
     /// Routed on the underlay without a tunnel (route mode, vxlan `--direct-routing`).
     pub routed: Option<Routed>,
@@ -58,12 +60,15 @@ pub struct Routed {
     pub peers: BTreeSet<ipnetwork::Ipv4Network>,
 }
 
-/// Who may send from a workload port: the endpoint's MAC and address.
+/// Who may send from a workload port: the endpoint's MAC and addresses.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PortIdentity {
     pub port: Name,
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack network (then its link-local address, the one the
+    /// kernel derives from `mac`, is allowed too: see [`rules`]).
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// Everything the rules depend on; compared with what was last written to skip no-op rebuilds.
@@ -134,6 +139,7 @@ impl FirewallSpec {
                 bridge: bridge_name,
                 vxlan,
                 gateway: bridge.address.ip(),
+                gateway6: bridge.address6.map(|a| a.ip()),
                 nat_egress: n.nat_egress,
                 routed: crate::modes::crosses_underlay(n).then(|| Routed {
                     cidr: n.cidr,
@@ -148,6 +154,7 @@ impl FirewallSpec {
                         port,
                         mac: ep.mac,
                         ip: ep.address.ip(),
+                        ip6: ep.address6.map(|(a, _)| a.ip()),
                     });
                     // On the underlay address unless the endpoint names another of the host's
                     // (an IPv4 one: workloads are IPv4, so is the DNAT map).
@@ -300,6 +307,7 @@ pub fn preflight() -> Result<(), FirewallError> {
             bridge: Name::new("ovb-0").map_err(FirewallError::Spawn)?,
             vxlan: Name::new("ovx-0").ok(),
             gateway: Ipv4Addr::new(192, 0, 2, 1),
+            gateway6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
             nat_egress: true,
             // Not a combination the controller makes: here only to check the rules parse.
             routed: "192.0.2.0/24".parse().ok().map(|cidr| Routed {
@@ -311,6 +319,7 @@ pub fn preflight() -> Result<(), FirewallError> {
             port: Name::new("ovv-0").map_err(FirewallError::Spawn)?,
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             ip: Ipv4Addr::new(192, 0, 2, 2),
+            ip6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
         }]
         .into(),
         peers: [Ipv4Addr::new(192, 0, 2, 3)].into(),
@@ -560,6 +569,7 @@ mod tests {
                     underlay_ip: "192.0.2.12".into(),
                     vtep_mac: "02:00:00:00:00:02".into(),
                     subnet: "10.1.1.0/24".into(),
+                    ..Default::default()
                 },
                 // A stale copy of this host itself never counts as a peer.
                 pb::Peer {
@@ -567,6 +577,7 @@ mod tests {
                     underlay_ip: "192.0.2.11".into(),
                     vtep_mac: "02:00:00:00:00:01".into(),
                     subnet: "10.1.0.0/24".into(),
+                    ..Default::default()
                 },
             ],
             endpoints: vec![

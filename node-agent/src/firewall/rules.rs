@@ -6,11 +6,15 @@
 //!
 //! `bridge overlay`, per workload port (veth host ends `ovv-*`):
 //! - in: a frame must carry the endpoint's MAC as its source; IPv4 must carry the endpoint's
-//!   address, ARP the endpoint's MAC and address as sender. Everything else is dropped: IPv6
-//!   (networks are IPv4 only: IPv6 would give a workload link-local paths to the host and to
-//!   its neighbours that no IPv4 check sees), 802.1Q/802.1ad tags (they hide the inner
-//!   ethertype from these checks), and every other ethertype. A port without an entry (wired
-//!   before the rules caught up, or added by hand) drops everything: fail closed.
+//!   address, ARP the endpoint's MAC and address as sender. IPv6 (dual-stack networks only)
+//!   must come from the endpoint's IPv6 address or its EUI-64 link-local one; neighbour
+//!   advertisements may only claim those two, duplicate address detection only probe them,
+//!   and router advertisements, redirects and DHCPv6 server replies are dropped from every
+//!   source (`from_workload6`). Everything else is dropped: IPv6 from endpoints of IPv4-only
+//!   networks (it would give a workload link-local paths that no IPv4 check sees),
+//!   802.1Q/802.1ad tags (they hide the inner ethertype from these checks), and every other
+//!   ethertype. A port without an entry (wired before the rules caught up, or added by hand)
+//!   drops everything: fail closed.
 //! - out: unicast is delivered only to the port whose endpoint owns the destination MAC, so
 //!   a workload never sees another's flooded unicast.
 //!
@@ -25,9 +29,11 @@
 //!   hosts' workloads through the tunnel. Networks routed on the underlay (route mode,
 //!   `--direct-routing`) exchange only the other hosts' subnets with it, and take a source
 //!   from it only for the subnets of the hosts it routes directly.
-//! - input: workloads reach only what the product serves them on their gateway (DNS, echo);
-//!   other hosts' workloads arriving through the vxlan only echo (the probe). Never the
-//!   host's other services, on any of its addresses.
+//! - input: workloads reach only what the product serves them on their gateway (DNS, echo,
+//!   and for IPv6 neighbour discovery and MLD); other hosts' workloads arriving through the
+//!   vxlan only echo (the probe). Never the host's other services, on any of its addresses.
+//!   IPv6 never leaves by NAT egress (there is no IPv6 NAT: it would leave with the
+//!   workload's own address).
 //! - VXLAN (UDP 4789) only from current peers' underlay addresses, on the underlay device.
 //! - no connection tracking where no rule needs it (raw priority, `notrack`): the VXLAN
 //!   packets themselves, sent and received, and what arrives through a vxlan device for a
@@ -113,6 +119,9 @@ pub enum Atom {
     Mac(MacAddr),
     Ip(Ipv4Addr),
     Ip6(Ipv6Addr),
+    /// An IPv6 address matched as raw packet bytes (a field nft has no name for, such as a
+    /// neighbour advertisement's target): nft types it a 128-bit integer.
+    Raw6(Ipv6Addr),
     Proto(Protocol),
     Port(u16),
 }
@@ -125,6 +134,7 @@ impl Atom {
             Atom::Mac(m) => m.to_string(),
             Atom::Ip(ip) => ip.to_string(),
             Atom::Ip6(ip) => ip.to_string(),
+            Atom::Raw6(ip) => format!("{:#034x}", u128::from(*ip)),
             Atom::Proto(p) => p.as_str().to_string(),
             Atom::Port(port) => port.to_string(),
         }
@@ -137,6 +147,15 @@ impl Atom {
             Atom::Mac(m) => m.to_string().into(),
             Atom::Ip(ip) => ip.to_string().into(),
             Atom::Ip6(ip) => ip.to_string().into(),
+            // nft lists an integer wider than 64 bits in hex without leading zeros, a
+            // narrower one as a (signed) JSON number.
+            Atom::Raw6(ip) => {
+                let v = u128::from(*ip);
+                match u64::try_from(v) {
+                    Ok(small) => (small as i64).into(),
+                    Err(_) => format!("{v:#x}").into(),
+                }
+            }
             Atom::Proto(p) => p.as_str().into(),
             Atom::Port(port) => (*port).into(),
         }
@@ -202,8 +221,12 @@ impl Element {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Set {
     pub name: &'static str,
-    /// nft data types of the key; more than one makes a concatenation.
+    /// nft data types of the key (as `nft -j` lists them); more than one makes a
+    /// concatenation.
     pub types: &'static [&'static str],
+    /// The key declared by the expressions it is matched with (`typeof`) rather than by
+    /// `types`: for raw payload fields, whose type nft only knows as `integer`.
+    pub type_of: Option<&'static str>,
     /// A map's value types (empty for a set).
     pub data: &'static [&'static str],
     pub elements: BTreeSet<Element>,
@@ -270,11 +293,9 @@ impl Table {
         self.family == other.family
             && self.chains == other.chains
             && self.sets.len() == other.sets.len()
-            && self
-                .sets
-                .iter()
-                .zip(&other.sets)
-                .all(|(a, b)| a.name == b.name && a.types == b.types && a.data == b.data)
+            && self.sets.iter().zip(&other.sets).all(|(a, b)| {
+                a.name == b.name && a.types == b.types && a.type_of == b.type_of && a.data == b.data
+            })
     }
 }
 
@@ -297,6 +318,7 @@ fn set(
     Set {
         name,
         types,
+        type_of: None,
         data: &[],
         elements: elements.into_iter().collect(),
     }
@@ -311,6 +333,7 @@ fn map(
     Set {
         name,
         types,
+        type_of: None,
         data,
         elements: elements.into_iter().collect(),
     }
@@ -336,8 +359,57 @@ pub fn tables(spec: &FirewallSpec) -> Vec<Table> {
     vec![bridge_table(spec), inet_table(spec)]
 }
 
+/// The link-local address a workload's kernel gives an interface with `mac` (modified
+/// EUI-64, RFC 4291 appendix A): the only link-local source its port accepts.
+pub fn link_local(mac: MacAddr) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
+/// ICMPv6 types by nft's names, as the rules use them.
+const ROUTER_ONLY6: &str = "{ nd-router-advert, nd-redirect }";
+const TO_GATEWAY6: &str = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, \
+     mld-listener-report, mld-listener-done, mld2-listener-report }";
+
 fn bridge_table(spec: &FirewallSpec) -> Table {
     let ports = format!("\"{}*\"", names::ENDPOINT_PREFIX);
+    // A dual-stack endpoint's own addresses: the network's and its link-local one.
+    let own6 = |e: &super::PortIdentity| -> Vec<(Name, MacAddr, Ipv6Addr)> {
+        e.ip6
+            .map(|ip| {
+                vec![
+                    (e.port.clone(), e.mac, ip),
+                    (e.port.clone(), e.mac, link_local(e.mac)),
+                ]
+            })
+            .unwrap_or_default()
+    };
+    let own6: Vec<_> = spec.endpoints.iter().flat_map(own6).collect();
+    let mut nd_targets = set(
+        "nd_targets6",
+        &["ifname", "ether_addr", "integer"],
+        own6.iter()
+            .map(|(p, m, ip)| Element::new(vec![Atom::Name(p.clone()), Atom::Mac(*m), Atom::Raw6(*ip)])),
+    );
+    // The target address of a neighbour solicitation or advertisement: 8 bytes into ICMPv6.
+    nd_targets.type_of = Some("iifname . ether saddr . @th,64,128");
     Table {
         family: Family::Bridge,
         sets: vec![
@@ -355,6 +427,14 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                     .iter()
                     .map(|e| Element::new(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)])),
             ),
+            set(
+                "endpoints6",
+                &["ifname", "ether_addr", "ipv6_addr"],
+                own6.iter().map(|(p, m, ip)| {
+                    Element::new(vec![Atom::Name(p.clone()), Atom::Mac(*m), Atom::Ip6(*ip)])
+                }),
+            ),
+            nd_targets,
         ],
         chains: vec![
             Chain {
@@ -383,10 +463,46 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                          iifname . arp saddr ether . arp saddr ip @endpoints accept",
                         "ARP sent as the endpoint",
                     ),
+                    rule("ether type ip6 jump from_workload6", "IPv6"),
+                    rule("counter drop", "any other source, VLAN tags, other ethertypes"),
+                ],
+            },
+            // What the IPv4 rules above do by address and ARP sender, for IPv6: the
+            // endpoint's addresses as source, neighbour discovery only for them, and none of
+            // the messages that only a router or a DHCP server sends (a workload that sent
+            // them could steer its neighbours' routes and addresses). Endpoints of IPv4-only
+            // networks have no entry here: they send no IPv6 at all.
+            Chain {
+                name: "from_workload6",
+                base: None,
+                rules: vec![
                     rule(
-                        "counter drop",
-                        "any other source, IPv6, VLAN tags, other ethertypes",
+                        format!("icmpv6 type {ROUTER_ONLY6} counter drop"),
+                        "router advertisements and redirects: routing is the host's",
                     ),
+                    rule(
+                        "udp sport 547 counter drop",
+                        "DHCPv6 server replies: addresses are the host's",
+                    ),
+                    rule(
+                        "icmpv6 type nd-neighbor-advert \
+                         iifname . ether saddr . @th,64,128 != @nd_targets6 counter drop",
+                        "neighbour advertisement for an address not the endpoint's",
+                    ),
+                    rule(
+                        "iifname . ether saddr . ip6 saddr @endpoints6 accept",
+                        "IPv6 from the endpoint's addresses",
+                    ),
+                    rule(
+                        "ip6 saddr :: icmpv6 type nd-neighbor-solicit \
+                         iifname . ether saddr . @th,64,128 @nd_targets6 accept",
+                        "duplicate address detection for the endpoint's addresses",
+                    ),
+                    rule(
+                        "ip6 saddr :: icmpv6 type mld2-listener-report accept",
+                        "multicast listener reports before an address is up",
+                    ),
+                    rule("counter drop", "any other IPv6 source"),
                 ],
             },
             Chain {
@@ -432,7 +548,15 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let mut nat_egress = BTreeSet::new();
     let mut gateways = BTreeSet::new();
     let mut vxlan_gateways = BTreeSet::new();
+    let mut gateways6 = BTreeSet::new();
+    let mut vxlan_gateways6 = BTreeSet::new();
     for n in &spec.networks {
+        if let Some(gw6) = n.gateway6 {
+            gateways6.insert(Element::new(vec![Atom::Name(n.bridge.clone()), Atom::Ip6(gw6)]));
+            if let Some(vx) = &n.vxlan {
+                vxlan_gateways6.insert(Element::new(vec![Atom::Name(vx.clone()), Atom::Ip6(gw6)]));
+            }
+        }
         same_network.insert(pair(&n.bridge, &n.bridge));
         gateways.insert(Element::new(vec![
             Atom::Name(n.bridge.clone()),
@@ -581,6 +705,15 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                     "meta l4proto { tcp, udp } th dport 53 iifname . ip daddr @gateways accept",
                     "DNS on the gateway",
                 ),
+                rule(
+                    "icmpv6 type echo-request iifname . ip6 daddr @gateways6 accept",
+                    "IPv6 echo to the gateway",
+                ),
+                // The bridge table has already held these to the endpoint's own addresses.
+                rule(
+                    format!("icmpv6 type {TO_GATEWAY6} accept"),
+                    "neighbour discovery and multicast listeners with the gateway",
+                ),
                 rule("counter drop", "no other service of this host"),
             ],
         },
@@ -592,6 +725,10 @@ fn inet_table(spec: &FirewallSpec) -> Table {
                 rule(
                     "icmp type echo-request iifname . ip daddr @vxlan_gateways accept",
                     "echo to the gateway (probes)",
+                ),
+                rule(
+                    "icmpv6 type echo-request iifname . ip6 daddr @vxlan_gateways6 accept",
+                    "IPv6 echo to the gateway (probes)",
                 ),
                 rule("counter drop", "no other service of this host, remotely"),
             ],
@@ -646,6 +783,8 @@ fn inet_table(spec: &FirewallSpec) -> Table {
             name: "nat_egress",
             base: None,
             rules: vec![
+                // IPv6 would leave with the workload's own address: there is no IPv6 NAT.
+                rule("meta nfproto ipv6 counter drop", "no IPv6 NAT egress"),
                 rule(
                     "ip daddr @underlay_hosts counter drop",
                     "not to overlay hosts or controllers",
@@ -691,6 +830,8 @@ fn inet_table(spec: &FirewallSpec) -> Table {
         set("underlay_hosts", &["ipv4_addr"], ips(&spec.underlay_hosts)),
         set("gateways", &["ifname", "ipv4_addr"], gateways),
         set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
+        set("gateways6", &["ifname", "ipv6_addr"], gateways6),
+        set("vxlan_gateways6", &["ifname", "ipv6_addr"], vxlan_gateways6),
         set("same_network", &["ifname", "ifname"], same_network),
         set("nat_egress", &["ifname", "ifname"], nat_egress),
     ];
@@ -778,7 +919,9 @@ fn render_table(out: &mut String, table: &Table) {
     let _ = writeln!(out, "table {} {TABLE} {{", table.family.as_str());
     for s in &table.sets {
         let _ = writeln!(out, "\t{} {} {{", s.keyword(), s.name);
-        if s.is_map() {
+        if let Some(type_of) = s.type_of {
+            let _ = writeln!(out, "\t\ttypeof {type_of}");
+        } else if s.is_map() {
             let _ = writeln!(out, "\t\ttype {} : {}", s.types.join(" . "), s.data.join(" . "));
         } else {
             let _ = writeln!(out, "\t\ttype {}", s.types.join(" . "));
@@ -842,6 +985,7 @@ pub(crate) mod tests {
                     bridge: name("ovb-1"),
                     vxlan: Some(name("ovx-1")),
                     gateway: "10.1.0.1".parse().unwrap(),
+                    gateway6: Some("fd00:1::1".parse().unwrap()),
                     nat_egress: false,
                     routed: None,
                 },
@@ -849,6 +993,7 @@ pub(crate) mod tests {
                     bridge: name("ovb-2"),
                     vxlan: Some(name("ovx-2")),
                     gateway: "10.2.0.1".parse().unwrap(),
+                    gateway6: None,
                     nat_egress: true,
                     routed: None,
                 },
@@ -857,6 +1002,7 @@ pub(crate) mod tests {
                 port: name("ovv-1a"),
                 mac: "0a:58:0a:01:00:02".parse().unwrap(),
                 ip: "10.1.0.2".parse().unwrap(),
+                ip6: Some("fd00:1::2".parse().unwrap()),
             }]
             .into(),
             peers: ["192.0.2.12".parse().unwrap()].into(),
@@ -919,6 +1065,85 @@ pub(crate) mod tests {
             6,
             "create and delete of three tables:\n{empty}"
         );
+    }
+
+    #[test]
+    fn link_local_is_the_kernels_eui64_address() {
+        // What `ip -6 addr` shows on a veth with this MAC (addr_gen_mode eui64).
+        let mac = "0a:58:0a:01:00:02".parse().unwrap();
+        assert_eq!(
+            link_local(mac),
+            "fe80::858:aff:fe01:2".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn raw_ipv6_is_written_and_listed_as_nft_does() {
+        let ip: Ipv6Addr = "fd00:1::2".parse().unwrap();
+        let atom = Atom::Raw6(ip);
+        assert_eq!(atom.text(), "0xfd000001000000000000000000000002");
+        assert_eq!(
+            atom.json(),
+            serde_json::json!("0xfd000001000000000000000000000002")
+        );
+        // Leading zeros: dropped in the listing, a JSON number below 2^64 (as nft 1.0.6 lists).
+        let low = Atom::Raw6("::1:0:0:0:5".parse().unwrap());
+        assert_eq!(low.json(), serde_json::json!("0x10000000000000005"));
+        assert_eq!(Atom::Raw6("::5".parse().unwrap()).json(), serde_json::json!(5));
+    }
+
+    #[test]
+    fn dual_stack_endpoints_may_send_ipv6_from_their_addresses_only() {
+        let spec = sample();
+        let bridge = &tables(&spec)[0];
+        let elements = |name: &str| -> Vec<String> {
+            let set = bridge.sets.iter().find(|s| s.name == name).unwrap();
+            set.elements.iter().map(Element::text).collect()
+        };
+        // The network's address and the EUI-64 link-local one, by port and MAC.
+        assert_eq!(
+            elements("endpoints6"),
+            [
+                "\"ovv-1a\" . 0a:58:0a:01:00:02 . fd00:1::2",
+                "\"ovv-1a\" . 0a:58:0a:01:00:02 . fe80::858:aff:fe01:2",
+            ]
+        );
+        assert_eq!(elements("nd_targets6").len(), 2);
+        let text = transaction(&tables(&spec));
+        assert!(
+            text.contains("typeof iifname . ether saddr . @th,64,128"),
+            "{text}"
+        );
+        let chain = bridge.chains.iter().find(|c| c.name == "from_workload6").unwrap();
+        let rules: Vec<&str> = chain.rules.iter().map(|r| r.text.as_str()).collect();
+        // Router-only messages go first, before any accept could let them through.
+        assert!(rules[0].contains("nd-router-advert") && rules[0].contains("nd-redirect"));
+        assert!(rules[0].ends_with("drop") && rules[1].ends_with("drop"));
+        assert!(rules[2].contains("!= @nd_targets6") && rules[2].ends_with("drop"));
+        assert_eq!(*rules.last().unwrap(), "counter drop");
+
+        // An IPv4-only endpoint gets no IPv6 entry: its port sends no IPv6 at all.
+        let mut v4 = sample();
+        v4.endpoints = v4
+            .endpoints
+            .into_iter()
+            .map(|e| PortIdentity { ip6: None, ..e })
+            .collect();
+        let bridge = &tables(&v4)[0];
+        assert!(
+            bridge
+                .sets
+                .iter()
+                .filter(|s| s.name.ends_with('6'))
+                .all(|s| s.elements.is_empty())
+        );
+        // The IPv6 gateways: echo from the bridge (and through the vxlan) only where dual-stack.
+        let inet = &tables(&spec)[1];
+        let gw6 = inet.sets.iter().find(|s| s.name == "gateways6").unwrap();
+        let gw6: Vec<String> = gw6.elements.iter().map(Element::text).collect();
+        assert_eq!(gw6, ["\"ovb-1\" . fd00:1::1"]);
+        let nat = inet.chains.iter().find(|c| c.name == "nat_egress").unwrap();
+        assert_eq!(nat.rules[0].text, "meta nfproto ipv6 counter drop");
     }
 
     #[test]
@@ -992,6 +1217,7 @@ pub(crate) mod tests {
             port: name("ovv-2b"),
             mac: "0a:58:0a:01:00:09".parse().unwrap(),
             ip: "10.1.0.9".parse().unwrap(),
+            ip6: None,
         });
         spec.peers.clear();
         let text = delta(&old, &tables(&spec)).unwrap();
