@@ -5,12 +5,12 @@
 //! hickory-proto client, over UDP and TCP; hostile clients try malformed packets, huge and
 //! slow TCP messages and floods.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use overlay_agent::dns::DnsConfig;
 use overlay_lab::dns::{DnsLab, Dnsmasq, ServerInNs, Transport, exchange, query, zone};
 use overlay_lab::netns::exec_any;
@@ -20,6 +20,8 @@ const BLUE_GW: Ipv4Addr = Ipv4Addr::new(10, 31, 0, 1);
 const RED_GW: Ipv4Addr = Ipv4Addr::new(10, 32, 0, 1);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const WAIT: Duration = Duration::from_secs(3);
+const WEB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 2);
+const DB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 5);
 
 fn blue() -> SocketAddrV4 {
     SocketAddrV4::new(BLUE_GW, 53)
@@ -44,7 +46,8 @@ fn config(resolv_conf: PathBuf) -> DnsConfig {
     c
 }
 
-/// The two networks' zones: blue has web, db and `api` on both; red has its own db and cache.
+/// The two networks' zones: blue (dual-stack, fd00:31::/48) has web (IPv4 only), db and `api`
+/// on both (with IPv6 addresses); red (IPv4 only) has its own db and cache.
 fn zones(with_db: bool) -> Vec<overlay_lab::dns::Zone> {
     let mut blue_names: Vec<(&str, &[&str])> =
         vec![("web", &["10.31.0.2"]), ("api", &["10.31.0.2", "10.31.0.5"])];
@@ -54,8 +57,14 @@ fn zones(with_db: bool) -> Vec<overlay_lab::dns::Zone> {
     let many: Vec<String> = (1..=60).map(|i| format!("10.31.2.{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     blue_names.push(("many", &many));
+    let mut blue = zone("blue", "10.31.0.1", "10.31.0.0/16", &blue_names).unwrap();
+    blue.cidr6 = Some("fd00:31::/48".parse().unwrap());
+    blue.names6.insert("api".into(), vec![WEB6, DB6]);
+    if with_db {
+        blue.names6.insert("db".into(), vec![DB6]);
+    }
     vec![
-        zone("blue", "10.31.0.1", "10.31.0.0/16", &blue_names).unwrap(),
+        blue,
         zone(
             "red",
             "10.32.0.1",
@@ -110,6 +119,27 @@ fn upstream_args() -> Vec<String> {
 fn ask(ns: &str, server: SocketAddrV4, name: &str, qtype: RecordType) -> overlay_lab::dns::Answer {
     query(ns, server, name, qtype, Transport::Udp, WAIT)
         .unwrap_or_else(|e| panic!("{name} {qtype} from {ns}: {e}"))
+}
+
+/// The AAAA records of an answer.
+fn addrs6(answer: &overlay_lab::dns::Answer) -> Vec<Ipv6Addr> {
+    answer
+        .message
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `x.x.….ip6.arpa.`, the 32 nibbles of `addr` reversed.
+fn arpa6(addr: Ipv6Addr) -> String {
+    let nibbles: Vec<u8> = addr.octets().iter().flat_map(|o| [o >> 4, o & 0xf]).collect();
+    let mut name: String = nibbles.iter().rev().map(|n| format!("{n:x}.")).collect();
+    name.push_str("ip6.arpa.");
+    name
 }
 
 /// `busybox nslookup NAME SERVER` in `ns`: (exit success, stdout + stderr).
@@ -227,6 +257,43 @@ fn names_resolve_per_network_over_udp_and_tcp() {
         (ResponseCode::NoError, 0)
     );
     println!("AAAA of a known name answered in {:?}", aaaa.took);
+    // A name with IPv6 addresses (dual-stack blue): AAAA answers them, over both transports.
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let a = query(
+            &s.web,
+            blue(),
+            "db.blue.overlay.",
+            RecordType::AAAA,
+            transport,
+            WAIT,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.rcode, addrs6(&a), a.addrs.len(), a.authoritative),
+            (ResponseCode::NoError, vec![DB6], 0, true)
+        );
+    }
+    // Shared: both, in rotating order; ANY: both families.
+    let first = addrs6(&ask(&s.web, blue(), "api.", RecordType::AAAA));
+    let second = addrs6(&ask(&s.web, blue(), "api.", RecordType::AAAA));
+    assert_eq!(first.len(), 2);
+    assert_eq!(first.iter().rev().copied().collect::<Vec<_>>(), second);
+    let any = ask(&s.web, blue(), "db.", RecordType::ANY);
+    assert_eq!(
+        (any.addrs.clone(), addrs6(&any)),
+        (vec![Ipv4Addr::new(10, 31, 0, 5)], vec![DB6])
+    );
+    // PTR of an IPv6 address: both names of fd00:31::5.
+    let ptr = ask(&s.web, blue(), &arpa6(DB6), RecordType::PTR);
+    let mut names = ptr.names.clone();
+    names.sort();
+    assert_eq!(names, ["api.blue.overlay.", "db.blue.overlay."]);
+    // busybox (A and AAAA): both families.
+    let (ok, out) = nslookup(&s.web, "api", BLUE_GW);
+    assert!(
+        ok && out.contains("10.31.0.5") && out.contains("fd00:31::2") && out.contains("fd00:31::5"),
+        "{out}"
+    );
     // A shared name: both, in rotating order.
     let first = ask(&s.web, blue(), "api.", RecordType::A).addrs;
     let second = ask(&s.web, blue(), "api.", RecordType::A).addrs;
@@ -293,7 +360,10 @@ fn names_resolve_per_network_over_udp_and_tcp() {
         ResponseCode::NXDomain
     );
     let (ok, out) = nslookup(&s.web, "db", BLUE_GW);
-    assert!(!ok && !out.contains("10.31.0.5"), "{out}");
+    assert!(
+        !ok && !out.contains("10.31.0.5") && !out.contains("fd00:31::5"),
+        "{out}"
+    );
     assert_eq!(
         ask(&s.web, blue(), "web.", RecordType::A).addrs,
         vec![Ipv4Addr::new(10, 31, 0, 2)]

@@ -35,6 +35,8 @@ pub fn zone(network: &str, gateway: &str, cidr: &str, names: &[(&str, &[&str])])
         gateway: gateway.parse().map_err(|_| bad(gateway))?,
         cidr: cidr.parse().map_err(|_| bad(cidr))?,
         names: map,
+        cidr6: None,
+        names6: BTreeMap::new(),
     })
 }
 

@@ -6,11 +6,15 @@
 //! the controllers are down) with [`DnsServer::update`], which swaps the whole table at once.
 //! A query that arrives on network N's gateway is answered for N's names only:
 //! - `A` for `name` and `name.<domain>` (any case; every endpoint sharing a name, in rotating
-//!   order), `PTR` for N's addresses, `NODATA` for other types of a known name (`AAAA` included,
-//!   which busybox asks with every `A`), `NXDOMAIN` for unknown names in N's zone, for N's
-//!   addresses without a name, and for any other network's zone or addresses;
-//! - only from N's own addresses (`REFUSED` otherwise: another network's workloads that reach
-//!   this address through the host learn nothing);
+//!   order), `AAAA` likewise with the IPv6 addresses of a dual-stack network's endpoints, `ANY`
+//!   with both families, `PTR` for N's addresses (`in-addr.arpa.`, and `ip6.arpa.` for a
+//!   dual-stack N's IPv6 CIDR); `NODATA` for other types of a known name, `AAAA` included for
+//!   a name without IPv6 addresses (busybox asks it with every `A`, so it must be answered at
+//!   once); `NXDOMAIN` for unknown names in N's zone, for N's addresses without a name, and
+//!   for any other network's zone or addresses (either family);
+//! - only from N's own IPv4 addresses (`REFUSED` otherwise: another network's workloads that
+//!   reach this address through the host learn nothing); the server listens on the IPv4
+//!   gateway only, so a dual-stack workload asks over IPv4 for its `AAAA` too;
 //! - anything else goes to the resolvers of `/etc/resolv.conf` (re-read when it changes; our
 //!   own gateways left out), with at most [`DnsConfig::max_in_flight`] queries upstream at
 //!   once and a cache bounded in entries and bytes; `SERVFAIL` at once without an upstream.

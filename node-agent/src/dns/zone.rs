@@ -3,16 +3,17 @@
 //! whole answering policy is unit-tested here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hickory_proto::op::{Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-/// At most this many records in one answer (a name shared by many endpoints still rotates
-/// through all of them, this many at a time), so that no query costs more than a small packet.
+/// At most this many records of one type in one answer (a name shared by many endpoints still
+/// rotates through all of them, this many at a time; `ANY` carries this many of each family),
+/// so that no query costs more than a small packet.
 pub const MAX_ANSWERS: usize = 32;
 
 /// One network's names, as the agent learns them from the Watch stream.
@@ -27,9 +28,16 @@ pub struct Zone {
     /// The network's whole CIDR (every host's subnet): queries are accepted only from it, and
     /// PTR queries for its addresses are answered here.
     pub cidr: Ipv4Network,
-    /// Relative names (`db`, `web-1`, `db.svc`), case-insensitive, each to the addresses of
-    /// every endpoint that carries it (answered in rotating order, as Docker does).
+    /// The network's whole IPv6 CIDR, for a dual-stack network: PTR queries (`ip6.arpa.`) for
+    /// its addresses are answered here, and [`Zone::names6`] must be inside it. Queries are
+    /// still accepted only from [`Zone::cidr`] (the server listens on the IPv4 gateway).
+    pub cidr6: Option<Ipv6Network>,
+    /// Relative names (`db`, `web-1`, `db.svc`), case-insensitive, each to the IPv4 addresses
+    /// of every endpoint that carries it (answered in rotating order, as Docker does).
     pub names: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// The same for IPv6 (`AAAA`): the IPv6 addresses of the endpoints that have one. A name
+    /// may be in either map or in both; one without IPv6 addresses answers `AAAA` with NODATA.
+    pub names6: BTreeMap<String, Vec<Ipv6Addr>>,
 }
 
 /// The zone of network `network` by convention, `<network>.overlay.`: for the CNI result's
@@ -69,8 +77,14 @@ pub enum ZoneError {
     AddressOutside {
         network: String,
         name: String,
-        addr: Ipv4Addr,
-        cidr: Ipv4Network,
+        addr: IpAddr,
+        cidr: IpNetwork,
+    },
+    #[error("network {network}: name {name}: address {addr} skipped: the network has no IPv6 CIDR")]
+    NoCidr6 {
+        network: String,
+        name: String,
+        addr: Ipv6Addr,
     },
 }
 
@@ -112,15 +126,36 @@ struct Compiled {
     domain: LowerName,
     domain_name: Name,
     cidr: Ipv4Network,
+    cidr6: Option<Ipv6Network>,
     ttl: u32,
     /// Full names (`db.blue.overlay.`) to addresses.
-    forward: HashMap<LowerName, Vec<Ipv4Addr>>,
+    forward: HashMap<LowerName, Addresses>,
     /// Names that exist only as parents of others (`svc.blue.overlay.` for `db.svc`): NODATA,
     /// not NXDOMAIN.
     interior: HashSet<LowerName>,
-    reverse: HashMap<Ipv4Addr, Vec<Name>>,
+    /// Both families' addresses to their names.
+    reverse: HashMap<IpAddr, Vec<Name>>,
     soa: Record,
+    /// The SOA of `cidr`'s reverse zone, and of `cidr6`'s when there is one.
     reverse_soa: Record,
+    reverse_soa6: Option<Record>,
+}
+
+/// One name's addresses, each family in the order answered (before rotation), no duplicates.
+#[derive(Debug, Default)]
+struct Addresses {
+    v4: Vec<Ipv4Addr>,
+    v6: Vec<Ipv6Addr>,
+}
+
+impl Addresses {
+    fn add(&mut self, addr: IpAddr) {
+        match addr {
+            IpAddr::V4(a) if !self.v4.contains(&a) => self.v4.push(a),
+            IpAddr::V6(a) if !self.v6.contains(&a) => self.v6.push(a),
+            _ => {}
+        }
+    }
 }
 
 impl Table {
@@ -189,11 +224,11 @@ impl Table {
         let qname = query.name();
         let lower = LowerName::new(qname);
         let qtype = query.query_type();
-        if let Some(addr) = reverse_v4(qname) {
-            if zone.cidr.contains(addr) {
+        if let Some(addr) = reverse_addr(qname) {
+            if zone.holds(addr) {
                 return zone.pointers(qname, addr, qtype, self.next());
             }
-            if self.zones.values().any(|z| z.cidr.contains(addr)) {
+            if self.zones.values().any(|z| z.holds(addr)) {
                 // Another network's address: its names are not this network's to learn.
                 return nxdomain(None);
             }
@@ -222,6 +257,14 @@ impl Table {
 }
 
 impl Compiled {
+    /// `addr` is one of this network's (either family).
+    fn holds(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.cidr.contains(a),
+            IpAddr::V6(a) => self.cidr6.is_some_and(|c| c.contains(a)),
+        }
+    }
+
     /// `qname` is inside this zone.
     fn lookup(&self, qname: &Name, lower: &LowerName, qtype: RecordType, turn: usize) -> Decision {
         if *lower == self.domain {
@@ -241,24 +284,36 @@ impl Compiled {
         }
     }
 
-    fn addresses(&self, qname: &Name, addrs: &[Ipv4Addr], qtype: RecordType, turn: usize) -> Decision {
-        match qtype {
-            RecordType::A | RecordType::ANY => Decision::Local {
-                rcode: ResponseCode::NoError,
-                answers: rotated(addrs, turn)
-                    .map(|a| Record::from_rdata(qname.clone(), self.ttl, RData::A(A(*a))))
-                    .collect(),
-                authorities: Vec::new(),
-            },
-            // AAAA (busybox asks it with every A), MX, TXT...: the name exists, with no such data.
-            _ => nodata(&self.soa),
+    fn addresses(&self, qname: &Name, addrs: &Addresses, qtype: RecordType, turn: usize) -> Decision {
+        let record = |data| Record::from_rdata(qname.clone(), self.ttl, data);
+        let a = || rotated(&addrs.v4, turn).map(|a| record(RData::A(A(*a))));
+        let aaaa = || rotated(&addrs.v6, turn).map(|a| record(RData::AAAA(AAAA(*a))));
+        let answers: Vec<Record> = match qtype {
+            RecordType::A => a().collect(),
+            RecordType::AAAA => aaaa().collect(),
+            RecordType::ANY => a().chain(aaaa()).collect(),
+            _ => Vec::new(),
+        };
+        if answers.is_empty() {
+            // AAAA of a name without IPv6 addresses (busybox asks it with every A), MX, TXT...:
+            // the name exists, with no such data.
+            return nodata(&self.soa);
+        }
+        Decision::Local {
+            rcode: ResponseCode::NoError,
+            answers,
+            authorities: Vec::new(),
         }
     }
 
     /// `qname` is the reverse name of `addr`, an address of this network.
-    fn pointers(&self, qname: &Name, addr: Ipv4Addr, qtype: RecordType, turn: usize) -> Decision {
+    fn pointers(&self, qname: &Name, addr: IpAddr, qtype: RecordType, turn: usize) -> Decision {
+        let soa = match addr {
+            IpAddr::V6(_) => self.reverse_soa6.as_ref().unwrap_or(&self.reverse_soa),
+            IpAddr::V4(_) => &self.reverse_soa,
+        };
         let Some(names) = self.reverse.get(&addr) else {
-            return nxdomain(Some(&self.reverse_soa));
+            return nxdomain(Some(soa));
         };
         match qtype {
             RecordType::PTR | RecordType::ANY => Decision::Local {
@@ -268,7 +323,7 @@ impl Compiled {
                     .collect(),
                 authorities: Vec::new(),
             },
-            _ => nodata(&self.reverse_soa),
+            _ => nodata(soa),
         }
     }
 }
@@ -298,14 +353,16 @@ fn nxdomain(soa: Option<&Record>) -> Decision {
     }
 }
 
-/// The address of `d.c.b.a.in-addr.arpa.`, when `name` is exactly that.
-fn reverse_v4(name: &Name) -> Option<Ipv4Addr> {
-    if name.num_labels() != 6 {
+/// The address of `d.c.b.a.in-addr.arpa.` or of the 32 nibbles of `<...>.ip6.arpa.`, when
+/// `name` is exactly that (not a shorter prefix).
+fn reverse_addr(name: &Name) -> Option<IpAddr> {
+    if !matches!(name.num_labels(), 6 | 34) {
         return None;
     }
     let net = name.parse_arpa_name().ok()?;
     match net.addr() {
-        IpAddr::V4(addr) if net.prefix_len() == 32 => Some(addr),
+        IpAddr::V4(addr) if net.prefix_len() == 32 => Some(IpAddr::V4(addr)),
+        IpAddr::V6(addr) if net.prefix_len() == 128 => Some(IpAddr::V6(addr)),
         _ => None,
     }
 }
@@ -320,6 +377,29 @@ fn reverse_zone(cidr: Ipv4Network) -> Name {
         .map(|o| o.to_string())
         .chain(["in-addr".to_string(), "arpa".to_string()])
         .collect();
+    arpa_name(&labels)
+}
+
+/// The reverse zone that holds `cidr`'s addresses, on a nibble boundary:
+/// `0.1.0.0.0.0.d.f.ip6.arpa.` for fd00:10::/32.
+fn reverse_zone6(cidr: Ipv6Network) -> Name {
+    let nibbles: Vec<u8> = cidr
+        .network()
+        .octets()
+        .iter()
+        .flat_map(|o| [o >> 4, o & 0xf])
+        .take(usize::from(cidr.prefix() / 4))
+        .collect();
+    let labels: Vec<String> = nibbles
+        .iter()
+        .rev()
+        .map(|n| format!("{n:x}"))
+        .chain(["ip6".to_string(), "arpa".to_string()])
+        .collect();
+    arpa_name(&labels)
+}
+
+fn arpa_name(labels: &[String]) -> Name {
     let mut name = Name::from_labels(labels.iter().map(|l| l.as_bytes())).unwrap_or_else(|_| Name::root());
     name.set_fqdn(true);
     name
@@ -354,7 +434,9 @@ fn compile(
         domain,
         gateway,
         cidr,
+        cidr6,
         names,
+        names6,
     } = zone;
     let domain_name = parse_domain(&domain).map_err(|reason| ZoneError::Domain {
         network: network.clone(),
@@ -368,10 +450,22 @@ fn compile(
             cidr,
         });
     }
-    let mut forward: HashMap<LowerName, Vec<Ipv4Addr>> = HashMap::new();
-    let mut interior = HashSet::new();
-    let mut reverse: HashMap<Ipv4Addr, Vec<Name>> = HashMap::new();
+    // Both families under each spelling of a name, so that a bad name is reported once.
+    let mut both: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for (name, addrs) in names {
+        both.entry(name)
+            .or_default()
+            .extend(addrs.into_iter().map(IpAddr::V4));
+    }
+    for (name, addrs) in names6 {
+        both.entry(name)
+            .or_default()
+            .extend(addrs.into_iter().map(IpAddr::V6));
+    }
+    let mut forward: HashMap<LowerName, Addresses> = HashMap::new();
+    let mut interior = HashSet::new();
+    let mut reverse: HashMap<IpAddr, Vec<Name>> = HashMap::new();
+    for (name, addrs) in both {
         let full = match parse_relative(&name).and_then(|relative| {
             relative
                 .append_domain(&domain_name)
@@ -387,9 +481,22 @@ fn compile(
                 continue;
             }
         };
-        let mut kept: Vec<Ipv4Addr> = Vec::with_capacity(addrs.len());
+        let mut kept: Vec<IpAddr> = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            if !cidr.contains(addr) {
+            let outside = match (addr, cidr6) {
+                (IpAddr::V4(a), _) if !cidr.contains(a) => Some(IpNetwork::V4(cidr)),
+                (IpAddr::V6(a), Some(c)) if !c.contains(a) => Some(IpNetwork::V6(c)),
+                (IpAddr::V6(a), None) => {
+                    problems.push(ZoneError::NoCidr6 {
+                        network: network.clone(),
+                        name: name.clone(),
+                        addr: a,
+                    });
+                    continue;
+                }
+                _ => None,
+            };
+            if let Some(cidr) = outside {
                 problems.push(ZoneError::AddressOutside {
                     network: network.clone(),
                     name: name.clone(),
@@ -404,7 +511,10 @@ fn compile(
             continue;
         }
         for addr in &kept {
-            reverse.entry(*addr).or_default().push(full.clone());
+            let names = reverse.entry(*addr).or_default();
+            if !names.contains(&full) {
+                names.push(full.clone());
+            }
         }
         let mut parent = full.base_name();
         while parent.num_labels() > domain_name.num_labels() {
@@ -412,14 +522,19 @@ fn compile(
             parent = parent.base_name();
         }
         // Two spellings of one name (`DB` and `db`) share it.
-        forward.entry(LowerName::new(&full)).or_default().extend(kept);
+        let entry = forward.entry(LowerName::new(&full)).or_default();
+        for addr in kept {
+            entry.add(addr);
+        }
     }
     Ok(Compiled {
         domain: LowerName::new(&domain_name),
         soa: soa_record(domain_name.clone(), &domain_name, ttls.negative, serial),
         reverse_soa: soa_record(reverse_zone(cidr), &domain_name, ttls.negative, serial),
+        reverse_soa6: cidr6.map(|c| soa_record(reverse_zone6(c), &domain_name, ttls.negative, serial)),
         domain_name,
         cidr,
+        cidr6,
         ttl: ttls.positive,
         forward,
         interior,

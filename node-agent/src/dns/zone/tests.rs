@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use hickory_proto::op::{Query, ResponseCode};
@@ -21,10 +21,21 @@ fn zone(network: &str, cidr: &str, gateway: Ipv4Addr, names: &[(&str, &[Ipv4Addr
         domain: network_domain(network),
         gateway,
         cidr: cidr.parse().unwrap(),
+        cidr6: None,
         names: names
             .iter()
             .map(|(n, a)| (n.to_string(), a.to_vec()))
             .collect::<BTreeMap<_, _>>(),
+        names6: BTreeMap::new(),
+    }
+}
+
+/// `zone` made dual-stack: IPv6 CIDR `cidr6` and the IPv6 addresses of `names6`.
+fn dual(zone: Zone, cidr6: &str, names6: &[(&str, &[Ipv6Addr])]) -> Zone {
+    Zone {
+        cidr6: Some(cidr6.parse().unwrap()),
+        names6: names6.iter().map(|(n, a)| (n.to_string(), a.to_vec())).collect(),
+        ..zone
     }
 }
 
@@ -32,26 +43,51 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-/// blue: db on two endpoints (10.1.0.5 on this host, 10.1.1.5 on another), web, db.svc;
-/// red: db and cache.
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// `x.x.….ip6.arpa.`, the 32 nibbles of `addr` reversed.
+fn arpa6(addr: Ipv6Addr) -> String {
+    let nibbles: Vec<u8> = addr.octets().iter().flat_map(|o| [o >> 4, o & 0xf]).collect();
+    let mut name: String = nibbles.iter().rev().map(|n| format!("{n:x}.")).collect();
+    name.push_str("ip6.arpa.");
+    name
+}
+
+/// blue (dual-stack, fd00:1::/48): db on two endpoints (10.1.0.5 and fd00:1::5 on this host,
+/// 10.1.1.5 and fd00:1:0:1::5 on another), web (IPv4 only), db.svc, v6only (IPv6 only);
+/// red (dual-stack, fd00:2::/48): db (with fd00:2::9) and cache (IPv4 only).
 fn table() -> Table {
     let (t, problems) = Table::build(
         vec![
-            zone(
-                "blue",
-                "10.1.0.0/16",
-                BLUE_GW,
+            dual(
+                zone(
+                    "blue",
+                    "10.1.0.0/16",
+                    BLUE_GW,
+                    &[
+                        ("db", &[ip("10.1.0.5"), ip("10.1.1.5")]),
+                        ("web", &[BLUE_WEB]),
+                        ("db.svc", &[ip("10.1.0.5")]),
+                    ],
+                ),
+                "fd00:1::/48",
                 &[
-                    ("db", &[ip("10.1.0.5"), ip("10.1.1.5")]),
-                    ("web", &[BLUE_WEB]),
-                    ("db.svc", &[ip("10.1.0.5")]),
+                    ("db", &[ip6("fd00:1::5"), ip6("fd00:1:0:1::5")]),
+                    ("db.svc", &[ip6("fd00:1::5")]),
+                    ("v6only", &[ip6("fd00:1::7")]),
                 ],
             ),
-            zone(
-                "red",
-                "10.2.0.0/16",
-                RED_GW,
-                &[("db", &[ip("10.2.0.9")]), ("cache", &[ip("10.2.0.10")])],
+            dual(
+                zone(
+                    "red",
+                    "10.2.0.0/16",
+                    RED_GW,
+                    &[("db", &[ip("10.2.0.9")]), ("cache", &[ip("10.2.0.10")])],
+                ),
+                "fd00:2::/48",
+                &[("db", &[ip6("fd00:2::9")])],
             ),
         ],
         TTLS,
@@ -83,6 +119,19 @@ fn addresses(d: &Decision) -> Vec<Ipv4Addr> {
             .iter()
             .filter_map(|r| match r.data {
                 RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("not a local answer: {other:?}"),
+    }
+}
+
+fn addresses6(d: &Decision) -> Vec<Ipv6Addr> {
+    match d {
+        Decision::Local { answers, .. } => answers
+            .iter()
+            .filter_map(|r| match r.data {
+                RData::AAAA(a) => Some(a.0),
                 _ => None,
             })
             .collect(),
@@ -392,4 +441,245 @@ fn domains_follow_the_network_name() {
     assert!(parse_domain("blue.overlay").is_ok());
     assert!(parse_domain("blue.overlay.").is_ok());
     assert!(parse_domain(".").is_err());
+}
+
+#[test]
+fn aaaa_for_a_name_with_ipv6_addresses() {
+    let t = table();
+    for name in ["DB.SVC.blue.overlay.", "db.svc.blue.overlay."] {
+        let d = ask(&t, BLUE_GW, name, RecordType::AAAA);
+        assert_eq!(addresses6(&d), vec![ip6("fd00:1::5")], "{name}");
+        assert_eq!(rcode(&d), (ResponseCode::NoError, 1, 0), "{name}");
+        if let Decision::Local { answers, .. } = &d {
+            assert_eq!(answers[0].name.to_ascii(), name);
+            assert_eq!(answers[0].ttl, 1);
+        }
+    }
+    // A bare name.
+    assert_eq!(
+        addresses6(&ask(&t, BLUE_GW, "v6only.", RecordType::AAAA)),
+        vec![ip6("fd00:1::7")]
+    );
+    // A asks for IPv4 only.
+    let d = ask(&t, BLUE_GW, "db.svc.blue.overlay.", RecordType::A);
+    assert_eq!(rcode(&d), (ResponseCode::NoError, 1, 0));
+    assert_eq!(addresses(&d), vec![ip("10.1.0.5")]);
+}
+
+#[test]
+fn a_name_without_ipv6_answers_aaaa_nodata_and_one_without_ipv4_answers_a_nodata() {
+    let t = table();
+    // web has no IPv6 address in dual-stack blue; cache none in red.
+    for (gw, name) in [(BLUE_GW, "web."), (BLUE_GW, "web.blue.overlay.")] {
+        let d = ask(&t, gw, name, RecordType::AAAA);
+        assert_eq!(rcode(&d), (ResponseCode::NoError, 0, 1), "{name}");
+    }
+    assert_eq!(
+        rcode(&ask_red(&t, "cache.", RecordType::AAAA)),
+        (ResponseCode::NoError, 0, 1)
+    );
+    assert_eq!(
+        rcode(&ask(&t, BLUE_GW, "v6only.blue.overlay.", RecordType::A)),
+        (ResponseCode::NoError, 0, 1)
+    );
+    // An IPv4-only network: AAAA of every name is NODATA, as before dual stack.
+    let (v4, _) = Table::build(
+        vec![zone("blue", "10.1.0.0/16", BLUE_GW, &[("web", &[BLUE_WEB])])],
+        TTLS,
+        1,
+    );
+    assert_eq!(
+        rcode(&ask(&v4, BLUE_GW, "web.", RecordType::AAAA)),
+        (ResponseCode::NoError, 0, 1)
+    );
+    // Unknown names stay NXDOMAIN for AAAA; other networks' names too.
+    assert_eq!(
+        rcode(&ask(&t, BLUE_GW, "nope.blue.overlay.", RecordType::AAAA)),
+        (ResponseCode::NXDomain, 0, 1)
+    );
+    assert_eq!(
+        rcode(&ask(&t, BLUE_GW, "db.red.overlay.", RecordType::AAAA)),
+        (ResponseCode::NXDomain, 0, 0)
+    );
+    assert_eq!(
+        addresses6(&ask_red(&t, "db.", RecordType::AAAA)),
+        vec![ip6("fd00:2::9")]
+    );
+}
+
+#[test]
+fn any_answers_both_families() {
+    let t = table();
+    let d = ask(&t, BLUE_GW, "db.svc.blue.overlay.", RecordType::ANY);
+    assert_eq!(rcode(&d), (ResponseCode::NoError, 2, 0));
+    assert_eq!(addresses(&d), vec![ip("10.1.0.5")]);
+    assert_eq!(addresses6(&d), vec![ip6("fd00:1::5")]);
+    let d = ask(&t, BLUE_GW, "web.", RecordType::ANY);
+    assert_eq!(rcode(&d), (ResponseCode::NoError, 1, 0));
+    let d = ask(&t, BLUE_GW, "v6only.", RecordType::ANY);
+    assert_eq!(addresses6(&d), vec![ip6("fd00:1::7")]);
+    assert_eq!(rcode(&d), (ResponseCode::NoError, 1, 0));
+}
+
+#[test]
+fn aaaa_of_a_shared_name_rotates_and_is_capped() {
+    let t = table();
+    let first = addresses6(&ask(&t, BLUE_GW, "db.", RecordType::AAAA));
+    let second = addresses6(&ask(&t, BLUE_GW, "db.", RecordType::AAAA));
+    assert_eq!((first.len(), second.len()), (2, 2));
+    assert_ne!(first, second, "the order rotates");
+    let mut a = first.clone();
+    a.sort();
+    assert_eq!(a, vec![ip6("fd00:1::5"), ip6("fd00:1:0:1::5")]);
+
+    let many4: Vec<Ipv4Addr> = (0..100u8).map(|i| Ipv4Addr::new(10, 1, 3, i)).collect();
+    let many6: Vec<Ipv6Addr> = (0..100u16)
+        .map(|i| Ipv6Addr::new(0xfd00, 1, 0, 3, 0, 0, 0, i))
+        .collect();
+    let (t, problems) = Table::build(
+        vec![dual(
+            zone("blue", "10.1.0.0/16", BLUE_GW, &[("big", &many4)]),
+            "fd00:1::/48",
+            &[("big", &many6)],
+        )],
+        TTLS,
+        1,
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let got = addresses6(&ask(&t, BLUE_GW, "big.", RecordType::AAAA));
+        assert_eq!(got.len(), MAX_ANSWERS);
+        seen.extend(got);
+    }
+    assert!(
+        seen.len() > MAX_ANSWERS,
+        "rotation reaches beyond the first {MAX_ANSWERS}"
+    );
+    // ANY: at most MAX_ANSWERS of each family.
+    let d = ask(&t, BLUE_GW, "big.", RecordType::ANY);
+    assert_eq!(
+        (addresses(&d).len(), addresses6(&d).len()),
+        (MAX_ANSWERS, MAX_ANSWERS)
+    );
+}
+
+#[test]
+fn ptr_for_the_networks_ipv6_addresses() {
+    let t = table();
+    // fd00:1::5 carries db and db.svc.
+    let d = ask(&t, BLUE_GW, &arpa6(ip6("fd00:1::5")), RecordType::PTR);
+    let mut names: Vec<String> = match &d {
+        Decision::Local { rcode, answers, .. } => {
+            assert_eq!(*rcode, ResponseCode::NoError);
+            answers
+                .iter()
+                .map(|r| match &r.data {
+                    RData::PTR(p) => p.0.to_ascii(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    names.sort();
+    assert_eq!(names, ["db.blue.overlay.", "db.svc.blue.overlay."]);
+    // Upper-case nibbles, as some clients write them.
+    let upper = arpa6(ip6("fd00:1::7")).to_ascii_uppercase();
+    match ask(&t, BLUE_GW, &upper, RecordType::PTR) {
+        Decision::Local { answers, .. } => {
+            assert_eq!(
+                answers[0].data,
+                RData::PTR(PTR(Name::from_str("v6only.blue.overlay.").unwrap()))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // An address of the network without a name: NXDOMAIN with the IPv6 reverse zone's SOA.
+    let d = ask(&t, BLUE_GW, &arpa6(ip6("fd00:1::77")), RecordType::PTR);
+    assert_eq!(rcode(&d), (ResponseCode::NXDomain, 0, 1));
+    if let Decision::Local { authorities, .. } = &d {
+        assert_eq!(
+            authorities[0].name.to_ascii(),
+            "0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa."
+        );
+    }
+    // A named address asked for another type.
+    assert_eq!(
+        rcode(&ask(&t, BLUE_GW, &arpa6(ip6("fd00:1::7")), RecordType::A)),
+        (ResponseCode::NoError, 0, 1)
+    );
+    // red's address from blue: NXDOMAIN, nothing learnt; outside every network, or not a
+    // whole address: forwarded.
+    assert_eq!(
+        rcode(&ask(&t, BLUE_GW, &arpa6(ip6("fd00:2::9")), RecordType::PTR)),
+        (ResponseCode::NXDomain, 0, 0)
+    );
+    assert_eq!(
+        ask(&t, BLUE_GW, &arpa6(ip6("2001:db8::1")), RecordType::PTR),
+        Decision::Forward
+    );
+    assert_eq!(
+        ask(&t, BLUE_GW, "0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa.", RecordType::PTR),
+        Decision::Forward
+    );
+    // An IPv4-only network's zone does not claim IPv6 addresses.
+    let (v4, _) = Table::build(
+        vec![zone("blue", "10.1.0.0/16", BLUE_GW, &[("web", &[BLUE_WEB])])],
+        TTLS,
+        1,
+    );
+    assert_eq!(
+        ask(&v4, BLUE_GW, &arpa6(ip6("fd00:1::5")), RecordType::PTR),
+        Decision::Forward
+    );
+}
+
+#[test]
+fn ipv6_addresses_outside_the_ipv6_cidr_or_without_one_are_reported() {
+    let (t, problems) = Table::build(
+        vec![
+            dual(
+                zone("blue", "10.1.0.0/16", BLUE_GW, &[("web", &[BLUE_WEB])]),
+                "fd00:1::/48",
+                &[
+                    ("web", &[ip6("fd00:9::2"), ip6("fd00:1::2"), ip6("fd00:1::2")]),
+                    ("with space", &[ip6("fd00:1::3")]),
+                ],
+            ),
+            Zone {
+                names6: [("db".to_string(), vec![ip6("fd00:2::9")])].into(),
+                ..zone("red", "10.2.0.0/16", RED_GW, &[("db", &[ip("10.2.0.9")])])
+            },
+        ],
+        TTLS,
+        1,
+    );
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    let count = |needle: &str| text.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        count("network blue: name web: address fd00:9::2 skipped: outside fd00:1::/48"),
+        1,
+        "{text:?}"
+    );
+    assert_eq!(count("network blue: name \"with space\""), 1, "{text:?}");
+    assert_eq!(
+        count("network red: name db: address fd00:2::9 skipped: the network has no IPv6 CIDR"),
+        1,
+        "{text:?}"
+    );
+    // What is good is kept, once.
+    assert_eq!(
+        addresses6(&ask(&t, BLUE_GW, "web.", RecordType::AAAA)),
+        vec![ip6("fd00:1::2")]
+    );
+    assert_eq!(
+        addresses(&ask_red(&t, "db.", RecordType::A)),
+        vec![ip("10.2.0.9")]
+    );
+    assert_eq!(
+        rcode(&ask_red(&t, "db.", RecordType::AAAA)),
+        (ResponseCode::NoError, 0, 1)
+    );
 }
