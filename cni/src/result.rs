@@ -37,6 +37,18 @@ pub fn add(version: &str, att: &Attachment) -> Value {
     if legacy {
         ip["version"] = json!("4");
     }
+    let mut ips = vec![ip];
+    // Dual stack: the IPv6 address is the result's second entry, on the same interface.
+    if !att.address6.is_empty() {
+        let mut ip6 = json!({ "address": att.address6, "interface": 0 });
+        if !att.gateway6.is_empty() {
+            ip6["gateway"] = json!(att.gateway6);
+        }
+        if legacy {
+            ip6["version"] = json!("6");
+        }
+        ips.push(ip6);
+    }
     let routes: Vec<Value> = att
         .routes
         .iter()
@@ -63,7 +75,7 @@ pub fn add(version: &str, att: &Attachment) -> Value {
     json!({
         "cniVersion": version,
         "interfaces": [interface],
-        "ips": [ip],
+        "ips": ips,
         "routes": routes,
         "dns": Value::Object(dns),
     })
@@ -145,6 +157,28 @@ mod tests {
         assert!(v1["dns"].get("domain").is_none(), "empty fields are left out");
         assert_eq!(add("0.4.0", &attachment())["ips"][0]["version"], "4");
         assert_eq!(add("1.1.0", &attachment())["interfaces"][0]["mtu"], 1450);
+    }
+
+    #[test]
+    fn a_dual_stack_result_lists_both_addresses_and_routes() {
+        let mut att = attachment();
+        att.address6 = "fd00:1:0:1::5/64".into();
+        att.gateway6 = "fd00:1:0:1::1".into();
+        att.routes.push(Route {
+            dst: "::/0".into(),
+            gateway: "fd00:1:0:1::1".into(),
+        });
+        let v = add("1.0.0", &att);
+        assert_eq!(v["ips"][1]["address"], "fd00:1:0:1::5/64");
+        assert_eq!(v["ips"][1]["gateway"], "fd00:1:0:1::1");
+        assert_eq!(v["ips"][1]["interface"], 0);
+        assert_eq!(v["routes"][1]["dst"], "::/0");
+        assert_eq!(add("0.4.0", &att)["ips"][1]["version"], "6");
+        // IPv4 only: one entry, as before.
+        assert_eq!(
+            add("1.0.0", &attachment())["ips"].as_array().map(Vec::len),
+            Some(1)
+        );
     }
 
     #[test]
