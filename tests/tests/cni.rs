@@ -209,8 +209,12 @@ fn cni_commands_against_a_real_agent() {
     );
     let gone = cni::invoke("CHECK", "c1", &ns_path(&c1), "eth0", "", &with_prev).unwrap();
     assert_eq!(gone.code(), 3, "{}", gone.stdout);
-    let reuse = add(&conf, "c5", &ns_path(&c3), "");
-    assert!(reuse.ok, "the freed address is available again: {}", reuse.stdout);
+    // Free again once the controller has the removal: until then its record of the address
+    // is the agent's last guard against giving it out twice (a lost or rebuilt state dir).
+    let t = Instant::now();
+    let reuse = Lab::wait_until(Duration::from_secs(10), || add(&conf, "c5", &ns_path(&c3), "").ok);
+    assert!(reuse.is_some(), "the freed address never became available again");
+    println!("freed address given again {:?} after DEL", t.elapsed());
 
     // STATUS (spec 1.1.0) and GC: GC keeps only the listed attachments of CNI's own.
     let v11 = cni::plugin_conf("blue", &lab.local_socket(0), "1.1.0");
