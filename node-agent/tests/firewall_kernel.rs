@@ -25,6 +25,9 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 gateway: "10.1.0.1".parse().unwrap(),
                 // Dual-stack: its endpoints' IPv6 sets (one of them raw bytes) round-trip too.
                 gateway6: Some("fd00:1::1".parse().unwrap()),
+                endpoints6: (0..endpoints.min(20))
+                    .map(|i| format!("fd00:1::{:x}", 2 + i).parse().unwrap())
+                    .collect(),
                 nat_egress: false,
                 routed: None,
             },
@@ -33,6 +36,7 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 vxlan: Some(name("ovx-2")),
                 gateway: "10.2.0.1".parse().unwrap(),
                 gateway6: None,
+                endpoints6: Default::default(),
                 nat_egress: true,
                 routed: None,
             },
@@ -42,6 +46,7 @@ fn spec(endpoints: usize) -> FirewallSpec {
                 vxlan: None,
                 gateway: "10.3.0.1".parse().unwrap(),
                 gateway6: None,
+                endpoints6: Default::default(),
                 nat_egress: true,
                 routed: Some(Routed {
                     cidr: "10.3.0.0/16".parse().unwrap(),

@@ -44,6 +44,9 @@ pub struct NetworkPorts {
     pub gateway: Ipv4Addr,
     /// Its IPv6 gateway, in a dual-stack network.
     pub gateway6: Option<Ipv6Addr>,
+    /// The IPv6 addresses of the network's endpoints on this host: the only ones the host
+    /// forwards to on the bridge.
+    pub endpoints6: BTreeSet<Ipv6Addr>,
     pub nat_egress: bool,
     /// Routed on the underlay without a tunnel (route mode, vxlan `--direct-routing`).
     pub routed: Option<Routed>,
@@ -140,6 +143,11 @@ impl FirewallSpec {
                 vxlan,
                 gateway: bridge.address.ip(),
                 gateway6: bridge.address6.map(|a| a.ip()),
+                endpoints6: n
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.address6.map(|(a, _)| a.ip()))
+                    .collect(),
                 nat_egress: n.nat_egress,
                 routed: crate::modes::crosses_underlay(n).then(|| Routed {
                     cidr: n.cidr,
@@ -308,6 +316,7 @@ pub fn preflight() -> Result<(), FirewallError> {
             vxlan: Name::new("ovx-0").ok(),
             gateway: Ipv4Addr::new(192, 0, 2, 1),
             gateway6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            endpoints6: [Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)].into(),
             nat_egress: true,
             // Not a combination the controller makes: here only to check the rules parse.
             routed: "192.0.2.0/24".parse().ok().map(|cidr| Routed {

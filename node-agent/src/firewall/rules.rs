@@ -9,8 +9,8 @@
 //!   address, ARP the endpoint's MAC and address as sender. IPv6 (dual-stack networks only)
 //!   must come from the endpoint's IPv6 address or its EUI-64 link-local one; neighbour
 //!   advertisements may only claim those two, duplicate address detection only probe them,
-//!   and router advertisements, redirects and DHCPv6 server replies are dropped from every
-//!   source (`from_workload6`). Everything else is dropped: IPv6 from endpoints of IPv4-only
+//!   and router advertisements, redirects, MLD queries, DHCPv6 server messages and ICMPv6
+//!   fragments are dropped from every source (`from_workload6`). Everything else is dropped: IPv6 from endpoints of IPv4-only
 //!   networks (it would give a workload link-local paths that no IPv4 check sees),
 //!   802.1Q/802.1ad tags (they hide the inner ethertype from these checks), and every other
 //!   ethertype. A port without an entry (wired before the rules caught up, or added by hand)
@@ -20,7 +20,9 @@
 //!
 //! `inet overlay`, by interface (bridges `ovb-*`, vxlan devices `ovx-*`), never by source
 //! address, so a forged source gains nothing:
-//! - forward: in on network N's bridge or vxlan may leave only by N's bridge or N's vxlan,
+//! - forward: IPv6 onto a bridge only to an address a local endpoint holds (a /64 swept by
+//!   a workload would fill the neighbour table). In on network N's bridge or vxlan may
+//!   leave only by N's bridge or N's vxlan,
 //!   or by the underlay when N has NAT egress (masqueraded, and then never to another overlay
 //!   host or controller, nor as VXLAN: masquerade would lend the packet this host's address).
 //!   Nothing from outside opens a connection into a workload: replies only, plus DNAT'd
@@ -384,7 +386,7 @@ pub fn link_local(mac: MacAddr) -> Ipv6Addr {
 }
 
 /// ICMPv6 types by nft's names, as the rules use them.
-const ROUTER_ONLY6: &str = "{ nd-router-advert, nd-redirect }";
+const ROUTER_ONLY6: &str = "{ nd-router-advert, nd-redirect, mld-listener-query }";
 const TO_GATEWAY6: &str = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, \
      mld-listener-report, mld-listener-done, mld2-listener-report }";
 
@@ -410,6 +412,11 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
     );
     // The target address of a neighbour solicitation or advertisement: 8 bytes into ICMPv6.
     nd_targets.type_of = Some("iifname . ether saddr . @th,64,128");
+    let ports6 = spec
+        .endpoints
+        .iter()
+        .filter(|e| e.ip6.is_some())
+        .map(|e| Element::new(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)]));
     Table {
         family: Family::Bridge,
         sets: vec![
@@ -435,6 +442,7 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                 }),
             ),
             nd_targets,
+            set("endpoint_macs6", &["ifname", "ether_addr"], ports6),
         ],
         chains: vec![
             Chain {
@@ -476,6 +484,12 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                 name: "from_workload6",
                 base: None,
                 rules: vec![
+                    // A check on a field of a fragment that lacks it does not match: neighbour
+                    // discovery is never fragmented (RFC 6980), so no ICMPv6 fragment passes.
+                    rule(
+                        "exthdr frag exists meta l4proto ipv6-icmp counter drop",
+                        "fragmented ICMPv6",
+                    ),
                     rule(
                         format!("icmpv6 type {ROUTER_ONLY6} counter drop"),
                         "router advertisements and redirects: routing is the host's",
@@ -485,8 +499,17 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                         "DHCPv6 server replies: addresses are the host's",
                     ),
                     rule(
-                        "icmpv6 type nd-neighbor-advert \
-                         iifname . ether saddr . @th,64,128 != @nd_targets6 counter drop",
+                        "udp dport 546 counter drop",
+                        "DHCPv6 to clients: addresses are the host's",
+                    ),
+                    // Positive, so an advertisement whose target cannot be read is dropped.
+                    rule(
+                        "icmpv6 type nd-neighbor-advert iifname . ether saddr . ip6 saddr @endpoints6 \
+                         iifname . ether saddr . @th,64,128 @nd_targets6 accept",
+                        "neighbour advertisement for the endpoint's own address",
+                    ),
+                    rule(
+                        "icmpv6 type nd-neighbor-advert counter drop",
                         "neighbour advertisement for an address not the endpoint's",
                     ),
                     rule(
@@ -499,7 +522,8 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                         "duplicate address detection for the endpoint's addresses",
                     ),
                     rule(
-                        "ip6 saddr :: icmpv6 type mld2-listener-report accept",
+                        "ip6 saddr :: icmpv6 type mld2-listener-report \
+                         iifname . ether saddr @endpoint_macs6 accept",
                         "multicast listener reports before an address is up",
                     ),
                     rule("counter drop", "any other IPv6 source"),
@@ -550,7 +574,11 @@ fn inet_table(spec: &FirewallSpec) -> Table {
     let mut vxlan_gateways = BTreeSet::new();
     let mut gateways6 = BTreeSet::new();
     let mut vxlan_gateways6 = BTreeSet::new();
+    let mut local_endpoints6 = BTreeSet::new();
     for n in &spec.networks {
+        for ip in &n.endpoints6 {
+            local_endpoints6.insert(Element::new(vec![Atom::Name(n.bridge.clone()), Atom::Ip6(*ip)]));
+        }
         if let Some(gw6) = n.gateway6 {
             gateways6.insert(Element::new(vec![Atom::Name(n.bridge.clone()), Atom::Ip6(gw6)]));
             if let Some(vx) = &n.vxlan {
@@ -741,10 +769,23 @@ fn inet_table(spec: &FirewallSpec) -> Table {
         Chain {
             name: "forward",
             base: base("filter", "forward", FILTER),
-            rules: [rule(
-                "iifname . oifname @same_network accept",
-                "within a network: its bridge and its vxlan",
-            )]
+            rules: [
+                // A /64 has room for more neighbours than the host's table: only addresses a
+                // workload holds may make it look for one (no neighbour-table exhaustion).
+                // Link-local and multicast are never routed; they pass here only when
+                // br_netfilter hands bridged frames to this hook (Docker loads it).
+                rule(
+                    format!(
+                        "meta nfproto ipv6 oifname {bridges} ip6 daddr != {{ fe80::/10, ff00::/8 }} \
+                         oifname . ip6 daddr != @local_endpoints6 counter drop"
+                    ),
+                    "IPv6 to an address no local endpoint holds",
+                ),
+                rule(
+                    "iifname . oifname @same_network accept",
+                    "within a network: its bridge and its vxlan",
+                ),
+            ]
             .into_iter()
             .chain(routed)
             .chain([
@@ -832,6 +873,7 @@ fn inet_table(spec: &FirewallSpec) -> Table {
         set("vxlan_gateways", &["ifname", "ipv4_addr"], vxlan_gateways),
         set("gateways6", &["ifname", "ipv6_addr"], gateways6),
         set("vxlan_gateways6", &["ifname", "ipv6_addr"], vxlan_gateways6),
+        set("local_endpoints6", &["ifname", "ipv6_addr"], local_endpoints6),
         set("same_network", &["ifname", "ifname"], same_network),
         set("nat_egress", &["ifname", "ifname"], nat_egress),
     ];
@@ -986,6 +1028,7 @@ pub(crate) mod tests {
                     vxlan: Some(name("ovx-1")),
                     gateway: "10.1.0.1".parse().unwrap(),
                     gateway6: Some("fd00:1::1".parse().unwrap()),
+                    endpoints6: ["fd00:1::2".parse().unwrap()].into(),
                     nat_egress: false,
                     routed: None,
                 },
@@ -994,6 +1037,7 @@ pub(crate) mod tests {
                     vxlan: Some(name("ovx-2")),
                     gateway: "10.2.0.1".parse().unwrap(),
                     gateway6: None,
+                    endpoints6: BTreeSet::new(),
                     nat_egress: true,
                     routed: None,
                 },
@@ -1117,9 +1161,11 @@ pub(crate) mod tests {
         let chain = bridge.chains.iter().find(|c| c.name == "from_workload6").unwrap();
         let rules: Vec<&str> = chain.rules.iter().map(|r| r.text.as_str()).collect();
         // Router-only messages go first, before any accept could let them through.
-        assert!(rules[0].contains("nd-router-advert") && rules[0].contains("nd-redirect"));
-        assert!(rules[0].ends_with("drop") && rules[1].ends_with("drop"));
-        assert!(rules[2].contains("!= @nd_targets6") && rules[2].ends_with("drop"));
+        assert!(rules[0].contains("exthdr frag") && rules[0].ends_with("drop"));
+        assert!(rules[1].contains("nd-router-advert") && rules[1].contains("nd-redirect"));
+        assert!(rules[1..4].iter().all(|r| r.ends_with("drop")));
+        assert!(rules[4].contains("@nd_targets6") && rules[4].ends_with("accept"));
+        assert_eq!(rules[5], "icmpv6 type nd-neighbor-advert counter drop");
         assert_eq!(*rules.last().unwrap(), "counter drop");
 
         // An IPv4-only endpoint gets no IPv6 entry: its port sends no IPv6 at all.
@@ -1142,6 +1188,9 @@ pub(crate) mod tests {
         let gw6 = inet.sets.iter().find(|s| s.name == "gateways6").unwrap();
         let gw6: Vec<String> = gw6.elements.iter().map(Element::text).collect();
         assert_eq!(gw6, ["\"ovb-1\" . fd00:1::1"]);
+        let local6 = inet.sets.iter().find(|s| s.name == "local_endpoints6").unwrap();
+        let local6: Vec<String> = local6.elements.iter().map(Element::text).collect();
+        assert_eq!(local6, ["\"ovb-1\" . fd00:1::2"]);
         let nat = inet.chains.iter().find(|c| c.name == "nat_egress").unwrap();
         assert_eq!(nat.rules[0].text, "meta nfproto ipv6 counter drop");
     }
