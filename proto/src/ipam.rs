@@ -176,6 +176,16 @@ pub fn paired_v6(subnet: Ipv4Network, subnet6: Ipv6Network, ip: Ipv4Addr) -> Opt
     Some(Ipv6Addr::from(u128::from(subnet6.network()) + offset))
 }
 
+/// Whether `cidr` is wholly global unicast (2000::/3) or unique local (fc00::/7): the only
+/// IPv6 ranges an overlay network may use. Everything else either is not routed (link-local,
+/// multicast, loopback, site-local) or is read as IPv4 by the workloads' sockets (the
+/// IPv4-mapped and -compatible ranges).
+pub fn overlay_range6(cidr: Ipv6Network) -> bool {
+    let first = cidr.network().segments()[0];
+    let within = |bits: u16, len: u8| first >> (16 - len) == bits >> (16 - len) && cidr.prefix() >= len;
+    within(0x2000, 3) || within(0xfc00, 7)
+}
+
 /// Whether every offset of an IPv4 host subnet of `/host_prefix` fits an IPv6 one of
 /// `/host_prefix6` (see [`paired_v6`]).
 pub fn pairs_fit(host_prefix: u8, host_prefix6: u8) -> bool {
@@ -499,6 +509,37 @@ mod tests {
             assert_eq!(held.len() as u64, capacity);
         }
 
+        /// Dual stack: every IPv4 address of a host subnet has its own IPv6 twin inside the
+        /// host's IPv6 subnet when (and only when) the prefixes fit; the gateway pairs with the
+        /// gateway, so no endpoint's twin is the IPv6 gateway or the VTEP (the network address).
+        fn pairs_are_unique_and_inside(subnet: Ipv4Network, prefix6: u8, bits6: u128) {
+            let subnet6 = Ipv6Network::new(Ipv6Addr::from(bits6), prefix6).unwrap();
+            let subnet6 = Ipv6Network::new(subnet6.network(), prefix6).unwrap();
+            let fits = pairs_fit(subnet.prefix(), prefix6);
+            let pair = |ip| paired_v6(subnet, subnet6, ip);
+            assert_eq!(pair(subnet.broadcast()).is_some(), fits, "{subnet} in {subnet6}");
+            if !fits {
+                return;
+            }
+            assert_eq!(pair(subnet_gateway(subnet)), Some(subnet_gateway(subnet6)));
+            assert_eq!(pair(subnet.network()), Some(subnet6.network()));
+            let (first, last) = endpoint_range(subnet).unwrap();
+            let mut seen = BTreeSet::new();
+            for ip in (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from) {
+                let ip6 = pair(ip).expect("fits");
+                assert!(subnet6.contains(ip6), "{ip6} outside {subnet6}");
+                assert!(
+                    ip6 != subnet6.network() && ip6 != subnet_gateway(subnet6)
+                        || ip == subnet_gateway(subnet)
+                );
+                assert!(seen.insert(ip6), "{ip6} paired twice");
+            }
+            assert_eq!(
+                pair(Ipv4Addr::from(u32::from(subnet.broadcast()).wrapping_add(1))),
+                None
+            );
+        }
+
         proptest! {
             #[test]
             fn ipv4_leases((cidr, host) in v4_network(), taken in prop::collection::vec(0u64..80, 0..40)) {
@@ -518,6 +559,14 @@ mod tests {
             #[test]
             fn ipv6_addresses(lease in v6_lease(), ops in prop::collection::vec(prop::option::weighted(0.3, 0usize..64), 0..120)) {
                 addresses_never_twice_never_lost(lease, &ops);
+            }
+
+            #[test]
+            fn dual_stack_pairs(subnet in (22u8..=30, any::<u32>()).prop_map(|(p, bits)| {
+                    Ipv4Network::new(Ipv4Network::new(Ipv4Addr::from(bits), p).unwrap().network(), p).unwrap()
+                }),
+                (prefix6, bits6) in (48u8..=120, any::<u128>())) {
+                pairs_are_unique_and_inside(subnet, prefix6, bits6);
             }
         }
     }

@@ -137,16 +137,21 @@ impl ClusterState {
                 ),
             ));
         }
+        // Global unicast or unique local, wholly (see `ipam::overlay_range6`).
         let first = cidr6.network().segments()[0];
-        if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || cidr6.prefix() < 8 {
+        if !ipam::overlay_range6(cidr6) || cidr6.prefix() < 8 {
+            let kind = match first {
+                f if f & 0xffc0 == 0xfe80 => "link-local fe80::/10 is not; ",
+                f if f & 0xff00 == 0xff00 => "multicast ff00::/8 is not; ",
+                _ => "",
+            };
             return Err(invalid(
                 "subnet",
                 cidr6,
-                "must be a unicast range (not link-local fe80::/10, not multicast ff00::/8), /8 or longer",
+                format!(
+                    "must be a global unicast (2000::/3) or unique local (fc00::/7) range, /8 or longer ({kind}see RFC 4291)"
+                ),
             ));
-        }
-        if cidr6.network().is_loopback() || cidr6.network().is_unspecified() {
-            return Err(invalid("subnet", cidr6, "must be a unicast range"));
         }
         if let Some(other) = self
             .networks
@@ -214,6 +219,15 @@ impl ClusterState {
             && direct != network.direct_routing
         {
             return Err(invalid("option", "--direct-routing", why));
+        }
+        // As at creation: direct routes are IPv4 only, and would take peers off the tunnel
+        // that carries their IPv6.
+        if direct_routing == Some(true) && !network.direct_routing && network.cidr6.is_some() {
+            return Err(invalid(
+                "option",
+                "--direct-routing",
+                "a dual-stack network's IPv6 crosses the tunnel only, so its peers cannot be routed directly",
+            ));
         }
         if let Some(MtuSetting::Fixed(m)) = mtu {
             limits::mtu(m).map_err(|why| invalid("MTU", m, why))?;

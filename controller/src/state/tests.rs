@@ -1073,6 +1073,10 @@ pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
                 host_prefix: p,
                 // Odd networks are routed (host-gw): per-host leases and peers, no VNI.
                 mode: if n % 2 == 1 { Mode::Route } else { Mode::Vxlan },
+                // Even ones dual-stack: n0 with /64 host subnets, n2 with the tightest /120
+                // (its CIDR chosen like the IPv4 one, so overlaps are tried too).
+                cidr6: (n % 2 == 0).then(|| format!("fd00:{c}::/48").parse().unwrap()),
+                host_prefix6: (n == 2).then_some(120),
                 ..vxlan(&format!("n{n}"), CIDRS[c as usize])
             },
             now_ms: 1,
@@ -1179,6 +1183,7 @@ pub(crate) fn to_command_in(s: &ClusterState, op: &Op) -> Command {
 /// Everything that must hold after any sequence of commands.
 fn check_invariants(s: &ClusterState) {
     let mut addresses = BTreeSet::new();
+    let mut addresses6 = BTreeSet::new();
     let mut vnis = BTreeSet::new();
     let mut keys = BTreeSet::new();
     for ep in s.endpoints.values() {
@@ -1195,6 +1200,19 @@ fn check_invariants(s: &ClusterState) {
         assert!(s.hosts.contains_key(&ep.host), "endpoint of a removed host");
         if ep.is_request() {
             continue;
+        }
+        // Dual stack: the IPv6 address is the IPv4 one's twin in the host's IPv6 subnet,
+        // never its gateway or VTEP, never twice; an IPv4-only network's endpoints have none.
+        assert_eq!(
+            ep.v6,
+            n.address6(&ep.host, ep.ip),
+            "IPv6 address of {} not its pair",
+            ep.ip
+        );
+        if let Some(v6) = ep.v6 {
+            let subnet6 = n.leases[&ep.host].subnet6.expect("dual-stack lease");
+            assert!(subnet6.contains(v6.ip) && v6.ip != subnet6.network() && v6.ip != v6.gateway);
+            assert!(addresses6.insert(v6.ip), "IPv6 address {} recorded twice", v6.ip);
         }
         assert!(
             addresses.insert((&ep.network, ep.ip)),
@@ -1217,6 +1235,10 @@ fn check_invariants(s: &ClusterState) {
         }
     }
     let mut subnets: Vec<Ipv4Network> = Vec::new();
+    let mut subnets6: Vec<ipnetwork::Ipv6Network> = Vec::new();
+    let overlaps6 = |a: ipnetwork::Ipv6Network, b: ipnetwork::Ipv6Network| {
+        a.contains(b.network()) || b.contains(a.network())
+    };
     for n in s.networks.values() {
         if n.vni.is_some() {
             assert!(vnis.insert(n.vni), "VNI {:?} used twice", n.vni);
@@ -1230,6 +1252,20 @@ fn check_invariants(s: &ClusterState) {
                 lease.subnet
             );
             subnets.push(lease.subnet);
+            // Both families or neither, inside the IPv6 CIDR, disjoint across all networks.
+            assert_eq!(
+                lease.subnet6.is_some(),
+                n.cidr6.is_some(),
+                "lease of {host} half-stacked"
+            );
+            if let (Some(s6), Some(cidr6)) = (lease.subnet6, n.cidr6) {
+                assert!(cidr6.contains(s6.network()) && s6.prefix() == n.host_prefix6);
+                assert!(
+                    !subnets6.iter().any(|o| overlaps6(*o, s6)),
+                    "IPv6 subnet {s6} leased twice"
+                );
+                subnets6.push(s6);
+            }
         }
     }
     // Derived indices agree with the records (no leak: every index entry is a live endpoint).
@@ -1601,6 +1637,22 @@ fn bad_ipv6_networks_are_refused() {
     let cases = [
         (dual("x", "10.2.0.0/16", "fe80::/64", None), "link-local"),
         (dual("x", "10.2.0.0/16", "ff05::/64", None), "multicast"),
+        // Accepted by a first-bits check, yet no place for workloads: the second host's /9 of
+        // fe00::/8 is link-local, IPv4-mapped addresses are IPv4 to sockets, site-local is gone.
+        (
+            dual("x", "10.2.0.0/16", "fe00::/8", Some(9)),
+            "unique local (fc00::/7)",
+        ),
+        (
+            dual("x", "10.2.0.0/16", "::ffff:0:0/96", Some(120)),
+            "global unicast (2000::/3)",
+        ),
+        (
+            dual("x", "10.2.0.0/16", "::a01:0/112", Some(120)),
+            "global unicast",
+        ),
+        (dual("x", "10.2.0.0/16", "fec0::/10", None), "global unicast"),
+        (dual("x", "10.2.0.0/16", "::/1", None), "global unicast"),
         (dual("x", "10.2.0.0/16", "fd00:10:0:8::/64", Some(96)), "overlaps"),
         (dual("x", "10.2.0.0/16", "fd00:20::/48", Some(121)), "/120"),
         (dual("x", "10.2.0.0/16", "fd00:20::/48", Some(48)), "longer than"),
@@ -1640,6 +1692,19 @@ fn bad_ipv6_networks_are_refused() {
         assert!(err.contains(why), "{spec:?}: {err}");
         assert_eq!(s, before, "{spec:?} changed the state");
     }
+    // Nor may a dual-stack network turn direct routing on later.
+    let update = Command::UpdateNetwork {
+        name: "blue".into(),
+        nat_egress: None,
+        mtu: None,
+        direct_routing: Some(true),
+    };
+    let err = s
+        .apply(update)
+        .result
+        .expect_err("direct routing on a dual-stack network");
+    assert!(err.to_string().contains("dual-stack"), "{err}");
+    assert_eq!(s, before, "a refused update changed the state");
     // A small IPv6 pool: a host gets a lease only while both families have room.
     create(
         &mut s,
