@@ -319,7 +319,17 @@ fn network(
     // Both or neither: a host subnet without its network (or gateway) cannot be wired whole.
     let v6 = match (cidr6, subnet6, gateway6) {
         (None, None, None) => None,
-        (Some(c), Some(s), Some(g)) if c.contains(s.network()) && s.contains(g) => Some((c, s, g)),
+        // The host's subnet inside the network's, the gateway one of its addresses other than
+        // the VTEP's (the subnet's network address), in a range overlay may use at all.
+        (Some(c), Some(s), Some(g))
+            if overlay_proto::ipam::overlay_range6(c)
+                && c.contains(s.network())
+                && s.prefix() > c.prefix()
+                && s.contains(g)
+                && g != s.network() =>
+        {
+            Some((c, s, g))
+        }
         _ => return Err("IPv6 cidr, subnet and gateway do not fit together".into()),
     };
     if v6.is_some() && !mode.tunnels() {
@@ -376,7 +386,21 @@ fn network(
                     vtep_ip: subnet.network(),
                     subnet,
                     subnet6: match v6 {
-                        Some(_) => opt6(&p.subnet6, |t| net6("peer IPv6 subnet", t))?,
+                        Some((cidr6, own6, _)) => {
+                            let s6 = opt6(&p.subnet6, |t| net6("peer IPv6 subnet", t))?;
+                            // Routed onlink via the peer's VTEP with `replace`: a subnet outside
+                            // the network, or this host's own, would take over other routes.
+                            if let Some(s6) = s6
+                                && (!cidr6.contains(s6.network())
+                                    || s6.prefix() != own6.prefix()
+                                    || s6.network() == own6.network())
+                            {
+                                return Err(format!(
+                                    "peer IPv6 subnet {s6} is not another host's subnet of {cidr6}"
+                                ));
+                            }
+                            s6
+                        }
                         None => None,
                     },
                 })
@@ -552,6 +576,57 @@ mod tests {
         assert_eq!(n.peers[0].vtep_ip.to_string(), "10.1.1.0");
         assert_eq!(n.endpoints[0].peer_ifname, "ovp-1a");
         assert_eq!(n.endpoints[0].netns.path(), PathBuf::from("/run/netns/w1"));
+    }
+
+    fn dual_stack() -> pb::HostDesiredState {
+        let mut d = sample();
+        let n = &mut d.networks[0];
+        n.cidr6 = "fd00:10::/48".into();
+        n.subnet6 = "fd00:10::/64".into();
+        n.gateway6 = "fd00:10::1".into();
+        n.peers[0].subnet6 = "fd00:10:0:1::/64".into();
+        n.endpoints[0].address6 = "fd00:10::2/64".into();
+        n.endpoints[0].gateway6 = "fd00:10::1".into();
+        d
+    }
+
+    #[test]
+    fn dual_stack_parts_must_fit_together() {
+        let ul: IpAddr = "192.0.2.21".parse().unwrap();
+        let spec = HostSpec::from_proto(&dual_stack(), ul);
+        assert!(spec.rejected.is_empty(), "{:?}", spec.rejected);
+        let n = &spec.networks[0];
+        assert_eq!(
+            n.vxlan.as_ref().unwrap().address6.unwrap().to_string(),
+            "fd00:10::"
+        );
+        assert_eq!(n.peers[0].subnet6.unwrap().to_string(), "fd00:10:0:1::/64");
+        assert_eq!(n.endpoints[0].address6.unwrap().0.to_string(), "fd00:10::2/64");
+
+        // The whole network refused: ranges no workload can use, a host subnet as wide as the
+        // network, a gateway on the VTEP's address.
+        let network_cases: [(&str, &str, &str); 4] = [
+            ("fe80::/48", "fe80::/64", "fe80::1"),
+            ("::ffff:0:0/96", "::ffff:0:0/120", "::ffff:0:1"),
+            ("fd00:10::/48", "fd00:10::/48", "fd00:10::1"),
+            ("fd00:10::/48", "fd00:10::/64", "fd00:10::"),
+        ];
+        for (cidr6, subnet6, gateway6) in network_cases {
+            let mut d = dual_stack();
+            d.networks[0].cidr6 = cidr6.into();
+            d.networks[0].subnet6 = subnet6.into();
+            d.networks[0].gateway6 = gateway6.into();
+            let spec = HostSpec::from_proto(&d, ul);
+            assert!(spec.networks.is_empty(), "{cidr6} {subnet6} {gateway6} accepted");
+        }
+        // A peer refused alone: a subnet outside the network, this host's own, or wider.
+        for peer6 in ["fd00:99::/64", "fd00:10::/64", "fd00:10::/56", "::/0"] {
+            let mut d = dual_stack();
+            d.networks[0].peers[0].subnet6 = peer6.into();
+            let spec = HostSpec::from_proto(&d, ul);
+            assert!(spec.networks[0].peers.is_empty(), "peer {peer6} accepted");
+            assert_eq!(spec.rejected.len(), 1, "{peer6}: {:?}", spec.rejected);
+        }
     }
 
     #[test]
