@@ -53,15 +53,13 @@ fn py(script: &Path, ns: &str, args: &[&str]) -> bool {
     exec_any(ns, "python3", &all).is_ok_and(|o| o.status.success())
 }
 
-/// Packets the rule with `comment` in the bridge table's IPv6 chain of host `host` dropped:
-/// proof that an attack reached the filter and was stopped there, not ignored by a kernel.
-fn dropped(lab: &Lab, host: usize, comment: &str) -> u64 {
+/// Packets the rule with `comment` in chain `table chain` (`"bridge from_workload6"`) of host
+/// `host` dropped: proof that an attack reached the filter and was stopped there, not
+/// ignored by a kernel.
+fn dropped(lab: &Lab, host: usize, chain: &str, comment: &str) -> u64 {
+    let (family, chain) = chain.split_once(' ').unwrap_or_default();
     let out = lab
-        .on_host(
-            host,
-            "nft",
-            &["-j", "list", "chain", "bridge", "overlay", "from_workload6"],
-        )
+        .on_host(host, "nft", &["-j", "list", "chain", family, "overlay", chain])
         .unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let rules = doc["nftables"].as_array().cloned().unwrap_or_default();
@@ -127,8 +125,27 @@ fn dual_stack_vxlan_both_families_cross_hosts_and_nd_is_guarded() {
     assert!(eventually_pings(&a1, &ip2), "IPv4 a1 -> a2");
     assert!(eventually_pings(&a1, &ip6_2), "IPv6 a1 -> a2 ({ip6_2})");
     assert!(eventually_pings(&a2, &ip6_1), "IPv6 a2 -> a1");
-    assert!(eventually_pings(&a1, &ip6_3), "IPv6 a1 -> a3 (same host)");
+    if !eventually_pings(&a1, &ip6_3) {
+        let rules = lab.on_host(0, "nft", &["list", "ruleset"]).unwrap_or_default();
+        panic!("IPv6 a1 -> a3 (same host)\n{rules}");
+    }
     assert!(eventually_pings(&a1, "fd00:10::1"), "IPv6 gateway");
+
+    // Addresses of a /64 that no workload holds: the host does not go looking for them (a
+    // workload sweeping the /64 would fill its neighbour table), it drops them in forward.
+    let nobody = "fd00:10:0:1::dead";
+    assert!(!ping(&a1, nobody, None), "{nobody} answered");
+    let neigh = lab
+        .on_host(1, "ip", &["-6", "neigh", "show", "dev", "ovb-1"])
+        .unwrap();
+    assert!(!neigh.contains(nobody), "host 2 looked for {nobody}: {neigh}");
+    let swept = dropped(
+        &lab,
+        1,
+        "inet forward",
+        "IPv6 to an address no local endpoint holds",
+    );
+    assert!(swept >= 1, "the probe for {nobody} never reached the rule");
 
     // The workload's view: its address and a default route via the IPv6 gateway.
     let addrs = stdout(&exec(&a1, "ip", &["-6", "addr", "show", "dev", "eth0"]).unwrap());
@@ -242,7 +259,7 @@ fn dual_stack_vxlan_both_families_cross_hosts_and_nd_is_guarded() {
     std::thread::sleep(Duration::from_millis(300));
     let na_rule = "neighbour advertisement for an address not the endpoint's";
     assert!(
-        dropped(&lab, 0, na_rule) >= 3,
+        dropped(&lab, 0, "bridge from_workload6", na_rule) >= 3,
         "the forged NAs never reached the rule"
     );
     let cache = lab
@@ -257,7 +274,7 @@ fn dual_stack_vxlan_both_families_cross_hosts_and_nd_is_guarded() {
     std::thread::sleep(Duration::from_millis(1500));
     let ra_rule = "router advertisements and redirects: routing is the host's";
     assert!(
-        dropped(&lab, 0, ra_rule) >= 3,
+        dropped(&lab, 0, "bridge from_workload6", ra_rule) >= 3,
         "the rogue RAs never reached the rule"
     );
     let victim = stdout(&exec(&a3, "ip", &["-6", "addr", "show"]).unwrap());
