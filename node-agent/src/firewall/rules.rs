@@ -486,8 +486,9 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                 rules: vec![
                     // A check on a field of a fragment that lacks it does not match: neighbour
                     // discovery is never fragmented (RFC 6980), so no ICMPv6 fragment passes.
+                    // By number: a name would need /etc/protocols, which slim images lack.
                     rule(
-                        "exthdr frag exists meta l4proto ipv6-icmp counter drop",
+                        "exthdr frag exists meta l4proto 58 counter drop",
                         "fragmented ICMPv6",
                     ),
                     rule(
