@@ -2,7 +2,8 @@
 //! the next periodic pass.
 //!
 //! Two multicast netlink sockets, opened in the agent's own (host) namespace:
-//! - rtnetlink, groups link, neighbour (ARP and bridge FDB), IPv4 address and IPv4 route;
+//! - rtnetlink, groups link, neighbour (ARP, NDP and bridge FDB), IPv4 and IPv6 address,
+//!   IPv4 and IPv6 route;
 //! - nfnetlink, group nftables.
 //!
 //! Each message is filtered on the spot ([`rtnl::RouteFilter`], [`nft::concerns_table`]): only
@@ -220,6 +221,8 @@ impl KernelEvents {
             MulticastGroup::Neigh,
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv6Route,
         ]
         .map(|g| g as u32);
         let route = subscribe(NETLINK_ROUTE, &groups, options.rx_buffer, "rtnetlink")?;
@@ -362,10 +365,19 @@ async fn read_route(
             .map(|s| s.networks.iter().map(|n| n.cidr).collect())
             .unwrap_or_default()
     };
-    filter.set_networks(networks(&spec.borrow_and_update()));
+    let networks6 = |s: &Option<Arc<HostSpec>>| {
+        s.as_ref()
+            .map(|s| s.networks.iter().filter_map(|n| n.cidr6).collect())
+            .unwrap_or_default()
+    };
+    let current = spec.borrow_and_update().clone();
+    filter.set_networks(networks(&current));
+    filter.set_networks6(networks6(&current));
     let on_datagram = |datagram: &[u8]| {
         if spec.has_changed().unwrap_or(false) {
-            filter.set_networks(networks(&spec.borrow_and_update()));
+            let current = spec.borrow_and_update().clone();
+            filter.set_networks(networks(&current));
+            filter.set_networks6(networks6(&current));
         }
         let mut changes = Changes::default();
         let (mut relevant, mut ignored) = (0u64, 0u64);

@@ -3,17 +3,20 @@
 //!
 //! The filter mirrors what a pass reads and writes (see [`crate::plan`]):
 //! - links: devices with one of overlay's name prefixes or its ownership alias;
-//! - IPv4 addresses on those devices;
-//! - neighbours and FDB entries on overlay's vxlan devices (never the bridges': the ARP and
-//!   MAC learning of workloads churn there and are not overlay's to program; FDB entries the
-//!   bridge learned on a port are `master` ones, overlay's are `self`);
-//! - IPv4 routes of the main table with overlay's protocol, through an overlay device, or
-//!   into one of overlay's networks (whoever added them: a foreign route can shadow ours).
+//! - IPv4 addresses on those devices; IPv6 ones on its bridges and vxlan devices (where
+//!   dual-stack networks put theirs; every new veth gets a link-local address, which is not
+//!   overlay's concern);
+//! - neighbours (ARP and NDP) and FDB entries on overlay's vxlan devices (never the bridges':
+//!   the ARP and MAC learning of workloads churn there and are not overlay's to program; FDB
+//!   entries the bridge learned on a port are `master` ones, overlay's are `self`);
+//! - routes of the main table with overlay's protocol, through an overlay device (for IPv6:
+//!   a bridge or vxlan device, and not link-local), or into one of overlay's networks
+//!   (whoever added them: a foreign route can shadow ours).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use overlay_proto::names;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -35,6 +38,8 @@ const RTM_DELNEIGH: u16 = 29;
 enum Role {
     /// `ovx-*`: carries overlay's neighbours and FDB entries too.
     Vxlan,
+    /// `ovb-*`: carries a network's gateway addresses.
+    Bridge,
     /// Bridges, endpoint veths (both ends, a container runtime's too), owned VLAN parents.
     Device,
 }
@@ -42,8 +47,9 @@ enum Role {
 fn role(name: &str, alias: Option<&str>) -> Option<Role> {
     if name.starts_with(names::VXLAN_PREFIX) {
         Some(Role::Vxlan)
+    } else if name.starts_with(names::BRIDGE_PREFIX) {
+        Some(Role::Bridge)
     } else if [
-        names::BRIDGE_PREFIX,
         names::ENDPOINT_PREFIX,
         names::PEER_PREFIX,
         names::RUNTIME_PEER_PREFIX,
@@ -62,6 +68,7 @@ fn role(name: &str, alias: Option<&str>) -> Option<Role> {
 pub struct RouteFilter {
     devices: HashMap<u32, Role>,
     networks: Vec<Ipv4Network>,
+    networks6: Vec<Ipv6Network>,
 }
 
 impl RouteFilter {
@@ -74,12 +81,23 @@ impl RouteFilter {
         Self {
             devices,
             networks: Vec::new(),
+            networks6: Vec::new(),
         }
     }
 
     /// The overlay networks' prefixes (from the desired state).
     pub fn set_networks(&mut self, networks: Vec<Ipv4Network>) {
         self.networks = networks;
+    }
+
+    /// The dual-stack networks' IPv6 prefixes.
+    pub fn set_networks6(&mut self, networks: Vec<Ipv6Network>) {
+        self.networks6 = networks;
+    }
+
+    /// A bridge or vxlan device: where overlay's IPv6 addresses and routes are.
+    fn carries_ipv6(&self, index: u32) -> bool {
+        matches!(self.devices.get(&index), Some(Role::Bridge | Role::Vxlan))
     }
 
     /// Number of overlay devices currently known.
@@ -118,7 +136,12 @@ impl RouteFilter {
     }
 
     fn address(&self, family: AddressFamily, index: u32) -> Changes {
-        if family == AddressFamily::Inet && self.devices.contains_key(&index) {
+        let ours = match family {
+            AddressFamily::Inet => self.devices.contains_key(&index),
+            AddressFamily::Inet6 => self.carries_ipv6(index),
+            _ => false,
+        };
+        if ours {
             Changes::ADDRESS
         } else {
             Changes::default()
@@ -170,23 +193,25 @@ impl RouteFilter {
             return Changes::default();
         }
         match h.family {
-            AddressFamily::Inet => Changes::NEIGHBOUR,
+            AddressFamily::Inet | AddressFamily::Inet6 => Changes::NEIGHBOUR,
             AddressFamily::Bridge if !h.flags.contains(NeighbourFlags::Controller) => Changes::FDB,
             _ => Changes::default(),
         }
     }
 
     fn route(&self, m: &RouteMessage) -> Changes {
-        if m.header.address_family != AddressFamily::Inet {
+        let family = m.header.address_family;
+        if family != AddressFamily::Inet && family != AddressFamily::Inet6 {
             return Changes::default();
         }
         let mut table = u32::from(m.header.table);
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut dst = None;
         let mut oif = None;
         for attr in &m.attributes {
             match attr {
                 RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(std::net::IpAddr::from(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(std::net::IpAddr::from(*a)),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
@@ -194,13 +219,33 @@ impl RouteFilter {
         if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
             return Changes::default();
         }
+        let len = m.header.destination_prefix_length;
         let ours = u8::from(m.header.protocol) == ROUTE_PROTOCOL;
-        let via_ours = oif.is_some_and(|i| self.devices.contains_key(&i));
-        let into_ours = Ipv4Network::new(dst, m.header.destination_prefix_length).is_ok_and(|d| {
-            self.networks
-                .iter()
-                .any(|n| n.prefix() <= d.prefix() && n.contains(d.network()))
-        });
+        let (via_ours, into_ours) = if family == AddressFamily::Inet {
+            let dst = match dst {
+                Some(std::net::IpAddr::V4(d)) => d,
+                _ => Ipv4Addr::UNSPECIFIED,
+            };
+            let into = Ipv4Network::new(dst, len).is_ok_and(|d| {
+                self.networks
+                    .iter()
+                    .any(|n| n.prefix() <= d.prefix() && n.contains(d.network()))
+            });
+            (oif.is_some_and(|i| self.devices.contains_key(&i)), into)
+        } else {
+            let dst = match dst {
+                Some(std::net::IpAddr::V6(d)) => d,
+                _ => Ipv6Addr::UNSPECIFIED,
+            };
+            // Every device gets fe80::/64: link-local routes are the kernel's, not overlay's.
+            let link_local = (dst.segments()[0] & 0xffc0) == 0xfe80;
+            let into = Ipv6Network::new(dst, len).is_ok_and(|d| {
+                self.networks6
+                    .iter()
+                    .any(|n| n.prefix() <= d.prefix() && n.contains(d.network()))
+            });
+            (oif.is_some_and(|i| self.carries_ipv6(i)) && !link_local, into)
+        };
         if ours || via_ours || into_ours {
             Changes::ROUTE
         } else {
@@ -277,6 +322,7 @@ mod tests {
             link(9, "ovv-4"),
         ]);
         f.set_networks(vec!["10.1.0.0/16".parse().unwrap()]);
+        f.set_networks6(vec!["fd00:10::/48".parse().unwrap()]);
         f
     }
 
@@ -342,7 +388,8 @@ mod tests {
         );
         m.header.index = 2;
         assert!(f.classify(&RouteNetlinkMessage::NewAddress(m.clone())).is_empty());
-        m.header.index = 5;
+        // IPv6: an endpoint veth's (its link-local address) is not overlay's concern.
+        m.header.index = 9;
         m.header.family = AddressFamily::Inet6;
         assert!(f.classify(&RouteNetlinkMessage::NewAddress(m)).is_empty());
     }
@@ -373,12 +420,17 @@ mod tests {
                 .is_empty()
         );
         assert!(
-            f.classify(&neigh(AddressFamily::Inet6, 6, NeighbourFlags::empty()))
+            f.classify(&neigh(AddressFamily::Inet6, 5, NeighbourFlags::empty()))
                 .is_empty()
         );
         assert!(
             f.classify(&neigh(AddressFamily::Inet, 2, NeighbourFlags::empty()))
                 .is_empty()
+        );
+        // Dual stack: the IPv6 VTEP neighbours on the vxlan device are overlay's.
+        assert_eq!(
+            f.classify(&neigh(AddressFamily::Inet6, 6, NeighbourFlags::empty())),
+            Changes::NEIGHBOUR
         );
     }
 
@@ -452,5 +504,58 @@ mod tests {
             f.classify(&route("10.1.7.0/24", ROUTE_PROTOCOL, Some(5), 255))
                 .is_empty()
         );
+    }
+
+    fn route6(dst: &str, protocol: u8, oif: Option<u32>) -> RouteNetlinkMessage {
+        let net: Ipv6Network = dst.parse().unwrap();
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet6;
+        m.header.destination_prefix_length = net.prefix();
+        m.header.protocol = RouteProtocol::from(protocol);
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(net.network())));
+        if let Some(i) = oif {
+            m.attributes.push(RouteAttribute::Oif(i));
+        }
+        RouteNetlinkMessage::DelRoute(m)
+    }
+
+    #[test]
+    fn ipv6_routes_and_addresses_of_dual_stack_networks() {
+        let mut f = filter();
+        // Overlay's (a peer's subnet via the vxlan), the bridge's connected subnet, a foreign
+        // route into the network.
+        assert_eq!(
+            f.classify(&route6("fd00:10:0:1::/64", ROUTE_PROTOCOL, Some(6))),
+            Changes::ROUTE
+        );
+        assert_eq!(f.classify(&route6("fd00:10::/64", 2, Some(5))), Changes::ROUTE);
+        assert_eq!(
+            f.classify(&route6("fd00:10:0:7::/64", 3, Some(2))),
+            Changes::ROUTE
+        );
+        // The kernel's link-local routes on every device (a new veth's too), other prefixes.
+        for oif in [5, 6, 9] {
+            assert!(f.classify(&route6("fe80::/64", 2, Some(oif))).is_empty());
+        }
+        assert!(f.classify(&route6("2001:db8::/64", 3, Some(9))).is_empty());
+        assert!(f.classify(&route6("2001:db8::/64", 3, Some(2))).is_empty());
+        // Addresses: on bridges and vxlan devices, not on endpoint veths (link-local only).
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet6;
+        for (index, want) in [
+            (5, Changes::ADDRESS),
+            (6, Changes::ADDRESS),
+            (9, Changes::default()),
+            (2, Changes::default()),
+        ] {
+            addr.header.index = index;
+            assert_eq!(
+                f.classify(&RouteNetlinkMessage::NewAddress(addr.clone())),
+                want,
+                "{index}"
+            );
+        }
     }
 }
