@@ -235,7 +235,8 @@ fn an_overflowing_socket_is_reported_and_survived() {
 }
 
 /// Port ids of this namespace's rtnetlink sockets subscribed to exactly the agent's groups
-/// (link, neighbour, IPv4 address, IPv4 route: 0x55), from /proc/thread-self/net/netlink.
+/// (link, neighbour, IPv4 and IPv6 address, IPv4 and IPv6 route: 0x555), from
+/// /proc/thread-self/net/netlink.
 fn agent_route_ports() -> Vec<u32> {
     let table = std::fs::read_to_string("/proc/thread-self/net/netlink").expect("netlink table");
     table
@@ -243,7 +244,7 @@ fn agent_route_ports() -> Vec<u32> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"0") && f.get(3) == Some(&"00000055"))
+            (f.get(1) == Some(&"0") && f.get(3) == Some(&"00000555"))
                 .then(|| f.get(2).and_then(|p| p.parse().ok()))
                 .flatten()
         })
