@@ -34,7 +34,7 @@ pub enum ReportRefused {
     #[error("no probe {id:?} was ordered from host {host:?} on this replica, or its report is in already")]
     NotOrdered { id: String, host: String },
     #[error(
-        "probe report of host {host:?} with {got} results; its order allows {allowed} (two sizes per target)"
+        "probe report of host {host:?} with {got} results; its order allows {allowed} (two sizes per target and family)"
     )]
     TooManyResults {
         host: String,
@@ -129,7 +129,8 @@ impl ProbeHub {
         };
         let probe = probes.by_id.get_mut(&report.id).ok_or_else(not_ordered)?;
         let targets = probe.awaited.get(&report.host).ok_or_else(not_ordered)?;
-        let allowed = 2 * targets.len();
+        // Two sizes per target, over IPv4 and (dual-stack networks) IPv6 too.
+        let allowed = 4 * targets.len();
         if report.results.len() > allowed {
             return Err(ReportRefused::TooManyResults {
                 host: report.host.clone(),
@@ -180,10 +181,17 @@ pub fn orders(
             n.mode
         ));
     }
-    let members: Vec<(String, String)> = n
+    let members: Vec<(String, String, String)> = n
         .leases
         .iter()
-        .map(|(host, lease)| (host.clone(), subnet_gateway(lease.subnet).to_string()))
+        .map(|(host, lease)| {
+            let gateway6 = lease.subnet6.map(|s| subnet_gateway(s).to_string());
+            (
+                host.clone(),
+                subnet_gateway(lease.subnet).to_string(),
+                gateway6.unwrap_or_default(),
+            )
+        })
         .collect();
     if members.len() < 2 {
         return Err(format!(
@@ -193,17 +201,18 @@ pub fn orders(
     }
     let orders = members
         .iter()
-        .map(|(host, _)| pb::HostProbeOrder {
+        .map(|(host, _, _)| pb::HostProbeOrder {
             host: host.clone(),
             order: Some(pb::ProbeOrder {
                 id: id.to_string(),
                 network: network.to_string(),
                 targets: members
                     .iter()
-                    .filter(|(h, _)| h != host)
-                    .map(|(h, a)| pb::ProbeTarget {
+                    .filter(|(h, _, _)| h != host)
+                    .map(|(h, a, a6)| pb::ProbeTarget {
                         host: h.clone(),
                         address: a.clone(),
+                        address6: a6.clone(),
                     })
                     .collect(),
                 count,
@@ -214,7 +223,7 @@ pub fn orders(
             }),
         })
         .collect();
-    Ok((orders, members.into_iter().map(|(h, _)| h).collect()))
+    Ok((orders, members.into_iter().map(|(h, _, _)| h).collect()))
 }
 
 #[cfg(test)]
@@ -231,6 +240,7 @@ mod tests {
                     .map(|t| pb::ProbeTarget {
                         host: t.to_string(),
                         address: "10.0.0.1".into(),
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()
@@ -267,8 +277,8 @@ mod tests {
         // Another host's order, too many results, a target it was not given.
         assert!(hub.record(report("p1", "h3", &["h1"])).is_err());
         assert!(matches!(
-            hub.record(report("p1", "h1", &["h2", "h2", "h3", "h3", "h2"])),
-            Err(ReportRefused::TooManyResults { allowed: 4, .. })
+            hub.record(report("p1", "h1", &["h2"; 9])),
+            Err(ReportRefused::TooManyResults { allowed: 8, .. })
         ));
         assert!(matches!(
             hub.record(report("p1", "h1", &["h9"])),

@@ -1,9 +1,11 @@
 //! ICMP echo probes for `overlayctl probe`: from this host's gateway address in a network to
-//! another host's, through the overlay. Sent with DF set, so that a packet too big for the path
-//! is lost (as a workload's would be) instead of fragmented around an MTU black hole.
+//! another host's, through the overlay, over IPv4 and (dual-stack networks) IPv6. Sent with DF
+//! set (IPv6: never fragmented by the sender), so that a packet too big for the path is lost
+//! (as a workload's would be) instead of fragmented around an MTU black hole.
 
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -22,27 +24,52 @@ pub struct EchoStats {
 /// Distinguishes concurrent probes: every socket sees every ICMP packet of the namespace.
 static NEXT_IDENT: AtomicU16 = AtomicU16::new(1);
 
-/// Sends `count` echo requests with `payload` bytes from `src` to `dst`, one at a time, each
-/// waiting up to `timeout` for its reply. Blocking: run it on a blocking thread.
+/// Sends `count` echo requests with `payload` bytes from `src` to `dst` (one family), one at
+/// a time, each waiting up to `timeout` for its reply. Blocking: run it on a blocking thread.
 pub fn echo(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     payload: usize,
     count: u32,
     timeout: Duration,
 ) -> std::io::Result<EchoStats> {
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-    sock.bind(&SocketAddrV4::new(src, 0).into())?;
-    dont_fragment(&sock)?;
+    let sock = match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(_)) => {
+            let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+            sock.bind(&SocketAddrV4::new(src, 0).into())?;
+            dont_fragment(
+                &sock,
+                nix::libc::IPPROTO_IP,
+                nix::libc::IP_MTU_DISCOVER,
+                nix::libc::IP_PMTUDISC_DO,
+            )?;
+            sock
+        }
+        (IpAddr::V6(src), IpAddr::V6(_)) => {
+            // The kernel computes the checksum of raw ICMPv6 (RFC 3542).
+            let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+            sock.bind(&SocketAddrV6::new(src, 0, 0, 0).into())?;
+            dont_fragment(&sock, nix::libc::IPPROTO_IPV6, IPV6_DONTFRAG, 1)?;
+            sock
+        }
+        _ => {
+            return Err(std::io::Error::other(format!(
+                "cannot probe {dst} from {src}: not one family"
+            )));
+        }
+    };
     let ident = NEXT_IDENT
         .fetch_add(1, Ordering::Relaxed)
         .wrapping_add(std::process::id() as u16);
-    let to = SocketAddrV4::new(dst, 0).into();
+    let to = SocketAddr::new(dst, 0).into();
     let mut stats = EchoStats::default();
     let mut buf = vec![0u8; 65_536];
     for seq in 0..count {
         let seq = seq as u16;
-        let packet = echo_request(ident, seq, payload);
+        let packet = match dst {
+            IpAddr::V4(_) => echo_request(ident, seq, payload),
+            IpAddr::V6(_) => echo_request6(ident, seq, payload),
+        };
         let sent_at = Instant::now();
         stats.sent += 1;
         match sock.send_to(&packet, &to) {
@@ -58,13 +85,21 @@ pub fn echo(
                 break;
             }
             sock.set_read_timeout(Some(left))?;
-            match (&sock).read(&mut buf) {
-                Ok(n) if is_reply(&buf[..n], dst, ident, seq) => {
+            let received = match dst {
+                IpAddr::V4(dst) => (&sock)
+                    .read(&mut buf)
+                    .map(|n| is_reply(&buf[..n], dst, ident, seq)),
+                // Raw ICMPv6 sockets get the message alone: the sender comes with it.
+                IpAddr::V6(dst) => recv_from(&sock, &mut buf)
+                    .map(|(n, from)| from == Some(dst) && is_reply6(&buf[..n], ident, seq)),
+            };
+            match received {
+                Ok(true) => {
                     stats.received += 1;
                     stats.rtt_total += sent_at.elapsed();
                     break;
                 }
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -80,15 +115,23 @@ pub fn echo(
     Ok(stats)
 }
 
-/// IP_MTU_DISCOVER = IP_PMTUDISC_DO: never fragment locally, set DF on the wire.
-fn dont_fragment(sock: &Socket) -> std::io::Result<()> {
-    let value: nix::libc::c_int = nix::libc::IP_PMTUDISC_DO;
+/// `IPV6_DONTFRAG` (linux/in6.h): a datagram bigger than the path MTU fails with EMSGSIZE.
+const IPV6_DONTFRAG: nix::libc::c_int = 62;
+
+/// Never fragment locally: IPv4 `IP_MTU_DISCOVER` = `IP_PMTUDISC_DO` (DF on the wire too),
+/// IPv6 `IPV6_DONTFRAG`.
+fn dont_fragment(
+    sock: &Socket,
+    level: nix::libc::c_int,
+    option: nix::libc::c_int,
+    value: nix::libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: a valid socket descriptor, a c_int option value and its exact size.
     let rc = unsafe {
         nix::libc::setsockopt(
             sock.as_raw_fd(),
-            nix::libc::IPPROTO_IP,
-            nix::libc::IP_MTU_DISCOVER,
+            level,
+            option,
             (&value as *const nix::libc::c_int).cast(),
             std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
         )
@@ -98,6 +141,35 @@ fn dont_fragment(sock: &Socket) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// One datagram into `buf` and who sent it.
+fn recv_from(sock: &Socket, buf: &mut [u8]) -> std::io::Result<(usize, Option<Ipv6Addr>)> {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; recv only writes initialised bytes
+    // into the buffer, and only the `n` it reports are read back.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    let (n, from) = sock.recv_from(uninit)?;
+    let from = from.as_socket_ipv6().map(|a| *a.ip());
+    Ok((n, from))
+}
+
+/// An ICMPv6 echo request (type 128); the kernel fills in the checksum.
+pub fn echo_request6(ident: u16, seq: u16, payload: usize) -> Vec<u8> {
+    let mut p = vec![128u8, 0, 0, 0];
+    p.extend_from_slice(&ident.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend((0..payload).map(|i| (i % 251) as u8));
+    p
+}
+
+/// Whether ICMPv6 `message` (as a raw socket receives it: no IPv6 header) is the echo reply
+/// (type 129) to request (`ident`, `seq`).
+pub fn is_reply6(message: &[u8], ident: u16, seq: u16) -> bool {
+    message.len() >= 8
+        && message[0] == 129
+        && message[1] == 0
+        && u16::from_be_bytes([message[4], message[5]]) == ident
+        && u16::from_be_bytes([message[6], message[7]]) == seq
 }
 
 /// An ICMP echo request (type 8) with a checksum.
@@ -164,5 +236,17 @@ mod tests {
             "other sender"
         );
         assert!(!is_reply(&ip[..10], from, 0x1234, 7), "truncated");
+    }
+
+    #[test]
+    fn icmpv6_requests_and_replies() {
+        let req = echo_request6(0xbeef, 3, 56);
+        assert_eq!((req.len(), req[0]), (64, 128));
+        let mut reply = req.clone();
+        reply[0] = 129;
+        assert!(is_reply6(&reply, 0xbeef, 3));
+        assert!(!is_reply6(&req, 0xbeef, 3), "a request is no reply");
+        assert!(!is_reply6(&reply, 0xbeef, 4), "other sequence");
+        assert!(!is_reply6(&reply[..7], 0xbeef, 3), "truncated");
     }
 }

@@ -567,45 +567,55 @@ async fn run_probe(
     (host, instance): (String, Arc<str>),
 ) {
     let network = desired.networks.iter().find(|n| n.name == order.network);
-    let source = network.and_then(|n| n.gateway.parse::<Ipv4Addr>().ok());
+    let source = network.and_then(|n| n.gateway.parse::<Ipv4Addr>().ok().map(IpAddr::V4));
+    let source6 = network.and_then(|n| n.gateway6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6));
     let mtu = network.map(|n| n.mtu).unwrap_or(0);
     let timeout = Duration::from_millis(u64::from(order.timeout_ms.max(100)));
-    let big = match order.big_payload {
-        0 => mtu.saturating_sub(28),
+    // Headers: IPv4 20 + ICMP 8, IPv6 40 + ICMPv6 8.
+    let big = |header: u32| match order.big_payload {
+        0 => mtu.saturating_sub(header),
         n => n,
     };
     let mut jobs = Vec::new();
     for target in &order.targets {
-        for payload in [order.small_payload, big] {
-            let (to, address, count) = (target.host.clone(), target.address.clone(), order.count);
-            let from = host.clone();
-            jobs.push(tokio::task::spawn_blocking(move || {
-                let mut result = pb::ProbeResult {
-                    from,
-                    to,
-                    size: payload + 28,
-                    ..Default::default()
-                };
-                let outcome = match (source, address.parse::<Ipv4Addr>()) {
-                    (Some(src), Ok(dst)) if payload > 0 => {
-                        crate::probe::echo(src, dst, payload as usize, count, timeout)
-                            .map_err(|e| e.to_string())
-                    }
-                    (None, _) => Err("this host has no gateway address in the network".to_string()),
-                    _ => Err(format!("cannot probe {address:?} with {payload} bytes")),
-                };
-                match outcome {
-                    Ok(stats) => {
-                        result.sent = stats.sent;
-                        result.received = stats.received;
-                        if stats.received > 0 {
-                            result.rtt_us = (stats.rtt_total / stats.received).as_micros() as u64;
+        // IPv6 too where the network is dual-stack (the target has an IPv6 gateway).
+        let mut families = vec![(source, target.address.clone(), 28, false)];
+        if !target.address6.is_empty() {
+            families.push((source6, target.address6.clone(), 48, true));
+        }
+        for (source, address, header, ipv6) in families {
+            for payload in [order.small_payload, big(header)] {
+                let (to, address, count) = (target.host.clone(), address.clone(), order.count);
+                let from = host.clone();
+                jobs.push(tokio::task::spawn_blocking(move || {
+                    let mut result = pb::ProbeResult {
+                        from,
+                        to,
+                        size: payload + header,
+                        ipv6,
+                        ..Default::default()
+                    };
+                    let outcome = match (source, address.parse::<IpAddr>()) {
+                        (Some(src), Ok(dst)) if payload > 0 => {
+                            crate::probe::echo(src, dst, payload as usize, count, timeout)
+                                .map_err(|e| e.to_string())
                         }
+                        (None, _) => Err("this host has no gateway address in the network".to_string()),
+                        _ => Err(format!("cannot probe {address:?} with {payload} bytes")),
+                    };
+                    match outcome {
+                        Ok(stats) => {
+                            result.sent = stats.sent;
+                            result.received = stats.received;
+                            if stats.received > 0 {
+                                result.rtt_us = (stats.rtt_total / stats.received).as_micros() as u64;
+                            }
+                        }
+                        Err(e) => result.error = e,
                     }
-                    Err(e) => result.error = e,
-                }
-                result
-            }));
+                    result
+                }));
+            }
         }
     }
     let mut results = Vec::new();

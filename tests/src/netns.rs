@@ -180,7 +180,13 @@ pub fn echo(
     timeout: std::time::Duration,
 ) -> Result<overlay_agent::probe::EchoStats> {
     blocking_in(ns, move || {
-        overlay_agent::probe::echo(std::net::Ipv4Addr::UNSPECIFIED, ip, 56, count, timeout)
+        overlay_agent::probe::echo(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            ip.into(),
+            56,
+            count,
+            timeout,
+        )
     })?
     .map_err(crate::io(format!("ICMP echo from {ns} to {ip}")))
 }

@@ -434,8 +434,14 @@ fn ping_from_pid(pid: u32, ip: Ipv4Addr) -> bool {
     };
     std::thread::spawn(move || {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
-            && overlay_agent::probe::echo(Ipv4Addr::UNSPECIFIED, ip, 56, 1, Duration::from_secs(1))
-                .is_ok_and(|s| s.received == 1)
+            && overlay_agent::probe::echo(
+                Ipv4Addr::UNSPECIFIED.into(),
+                ip.into(),
+                56,
+                1,
+                Duration::from_secs(1),
+            )
+            .is_ok_and(|s| s.received == 1)
     })
     .join()
     .unwrap_or(false)

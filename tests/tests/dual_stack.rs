@@ -228,6 +228,64 @@ fn dual_stack_vxlan_both_families_cross_hosts_and_nd_is_guarded() {
         );
     }
 
+    // `overlayctl probe` checks both families between the hosts' gateways, each at a small
+    // size and at the network's MTU; with IPv6 echo dropped into host 2, only IPv6 fails.
+    let probe = |lab: &Lab| {
+        let out = lab.ctl(&["--output", "json", "probe", "blue"]).expect("probe");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.success(), v)
+    };
+    let failing6 = |v: &serde_json::Value| -> Vec<String> {
+        let results = v["results"].as_array().cloned().unwrap_or_default();
+        results
+            .iter()
+            .filter(|r| r["family"] == 6 && (r["received"] != r["sent"] || r["error"] != ""))
+            .map(|r| format!("{} -> {} {}", r["from"], r["to"], r["size"]))
+            .collect()
+    };
+    let (ok, v) = probe(&lab);
+    let results = v["results"].as_array().cloned().unwrap_or_default();
+    let sizes6: std::collections::BTreeSet<u64> = results
+        .iter()
+        .filter(|r| r["family"] == 6)
+        .filter_map(|r| r["size"].as_u64())
+        .collect();
+    assert!(
+        ok && results.len() == 8,
+        "2 pairs x 2 sizes x 2 families, all answered: {v}"
+    );
+    assert_eq!(sizes6.into_iter().collect::<Vec<_>>(), [104, 1450], "{v}");
+    let hook = "{ type filter hook input priority -10; }";
+    let drop = [
+        "add",
+        "rule",
+        "inet",
+        "t",
+        "c",
+        "iifname",
+        "ovx-1",
+        "icmpv6",
+        "type",
+        "echo-request",
+        "drop",
+    ];
+    for cmd in [
+        &["add", "table", "inet", "t"][..],
+        &["add", "chain", "inet", "t", "c", hook],
+        &drop,
+    ] {
+        lab.on_host(1, "nft", cmd).unwrap();
+    }
+    let (ok, v) = probe(&lab);
+    let lost6 = failing6(&v);
+    let lost4 = v["failing"].as_array().map_or(0, Vec::len) - lost6.len();
+    assert!(
+        !ok && lost6.len() == 2 && lost4 == 0,
+        "only h1 -> h2 over IPv6, both sizes: {v}"
+    );
+    assert!(lost6.iter().all(|l| l.contains(&lab.hosts[1].name)), "{lost6:?}");
+    lab.on_host(1, "nft", &["delete", "table", "inet", "t"]).unwrap();
+
     let ls = lab.ctl_json(&["endpoint", "ls"]).unwrap();
     assert!(
         ls.as_array().is_some_and(|a| a

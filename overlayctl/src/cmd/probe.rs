@@ -44,6 +44,11 @@ pub async fn run(controllers: &Controllers, out: &mut Out, args: ProbeArgs) -> R
     Ok(())
 }
 
+/// "IPv6, " for a result over IPv6, "" for IPv4 (the common case reads as before).
+fn family(r: &pb::ProbeResult) -> &'static str {
+    if r.ipv6 { "IPv6, " } else { "" }
+}
+
 /// Prints the probe matrices (one per packet size: rows send, columns answer); returns one
 /// line per failing path.
 fn print(out: &mut Out, m: &pb::ProbeMatrix) -> io::Result<Vec<String>> {
@@ -57,7 +62,7 @@ fn print(out: &mut Out, m: &pb::ProbeMatrix) -> io::Result<Vec<String>> {
             } else {
                 r.error.clone()
             };
-            format!("{} -> {} ({} bytes): {why}", r.from, r.to, r.size)
+            format!("{} -> {} ({}{} bytes): {why}", r.from, r.to, family(r), r.size)
         })
         .collect();
     failing.extend(m.silent.iter().map(|h| format!("{h}: agent did not report")));
@@ -66,8 +71,9 @@ fn print(out: &mut Out, m: &pb::ProbeMatrix) -> io::Result<Vec<String>> {
             .results
             .iter()
             .map(|r| {
-                json!({"from": r.from, "to": r.to, "size": r.size, "sent": r.sent,
-                       "received": r.received, "rtt_us": r.rtt_us, "error": r.error})
+                json!({"from": r.from, "to": r.to, "family": if r.ipv6 { 6 } else { 4 },
+                       "size": r.size, "sent": r.sent, "received": r.received,
+                       "rtt_us": r.rtt_us, "error": r.error})
             })
             .collect();
         out.print_json(
@@ -76,40 +82,41 @@ fn print(out: &mut Out, m: &pb::ProbeMatrix) -> io::Result<Vec<String>> {
         )?;
         return Ok(failing);
     }
-    let mut sizes: Vec<u32> = m.results.iter().map(|r| r.size).collect();
+    // IPv4 first, then a dual-stack network's IPv6; by size within each.
+    let mut sizes: Vec<(bool, u32)> = m.results.iter().map(|r| (r.ipv6, r.size)).collect();
     sizes.sort();
     sizes.dedup();
-    for size in sizes {
-        writeln!(out, "{} bytes (rows ping columns):", size)?;
+    for (ipv6, size) in sizes {
+        let label = if ipv6 { "IPv6, " } else { "" };
+        writeln!(out, "{label}{size} bytes (rows ping columns):")?;
         let mut header = vec!["FROM \\ TO"];
         header.extend(m.hosts.iter().map(String::as_str));
-        let rows = m
-            .hosts
-            .iter()
-            .map(|from| {
-                let mut row = vec![from.clone()];
-                for to in &m.hosts {
-                    let cell = if from == to {
-                        "-".to_string()
-                    } else {
-                        match m
-                            .results
-                            .iter()
-                            .find(|r| &r.from == from && &r.to == to && r.size == size)
-                        {
-                            None => "?".to_string(),
-                            Some(r) if !r.error.is_empty() => "ERROR".to_string(),
-                            Some(r) if r.received == r.sent && r.sent > 0 => {
-                                format!("ok {:.2}ms", r.rtt_us as f64 / 1000.0)
-                            }
-                            Some(r) => format!("FAIL {}/{}", r.received, r.sent),
-                        }
-                    };
-                    row.push(cell);
-                }
-                row
-            })
-            .collect();
+        let rows =
+            m.hosts
+                .iter()
+                .map(|from| {
+                    let mut row = vec![from.clone()];
+                    for to in &m.hosts {
+                        let cell =
+                            if from == to {
+                                "-".to_string()
+                            } else {
+                                match m.results.iter().find(|r| {
+                                    &r.from == from && &r.to == to && r.size == size && r.ipv6 == ipv6
+                                }) {
+                                    None => "?".to_string(),
+                                    Some(r) if !r.error.is_empty() => "ERROR".to_string(),
+                                    Some(r) if r.received == r.sent && r.sent > 0 => {
+                                        format!("ok {:.2}ms", r.rtt_us as f64 / 1000.0)
+                                    }
+                                    Some(r) => format!("FAIL {}/{}", r.received, r.sent),
+                                }
+                            };
+                        row.push(cell);
+                    }
+                    row
+                })
+                .collect();
         table(out, &header, rows)?;
         writeln!(out)?;
     }
