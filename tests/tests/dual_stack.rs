@@ -367,6 +367,26 @@ fn dual_stack_vxlan_both_families_cross_hosts_and_nd_is_guarded() {
         cache.contains(&mac3) && !cache.contains(&mac1),
         "a forged NA moved {ip6_3} to the attacker: {cache}"
     );
+    // Its own address advertised at a3's MAC (what ARP's sender-MAC check stops for IPv4):
+    // the host keeps a1's MAC, so a1 cannot have a3 flooded with its traffic.
+    assert!(
+        ping(&lab.hosts[0].ns, &ip6_1, None),
+        "host -> a1, to learn its MAC"
+    );
+    assert!(py(&script, &a1, &["na", "eth0", &ip6_1, &mac3]), "send NA");
+    std::thread::sleep(Duration::from_millis(300));
+    let lla_rule = "a link-layer address not the port's, or other options";
+    assert!(
+        dropped(&lab, 0, "bridge nd_options6", lla_rule) >= 3,
+        "the NAs never reached the rule"
+    );
+    let cache = lab
+        .on_host(0, "ip", &["-6", "neigh", "show", &ip6_1, "dev", "ovb-1"])
+        .unwrap();
+    assert!(
+        cache.contains(&mac1) && !cache.contains(&mac3),
+        "a forged NA moved {ip6_1} to a3's MAC: {cache}"
+    );
     // A router advertisement from a1: no workload takes its prefix or route.
     assert!(py(&script, &a1, &["ra", "eth0", "fd00:bad::"]), "send RA");
     std::thread::sleep(Duration::from_millis(1500));

@@ -192,7 +192,7 @@ fn value(atoms: &[Atom]) -> io::Result<Vec<u8>> {
                 data.extend_from_slice(bytes);
                 data.resize(start + IFNAMSIZ, 0);
             }
-            Atom::Mac(m) => data.extend_from_slice(&m.0),
+            Atom::Mac(m) | Atom::RawMac(m) => data.extend_from_slice(&m.0),
             Atom::Ip(ip) => data.extend_from_slice(&ip.octets()),
             Atom::Ip6(ip) | Atom::Raw6(ip) => data.extend_from_slice(&ip.octets()),
             Atom::Proto(p) => data.push(p.number()),

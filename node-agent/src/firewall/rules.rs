@@ -8,6 +8,7 @@
 //! - in: a frame must carry the endpoint's MAC as its source; IPv4 must carry the endpoint's
 //!   address, ARP the endpoint's MAC and address as sender. IPv6 (dual-stack networks only)
 //!   must come from the endpoint's IPv6 address or its EUI-64 link-local one; neighbour
+//!   discovery may carry no link-layer address but the port's MAC (`nd_options6`), neighbour
 //!   advertisements may only claim those two, duplicate address detection only probe them,
 //!   and router advertisements, redirects, MLD queries, DHCPv6 server messages and ICMPv6
 //!   fragments are dropped from every source (`from_workload6`). Everything else is dropped: IPv6 from endpoints of IPv4-only
@@ -124,6 +125,9 @@ pub enum Atom {
     /// An IPv6 address matched as raw packet bytes (a field nft has no name for, such as a
     /// neighbour advertisement's target): nft types it a 128-bit integer.
     Raw6(Ipv6Addr),
+    /// A MAC address matched as raw packet bytes (the link-layer address option of neighbour
+    /// discovery): a 48-bit integer to nft.
+    RawMac(MacAddr),
     Proto(Protocol),
     Port(u16),
 }
@@ -137,6 +141,7 @@ impl Atom {
             Atom::Ip(ip) => ip.to_string(),
             Atom::Ip6(ip) => ip.to_string(),
             Atom::Raw6(ip) => format!("{:#034x}", u128::from(*ip)),
+            Atom::RawMac(m) => format!("{:#014x}", mac_bits(*m)),
             Atom::Proto(p) => p.as_str().to_string(),
             Atom::Port(port) => port.to_string(),
         }
@@ -158,10 +163,17 @@ impl Atom {
                     Err(_) => format!("{v:#x}").into(),
                 }
             }
+            // Below 2^64: a JSON number.
+            Atom::RawMac(m) => mac_bits(*m).into(),
             Atom::Proto(p) => p.as_str().into(),
             Atom::Port(port) => (*port).into(),
         }
     }
+}
+
+/// `mac` as the 48-bit integer nft reads from a packet.
+fn mac_bits(mac: MacAddr) -> u64 {
+    mac.0.iter().fold(0, |acc, b| (acc << 8) | u64::from(*b))
 }
 
 /// A set element (one value, or a concatenation), or a map element: a key and its value.
@@ -417,6 +429,17 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
         .iter()
         .filter(|e| e.ip6.is_some())
         .map(|e| Element::new(vec![Atom::Name(e.port.clone()), Atom::Mac(e.mac)]));
+    let mut lla = set(
+        "nd_lladdr6",
+        &["ifname", "integer"],
+        spec.endpoints
+            .iter()
+            .filter(|e| e.ip6.is_some())
+            .map(|e| Element::new(vec![Atom::Name(e.port.clone()), Atom::RawMac(e.mac)])),
+    );
+    // The address of a neighbour solicitation's or advertisement's one option (24 bytes in);
+    // a router solicitation's is matched at 8 bytes with the same set.
+    lla.type_of = Some("iifname . @th,208,48");
     Table {
         family: Family::Bridge,
         sets: vec![
@@ -443,6 +466,7 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
             ),
             nd_targets,
             set("endpoint_macs6", &["ifname", "ether_addr"], ports6),
+            lla,
         ],
         chains: vec![
             Chain {
@@ -503,6 +527,11 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                         "udp dport 546 counter drop",
                         "DHCPv6 to clients: addresses are the host's",
                     ),
+                    rule(
+                        "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } \
+                         jump nd_options6",
+                        "neighbour discovery: no link-layer address but the port's",
+                    ),
                     // Positive, so an advertisement whose target cannot be read is dropped.
                     rule(
                         "icmpv6 type nd-neighbor-advert iifname . ether saddr . ip6 saddr @endpoints6 \
@@ -528,6 +557,47 @@ fn bridge_table(spec: &FirewallSpec) -> Table {
                         "multicast listener reports before an address is up",
                     ),
                     rule("counter drop", "any other IPv6 source"),
+                ],
+            },
+            // ARP's sender MAC check, for neighbour discovery: a message carries no option, or
+            // exactly its link-layer address option with the port's MAC (or, for duplicate
+            // address detection, a nonce), so a workload cannot point an address at another
+            // port. Exact lengths: anything else (more options, extension headers) drops.
+            Chain {
+                name: "nd_options6",
+                base: None,
+                rules: vec![
+                    rule(
+                        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 length 24 return",
+                        "neighbour discovery without options",
+                    ),
+                    rule(
+                        "icmpv6 type nd-neighbor-solicit ip6 length 32 @th,192,16 0x0101 \
+                         iifname . @th,208,48 @nd_lladdr6 return",
+                        "solicitation with the port's MAC as source link-layer address",
+                    ),
+                    rule(
+                        "icmpv6 type nd-neighbor-advert ip6 length 32 @th,192,16 0x0201 \
+                         iifname . @th,208,48 @nd_lladdr6 return",
+                        "advertisement with the port's MAC as target link-layer address",
+                    ),
+                    rule(
+                        "icmpv6 type nd-neighbor-solicit ip6 saddr :: ip6 length 32 @th,192,16 0x0e01 return",
+                        "duplicate address detection with a nonce (RFC 7527)",
+                    ),
+                    rule(
+                        "icmpv6 type nd-router-solicit ip6 length 8 return",
+                        "router solicitation without options",
+                    ),
+                    rule(
+                        "icmpv6 type nd-router-solicit ip6 length 16 @th,64,16 0x0101 \
+                         iifname . @th,80,48 @nd_lladdr6 return",
+                        "router solicitation with the port's MAC",
+                    ),
+                    rule(
+                        "counter drop",
+                        "a link-layer address not the port's, or other options",
+                    ),
                 ],
             },
             Chain {
@@ -1154,6 +1224,11 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(elements("nd_targets6").len(), 2);
+        assert_eq!(elements("nd_lladdr6"), ["\"ovv-1a\" . 0x0a580a010002"]);
+        assert_eq!(
+            Atom::RawMac("0a:58:0a:01:00:02".parse().unwrap()).json(),
+            serde_json::json!(0x0a580a010002u64)
+        );
         let text = transaction(&tables(&spec));
         assert!(
             text.contains("typeof iifname . ether saddr . @th,64,128"),
@@ -1165,8 +1240,22 @@ pub(crate) mod tests {
         assert!(rules[0].contains("exthdr frag") && rules[0].ends_with("drop"));
         assert!(rules[1].contains("nd-router-advert") && rules[1].contains("nd-redirect"));
         assert!(rules[1..4].iter().all(|r| r.ends_with("drop")));
-        assert!(rules[4].contains("@nd_targets6") && rules[4].ends_with("accept"));
-        assert_eq!(rules[5], "icmpv6 type nd-neighbor-advert counter drop");
+        assert!(
+            rules[4].ends_with("jump nd_options6"),
+            "options checked before any accept"
+        );
+        assert!(rules[5].contains("@nd_targets6") && rules[5].ends_with("accept"));
+        assert_eq!(rules[6], "icmpv6 type nd-neighbor-advert counter drop");
+        let options = bridge.chains.iter().find(|c| c.name == "nd_options6").unwrap();
+        assert!(
+            options
+                .rules
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|r| r.text.ends_with("return"))
+        );
+        assert_eq!(options.rules.last().unwrap().text, "counter drop");
         assert_eq!(*rules.last().unwrap(), "counter drop");
 
         // An IPv4-only endpoint gets no IPv6 entry: its port sends no IPv6 at all.
