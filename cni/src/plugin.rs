@@ -114,7 +114,20 @@ fn add_request(inv: &Invocation, conf: &NetConf) -> Result<api::AttachRequest, C
     wanted.extend(conf.runtime_config.ips.iter().cloned());
     let wanted: Vec<String> = wanted
         .iter()
-        .map(|ip| ip.split('/').next().unwrap_or_default().to_string())
+        .map(|ip| ip.split('/').next().unwrap_or_default().trim().to_string())
+        .collect();
+    // A dual-stack endpoint's IPv6 address is the twin of its IPv4 one, never chosen on its
+    // own: a request for one is refused rather than silently not honoured.
+    if let Some(v6) = wanted.iter().find(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()) {
+        return Err(CniError::new(
+            code::ADDRESS_REFUSED,
+            format!(
+                "IPv6 address {v6} requested: overlay gives a dual-stack endpoint the IPv6 twin of its IPv4 address; request an IPv4 address instead"
+            ),
+        ));
+    }
+    let wanted: Vec<String> = wanted
+        .into_iter()
         .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
         .collect();
     let ip = match wanted.as_slice() {
@@ -163,4 +176,42 @@ fn add_request(inv: &Invocation, conf: &NetConf) -> Result<api::AttachRequest, C
         default_route: false,
         owner: crate::OWNER.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(args: &str, ips: &[&str]) -> Result<api::AttachRequest, CniError> {
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", args),
+        ];
+        let inv = Invocation::from_env(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))?;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "blue", "type": "overlay-cni",
+            "runtimeConfig": { "ips": ips },
+        });
+        add_request(&inv, &NetConf::parse(conf.to_string().as_bytes())?)
+    }
+
+    #[test]
+    fn requested_addresses_ipv4_only() {
+        assert_eq!(request("IP=10.1.0.7", &[]).unwrap().ip, "10.1.0.7");
+        assert_eq!(request("", &["10.1.0.7/24"]).unwrap().ip, "10.1.0.7");
+        for (args, ips) in [
+            ("IP=fd00:10::7", &[][..]),
+            ("", &["10.1.0.7/24", "fd00:10::7/64"][..]),
+        ] {
+            let err = request(args, ips).expect_err("an IPv6 request");
+            assert_eq!(err.code, code::ADDRESS_REFUSED, "{err}");
+            assert!(
+                err.msg.contains("fd00:10::7") && err.msg.contains("IPv4"),
+                "{err}"
+            );
+        }
+    }
 }
