@@ -440,13 +440,7 @@ async fn sync_routes6(nl: &Netlink, w: &WorkloadSide, v6: Side6, index: u32) -> 
         match (have, wanted) {
             (None, true) => {
                 if let Some(other) = routes.iter().find(|r| r.dst == dst) {
-                    return Err(WiringError::ForeignRoute {
-                        dst: dst.into(),
-                        via: other
-                            .gateway
-                            .map(|g| g.to_string())
-                            .unwrap_or_else(|| "a device".into()),
-                    });
+                    return Err(foreign_route(dst.into(), other.gateway));
                 }
                 nl.handle()
                     .route()
@@ -491,13 +485,7 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
         match (have, wanted) {
             (None, true) => {
                 if let Some(other) = routes.iter().find(|r| r.dst == dst) {
-                    return Err(WiringError::ForeignRoute {
-                        dst: dst.into(),
-                        via: other
-                            .gateway
-                            .map(|g| g.to_string())
-                            .unwrap_or_else(|| "a device".into()),
-                    });
+                    return Err(foreign_route(dst.into(), other.gateway));
                 }
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(dst.network(), dst.prefix())
@@ -531,6 +519,17 @@ async fn sync_routes(nl: &Netlink, w: &WorkloadSide, index: u32) -> Result<usize
         }
     }
     Ok(repairs)
+}
+
+/// The refusal to route `dst` via the gateway when someone else's route to it is there (via
+/// `gateway`, or straight out of a device).
+fn foreign_route(dst: IpNetwork, gateway: Option<impl std::fmt::Display>) -> WiringError {
+    WiringError::ForeignRoute {
+        dst,
+        via: gateway
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "a device".into()),
+    }
 }
 
 /// Deletes `route` (`what` names it in errors): `false` when it was gone already.

@@ -681,38 +681,33 @@ fn address_message6(index: u32, addr: Ipv6Network) -> AddressMessage {
 }
 
 fn route_message6(r: &Route6) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet6;
-    msg.header.destination_prefix_length = r.dst.prefix();
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::from(r.protocol);
-    msg.header.scope = RouteScope::Universe;
-    msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet6(r.dst.network())));
-    if let Some(gw) = r.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
-    }
-    if let Some(oif) = r.oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
-    }
-    msg
+    let dst = (r.dst.prefix(), RouteAddress::Inet6(r.dst.network()));
+    route_message_of(AddressFamily::Inet6, dst, r.gateway.map(RouteAddress::Inet6), r)
 }
 
 fn route_message(r: &Route) -> RouteMessage {
+    let dst = (r.dst.prefix(), RouteAddress::Inet(r.dst.network()));
+    route_message_of(AddressFamily::Inet, dst, r.gateway.map(RouteAddress::Inet), r)
+}
+
+/// The message naming main-table route `r` (of either family: its destination and gateway
+/// already in `family`'s form), as a delete needs it.
+fn route_message_of<N, A>(
+    family: AddressFamily,
+    (prefix, dst): (u8, RouteAddress),
+    gateway: Option<RouteAddress>,
+    r: &crate::kernel::Route<N, A>,
+) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = r.dst.prefix();
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = prefix;
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::from(r.protocol);
     msg.header.scope = RouteScope::Universe;
     msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst.network())));
-    if let Some(gw) = r.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+    msg.attributes.push(RouteAttribute::Destination(dst));
+    if let Some(gw) = gateway {
+        msg.attributes.push(RouteAttribute::Gateway(gw));
     }
     if let Some(oif) = r.oif {
         msg.attributes.push(RouteAttribute::Oif(oif));
