@@ -609,9 +609,11 @@ impl Lab {
             "--netns",
             ns,
         ])?;
-        out.trim()
-            .parse()
-            .map_err(|_| LabError::Setup(format!("attach printed {out:?}")))
+        // "IP" or, on a dual-stack network, "IP IP6": the IPv4 address comes first.
+        out.split_whitespace()
+            .next()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| LabError::Setup(format!("attach printed {out:?}")))
     }
 
     /// One ICMP echo from namespace `ns` to `ip` (1 s timeout), sent by the agent's own prober

@@ -3,9 +3,10 @@
 //! IPv6 address. The vxlan devices send from it, at 1430 bytes on a 1500 underlay (VXLAN over
 //! IPv6 costs 70), and a full-size packet with DF crosses; the FDB points at the peers' IPv6
 //! addresses; VXLAN from an address that is no peer's is dropped, the same frame from a peer
-//! is not.
+//! is not. The network is dual-stack, so the same holds for IPv6 inside IPv6: `ping -6 -M do
+//! -s 1382` (1430 bytes) crosses.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use overlay_lab::lab::{Lab, LabConfig};
@@ -19,8 +20,10 @@ fn json(ns: &str, program: &str, args: &[&str]) -> Value {
     serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null)
 }
 
-/// `ping -M do` (DF set) with `size` bytes of payload from `ns` to `ip`: whether it is answered.
-fn ping_df(ns: &str, ip: Ipv4Addr, size: usize) -> bool {
+/// `ping -M do` (DF set) with `size` bytes of payload from `ns` to `ip` (either family):
+/// whether it is answered.
+fn ping_df(ns: &str, ip: impl Into<IpAddr>, size: usize) -> bool {
+    let ip = ip.into();
     let size = size.to_string();
     exec_any(
         ns,
@@ -30,10 +33,11 @@ fn ping_df(ns: &str, ip: Ipv4Addr, size: usize) -> bool {
     .is_ok_and(|o| o.status.success())
 }
 
-/// Vxlan network `blue` on `cidr` and a workload attached on each of the first three hosts:
-/// their namespaces and addresses.
-fn blue_on_three_hosts(lab: &mut Lab, cidr: &str) -> (Vec<String>, Vec<Ipv4Addr>) {
-    let args = ["network", "create", "blue", "--mode", "vxlan", "--subnet", cidr];
+/// Vxlan network `blue` on `cidr` (and `more` arguments) and a workload attached on each of
+/// the first three hosts: their namespaces and addresses.
+fn blue_on_three_hosts(lab: &mut Lab, cidr: &str, more: &[&str]) -> (Vec<String>, Vec<Ipv4Addr>) {
+    let mut args = vec!["network", "create", "blue", "--mode", "vxlan", "--subnet", cidr];
+    args.extend_from_slice(more);
     lab.ctl_ok(&args).unwrap();
     let w: Vec<String> = (1..=3)
         .map(|i| lab.add_workload(&format!("w{i}")).unwrap())
@@ -64,7 +68,7 @@ fn vxlan_over_an_ipv6_only_underlay() {
     assert_eq!(underlay_of("h1"), "2001:db8::11", "{hosts}");
     assert_eq!(underlay_of("h2"), "2001:db8::12", "{hosts}");
 
-    let (w, ips) = blue_on_three_hosts(&mut lab, "10.90.0.0/16");
+    let (w, ips) = blue_on_three_hosts(&mut lab, "10.90.0.0/16", &["--subnet", "fd00:90::/48"]);
     let all = Lab::wait_until(Duration::from_secs(20), || {
         (0..3).all(|a| (0..3).filter(|b| *b != a).all(|b| lab.ping(&w[a], ips[b])))
     });
@@ -111,6 +115,26 @@ fn vxlan_over_an_ipv6_only_underlay() {
         "a 1431-byte packet with DF left a 1430 device"
     );
     println!("ping -M do -s 1402 crosses, -s 1403 does not");
+    // The same for IPv6 inside: 1382 bytes of ICMPv6 payload + 48 of headers = 1430.
+    let listed = lab.ctl_json(&["endpoint", "ls"]).unwrap();
+    let ip6_of = |ip: Ipv4Addr| -> std::net::Ipv6Addr {
+        listed
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["ip"] == ip.to_string().as_str()))
+            .and_then(|e| e["ip6"].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no IPv6 address for {ip}: {listed}"))
+    };
+    let w2_ip6 = ip6_of(ips[1]);
+    let crossed = Lab::wait_until(Duration::from_secs(10), || ping_df(&w[0], w2_ip6, 1382));
+    assert!(
+        crossed.is_some(),
+        "a 1430-byte IPv6 packet did not cross to {w2_ip6}"
+    );
+    assert!(
+        !ping_df(&w[0], w2_ip6, 1383),
+        "a 1431-byte IPv6 packet left a 1430 device"
+    );
+    println!("ping -6 -M do -s 1382 to {w2_ip6} crosses, -s 1383 does not");
 
     // VXLAN forged from the underlay namespace (2001:db8::254, no host): dropped by h2. The
     // same frame from h3 (a peer) arrives, so the frame itself is good.
@@ -167,7 +191,7 @@ fn mixed_underlay_families_are_reported_never_half_wired() {
     let h3 = lab.add_ipv6_underlay_host().unwrap();
     lab.start_agents().unwrap();
     lab.wait_hosts_up(Duration::from_secs(30)).unwrap();
-    let (w, ips) = blue_on_three_hosts(&mut lab, "10.91.0.0/16");
+    let (w, ips) = blue_on_three_hosts(&mut lab, "10.91.0.0/16", &[]);
     let same = Lab::wait_until(Duration::from_secs(20), || {
         lab.ping(&w[0], ips[1]) && lab.ping(&w[1], ips[0])
     });
