@@ -124,6 +124,8 @@ struct Snapshot {
     /// [`crate::kernel::outside_writes`] read before the dump, likewise.
     outside: u64,
     taken: Instant,
+    /// Whether the dump read the IPv6 half: one without it serves no dual-stack spec.
+    dual_stack: bool,
 }
 
 /// How long a snapshot serves. Devices that are not overlay's (the underlay, a NIC a later
@@ -197,6 +199,7 @@ impl Reconciler {
             changes,
             outside,
             taken,
+            dual_stack: self.dual_stack,
         });
         Ok(kernel)
     }
@@ -216,6 +219,7 @@ impl Reconciler {
                 && spec.networks.iter().all(|n| !crate::modes::reads_outside(n))
                 && s.taken.elapsed() < SNAPSHOT_TTL
                 && s.outside == crate::kernel::outside_writes()
+                && s.dual_stack == self.dual_stack
                 && self
                     .kernel_changes
                     .as_ref()

@@ -87,9 +87,8 @@ pub fn wants<'a>(net: &'a NetworkSpec, segment: &Segment<'_>) -> Wants<'a> {
 /// addresses, NICs that are not overlay's): a pass must then plan from a fresh dump.
 pub fn reads_outside(net: &NetworkSpec) -> bool {
     match net.mode {
-        // Which peers share the segment comes from the underlay's addresses; IPv6 entries
-        // are not among the counted notifications (see `crate::events`).
-        Mode::Vxlan => net.direct_routing || net.cidr6.is_some(),
+        // Which peers share the segment comes from the underlay's addresses.
+        Mode::Vxlan => net.direct_routing,
         Mode::Route => true,
         Mode::Nat => false,
         // Parents are NICs nobody reports on.
