@@ -140,28 +140,35 @@ impl Netlink {
     }
 
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Network)>, NetlinkError> {
-        let mut request = self.handle.address().get();
         // IPv4 only: every link's IPv6 link-local address would be read to be dropped.
-        request.message_mut().header.family = AddressFamily::Inet;
-        let msgs: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(op_err("dump addresses"))?;
+        let msgs = self
+            .address_dump(AddressFamily::Inet, None, "dump addresses")
+            .await?;
         Ok(msgs.iter().filter_map(parse_address).collect())
+    }
+
+    /// The addresses of `family` (of link `index` only, when given).
+    async fn address_dump(
+        &self,
+        family: AddressFamily,
+        index: Option<u32>,
+        what: &'static str,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let mut request = match index {
+            Some(i) => self.handle.address().get().set_link_index_filter(i),
+            None => self.handle.address().get(),
+        };
+        request.message_mut().header.family = family;
+        request.execute().try_collect().await.map_err(op_err(what))
     }
 
     /// The first global IPv6 address of link `index` that stays: not link-local, not a
     /// temporary (privacy) or deprecated one, not one that failed duplicate detection (one
     /// still being checked is taken: it is usable within a second).
     pub async fn global_ipv6(&self, index: u32) -> Result<Option<Ipv6Addr>, NetlinkError> {
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        request.message_mut().header.family = AddressFamily::Inet6;
-        let msgs: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(op_err("dump IPv6 addresses"))?;
+        let msgs = self
+            .address_dump(AddressFamily::Inet6, Some(index), "dump IPv6 addresses")
+            .await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.index == index && m.header.scope == AddressScope::Universe)
@@ -192,13 +199,9 @@ impl Netlink {
             .filter(|l| l.name.starts_with(names::BRIDGE_PREFIX) || l.name.starts_with(names::VXLAN_PREFIX))
             .map(|l| l.index)
             .collect();
-        let mut request = self.handle.address().get();
-        request.message_mut().header.family = AddressFamily::Inet6;
-        let msgs: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(op_err("dump IPv6 addresses"))?;
+        let msgs = self
+            .address_dump(AddressFamily::Inet6, None, "dump IPv6 addresses")
+            .await?;
         for (index, net) in msgs.iter().filter_map(parse_address6) {
             if overlay_devices.contains(&index) {
                 kernel.addresses6.entry(index).or_default().insert(net);
@@ -254,13 +257,9 @@ impl Netlink {
 
     /// Global IPv6 addresses of link `index` (a workload's interface).
     pub async fn addresses6_of(&self, index: u32) -> Result<Vec<Ipv6Network>, NetlinkError> {
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        request.message_mut().header.family = AddressFamily::Inet6;
-        let msgs: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(op_err("dump IPv6 addresses"))?;
+        let msgs = self
+            .address_dump(AddressFamily::Inet6, Some(index), "dump IPv6 addresses")
+            .await?;
         Ok(msgs
             .iter()
             .filter_map(parse_address6)
