@@ -31,7 +31,7 @@ mod runtime;
 
 pub use runtime::LeasedNetwork;
 
-use crate::book::{Book, BookError, Lease, NewEndpoint};
+use crate::book::{Book, BookError, Commit, Lease, NewEndpoint};
 use crate::dns::Zone;
 use crate::reconcile::PassReport;
 use crate::spec::{HostSpec, NetnsRef};
@@ -522,6 +522,9 @@ impl Attachments {
             }
             Mode::from_wire(network.mode).map_err(|e| AttachError::new(ErrorKind::Internal, e))?
         };
+        // Lease-based records are staged: their seal (the fsync) runs while the pass wires
+        // them, and the attach answers once both are done.
+        let mut seal = None;
         let record = match mode {
             Mode::Vxlan | Mode::Route | Mode::Nat => {
                 let mut inner = self.lock();
@@ -538,9 +541,12 @@ impl Attachments {
                     )
                 })?;
                 let controller_used = Self::controller_used(&inner, &network.name);
-                inner
-                    .book
-                    .add_from_lease(req, lease, &controller_used, now_ms())?
+                let record =
+                    inner
+                        .book
+                        .add_from_lease(req, lease, &controller_used, now_ms(), Commit::Staged)?;
+                seal = Some(inner.book.sealer());
+                record
             }
             Mode::Macvlan => self.attach_macvlan(req).await?,
         };
@@ -549,7 +555,33 @@ impl Attachments {
             let mut inner = self.lock();
             self.publish(&mut inner)
         };
-        match self.wait_pass(record.id, generation, WIRING_WAIT).await {
+        let sealing = async {
+            let Some(sealer) = seal else { return Ok(()) };
+            let sealed = tokio::task::spawn_blocking(move || sealer.seal())
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())));
+            if sealed.is_ok() {
+                self.lock().book.sealed(&record.key);
+                // Now the controller may hear of it.
+                self.touch();
+            }
+            sealed
+        };
+        let (sealed, wired) = tokio::join!(sealing, self.wait_pass(record.id, generation, WIRING_WAIT));
+        if let Err(e) = sealed {
+            // Wired or not, an endpoint the store cannot keep is not handed out: it would be
+            // forgotten by a restart. The pass after the removal takes its devices down.
+            let mut inner = self.lock();
+            if let Err(removed) = inner.book.discard_staged(&record.key) {
+                tracing::warn!(key = %record.key, error = %removed, "cannot remove the unsealed record from the store");
+            }
+            self.publish(&mut inner);
+            return Err(AttachError::new(
+                ErrorKind::Internal,
+                format!("cannot store the endpoint durably: {e}"),
+            ));
+        }
+        match wired {
             Some(Ok(())) => {
                 // Where an attach spends its time: everything up to the durable record,
                 // then the reconcile pass that wires it.
@@ -654,7 +686,17 @@ impl Attachments {
 
     /// `existing` once the current spec's pass has it wired.
     async fn wired(&self, existing: Record) -> Result<Record, AttachError> {
-        let generation = self.lock().generation;
+        let (generation, staged) = {
+            let inner = self.lock();
+            let staged = inner.book.is_staged(&existing.key).then(|| inner.book.sealer());
+            (inner.generation, staged)
+        };
+        if let Some(sealer) = staged {
+            // The first attach is still sealing it: this answer, too, waits for the disk.
+            tokio::task::spawn_blocking(move || sealer.seal())
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))?;
+        }
         match self.wait_pass(existing.id, generation, WIRING_WAIT).await {
             Some(Ok(())) => Ok(existing),
             Some(Err(e)) => Err(AttachError::new(ErrorKind::WiringFailed, e)),
@@ -852,7 +894,8 @@ impl Attachments {
             .records()
             // An address held for a runtime is this host's business until the runtime
             // joins it to a sandbox (a matter of moments): then it is an endpoint like any.
-            .filter(|r| !r.is_reservation())
+            // A record not yet on disk is reported once it is (its seal wakes the sync).
+            .filter(|r| !r.is_reservation() && !inner.book.is_staged(&r.key))
             .map(|r| {
                 let (report_kind, message) = match report.as_ref().and_then(|p| {
                     let gone = p.gone.get(&r.id).cloned();

@@ -25,7 +25,7 @@ use overlay_proto::ipam;
 
 use overlay_proto::ports::PublishedPort;
 
-use crate::store::{Record, RuntimeLink, Store, StoreError};
+use crate::store::{Record, RuntimeLink, Sealer, Store, StoreError};
 
 /// A network's lease on this host, as the desired state gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,18 @@ pub struct Book {
     cursors: BTreeMap<String, Ipv4Addr>,
     /// Bumped on every change, so readers can tell a new book from the one they have seen.
     generation: u64,
+    /// Keys of new records staged ([`Commit::Staged`]) and not yet known durable: not
+    /// reported to the controller before their seal.
+    staged: BTreeSet<String>,
+}
+
+/// How a new record reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Fsync'd before the call returns.
+    Durable,
+    /// Written, durable with the next seal ([`Book::sealer`]): the fsync overlaps the wiring.
+    Staged,
 }
 
 /// The key of an address held for `owner` before its endpoint exists.
@@ -97,6 +109,7 @@ impl Book {
             needs_import,
             cursors,
             generation: 1,
+            staged: BTreeSet::new(),
         })
     }
 
@@ -160,16 +173,54 @@ impl Book {
 
     /// A new endpoint of lease-based network `req.network`, its address from `lease`.
     /// `controller_used`: the addresses the controller has recorded for this host there.
+    ///
+    /// A [`Commit::Staged`] record (see [`crate::store`]) is sealed by the caller
+    /// ([`Book::sealer`]) while the endpoint is wired, who then says so ([`Book::sealed`]) or,
+    /// when the seal failed, removes it. Until then its address is this book's like any other
+    /// (never given twice in this process), but not reported.
     pub fn add_from_lease(
         &mut self,
         req: NewEndpoint,
         lease: Lease,
         controller_used: &BTreeSet<Ipv4Addr>,
         now_ms: i64,
+        commit: Commit,
     ) -> Result<Record, BookError> {
         self.check_new(&req)?;
         let ip = self.pick(&req.network, req.ip, lease, controller_used)?;
-        self.add(req, ip, lease.subnet.prefix(), lease.gateway, now_ms)
+        let record = self.add(req, ip, lease.subnet.prefix(), lease.gateway, now_ms, commit)?;
+        if commit == Commit::Staged {
+            self.staged.insert(record.key.clone());
+        }
+        Ok(record)
+    }
+
+    /// What makes staged records durable, to run apart from the book.
+    pub fn sealer(&self) -> Sealer {
+        self.store.sealer()
+    }
+
+    /// Record `key` is durable (its seal returned).
+    pub fn sealed(&mut self, key: &str) {
+        self.staged.remove(key);
+    }
+
+    /// Forgets staged record `key` whose seal failed, in memory whatever the store says; the
+    /// store's own removal may fail too (the disk that refused the seal), and is then only
+    /// reported: the record, if a later commit writes it after all, is one whose namespace is
+    /// gone, released after the grace period.
+    pub fn discard_staged(&mut self, key: &str) -> Result<(), StoreError> {
+        if !self.staged.remove(key) {
+            return Ok(());
+        }
+        self.records.remove(key);
+        self.generation += 1;
+        self.store.remove(key).map(|_| ())
+    }
+
+    /// Whether record `key` is staged and not yet sealed.
+    pub fn is_staged(&self, key: &str) -> bool {
+        self.staged.contains(key)
     }
 
     /// The address to give in `network`: `wanted` if it is this host's and free, else the
@@ -322,7 +373,7 @@ impl Book {
                 "a macvlan endpoint is a machine on the LAN: reach it at its own address, nothing is published".into(),
             ));
         }
-        self.add(req, ip, prefix_len, gateway, now_ms)
+        self.add(req, ip, prefix_len, gateway, now_ms, Commit::Durable)
     }
 
     fn add(
@@ -332,6 +383,7 @@ impl Book {
         prefix_len: u8,
         gateway: Ipv4Addr,
         now_ms: i64,
+        commit: Commit,
     ) -> Result<Record, BookError> {
         let floor = self.records.values().map(|r| r.id + 1).max().unwrap_or(1);
         let id = self.store.next_id(floor)?;
@@ -360,7 +412,10 @@ impl Book {
             reported: false,
             runtime: None,
         };
-        self.store.put_new(&record)?;
+        match commit {
+            Commit::Durable => self.store.put_new(&record)?,
+            Commit::Staged => self.store.stage_new(&record)?,
+        }
         self.cursors.insert(record.network.clone(), ip);
         self.records.insert(record.key.clone(), record.clone());
         self.generation += 1;
@@ -394,6 +449,7 @@ impl Book {
         };
         self.store.remove(key)?;
         self.records.remove(key);
+        self.staged.remove(key);
         self.generation += 1;
         if r.default_route
             && let Some(next) = self

@@ -3,7 +3,10 @@
 //! An address inside this host's lease is this host's to give: an attach on the local API
 //! allocates it here and commits it (fsync'd, redb's `Durability::Immediate`) before answering,
 //! so an agent restart or crash never hands the same address out twice and never forgets a
-//! live one. The controller learns of each endpoint afterwards ([`crate::sync`]).
+//! live one. A new endpoint's record may be *staged* first ([`Store::stage_new`]: visible at
+//! once, on disk only with the next durable commit) and *sealed* ([`Sealer::seal`]) while its
+//! devices are made: the attach still answers only once both are done. The controller learns
+//! of each endpoint afterwards ([`crate::sync`]).
 //!
 //! A store that did not exist when the agent started is *new*: the agent may have lost its
 //! state directory while workloads kept running, so it is filled from the controller's records
@@ -14,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use overlay_proto::mac::MacAddr;
 use overlay_proto::ports::PublishedPort;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Endpoint key -> JSON [`Record`].
@@ -88,6 +93,8 @@ impl Record {
 pub enum StoreError {
     #[error("cannot create state directory {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
+    #[error("endpoint store: the commit did not finish: {0}")]
+    Interrupted(String),
     #[error(
         "cannot open {path}: {source} (if the file is damaged, move it aside: the agent rebuilds it from the controller's records)"
     )]
@@ -106,9 +113,30 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     created: bool,
+}
+
+/// Makes every staged write of a [`Store`] durable; usable apart from the store (on a blocking
+/// thread, while the book it belongs to goes on).
+#[derive(Clone)]
+pub struct Sealer {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Sealer {
+    /// One durable (fsync'd) commit: every write before it, staged ones included, is on disk
+    /// once it returns.
+    pub fn seal(&self) -> Result<(), StoreError> {
+        let err = |e: redb::Error| StoreError::Io {
+            path: self.path.display().to_string(),
+            source: e,
+        };
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        txn.commit().map_err(|e| err(e.into()))
+    }
 }
 
 impl Store {
@@ -127,7 +155,11 @@ impl Store {
                 path: path.display().to_string(),
                 source,
             })?;
-        let store = Self { db, path, created };
+        let store = Self {
+            db: Arc::new(db),
+            path,
+            created,
+        };
         store.write(|txn| {
             txn.open_table(ENDPOINTS)?;
             txn.open_table(META)?;
@@ -158,7 +190,16 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.write_as(Durability::Immediate, f)
+    }
+
+    fn write_as<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
         let out = f(&txn).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
@@ -184,8 +225,12 @@ impl Store {
     /// The id the next record gets (at least `floor`). Nothing is written: the counter moves
     /// past an id in the commit of the record that takes it ([`Store::put`]), so an id is
     /// never given twice, across restarts too, and an attach pays one fsync, not two. An id
-    /// whose record never committed is free again, and nothing outside the store (a device
-    /// name) can carry it: devices are made only for committed records.
+    /// whose record never reached the disk (staged, then a crash before the seal) is free
+    /// again after a restart; a device made for it meanwhile is a stray to the first pass
+    /// (no record wants it) or, named for the id's next holder, a host end the new process
+    /// knows nothing of: the plan verifies it inside the holder's own namespace, finds no
+    /// workload end there and rebuilds the pair. Two live endpoints never share an id or an
+    /// address.
     pub fn next_id(&self, floor: u64) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         // The table exists from `open` on.
@@ -208,20 +253,40 @@ impl Store {
 
     /// Writes a new `record` and moves its network's cursor to its address, in one commit.
     pub fn put_new(&self, record: &Record) -> Result<(), StoreError> {
-        self.put_and(record, |txn| {
+        self.put_new_as(Durability::Immediate, record)
+    }
+
+    /// [`Store::put_new`] without waiting for the disk: the record is read back at once, and
+    /// is durable after the next durable commit of this store ([`Sealer::seal`], or any other
+    /// write). Lost with the process if it dies before that.
+    pub fn stage_new(&self, record: &Record) -> Result<(), StoreError> {
+        self.put_new_as(Durability::None, record)
+    }
+
+    fn put_new_as(&self, durability: Durability, record: &Record) -> Result<(), StoreError> {
+        self.put_and(durability, record, |txn| {
             txn.open_table(CURSORS)?
                 .insert(record.network.as_str(), u32::from(record.ip))?;
             Ok(())
         })
     }
 
+    /// What makes this store's staged writes durable.
+    pub fn sealer(&self) -> Sealer {
+        Sealer {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
+    }
+
     /// Writes `record` (replacing one with the same key), durably.
     pub fn put(&self, record: &Record) -> Result<(), StoreError> {
-        self.put_and(record, |_| Ok(()))
+        self.put_and(Durability::Immediate, record, |_| Ok(()))
     }
 
     fn put_and(
         &self,
+        durability: Durability,
         record: &Record,
         more: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
@@ -230,7 +295,7 @@ impl Store {
             key: record.key.clone(),
             reason: e.to_string(),
         })?;
-        self.write(|txn| {
+        self.write_as(durability, |txn| {
             let mut table = txn.open_table(ENDPOINTS)?;
             table.insert(record.key.as_str(), bytes.as_slice())?;
             let mut meta = txn.open_table(META)?;

@@ -46,6 +46,7 @@ fn addresses_come_round_robin_from_the_lease_never_the_gateway() {
                 lease(),
                 &none,
                 i,
+                Commit::Durable,
             )
             .unwrap()
             .ip
@@ -55,12 +56,24 @@ fn addresses_come_round_robin_from_the_lease_never_the_gateway() {
         got,
         ["10.1.3.2", "10.1.3.3", "10.1.3.4", "10.1.3.5", "10.1.3.6"].map(ip)
     );
-    let full = book.add_from_lease(ask("c9/eth0", "/run/netns/n9"), lease(), &none, 9);
+    let full = book.add_from_lease(
+        ask("c9/eth0", "/run/netns/n9"),
+        lease(),
+        &none,
+        9,
+        Commit::Durable,
+    );
     assert!(matches!(full, Err(BookError::PoolExhausted { .. })), "{full:?}");
     // A freed address is the last to come back.
     book.remove("c1/eth0").unwrap();
     let again = book
-        .add_from_lease(ask("c10/eth0", "/run/netns/n10"), lease(), &none, 10)
+        .add_from_lease(
+            ask("c10/eth0", "/run/netns/n10"),
+            lease(),
+            &none,
+            10,
+            Commit::Durable,
+        )
         .unwrap();
     assert_eq!(again.ip, ip("10.1.3.3"), "the only free one");
     assert_eq!(again.mac.to_string(), "0a:58:0a:01:03:03");
@@ -83,22 +96,22 @@ fn requested_addresses_and_clashes_are_refused_with_the_reason() {
         ("10.1.3.4", "already used"),
     ] {
         let err = book
-            .add_from_lease(with_ip("x", a), lease(), &controller, 1)
+            .add_from_lease(with_ip("x", a), lease(), &controller, 1, Commit::Durable)
             .unwrap_err()
             .to_string();
         assert!(err.contains(says), "{a}: {err}");
     }
-    book.add_from_lease(with_ip("a", "10.1.3.5"), lease(), &controller, 1)
+    book.add_from_lease(with_ip("a", "10.1.3.5"), lease(), &controller, 1, Commit::Durable)
         .unwrap();
     let err = book
-        .add_from_lease(with_ip("a", "10.1.3.6"), lease(), &controller, 1)
+        .add_from_lease(with_ip("a", "10.1.3.6"), lease(), &controller, 1, Commit::Durable)
         .unwrap_err()
         .to_string();
     assert!(err.contains("key \"a\" is already attached"), "{err}");
     let mut same_if = ask("b", "/run/netns/a");
     same_if.ip = Some(ip("10.1.3.6"));
     let err = book
-        .add_from_lease(same_if, lease(), &controller, 1)
+        .add_from_lease(same_if, lease(), &controller, 1, Commit::Durable)
         .unwrap_err()
         .to_string();
     assert!(err.contains("interface eth0 in namespace /run/netns/a"), "{err}");
@@ -120,15 +133,17 @@ fn one_default_route_per_namespace_and_the_oldest_takes_over() {
     let mut second = ask("w/eth1", "/run/netns/w");
     second.ifname = "eth1".into();
     second.network = "red".into();
-    book.add_from_lease(ask("w/eth0", "/run/netns/w"), lease(), &none, 1)
+    book.add_from_lease(ask("w/eth0", "/run/netns/w"), lease(), &none, 1, Commit::Durable)
         .unwrap();
-    book.add_from_lease(second, lease(), &none, 2).unwrap();
+    book.add_from_lease(second, lease(), &none, 2, Commit::Durable)
+        .unwrap();
     assert_eq!(on(&book), ["w/eth0"]);
     let mut third = ask("w/eth2", "/run/netns/w");
     third.ifname = "eth2".into();
     third.network = "green".into();
     third.default_route = true;
-    book.add_from_lease(third, lease(), &none, 3).unwrap();
+    book.add_from_lease(third, lease(), &none, 3, Commit::Durable)
+        .unwrap();
     assert_eq!(on(&book), ["w/eth2"], "--default-route takes it over");
     book.remove("w/eth2").unwrap();
     assert_eq!(on(&book), ["w/eth0"], "back to the oldest");
@@ -146,7 +161,13 @@ fn a_lost_store_is_new_and_takes_the_controllers_records() {
     assert!(book.needs_import());
     let none = BTreeSet::new();
     let r = book
-        .add_from_lease(ask("c1/eth0", "/run/netns/c1"), lease(), &none, 1)
+        .add_from_lease(
+            ask("c1/eth0", "/run/netns/c1"),
+            lease(),
+            &none,
+            1,
+            Commit::Durable,
+        )
         .unwrap();
     drop(book);
     std::fs::remove_file(dir.path().join(crate::store::STORE_FILE)).unwrap();
@@ -157,7 +178,13 @@ fn a_lost_store_is_new_and_takes_the_controllers_records() {
     let imported = book.get("c1/eth0").unwrap();
     assert!(imported.reported, "what the controller holds is reported");
     let next = book
-        .add_from_lease(ask("c2/eth0", "/run/netns/c2"), lease(), &none, 2)
+        .add_from_lease(
+            ask("c2/eth0", "/run/netns/c2"),
+            lease(),
+            &none,
+            2,
+            Commit::Durable,
+        )
         .unwrap();
     assert_ne!(next.ip, r.ip);
     assert!(next.id > r.id, "ids never repeat across a rebuild");
@@ -170,6 +197,9 @@ enum Op {
     Attach {
         key: u8,
         want: Option<u8>,
+        /// Staged and sealed, as the local API does (the answer waits for the seal);
+        /// otherwise staged only, the agent dying before the seal: never answered.
+        sealed: bool,
     },
     Detach {
         key: u8,
@@ -186,7 +216,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..12, proptest::option::of(2u8..8)).prop_map(|(key, want)| Op::Attach { key, want }),
+        4 => (0u8..12, proptest::option::of(2u8..8), proptest::bool::weighted(0.8))
+            .prop_map(|(key, want, sealed)| Op::Attach { key, want, sealed }),
         2 => (0u8..12).prop_map(|key| Op::Detach { key }),
         2 => Just(Op::Sync),
         1 => Just(Op::Restart),
@@ -215,17 +246,29 @@ proptest! {
         for op in ops {
             now += 1;
             match op {
-                Op::Attach { key, want } => {
+                Op::Attach { key, want, sealed } => {
                     let key = format!("c{key}/eth0");
                     let mut req = ask(&key, &format!("/run/netns/{key}"));
                     req.ip = want.map(|w| Ipv4Addr::new(10, 1, 3, w));
                     let used: BTreeSet<Ipv4Addr> = controller.values().map(|r| r.ip).chain(visible.iter().copied()).collect();
-                    if let Ok(r) = book.add_from_lease(req, lease(), &used, now) {
+                    if let Ok(r) = book.add_from_lease(req, lease(), &used, now, Commit::Staged) {
                         prop_assert!(!live.contains_key(&key), "{key} attached twice");
                         for (k, a) in &live {
                             prop_assert_ne!(*a, r.ip, "{} handed out again ({} holds it)", r.ip, k);
                         }
-                        live.insert(key, r.ip);
+                        prop_assert!(book.is_staged(&key));
+                        if sealed {
+                            book.sealer().seal().unwrap();
+                            book.sealed(&key);
+                            live.insert(key, r.ip);
+                        } else {
+                            // The agent dies before the seal: nobody was answered. Whether
+                            // the record reached the disk or not, its devices (if the pass
+                            // made them) are a stray or stale to the next agent.
+                            drop(book);
+                            book = Book::open(dir.path()).unwrap();
+                            prop_assert!(!book.is_staged(&key));
+                        }
                     }
                 }
                 Op::Detach { key } => {
@@ -245,6 +288,9 @@ proptest! {
                     book = Book::open(dir.path()).unwrap();
                     let after: Vec<_> = book.records().cloned().collect();
                     prop_assert_eq!(before, after, "records lost across a restart");
+                    for key in live.keys().filter(|k| !k.starts_with("lost:")) {
+                        prop_assert!(book.get(key).is_some(), "live {key} forgotten by a restart");
+                    }
                 }
                 Op::LoseState { chatty } => {
                     drop(book);
@@ -287,16 +333,16 @@ fn a_freed_address_is_not_the_next_one_after_a_restart_either() {
     let dir = tempfile::tempdir().unwrap();
     let none = BTreeSet::new();
     let mut book = Book::open(dir.path()).unwrap();
-    book.add_from_lease(ask("a/eth0", "/run/netns/a"), lease(), &none, 1)
+    book.add_from_lease(ask("a/eth0", "/run/netns/a"), lease(), &none, 1, Commit::Durable)
         .unwrap();
     let b = book
-        .add_from_lease(ask("b/eth0", "/run/netns/b"), lease(), &none, 2)
+        .add_from_lease(ask("b/eth0", "/run/netns/b"), lease(), &none, 2, Commit::Durable)
         .unwrap();
     book.remove("b/eth0").unwrap();
     drop(book);
     let mut book = Book::open(dir.path()).unwrap();
     let c = book
-        .add_from_lease(ask("c/eth0", "/run/netns/c"), lease(), &none, 3)
+        .add_from_lease(ask("c/eth0", "/run/netns/c"), lease(), &none, 3, Commit::Durable)
         .unwrap();
     assert_ne!(c.ip, b.ip, "the cursor survives the restart");
 }
